@@ -1,0 +1,63 @@
+"""The public plugin API: the one module plugins import from lakeferry.
+
+Everything a plugin needs is re-exported here: the hook marker, the component protocols,
+the error types that steer a message's fate, the message types components receive, and helpers
+for paths and URLs. A test fails when a built-in plugin imports anything else from the core.
+"""
+
+from lakeferry.components import (
+    CacheBackend,
+    CacheEntry,
+    CacheUsage,
+    CacheWriter,
+    Downloader,
+    EventRow,
+    Intake,
+    Inventory,
+    InventoryRow,
+    PendingFile,
+    PluginContext,
+    PutOutcome,
+    RawEvent,
+    Sink,
+    SinkFile,
+    Source,
+)
+from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
+from lakeferry.hookspecs import hookimpl
+from lakeferry.messages import DownloadTask, Event
+from lakeferry.paths import render_destination, safe_relative_path
+from lakeferry.units import ByteSize, Duration
+from lakeferry.urls import redact_url
+
+__all__ = [
+    "ByteSize",
+    "CacheBackend",
+    "CacheEntry",
+    "CacheUsage",
+    "CacheWriter",
+    "ConfigError",
+    "DownloadTask",
+    "Downloader",
+    "Duration",
+    "Event",
+    "EventRow",
+    "Intake",
+    "Inventory",
+    "InventoryRow",
+    "PendingFile",
+    "PermanentError",
+    "PipelineError",
+    "PluginContext",
+    "PutOutcome",
+    "RawEvent",
+    "Reason",
+    "Sink",
+    "SinkFile",
+    "Source",
+    "TransientError",
+    "hookimpl",
+    "redact_url",
+    "render_destination",
+    "safe_relative_path",
+]

@@ -1,0 +1,240 @@
+"""The component protocols that plugins implement: sources, downloaders, caches, sinks, inventories.
+
+Components are plain async objects. Hooks only *register factories*; the daemon calls a factory
+with the plugin's validated settings and a :class:`PluginContext`, then runs the component's
+coroutines in its own nurseries. A component never starts background tasks of its own.
+
+Every method that can fail for one message raises :class:`lakeferry.errors.TransientError` or
+:class:`lakeferry.errors.PermanentError` (or lets another exception escape, which the daemon
+classifies through the ``lakeferry_classify_error`` hook, then as transient).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import trio
+
+from lakeferry.messages import DownloadTask, Event
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the daemon tells a component when building it."""
+
+    state_dir: Path
+    """A directory the daemon owns; components may keep state under ``state_dir / <kind>``."""
+
+    logger: logging.Logger
+    """The logger to use (structured JSON when the daemon runs)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Reserved for later use by the core."""
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+class RawEvent(NamedTuple):
+    """One raw event as a source received it, before validation."""
+
+    data: bytes
+    origin: str
+    """Where it came from, for the DLQ (``spool:/path/file.jsonl:12``, ``kafka:topic/0/15``)."""
+
+
+class Intake(Protocol):
+    """What a source hands its raw events to."""
+
+    async def publish(self, events: Sequence[RawEvent]) -> None:
+        """Validate and publish; returns once every event is durably on the bus.
+
+        Valid events go to ``downloads.pending``, undecodable ones to the DLQ with reason
+        ``malformed``. Only after this returns may a source acknowledge its input.
+        """
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self, intake: Intake, *, task_status: trio.TaskStatus[None]) -> None:
+        """Receive events forever; call ``task_status.started()`` once really receiving."""
+
+
+# --- downloaders --------------------------------------------------------------------------------
+
+
+class CacheWriter(Protocol):
+    """Receives one file's bytes; hashes them on the fly."""
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
+class Downloader(Protocol):
+    """Fetches URLs of its schemes into a :class:`CacheWriter`, streaming, never whole in memory."""
+
+    async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
+        """Write the whole body of ``task.event.url`` to ``out``.
+
+        Raise TransientError/PermanentError for failures. Must honour trio cancellation.
+        """
+
+    async def aclose(self) -> None: ...
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+
+class CacheEntry(NamedTuple):
+    key: str
+    size: int
+    sha256: str
+
+
+class CacheUsage(NamedTuple):
+    bytes: int
+    files: int
+    quota: int
+
+
+class PendingFile(Protocol):
+    """A file being written into the cache: write, then ``commit`` or ``abort``."""
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
+        """Check, then publish the file under its key. Raises PermanentError on mismatch."""
+
+    async def abort(self) -> None: ...
+
+
+class CacheBackend(Protocol):
+    """Local buffer between the download and upload stages, with a byte quota."""
+
+    async def lookup(self, key: str) -> CacheEntry | None:
+        """The complete, checksummed file under ``key``, if there is one."""
+
+    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
+        """Wait until the quota admits a file of this size (unknown: a default estimate).
+
+        A full cache makes the caller wait; it never fails it. Raises PermanentError only when
+        ``expected_size`` alone exceeds the quota.
+        """
+
+    async def create(self, key: str) -> PendingFile: ...
+
+    def open(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a complete file's bytes. Raises FileNotFoundError when it is gone."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The file's path on this machine, when the backend keeps files on local disk."""
+
+    async def remove(self, key: str) -> None:
+        """Delete the file (no error when already gone) and release its quota."""
+
+    def usage(self) -> CacheUsage: ...
+
+    def set_quota(self, quota: int) -> None:
+        """Change the byte quota live (SIGHUP)."""
+
+    async def aclose(self) -> None: ...
+
+
+# --- sinks --------------------------------------------------------------------------------------
+
+
+class SinkFile(NamedTuple):
+    """What the upload stage hands a sink: a complete file from the cache."""
+
+    cache: CacheBackend
+    key: str
+    size: int
+    sha256: str
+
+
+class PutOutcome(NamedTuple):
+    destination: str
+    """Where the file now is, as a URI or path the operator recognises."""
+    skipped: bool
+    """True when an identical file (same size and sha256) was already there."""
+
+
+class Sink(Protocol):
+    def destination(self, event: Event, *, now: dt.datetime) -> str:
+        """The safe relative destination path for ``event``. PermanentError(invalid_path) if none."""
+
+    async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
+        """Land the file atomically; skip when an identical file is already there."""
+
+    async def stat(self, destination: str) -> CacheEntry | None:
+        """Size and sha256 of what the sink holds at ``destination`` (None when absent)."""
+
+    async def aclose(self) -> None: ...
+
+
+# --- inventory ----------------------------------------------------------------------------------
+
+
+class InventoryRow(NamedTuple):
+    event_id: str
+    url: str
+    """Without query string or userinfo: SAS tokens and signatures are secrets."""
+    destination: str
+    size: int
+    sha256: str
+    event_created_at: dt.datetime
+    downloaded_at: dt.datetime
+    uploaded_at: dt.datetime
+    committed_at: dt.datetime
+    attempts: int
+    skipped_upload: bool
+    metadata_json: str
+
+
+class EventRow(NamedTuple):
+    event_id: str
+    url: str
+    received_at: dt.datetime
+    event_created_at: dt.datetime
+    origin: str
+    raw_json: str
+
+
+class Inventory(Protocol):
+    """The Delta inventory (one row per landed file) and the events table (every raw event)."""
+
+    async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
+        """The last committed version stored for each application id (absent: none)."""
+
+    async def landed_ids(self) -> set[str]:
+        """Every event id already in the inventory."""
+
+    async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
+        """Append rows and record ``app_id -> version`` transactions in the same commit."""
+
+    async def append_events(self, rows: Sequence[EventRow]) -> None: ...
+
+    async def read_inventory(self) -> list[InventoryRow]: ...
+
+    async def read_events(self) -> list[EventRow]: ...
+
+    async def aclose(self) -> None: ...
+
+
+SourceFactory = Callable[[Any, PluginContext], Source]
+DownloaderFactory = Callable[[Any, PluginContext], Downloader]
+CacheFactory = Callable[[Any, PluginContext], CacheBackend]
+SinkFactory = Callable[[Any, PluginContext], Sink]
+InventoryFactory = Callable[[Any, PluginContext], Inventory]

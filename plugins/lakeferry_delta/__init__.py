@@ -1,0 +1,1 @@
+"""lakeferry built-in plugin: delta (placeholder)."""
