@@ -2,7 +2,9 @@
 
 Schema evolution rules (tested against saved encoded samples in ``tests/samples/``):
 
-1. Every message carries ``v``, the schema version it was written with (:data:`SCHEMA_VERSION`).
+1. Every envelope (task, cached file, result, dead letter, tombstone) carries ``v``, the schema
+   version it was written with (:data:`SCHEMA_VERSION`), always written out (no omitted
+   defaults on envelopes), and a ``type`` tag naming its kind.
 2. New fields always get a default, so payloads written by an older version keep decoding.
 3. Fields are never removed or renamed and never change type; retire a field by ignoring it.
 4. Unknown fields are ignored when decoding, so an older reader accepts a newer payload.
@@ -61,7 +63,7 @@ class Attempt(Struct, kw_only=True, omit_defaults=True, frozen=True):
     error: str
 
 
-class DownloadTask(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="download"):
+class DownloadTask(Struct, kw_only=True, frozen=True, tag="download"):
     """On ``downloads.pending`` and the retry rungs: fetch ``event.url`` into the cache.
 
     ``attempt`` counts failed tries so far (0 on first delivery); ``due_at`` is set on retry
@@ -73,10 +75,12 @@ class DownloadTask(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="d
     attempt: NonNegative = 0
     due_at: dt.datetime | None = None
     history: tuple[Attempt, ...] = ()
+    replays: NonNegative = 0
+    """How often an operator replayed this task from the DLQ (each replay resets ``attempt``)."""
     v: int = SCHEMA_VERSION
 
 
-class CachedFile(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="cached"):
+class CachedFile(Struct, kw_only=True, frozen=True, tag="cached"):
     """On ``downloads.cached``: the file is complete in the cache under ``cache_key``."""
 
     task: DownloadTask
@@ -87,7 +91,7 @@ class CachedFile(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="cac
     v: int = SCHEMA_VERSION
 
 
-class UploadResult(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="result"):
+class UploadResult(Struct, kw_only=True, frozen=True, tag="result"):
     """On ``downloads.results``: the file is in the sink at ``destination``.
 
     ``skipped`` is true when the sink already held an identical file (an idempotent re-upload).
@@ -103,7 +107,7 @@ class UploadResult(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="r
     v: int = SCHEMA_VERSION
 
 
-class DeadLetter(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="dead"):
+class DeadLetter(Struct, kw_only=True, frozen=True, tag="dead"):
     """On ``downloads.dlq``: a message that cannot succeed, with why and everything tried.
 
     ``task`` is absent when the raw event did not decode (reason ``malformed``); then ``raw``
@@ -126,7 +130,7 @@ class DeadLetter(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="dea
         return self.task.history if self.task is not None else ()
 
 
-class DlqTombstone(Struct, kw_only=True, omit_defaults=True, frozen=True, tag="tombstone"):
+class DlqTombstone(Struct, kw_only=True, frozen=True, tag="tombstone"):
     """On ``downloads.dlq``: the earlier letter with this key was replayed or purged."""
 
     action: str

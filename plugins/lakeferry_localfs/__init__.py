@@ -1,1 +1,27 @@
-"""lakeferry built-in plugin: localfs (placeholder)."""
+"""lakeferry built-in plugin ``localfs``: a cache directory with a byte quota, and a local sink.
+
+- cache kind ``localfs`` (:class:`~lakeferry_localfs.cache.LocalFsCache`): complete files under
+  a directory, published atomically with a checksum sidecar, admission-controlled by a quota;
+- sink kind ``localfs`` (:class:`~lakeferry_localfs.sink.LocalFsSink`): lands files under a root
+  directory, hard-linked from the cache when possible, skipping identical files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lakeferry.api import hookimpl
+from lakeferry_localfs.cache import LocalFsCache, LocalFsCacheSettings
+from lakeferry_localfs.sink import LocalFsSink, LocalFsSinkSettings
+
+__all__ = ["LocalFsCache", "LocalFsCacheSettings", "LocalFsSink", "LocalFsSinkSettings"]
+
+
+@hookimpl
+def lakeferry_register_caches(register: Callable[..., None]) -> None:
+    register("localfs", LocalFsCache, LocalFsCacheSettings)
+
+
+@hookimpl
+def lakeferry_register_sinks(register: Callable[..., None]) -> None:
+    register("localfs", LocalFsSink, LocalFsSinkSettings)

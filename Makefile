@@ -1,0 +1,47 @@
+# lakeferry — developer entry points. Every target installs what it needs first.
+#   make install   create .venv with lakeferry, its plugins and the dev tools (idempotent)
+#   make run       run the daemon on etc/lakeferry.toml (embedded bus, local sink)
+#   make test      run the test suite
+#   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
+#   make lint      ruff + mypy (strict on daemon/)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= etc/lakeferry.toml
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint fmt demo clean distclean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lakeferry run -c $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon plugins tests tools
+	$(BIN)/ruff format --check daemon plugins tests tools
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format daemon plugins tests tools
+	$(BIN)/ruff check --fix daemon plugins tests tools
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py $(DEMO_ARGS)
+
+clean:
+	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from lakeferry.cli import main
+
+sys.exit(main())

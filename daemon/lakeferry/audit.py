@@ -1,0 +1,179 @@
+"""Reconciliation: does every event that entered the pipeline end up exactly once somewhere?
+
+Every event id seen — on the intake and pending topics, in the events table, in the DLQ, or
+listed in a file of submitted events — must be in exactly one of these states:
+
+- ``landed``: in the inventory (exactly one row) and the sink holds the file with that size
+  and sha256 (and the event's own sha256, when it gave one);
+- ``dead_lettered``: a current (not replayed or purged) DLQ letter;
+- ``in_flight``: a record for it sits at or after its consumer group's committed offset on one
+  of the pipeline's topics, so the daemon will still process it;
+- otherwise ``lost``.
+
+``duplicate_rows`` counts inventory rows beyond the first per event id; ``checksum_mismatches``
+counts landed files whose sink copy or inventory row disagree with each other or with the
+event; ``missing_in_sink`` counts inventory rows whose file is not in the sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from lakeferry.bus.base import Bus
+from lakeferry.components import Inventory, Sink
+from lakeferry.config import LoadedConfig
+from lakeferry.dlq import current_letters
+from lakeferry.messages import CACHED, DOWNLOAD, RESULT, decode_event
+
+
+@dataclass
+class AuditReport:
+    events: int = 0
+    landed: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+    lost: int = 0
+    duplicate_rows: int = 0
+    checksum_mismatches: int = 0
+    missing_in_sink: int = 0
+    lost_ids: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicate_rows or self.checksum_mismatches or self.missing_in_sink)
+
+    def counts(self) -> dict[str, int]:
+        data = asdict(self)
+        data.pop("lost_ids")
+        return data
+
+
+def submitted_ids(path: Path) -> set[str]:
+    """Event ids from a JSONL file of events (lines that do not decode are ignored here)."""
+    ids: set[str] = set()
+    with path.open("rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ids.add(decode_event(line).id)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and isinstance(data.get("id"), str):
+                    ids.add(data["id"])
+    return ids
+
+
+async def _ids_on_topic(
+    bus: Bus, topic: str, group: str | None, decode_id: collections.abc.Callable[[bytes], str | None]
+) -> tuple[set[str], set[str]]:
+    """(every event id on ``topic``, ids with a record at/after ``group``'s committed offset)."""
+    committed = await bus.committed(group, topic) if group else {}
+    seen: set[str] = set()
+    pending: set[str] = set()
+    async for record in bus.scan(topic):
+        event_id = decode_id(record.value)
+        if event_id is None:
+            continue
+        seen.add(event_id)
+        if group is not None and record.offset >= committed.get(record.partition, 0):
+            pending.add(event_id)
+    return seen, pending
+
+
+def _decoder(codec: msgspec.json.Decoder[object] | None, kind: str) -> collections.abc.Callable[[bytes], str | None]:
+    def decode(value: bytes) -> str | None:
+        try:
+            if kind == "event":
+                return decode_event(value).id
+            if kind == "task":
+                return DOWNLOAD.decode(value).event.id
+            if kind == "cached":
+                return CACHED.decode(value).task.event.id
+            return RESULT.decode(value).task.event.id
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    return decode
+
+
+async def audit(
+    config: LoadedConfig,
+    bus: Bus,
+    inventory: Inventory,
+    sink: Sink,
+    *,
+    submitted: Iterable[str] = (),
+    verify_sink: bool = True,
+) -> AuditReport:
+    core = config.core
+    topics = core.topics
+    group = core.bus.group
+    events: set[str] = set(submitted)
+    in_flight: set[str] = set()
+    expected_sha: dict[str, str] = {}
+
+    plan = [
+        (topics.intake, f"{group}.ingest", "event"),
+        (topics.pending, f"{group}.download", "task"),
+        *[(t, f"{group}.download", "task") for t in core.retry.topics],
+        (topics.cached, f"{group}.upload", "cached"),
+        (topics.results, f"{group}.results", "result"),
+    ]
+    for topic, consumer_group, kind in plan:
+        seen, pending = await _ids_on_topic(bus, topic, consumer_group, _decoder(None, kind))
+        events |= seen
+        in_flight |= pending
+    async for record in bus.scan(topics.pending):
+        try:
+            event = DOWNLOAD.decode(record.value).event
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if event.sha256:
+            expected_sha[event.id] = event.sha256
+
+    for row in await inventory.read_events():
+        events.add(row.event_id)
+    letters = await current_letters(bus, topics.dlq)
+    dead = {letter.event_id or letter.key for letter in letters}
+    events |= dead
+
+    rows = await inventory.read_inventory()
+    per_id = collections.Counter(row.event_id for row in rows)
+    report = AuditReport()
+    report.duplicate_rows = sum(n - 1 for n in per_id.values())
+    landed = set(per_id)
+    events |= landed
+    first_rows = {}
+    for row in rows:
+        first_rows.setdefault(row.event_id, row)
+    for event_id, row in first_rows.items():
+        want = expected_sha.get(event_id)
+        if want is not None and want != row.sha256:
+            report.checksum_mismatches += 1
+            continue
+        if verify_sink:
+            held = await sink.stat(row.destination)
+            if held is None:
+                report.missing_in_sink += 1
+            elif held.sha256 != row.sha256 or held.size != row.size:
+                report.checksum_mismatches += 1
+
+    report.events = len(events)
+    report.landed = len(landed)
+    report.dead_lettered = len(dead - landed)
+    report.in_flight = len(in_flight - landed - dead)
+    lost = events - landed - dead - in_flight
+    report.lost = len(lost)
+    report.lost_ids = sorted(lost)[:50]
+    return report

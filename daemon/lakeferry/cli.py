@@ -1,0 +1,380 @@
+"""The ``lakeferry`` command line: run the daemon, check config, submit, DLQ tools, audit.
+
+Every subcommand that reads a config takes ``-c/--config``; the default is ``$LAKEFERRY_CONFIG``,
+else ``etc/lakeferry.toml`` when it exists, else ``/etc/lakeferry/lakeferry.toml``.
+Exit codes: 0 success, 1 a check failed (audit found a problem), 2 bad usage or bad config,
+3 the daemon gave up after repeated stage crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import trio
+
+from lakeferry import __version__
+from lakeferry.errors import ConfigError
+from lakeferry.registry import Registry, load_registry
+from lakeferry.units import Duration
+
+T = TypeVar("T")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
+
+
+def default_config_path() -> str:
+    env = os.environ.get("LAKEFERRY_CONFIG")
+    if env:
+        return env
+    if Path("etc/lakeferry.toml").exists():
+        return "etc/lakeferry.toml"
+    return "/etc/lakeferry/lakeferry.toml"
+
+
+def _err(message: str) -> None:
+    print(f"lakeferry: {message}", file=sys.stderr)
+
+
+def _load(path: str, registry: Registry | None = None) -> Any:
+    from lakeferry.config import load_config
+
+    return load_config(path, registry or load_registry())
+
+
+def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from lakeferry.bus import open_bus
+
+    async def main() -> T:
+        bus = await open_bus(config)
+        try:
+            return await fn(bus)
+        finally:
+            await bus.aclose()
+
+    return trio.run(main)
+
+
+# -- run / check-config / plugins ----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lakeferry.pipeline import STAGES
+    from lakeferry.supervisor import run_daemon
+
+    registry = load_registry()
+    config = _load(args.config, registry)
+    stages: tuple[str, ...] = STAGES
+    if args.stages:
+        wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STAGES]
+        if unknown:
+            raise ConfigError("--stages", f"unknown stage(s) {unknown} (stages: {', '.join(STAGES)})")
+        if set(wanted) != set(STAGES) and config.core.bus.kind == "embedded":
+            raise ConfigError(
+                "--stages",
+                "the embedded bus runs every stage in one process; "
+                "use bus.kind = \"kafka\" to run stages as separate processes",
+            )
+        stages = tuple(s for s in STAGES if s in wanted)
+    return run_daemon(config, registry, stages)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"{args.file}: ok (bus {config.core.bus.kind}, sink {config.sink.kind}, "
+          f"cache {config.cache.kind}, inventory {config.inventory.kind}, "
+          f"{len(config.sources)} source(s))")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    if args.json:
+        print(json.dumps([msgspec.to_builtins(p.__dict__) for p in registry.plugins], indent=2))
+        return EXIT_OK
+    width = max((len(p.name) for p in registry.plugins), default=4)
+    for p in registry.plugins:
+        print(f"{p.name:<{width}}  {p.distribution} {p.version}  {p.module}")
+        for item in p.provides:
+            print(f"{'':<{width}}    provides {item}")
+    return EXIT_OK
+
+
+# -- submit --------------------------------------------------------------------------------------
+
+
+def _progress(total: int, label: str, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        f"[bold]{label}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=quiet or total < 1,
+        transient=False,
+    )
+    return progress
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lakeferry.bus.base import OutgoingRecord
+    from lakeferry.messages import EVENT, Event, utcnow
+
+    config = _load(args.config)
+    topic = config.core.topics.intake
+    lines: list[bytes] = []
+    if args.file:
+        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        with source:
+            lines.extend(line.strip() for line in source if line.strip())
+    for url in args.urls:
+        event = Event(
+            id=args.id if args.id and len(args.urls) == 1 else str(uuid.uuid4()),
+            url=url,
+            path=args.path,
+            sha256=args.sha256,
+            created_at=utcnow(),
+        )
+        lines.append(EVENT.encode(event))
+    if not lines:
+        _err("nothing to submit: give URLs or --file")
+        return EXIT_USAGE
+
+    def key_of(raw: bytes) -> bytes | None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        ident = data.get("id") if isinstance(data, dict) else None
+        return ident.encode() if isinstance(ident, str) else None
+
+    async def send(bus: Any) -> int:
+        producer = bus.producer()
+        with _progress(len(lines), "submitting", args.quiet or len(lines) < 2) as progress:
+            task = progress.add_task("submit", total=len(lines))
+            for start in range(0, len(lines), args.batch):
+                chunk = lines[start : start + args.batch]
+                await producer.send_many([OutgoingRecord(topic, raw, key_of(raw)) for raw in chunk])
+                progress.advance(task, len(chunk))
+        return len(lines)
+
+    count = _with_bus(config, send)
+    if not args.quiet:
+        print(f"submitted {count} event(s) to {topic}", file=sys.stderr)
+    if args.urls and not args.file:
+        for raw in lines:
+            print(json.loads(raw)["id"])
+    return EXIT_OK
+
+
+# -- dlq -----------------------------------------------------------------------------------------
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from lakeferry.dlq import LetterFilter
+
+    return LetterFilter(
+        reasons=frozenset(args.reason or ()),
+        stage=args.stage,
+        older_than=Duration.parse(args.older_than) if args.older_than else None,
+        newer_than=Duration.parse(args.newer_than) if args.newer_than else None,
+        url_contains=args.url,
+        keys=frozenset(getattr(args, "ids", None) or ()),
+    )
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from lakeferry import dlq
+    from lakeferry.messages import to_builtins
+    from lakeferry.urls import redact_url
+
+    config = _load(args.config)
+    topics = config.core.topics
+    flt = _filter(args)
+
+    async def main(bus: Any) -> int:
+        letters = dlq.select(await dlq.current_letters(bus, topics.dlq), flt)
+        if args.action == "list":
+            if args.json:
+                print(json.dumps([_letter_summary(item, redact_url) for item in letters], indent=2))
+            else:
+                by_reason: dict[str, int] = {}
+                for item in letters:
+                    s = _letter_summary(item, redact_url)
+                    by_reason[s["reason"]] = by_reason.get(s["reason"], 0) + 1
+                    print(f"{s['dead_at']}  {s['reason']:<18} {s['stage']:<8} {s['attempts']}  "
+                          f"{s['key']}  {s['url'] or s['source'] or ''}")  # fmt: skip
+                summary = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
+                print(f"{len(letters)} letter(s)" + (f" ({summary})" if summary else ""))
+            return EXIT_OK
+        if args.action == "show":
+            for item in letters:
+                data = to_builtins(item.letter)
+                if item.letter.raw is not None:
+                    data["raw"] = item.letter.raw.decode(errors="replace")
+                print(json.dumps({"key": item.key, "offset": item.record.offset,
+                                  "partition": item.record.partition, "letter": data}, indent=2))  # fmt: skip
+            return EXIT_OK
+        if not letters:
+            print("no matching letters")
+            return EXIT_OK
+        if not args.yes and (args.action == "purge" or len(letters) > 1) and sys.stdin.isatty():
+            answer = input(f"{args.action} {len(letters)} letter(s)? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("aborted")
+                return EXIT_FAILED
+        by = getpass.getuser()
+        if args.action == "purge":
+            n = await dlq.purge(bus, letters, dlq_topic=topics.dlq, by=by)
+            print(f"purged {n} letter(s)")
+            return EXIT_OK
+        with _progress(len(letters), "replaying", args.quiet or len(letters) < 50) as progress:
+            task = progress.add_task("replay", total=len(letters))
+            n = await dlq.replay(
+                bus, letters, dlq_topic=topics.dlq, pending_topic=topics.pending,
+                intake_topic=topics.intake, by=by,
+                progress=lambda k: progress.advance(task, k),
+            )  # fmt: skip
+        print(f"replayed {n} letter(s) to {topics.pending}")
+        return EXIT_OK
+
+    return _with_bus(config, main)
+
+
+def _letter_summary(item: Any, redact: Callable[[str], str]) -> dict[str, Any]:
+    letter = item.letter
+    return {
+        "key": item.key,
+        "event_id": item.event_id,
+        "reason": letter.reason,
+        "stage": letter.stage,
+        "error": letter.error,
+        "dead_at": letter.dead_at.isoformat(timespec="seconds"),
+        "attempts": len(letter.attempts),
+        "url": redact(item.url) if item.url else None,
+        "source": letter.source,
+    }
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from lakeferry.audit import audit, submitted_ids
+    from lakeferry.components import PluginContext
+    from lakeferry.logs import get_logger
+
+    registry = load_registry()
+    config = _load(args.config, registry)
+    submitted = submitted_ids(Path(args.events)) if args.events else set()
+
+    async def main(bus: Any) -> Any:
+        ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("audit"))
+        inventory = registry.get("inventory", config.inventory.kind).factory(config.inventory.settings, ctx)
+        sink = registry.get("sink", config.sink.kind).factory(config.sink.settings, ctx)
+        try:
+            return await audit(config, bus, inventory, sink, submitted=submitted,
+                               verify_sink=not args.no_verify_sink)  # fmt: skip
+        finally:
+            await inventory.aclose()
+            await sink.aclose()
+
+    report = _with_bus(config, main)
+    if args.json:
+        print(json.dumps(report.counts()))
+    else:
+        for key, value in report.counts().items():
+            print(f"{key:>20}: {value}")
+        if report.lost_ids:
+            print(f"{'lost ids':>20}: {', '.join(report.lost_ids)}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakeferry", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"lakeferry {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", default=default_config_path(), help="config file (TOML)")
+        return p
+
+    run = with_config(sub.add_parser("run", help="run the daemon"))
+    run.add_argument("--stages", help="comma-separated subset: ingest,download,upload,results")
+    run.set_defaults(fn=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(fn=cmd_check_config)
+
+    plugins = sub.add_parser("plugins", help="list loaded plugins and what they provide")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(fn=cmd_plugins)
+
+    submit = with_config(sub.add_parser("submit", help="submit events (URLs or a JSONL file)"))
+    submit.add_argument("urls", nargs="*", metavar="URL")
+    submit.add_argument("--file", "-f", help="JSONL file of events ('-' for stdin)")
+    submit.add_argument("--id", help="event id (one URL only; default: a new UUID)")
+    submit.add_argument("--path", help="destination path relative to the sink root")
+    submit.add_argument("--sha256", help="expected sha256 of the file")
+    submit.add_argument("--batch", type=int, default=500)
+    submit.add_argument("--quiet", "-q", action="store_true")
+    submit.set_defaults(fn=cmd_submit)
+
+    dlq = sub.add_parser("dlq", help="inspect and handle dead letters")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("list", "list current letters"),
+        ("show", "show letters in full"),
+        ("replay", "send letters back to downloads.pending with a fresh attempt count"),
+        ("purge", "retire letters without replaying"),
+    ):
+        p = with_config(dsub.add_parser(action, help=text))
+        p.add_argument("ids", nargs="*", help="event ids (DLQ keys) to act on")
+        p.add_argument("--reason", action="append", help="only this reason (repeatable)")
+        p.add_argument("--stage", help="only letters from this stage")
+        p.add_argument("--older-than", help="only letters older than this (e.g. 1h)")
+        p.add_argument("--newer-than", help="only letters newer than this (e.g. 30m)")
+        p.add_argument("--url", help="only letters whose URL contains this text")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+        p.add_argument("--quiet", "-q", action="store_true")
+        p.set_defaults(fn=cmd_dlq)
+
+    aud = with_config(sub.add_parser("audit", help="reconcile events against inventory/sink/DLQ"))
+    aud.add_argument("--json", action="store_true", help="print the counts as one JSON line")
+    aud.add_argument("--events", help="JSONL file of submitted events to include")
+    aud.add_argument("--no-verify-sink", action="store_true", help="skip hashing sink files")
+    aud.set_defaults(fn=cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""The daemon's configuration: TOML validated into typed msgspec Structs.
+
+Loading happens in three steps, each of which names the offending key when it fails:
+
+1. TOML parse (``tomllib``), then ``${VAR}`` / ``${VAR:-default}`` references in strings are
+   replaced from the environment (an unset variable without a default is an error).
+2. The core sections are converted into :class:`Config` (unknown keys and wrong types refused;
+   durations like ``"250ms"`` and sizes like ``"20GiB"`` accepted).
+3. Plugin sections (``[cache]``, ``[sink]``, ``[inventory]``, ``[[sources]]``,
+   ``[downloaders.<kind>]``) are validated against the settings type the plugin registered for
+   its ``kind``; an unknown kind is refused with the kinds that are known.
+
+Paths are used as written: relative paths are relative to the daemon's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from lakeferry.errors import ConfigError
+from lakeferry.registry import ComponentKind, Registry
+from lakeferry.units import ByteSize, Duration, dec_hook
+
+Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
+Positive = Annotated[int, Meta(ge=1)]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DaemonConfig(_Section):
+    state_dir: str = "var/lakeferry"
+    shutdown_grace: Duration = Duration(30)
+    log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = "json"
+    restart_backoff: Duration = Duration(1)
+    restart_backoff_max: Duration = Duration(30)
+    max_crashes: Positive = 5
+    crash_window: Duration = Duration(300)
+
+
+class EmbeddedBusConfig(_Section):
+    path: str = "var/lakeferry/bus.sqlite"
+    poll_interval: Duration = Duration(0.05)
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    retention: Duration = Duration(7 * 86400)
+
+
+class BusConfig(_Section):
+    kind: Literal["embedded"] = "embedded"
+    partitions: Positive = 4
+    group: str = "lakeferry"
+    embedded: EmbeddedBusConfig = msgspec.field(default_factory=EmbeddedBusConfig)
+
+
+class TopicsConfig(_Section):
+    intake: str = "events.raw"
+    pending: str = "downloads.pending"
+    cached: str = "downloads.cached"
+    results: str = "downloads.results"
+    dlq: str = "downloads.dlq"
+
+
+class RetryConfig(_Section):
+    delays: list[Duration] = msgspec.field(
+        default_factory=lambda: [Duration(300), Duration(600), Duration(1200), Duration(2400)]
+    )
+    topics: list[str] = msgspec.field(
+        default_factory=lambda: ["retry.5m", "retry.10m", "retry.20m", "retry.40m"]
+    )
+
+
+class IngestConfig(_Section):
+    concurrency: Concurrency = 4
+    events_table: bool = True
+    events_batch_rows: Positive = 1000
+    events_batch_wait: Duration = Duration(1)
+
+
+class DownloadConfig(_Section):
+    concurrency: Concurrency = 50
+    attempt_timeout: Duration = Duration(3600)
+
+
+class UploadConfig(_Section):
+    concurrency: Concurrency = 40
+    backoff_initial: Duration = Duration(0.5)
+    backoff_max: Duration = Duration(60)
+    breaker_failures: Positive = 5
+    breaker_cooldown: Duration = Duration(10)
+
+
+class ResultsConfig(_Section):
+    batch_rows: Positive = 1000
+    batch_wait: Duration = Duration(0.5)
+
+
+class MetricsConfig(_Section):
+    listen: str = "127.0.0.1:9464"
+    """``host:port``; an empty string disables the endpoint."""
+
+
+class CommitConfig(_Section):
+    interval: Duration = Duration(0.2)
+    """How often each stage commits its contiguous completed offsets."""
+
+
+class Config(_Section):
+    """The whole configuration. Plugin sections hold the validated plugin settings objects."""
+
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
+    topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    download: DownloadConfig = msgspec.field(default_factory=DownloadConfig)
+    upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
+    results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    commit: CommitConfig = msgspec.field(default_factory=CommitConfig)
+    cache: dict[str, Any] = msgspec.field(default_factory=dict)
+    sink: dict[str, Any] = msgspec.field(default_factory=dict)
+    inventory: dict[str, Any] = msgspec.field(default_factory=dict)
+    sources: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    downloaders: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class PluginChoice(Struct, frozen=True):
+    """A plugin section after validation: its kind and the plugin's settings object."""
+
+    kind: str
+    settings: Any
+
+
+class LoadedConfig(Struct, frozen=True):
+    """A validated configuration and the plugin settings it selects."""
+
+    path: str
+    core: Config
+    cache: PluginChoice
+    sink: PluginChoice
+    inventory: PluginChoice
+    sources: list[PluginChoice]
+    downloaders: dict[str, PluginChoice]
+
+    @property
+    def retry_topics(self) -> list[str]:
+        return list(self.core.retry.topics)
+
+    def all_topics(self) -> list[str]:
+        t = self.core.topics
+        return [t.intake, t.pending, t.cached, t.results, t.dlq, *self.core.retry.topics]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _resolve_env(value: Any, key: str, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{key}.{k}" if key else k, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _key_from_path(msg: str, prefix: str = "") -> tuple[str, str]:
+    """Split msgspec's ``"... - at `$.a.b[0]`"`` into (``prefix.a.b[0]``, ``...``)."""
+    m = re.search(r" - at `\$(.*)`$", msg)
+    path = m.group(1) if m else ""
+    problem = msg[: m.start()] if m else msg
+    key = (prefix + path).lstrip(".")
+    unknown = re.match(r"Object contains unknown field `(.+)`", problem)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}".lstrip(".")
+        problem = "unknown key"
+    return key, problem
+
+
+def _convert(data: Any, type_: type[Any], prefix: str) -> Any:
+    try:
+        return msgspec.convert(data, type_, dec_hook=dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        key, problem = _key_from_path(str(exc), prefix)
+        raise ConfigError(key, problem) from None
+
+
+def _plugin(
+    registry: Registry, component: ComponentKind, section: dict[str, Any], key: str
+) -> PluginChoice:
+    data = dict(section)
+    kind = data.pop("kind", None)
+    if kind is None:
+        raise ConfigError(f"{key}.kind", f"missing (known {component} kinds: {', '.join(sorted(registry.kinds(component)))})")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{key}.kind", "expected a string")
+    try:
+        reg = registry.get(component, kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.kind", exc.problem) from None
+    return PluginChoice(kind, _convert(data, reg.settings_type, key))
+
+
+def _validate_core(core: Config) -> None:
+    retry = core.retry
+    if not retry.delays:
+        raise ConfigError("retry.delays", "at least one rung is required")
+    if len(retry.delays) != len(retry.topics):
+        raise ConfigError(
+            "retry.topics",
+            f"has {len(retry.topics)} topics for {len(retry.delays)} delays; give one topic per delay",
+        )
+    names = [*msgspec.structs.astuple(core.topics), *retry.topics]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError("topics", f"topic names must differ; repeated: {', '.join(dupes)}")
+    listen = core.metrics.listen
+    if listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
+        raise ConfigError("metrics.listen", f"expected host:port, got {listen!r}")
+
+
+def parse_config(
+    data: dict[str, Any],
+    registry: Registry,
+    *,
+    path: str = "<memory>",
+    env: dict[str, str] | None = None,
+) -> LoadedConfig:
+    """Validate already-parsed TOML data."""
+    resolved = _resolve_env(data, "", dict(os.environ) if env is None else env)
+    core: Config = _convert(resolved, Config, "")
+    _validate_core(core)
+    for name in ("cache", "sink", "inventory"):
+        if not getattr(core, name):
+            raise ConfigError(f"{name}.kind", f"the [{name}] section is required")
+    sources = [
+        _plugin(registry, "source", s, f"sources[{i}]") for i, s in enumerate(core.sources)
+    ]
+    downloaders: dict[str, PluginChoice] = {}
+    configured = dict(core.downloaders)
+    for kind in registry.kinds("downloader"):
+        configured.setdefault(kind, {})
+    for kind, settings in configured.items():
+        key = f"downloaders.{kind}"
+        if not isinstance(settings, dict):
+            raise ConfigError(key, "expected a table")
+        if kind not in registry.kinds("downloader"):
+            known = ", ".join(sorted(registry.kinds("downloader")))
+            raise ConfigError(key, f"unknown downloader kind {kind!r} (known: {known})")
+        downloaders[kind] = _plugin(registry, "downloader", {"kind": kind, **settings}, key)
+    return LoadedConfig(
+        path=path,
+        core=core,
+        cache=_plugin(registry, "cache", core.cache, "cache"),
+        sink=_plugin(registry, "sink", core.sink, "sink"),
+        inventory=_plugin(registry, "inventory", core.inventory, "inventory"),
+        sources=sources,
+        downloaders=downloaders,
+    )
+
+
+def load_config(path: str | Path, registry: Registry, env: dict[str, str] | None = None) -> LoadedConfig:
+    """Read and validate a TOML file. Raises ConfigError naming the key and the problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return parse_config(data, registry, path=str(p), env=env)
+
+
+# Settings that SIGHUP applies to a running daemon; everything else needs a restart.
+LIVE_KEYS = frozenset(
+    {
+        "daemon.log_level",
+        "daemon.shutdown_grace",
+        "ingest.concurrency",
+        "download.concurrency",
+        "download.attempt_timeout",
+        "upload.concurrency",
+        "upload.backoff_initial",
+        "upload.backoff_max",
+        "upload.breaker_failures",
+        "upload.breaker_cooldown",
+        "results.batch_rows",
+        "results.batch_wait",
+        "retry.delays",
+        "commit.interval",
+        "cache.quota",
+    }
+)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def diff(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list[str]]:
+    """Changed keys of ``new`` relative to ``old``, split into (live, needs_restart)."""
+    a, b = _flatten(old.core), _flatten(new.core)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    live = [k for k in changed if k in LIVE_KEYS]
+    restart = [k for k in changed if k not in LIVE_KEYS]
+    return live, restart

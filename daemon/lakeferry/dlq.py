@@ -1,0 +1,136 @@
+"""The dead-letter topic as operators see it: list, show, replay, purge.
+
+The DLQ topic is keyed by event id (``malformed:<sha256>`` for events without a usable id).
+Handling a letter appends a :class:`~lakeferry.messages.DlqTombstone` with the same key, so the
+current DLQ is "the last record of every key, unless it is a tombstone" — the semantics of a
+compacted Kafka topic, and the same on the embedded bus. An event that fails again after a
+replay gets a new letter after the tombstone and shows up again.
+
+Replay sends the task back to ``downloads.pending`` with a fresh attempt count (``attempt=0``,
+``replays+1``) and then tombstones the letter; a malformed event's raw bytes go back to the
+intake topic to be validated again. A crash between the two steps replays a letter twice,
+which the idempotent stages absorb.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from lakeferry.bus.base import Bus, OutgoingRecord, Record
+from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, DlqTombstone, utcnow
+from lakeferry.pipeline import task_headers
+
+
+@dataclass(frozen=True)
+class Letter:
+    record: Record
+    letter: DeadLetter
+
+    @property
+    def key(self) -> str:
+        return (self.record.key or b"").decode(errors="replace")
+
+    @property
+    def event_id(self) -> str | None:
+        return self.letter.task.event.id if self.letter.task is not None else None
+
+    @property
+    def url(self) -> str | None:
+        return self.letter.task.event.url if self.letter.task is not None else None
+
+
+@dataclass(frozen=True)
+class LetterFilter:
+    reasons: frozenset[str] = frozenset()
+    stage: str | None = None
+    older_than: float | None = None
+    newer_than: float | None = None
+    url_contains: str | None = None
+    keys: frozenset[str] = frozenset()
+
+    def matches(self, letter: Letter, now: dt.datetime) -> bool:
+        d = letter.letter
+        age = (now - d.dead_at).total_seconds()
+        return (
+            (not self.reasons or d.reason in self.reasons)
+            and (self.stage is None or d.stage == self.stage)
+            and (self.older_than is None or age >= self.older_than)
+            and (self.newer_than is None or age <= self.newer_than)
+            and (self.url_contains is None or self.url_contains in (letter.url or ""))
+            and (not self.keys or letter.key in self.keys)
+        )
+
+
+async def current_letters(bus: Bus, topic: str) -> list[Letter]:
+    """The letters not yet replayed or purged, oldest first."""
+    latest: dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]] = {}
+    async for record in bus.scan(topic):
+        try:
+            message = DLQ.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # not ours; never let one bad record hide the others
+        latest[record.key] = (record, message)
+    letters = [
+        Letter(rec, msg) for rec, msg in latest.values() if isinstance(msg, DeadLetter)
+    ]
+    letters.sort(key=lambda item: item.letter.dead_at)
+    return letters
+
+
+def select(letters: Iterable[Letter], flt: LetterFilter) -> list[Letter]:
+    now = utcnow()
+    return [letter for letter in letters if flt.matches(letter, now)]
+
+
+def _tombstone(topic: str, letter: Letter, action: str, by: str) -> OutgoingRecord:
+    stone = DlqTombstone(action=action, at=utcnow(), by=by)
+    return OutgoingRecord(topic, DLQ.encode(stone), letter.record.key)
+
+
+async def replay(
+    bus: Bus,
+    letters: Sequence[Letter],
+    *,
+    dlq_topic: str,
+    pending_topic: str,
+    intake_topic: str,
+    by: str = "",
+    batch: int = 200,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send letters back into the pipeline, then retire them. Returns how many."""
+    producer = bus.producer()
+    done = 0
+    for start in range(0, len(letters), batch):
+        chunk = letters[start : start + batch]
+        out: list[OutgoingRecord] = []
+        for item in chunk:
+            task = item.letter.task
+            if task is None:
+                out.append(OutgoingRecord(intake_topic, item.letter.raw or b"", item.record.key))
+                continue
+            fresh = msgspec.structs.replace(task, attempt=0, due_at=None, replays=task.replays + 1)
+            out.append(
+                OutgoingRecord(
+                    pending_topic,
+                    DOWNLOAD.encode(fresh),
+                    task.event.id.encode(),
+                    task_headers(fresh, pending_topic),
+                )
+            )
+        await producer.send_many(out)
+        await producer.send_many([_tombstone(dlq_topic, item, "replay", by) for item in chunk])
+        done += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return done
+
+
+async def purge(bus: Bus, letters: Sequence[Letter], *, dlq_topic: str, by: str = "") -> int:
+    if letters:
+        await bus.producer().send_many([_tombstone(dlq_topic, item, "purge", by) for item in letters])
+    return len(letters)

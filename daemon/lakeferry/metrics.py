@@ -1,0 +1,142 @@
+"""Prometheus metrics, behind plain-language methods the stages call.
+
+One :class:`Metrics` per daemon, on its own registry, served on ``metrics.listen``
+(127.0.0.1:9464 by default). Every metric is documented in the README's metrics table; names
+follow ``lakeferry_<area>_<what>_<unit>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import prometheus_client as prom
+from prometheus_client import CollectorRegistry
+
+from lakeferry import __version__
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600, 7200)
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = prom.Info("lakeferry_build", "lakeferry version", registry=r)
+        self.build_info.info({"version": __version__})
+        self.messages = prom.Counter(
+            "lakeferry_stage_messages_total",
+            "Messages a stage finished, by outcome",
+            ["stage", "outcome"],
+            registry=r,
+        )
+        self.durations = prom.Histogram(
+            "lakeferry_stage_duration_seconds",
+            "Time a stage spent on one message",
+            ["stage"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = prom.Gauge(
+            "lakeferry_stage_in_flight", "Messages being processed", ["stage"], registry=r
+        )
+        self.capacity = prom.Gauge(
+            "lakeferry_stage_capacity", "Concurrency limit (limiter tokens)", ["stage"], registry=r
+        )
+        self.bytes = prom.Counter(
+            "lakeferry_stage_bytes_total", "Bytes downloaded or uploaded", ["stage"], registry=r
+        )
+        self.retries = prom.Counter(
+            "lakeferry_retries_total", "Tasks sent to a retry rung", ["rung"], registry=r
+        )
+        self.retry_lateness = prom.Histogram(
+            "lakeferry_retry_lateness_seconds",
+            "How late a retried task was taken after its due time",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.dlq = prom.Counter(
+            "lakeferry_dlq_total", "Messages dead-lettered", ["stage", "reason"], registry=r
+        )
+        self.cache_bytes = prom.Gauge("lakeferry_cache_bytes", "Bytes in the cache", registry=r)
+        self.cache_files = prom.Gauge("lakeferry_cache_files", "Files in the cache", registry=r)
+        self.cache_quota = prom.Gauge(
+            "lakeferry_cache_quota_bytes", "Cache byte quota", registry=r
+        )
+        self.end_to_end = prom.Histogram(
+            "lakeferry_end_to_end_seconds",
+            "Event created to inventory row committed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delta_commit = prom.Histogram(
+            "lakeferry_delta_commit_seconds",
+            "Duration of one Delta commit",
+            ["table"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.delta_rows = prom.Counter(
+            "lakeferry_delta_rows_total", "Rows committed to Delta", ["table"], registry=r
+        )
+        self.inventory_skipped = prom.Counter(
+            "lakeferry_inventory_skipped_total",
+            "Results not written because already recorded",
+            ["why"],
+            registry=r,
+        )
+        self.restarts = prom.Counter(
+            "lakeferry_stage_restarts_total", "Stage restarts after a crash", ["stage"], registry=r
+        )
+        self.reloads = prom.Counter(
+            "lakeferry_reloads_total", "Configuration reloads (SIGHUP), by result", ["result"],
+            registry=r,
+        )
+        self.restart_pending = prom.Gauge(
+            "lakeferry_config_restart_pending",
+            "1 when a reloaded setting only takes effect after a restart",
+            registry=r,
+        )
+        self.breaker_open = prom.Gauge(
+            "lakeferry_upload_breaker_open", "1 while the sink circuit breaker is open", registry=r
+        )
+        self.bus_errors = prom.Counter(
+            "lakeferry_bus_errors_total", "Errors talking to the bus", ["op"], registry=r
+        )
+        self._server: Any = None
+
+    # -- plain-language methods ------------------------------------------------------------
+
+    def message_done(self, stage: str, outcome: str, seconds: float) -> None:
+        self.messages.labels(stage, outcome).inc()
+        self.durations.labels(stage).observe(seconds)
+
+    def track_limiter(self, stage: str, in_flight: Callable[[], float], capacity: Callable[[], float]) -> None:
+        self.in_flight.labels(stage).set_function(in_flight)
+        self.capacity.labels(stage).set_function(capacity)
+
+    def bytes_moved(self, stage: str, n: int) -> None:
+        self.bytes.labels(stage).inc(n)
+
+    def retried(self, rung_topic: str) -> None:
+        self.retries.labels(rung_topic).inc()
+
+    def dead_lettered(self, stage: str, reason: str) -> None:
+        self.dlq.labels(stage, reason).inc()
+
+    def serve(self, listen: str) -> None:
+        """Start the HTTP endpoint (a daemon thread of prometheus-client)."""
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        server, _thread = prom.start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+        )
+        self._server = server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

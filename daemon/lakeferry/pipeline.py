@@ -1,0 +1,231 @@
+"""The running pipeline's shared parts: components built from config, limiters, the ladder.
+
+A :class:`Pipeline` is built once per daemon process from a validated config and an open bus.
+Stages receive it and take what they need; the supervisor applies live config changes to it.
+It also owns the one way of dead-lettering a message, so every DLQ record has the same shape.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import Bus, OutgoingRecord, Producer
+from lakeferry.components import (
+    CacheBackend,
+    Downloader,
+    Inventory,
+    PluginContext,
+    Sink,
+    Source,
+)
+from lakeferry.config import LoadedConfig
+from lakeferry.logs import get_logger
+from lakeferry.messages import DLQ, DeadLetter, DownloadTask, utcnow
+from lakeferry.metrics import Metrics
+from lakeferry.registry import Registry
+from lakeferry.retry import (
+    ATTEMPT_HEADER,
+    FIRST_ERROR_HEADER,
+    FIRST_SEEN_HEADER,
+    LAST_ERROR_HEADER,
+    ORIGIN_HEADER,
+)
+from lakeferry.retry import RetryLadder
+from lakeferry.stages.driver import Lifecycle
+
+log = get_logger("pipeline")
+
+STAGES = ("ingest", "download", "upload", "results")
+
+
+def event_key(event_id: str) -> bytes:
+    """Every topic is keyed by event id, so one event always lives on one partition."""
+    return event_id.encode()
+
+
+def task_headers(task: DownloadTask, origin_topic: str) -> dict[str, bytes]:
+    """Informational headers (the body is the source of truth) for operators' tools."""
+    headers = {
+        ATTEMPT_HEADER: str(task.attempt).encode(),
+        ORIGIN_HEADER: origin_topic.encode(),
+        FIRST_SEEN_HEADER: task.received_at.isoformat().encode(),
+    }
+    if task.history:
+        headers[FIRST_ERROR_HEADER] = task.history[0].error[:200].encode()
+        headers[LAST_ERROR_HEADER] = task.history[-1].error[:200].encode()
+    return headers
+
+
+@dataclass
+class Pipeline:
+    config: LoadedConfig
+    registry: Registry
+    bus: Bus
+    producer: Producer
+    metrics: Metrics
+    lifecycle: Lifecycle
+    cache: CacheBackend
+    sink: Sink
+    inventory: Inventory
+    downloaders: dict[str, Downloader]
+    sources: list[Source]
+    ladder: RetryLadder
+    limiters: dict[str, trio.CapacityLimiter] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return self.config.core.bus.group
+
+    def group_for(self, stage: str) -> str:
+        return f"{self.group}.{stage}"
+
+    @classmethod
+    def build(
+        cls, config: LoadedConfig, registry: Registry, bus: Bus, metrics: Metrics
+    ) -> Pipeline:
+        core = config.core
+        state_dir = Path(core.daemon.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+        def ctx(kind: str) -> PluginContext:
+            return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"))
+
+        def make(component: Any, choice: Any) -> Any:
+            reg = registry.get(component, choice.kind)
+            return reg.factory(choice.settings, ctx(choice.kind))
+
+        downloaders: dict[str, Downloader] = {}
+        for kind, choice in config.downloaders.items():
+            reg = registry.get("downloader", kind)
+            instance = reg.factory(choice.settings, ctx(kind))
+            for scheme in reg.schemes:
+                downloaders[scheme] = instance
+        pipeline = cls(
+            config=config,
+            registry=registry,
+            bus=bus,
+            producer=bus.producer(),
+            metrics=metrics,
+            lifecycle=Lifecycle(shutdown_grace=core.daemon.shutdown_grace),
+            cache=make("cache", config.cache),
+            sink=make("sink", config.sink),
+            inventory=make("inventory", config.inventory),
+            downloaders=downloaders,
+            sources=[make("source", s) for s in config.sources],
+            ladder=RetryLadder(core.retry.topics, core.retry.delays),
+        )
+        pipeline.limiters = {
+            "ingest": trio.CapacityLimiter(core.ingest.concurrency),
+            "download": trio.CapacityLimiter(core.download.concurrency),
+            "upload": trio.CapacityLimiter(core.upload.concurrency),
+            "results": trio.CapacityLimiter(core.results.batch_rows * 2),
+        }
+        for stage, limiter in pipeline.limiters.items():
+            metrics.track_limiter(
+                stage,
+                lambda lim=limiter: float(lim.borrowed_tokens),
+                lambda lim=limiter: float(lim.total_tokens),
+            )
+        return pipeline
+
+    def apply_live(self, new: LoadedConfig) -> None:
+        """Apply the settings that may change while running (see config.LIVE_KEYS)."""
+        core = new.core
+        self.limiters["ingest"].total_tokens = core.ingest.concurrency
+        self.limiters["download"].total_tokens = core.download.concurrency
+        self.limiters["upload"].total_tokens = core.upload.concurrency
+        self.limiters["results"].total_tokens = core.results.batch_rows * 2
+        self.ladder.set_delays(core.retry.delays)
+        self.lifecycle.shutdown_grace = core.daemon.shutdown_grace
+        quota = getattr(new.cache.settings, "quota", None)
+        if quota is not None:
+            self.cache.set_quota(int(quota))
+        # Keep plugin choices as they were: changing them needs a restart.
+        self.config = msgspec.structs.replace(self.config, core=core)
+
+    async def dead_letter(
+        self,
+        *,
+        stage: str,
+        reason: str,
+        error: str,
+        origin_topic: str,
+        task: DownloadTask | None = None,
+        raw: bytes | None = None,
+        source: str | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        """Put one message on the DLQ; returns once it is on the bus."""
+        letter = DeadLetter(
+            reason=reason,
+            error=error[:4000],
+            stage=stage,
+            dead_at=utcnow(),
+            origin_topic=origin_topic,
+            task=task,
+            raw=raw,
+            source=source,
+        )
+        if key is None:
+            key = event_key(task.event.id) if task is not None else None
+        headers = task_headers(task, origin_topic) if task is not None else {}
+        await self.producer.send(
+            self.config.core.topics.dlq, DLQ.encode(letter), key=key, headers=headers
+        )
+        self.metrics.dead_lettered(stage, reason)
+        log.warning(
+            "dead-lettered",
+            extra={
+                "stage": stage,
+                "reason": reason,
+                "event_id": task.event.id if task else None,
+                "error": error[:500],
+            },
+        )
+
+    def dead_letter_record(
+        self,
+        *,
+        stage: str,
+        reason: str,
+        error: str,
+        origin_topic: str,
+        raw: bytes,
+        source: str,
+        key: bytes,
+    ) -> OutgoingRecord:
+        """A DLQ record for a raw event that did not decode (sent with others in one batch)."""
+        letter = DeadLetter(
+            reason=reason,
+            error=error[:4000],
+            stage=stage,
+            dead_at=utcnow(),
+            origin_topic=origin_topic,
+            raw=raw,
+            source=source,
+        )
+        return OutgoingRecord(self.config.core.topics.dlq, DLQ.encode(letter), key)
+
+    async def aclose(self) -> None:
+        for closer in (
+            *{id(d): d for d in self.downloaders.values()}.values(),
+            self.sink,
+            self.cache,
+            self.inventory,
+        ):
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                try:
+                    await closer.aclose()
+                except Exception:
+                    log.exception("closing a component failed")
+
+
+def now() -> dt.datetime:
+    return utcnow()

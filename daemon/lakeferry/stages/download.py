@@ -1,0 +1,227 @@
+"""The download stage: tasks from ``downloads.pending`` and the retry rungs into the cache.
+
+For each task: find the downloader for the URL's scheme, wait for cache quota, stream the body
+into the cache (sha256 on the fly, checked against the event's), then put a
+:class:`CachedFile` on ``downloads.cached``. A file already complete in the cache with the right
+checksum is not fetched again (a redelivered task is cheap).
+
+Failures: a transient one sends the task to the next retry rung with its due time; a permanent
+one, or one past the last rung, sends it to the DLQ. A checksum mismatch is retried once,
+because a file replaced at the origin mid-download looks the same; a repeat is permanent.
+
+Resource handling: one in-process lock per event id, so two copies of one event never write
+the same cache entry at once. A failed or cancelled download aborts its partial file.
+
+Error handling: exceptions from plugins that are not PipelineErrors are classified through the
+``lakeferry_classify_error`` hook, else treated as transient (``internal``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import Record
+from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.logs import get_logger
+from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, utcnow
+from lakeferry.pipeline import Pipeline, event_key, task_headers
+from lakeferry.retry import DUE_HEADER, due_ms, to_ms
+from lakeferry.stages.driver import StageDriver, seconds_until_ms
+from lakeferry.urls import redact_url, scheme_of
+
+log = get_logger("download")
+
+
+def cache_key(event_id: str) -> str:
+    return event_id
+
+
+class KeyLocks:
+    """One trio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, trio.Lock] = {}
+        self._users: defaultdict[str, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, trio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                del self._locks[key]
+
+
+class DownloadStage:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+        self.locks = KeyLocks()
+
+    def gate(self, record: Record) -> float:
+        return seconds_until_ms(due_ms(record.headers))
+
+    async def handle(self, record: Record) -> None:
+        p = self.p
+        started = time.monotonic()
+        try:
+            task = DOWNLOAD.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await p.dead_letter(
+                stage="download", reason=Reason.MALFORMED, error=f"undecodable task: {exc}",
+                origin_topic=record.topic, raw=record.value, key=record.key,
+            )  # fmt: skip
+            return
+        due = due_ms(record.headers)
+        if due is not None:
+            p.metrics.retry_lateness.observe(max(0.0, time.time() - due / 1000))
+        try:
+            outcome = await self._download(task)
+        except PipelineError as error:
+            await self._failed(task, error, record.topic)
+            p.metrics.message_done("download", "failed", time.monotonic() - started)
+            return
+        p.metrics.message_done("download", outcome, time.monotonic() - started)
+
+    async def _download(self, task: DownloadTask) -> str:
+        p = self.p
+        event = task.event
+        key = cache_key(event.id)
+        async with self.locks.hold(key):
+            entry = await p.cache.lookup(key)
+            outcome = "cached"
+            if entry is None or (event.sha256 is not None and entry.sha256 != event.sha256):
+                outcome = "downloaded"
+                downloader = p.downloaders.get(scheme_of(event.url))
+                if downloader is None:
+                    raise PermanentError(
+                        Reason.UNSUPPORTED_SCHEME,
+                        f"no downloader for scheme {scheme_of(event.url)!r} "
+                        f"(have: {', '.join(sorted(p.downloaders)) or 'none'})",
+                    )
+                try:
+                    with trio.fail_after(p.config.core.download.attempt_timeout):
+                        async with p.cache.reserve(event.size):
+                            pending = await p.cache.create(key)
+                            try:
+                                await downloader.fetch(task, pending)
+                                entry = await pending.commit(
+                                    expected_sha256=event.sha256, expected_size=event.size
+                                )
+                            except BaseException:
+                                with trio.CancelScope(shield=True):
+                                    await pending.abort()
+                                raise
+                except trio.TooSlowError:
+                    raise TransientError(
+                        Reason.TIMEOUT,
+                        f"download did not finish within {p.config.core.download.attempt_timeout}s",
+                    ) from None
+                except PipelineError:
+                    raise
+                except Exception as exc:
+                    raise self._classify(exc) from exc
+                p.metrics.bytes_moved("download", entry.size)
+            cached = CachedFile(
+                task=task,
+                cache_key=key,
+                size=entry.size,
+                sha256=entry.sha256,
+                downloaded_at=utcnow(),
+            )
+            topic = p.config.core.topics.cached
+            await p.producer.send(
+                topic, CACHED.encode(cached), key=event_key(event.id),
+                headers=task_headers(task, topic),
+            )  # fmt: skip
+            return outcome
+
+    def _classify(self, exc: Exception) -> PipelineError:
+        classified = self.p.registry.classify(exc, "download")
+        if classified is not None:
+            return classified
+        return TransientError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    async def _failed(self, task: DownloadTask, error: PipelineError, topic: str) -> None:
+        p = self.p
+        now = utcnow()
+        failures = task.attempt + 1
+        transient = error.transient
+        if error.reason == Reason.CHECKSUM_MISMATCH and not any(
+            a.reason == Reason.CHECKSUM_MISMATCH for a in task.history
+        ):
+            transient = True  # once may be a file replaced mid-download; twice is not
+        attempt = Attempt(
+            attempt=failures, at=now, stage="download", reason=error.reason, error=str(error)
+        )
+        failed = msgspec.structs.replace(task, attempt=failures, history=(*task.history, attempt))
+        log.info(
+            "download failed",
+            extra={
+                "event_id": task.event.id, "url": redact_url(task.event.url),
+                "reason": error.reason, "transient": transient, "attempt": failures,
+            },
+        )  # fmt: skip
+        if not transient:
+            await p.dead_letter(
+                stage="download", reason=error.reason, error=str(error),
+                origin_topic=topic, task=failed,
+            )  # fmt: skip
+            return
+        rung = p.ladder.rung_for(failures)
+        if rung is None:
+            await p.dead_letter(
+                stage="download", reason=Reason.RETRIES_EXHAUSTED,
+                error=f"gave up after {failures} attempts; last error: {error}",
+                origin_topic=topic, task=failed,
+            )  # fmt: skip
+            return
+        # The rung's delay alone decides (not Retry-After): equal delays keep due times in
+        # offset order on a rung, which is what lets the consumer wait on the head only.
+        due_at = now + dt.timedelta(seconds=rung.delay)
+        retry = msgspec.structs.replace(failed, due_at=due_at)
+        headers = task_headers(retry, topic)
+        headers[DUE_HEADER] = str(to_ms(due_at)).encode()
+        await p.producer.send(
+            rung.topic, DOWNLOAD.encode(retry), key=event_key(task.event.id), headers=headers
+        )
+        p.metrics.retried(rung.topic)
+
+
+async def run_download(
+    pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Consume pending and every retry rung until drained."""
+    p = pipeline
+    stage = DownloadStage(p)
+    driver: StageDriver
+    consumer = p.bus.consumer(
+        p.group_for("download"),
+        [p.config.core.topics.pending, *p.config.core.retry.topics],
+        on_revoke=lambda tps: driver.on_revoke(tps),
+    )
+    driver = StageDriver(
+        name="download",
+        consumer=consumer,
+        limiter=p.limiters["download"],
+        handler=stage.handle,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+        gate=stage.gate,
+    )
+    try:
+        await driver.run(task_status=task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()

@@ -1,0 +1,168 @@
+"""The consume loop every bus-driven stage shares: fetch → gate → process → commit.
+
+Phases, in the kafka-delta-ingest manner:
+
+1. **fetch**: take a limiter token first, then the next record. A stage never holds a record
+   it has no capacity for, so a full stage stops fetching instead of buffering.
+2. **gate**: a record that is not due yet (retry rungs) is put back: seek its partition to the
+   record, pause it, and resume when due. Other partitions keep flowing.
+3. **process**: the stage's handler runs in the worker nursery. It returns normally once
+   everything the record produced is on the bus (or the record's fate is decided: retried,
+   dead-lettered, skipped). An exception escaping a handler is a bug or a bus failure: the
+   stage crashes and its uncommitted records are redelivered after the restart.
+4. **commit**: every ``commit.interval`` the highest *contiguous* completed offset of each
+   partition is committed (:class:`~lakeferry.bus.offsets.OffsetTracker`).
+
+Resource handling: records are acknowledged only through commits; the tracker forgets revoked
+partitions, so late completions of a revoked partition are never committed by this member.
+
+Error handling: on drain (SIGTERM) the fetch phase stops, in-flight handlers get
+``shutdown_grace`` to finish, then whatever is contiguous is committed — also when the stage
+crashed, because work that finished really is done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from lakeferry.bus.base import Consumer, Record, TopicPartition
+from lakeferry.bus.offsets import OffsetTracker
+from lakeferry.logs import get_logger
+
+log = get_logger("stage")
+
+Handler = Callable[[Record], Awaitable[None]]
+Gate = Callable[[Record], float]
+"""Seconds until ``record`` may be processed (<= 0: now)."""
+
+FINAL_COMMIT_TIMEOUT = 10.0
+
+
+@dataclass
+class Lifecycle:
+    """Shared by the supervisor and every stage: tells them when to drain and how long for."""
+
+    shutdown_grace: float
+    draining: trio.Event = field(default_factory=trio.Event)
+
+    def drain(self) -> None:
+        self.draining.set()
+
+
+class StageDriver:
+    """Runs one consumer through the four phases. One instance per stage run."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        consumer: Consumer,
+        limiter: trio.CapacityLimiter,
+        handler: Handler,
+        lifecycle: Lifecycle,
+        commit_interval: Callable[[], float],
+        gate: Gate | None = None,
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.limiter = limiter
+        self.handler = handler
+        self.lifecycle = lifecycle
+        self.commit_interval = commit_interval
+        self.gate = gate
+        self.tracker = OffsetTracker()
+        self._paused_until: dict[TopicPartition, float] = {}
+
+    # -- callbacks for the bus ---------------------------------------------------------------
+
+    def on_revoke(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self.tracker.forget(tp)
+            self._paused_until.pop(tp, None)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._commit_loop)
+            try:
+                async with trio.open_nursery() as workers:
+                    fetch_scope = trio.CancelScope()
+                    workers.start_soon(self._watch_drain, fetch_scope, workers.cancel_scope)
+                    task_status.started()
+                    with fetch_scope:
+                        # Resume timers live inside the fetch scope: draining cancels them.
+                        async with trio.open_nursery() as timers:
+                            await self._fetch_loop(workers, timers)
+                    log.info("stage draining", extra={"stage": self.name})
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_COMMIT_TIMEOUT):
+                    await self.commit_now()
+            outer.cancel_scope.cancel(reason="stage finished")
+
+    async def _watch_drain(self, fetch_scope: trio.CancelScope, workers: trio.CancelScope) -> None:
+        await self.lifecycle.draining.wait()
+        fetch_scope.cancel(reason="draining")
+        workers.deadline = min(workers.deadline, trio.current_time() + self.lifecycle.shutdown_grace)
+
+    async def _fetch_loop(self, workers: trio.Nursery, timers: trio.Nursery) -> None:
+        while True:
+            token = object()
+            await self.limiter.acquire_on_behalf_of(token)
+            try:
+                record = await self.consumer.next()
+            except BaseException:
+                self.limiter.release_on_behalf_of(token)
+                raise
+            if self.gate is not None:
+                wait = self.gate(record)
+                if wait > 0:
+                    self.limiter.release_on_behalf_of(token)
+                    self._hold(record, wait, timers)
+                    continue
+            self.tracker.track(record.tp, record.offset)
+            workers.start_soon(self._process, record, token)
+
+    def _hold(self, record: Record, wait: float, timers: trio.Nursery) -> None:
+        tp = record.tp
+        self.consumer.seek(tp, record.offset)
+        self.consumer.pause(tp)
+        until = trio.current_time() + wait
+        self._paused_until[tp] = until
+        timers.start_soon(self._resume_at, tp, until)
+
+    async def _resume_at(self, tp: TopicPartition, until: float) -> None:
+        await trio.sleep_until(until)
+        if self._paused_until.get(tp) == until:
+            del self._paused_until[tp]
+            self.consumer.resume(tp)
+
+    async def _process(self, record: Record, token: object) -> None:
+        try:
+            await self.handler(record)
+            self.tracker.done(record.tp, record.offset)
+        finally:
+            self.limiter.release_on_behalf_of(token)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await trio.sleep(max(0.001, self.commit_interval()))
+            await self.commit_now()
+
+    async def commit_now(self) -> None:
+        offsets = self.tracker.committable()
+        if offsets:
+            await self.consumer.commit(offsets)
+            self.tracker.mark_committed(offsets)
+
+
+def seconds_until_ms(due_ms: int | None) -> float:
+    """Seconds from now until a wall-clock due time in ms (``-inf`` when there is none)."""
+    if due_ms is None:
+        return -math.inf
+    return due_ms / 1000.0 - time.time()

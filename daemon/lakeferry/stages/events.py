@@ -1,0 +1,90 @@
+"""The events recorder: an analytics copy of every accepted event in the Delta events table.
+
+It reads ``downloads.pending`` in its own consumer group, off the latency path, and records
+each task on its first delivery (attempt 0, never replayed) in batches. The table is
+at-least-once: a crash between a Delta commit and the bus offset commit writes a batch again,
+so analytics deduplicate on ``event_id``. (The inventory, not this table, is exactly-once.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import Record
+from lakeferry.components import EventRow
+from lakeferry.logs import get_logger
+from lakeferry.messages import DOWNLOAD, to_builtins
+from lakeferry.pipeline import Pipeline
+from lakeferry.stages.batcher import Batcher
+from lakeferry.stages.driver import StageDriver
+from lakeferry.urls import redact_url
+
+log = get_logger("events")
+
+
+def event_row(record: Record, raw_task: bytes) -> EventRow | None:
+    task = DOWNLOAD.decode(raw_task)
+    if task.attempt != 0 or task.replays != 0:
+        return None
+    event = task.event
+    public = to_builtins(msgspec.structs.replace(event, url=redact_url(event.url)))
+    return EventRow(
+        event_id=event.id,
+        url=redact_url(event.url),
+        received_at=task.received_at,
+        event_created_at=event.created_at or task.received_at,
+        origin=f"{record.topic}/{record.partition}/{record.offset}",
+        raw_json=json.dumps(public, sort_keys=True),
+    )
+
+
+async def run_events_recorder(
+    pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    p = pipeline
+    cfg = lambda: p.config.core.ingest  # noqa: E731 - read live on every batch
+
+    async def write(rows: list[EventRow]) -> None:
+        await p.inventory.append_events(rows)
+        p.metrics.delta_rows.labels("events").inc(len(rows))
+
+    batcher: Batcher[EventRow] = Batcher(
+        "events",
+        write,  # type: ignore[arg-type]
+        max_items=lambda: cfg().events_batch_rows,
+        max_wait=lambda: cfg().events_batch_wait,
+    )
+
+    async def handle(record: Record) -> None:
+        try:
+            row = event_row(record, record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # the download stage dead-letters undecodable tasks
+        if row is not None:
+            await batcher.add(row)
+
+    driver: StageDriver
+    consumer = p.bus.consumer(
+        p.group_for("events"),
+        [p.config.core.topics.pending],
+        on_revoke=lambda tps: driver.on_revoke(tps),
+    )
+    driver = StageDriver(
+        name="events",
+        consumer=consumer,
+        limiter=trio.CapacityLimiter(cfg().events_batch_rows * 2),
+        handler=handle,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batcher.run)
+            await driver.run(task_status=task_status)
+            nursery.cancel_scope.cancel(reason="events recorder drained")
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()

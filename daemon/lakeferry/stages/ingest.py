@@ -1,0 +1,147 @@
+"""The ingest stage: raw events from sources and the intake topic onto ``downloads.pending``.
+
+Every raw event passes :class:`BusIntake`: a valid one becomes a :class:`DownloadTask` on
+``downloads.pending`` (keyed by event id); one that does not decode goes to the DLQ with reason
+``malformed`` and its raw bytes. Sources acknowledge their input only after ``publish`` returns.
+
+The intake topic is where ``lakeferry submit`` writes: the ingest stage consumes it like a
+source, so every event, whoever sent it, is validated in one place.
+
+Resource handling: sources run in this stage's nursery and are cancelled on drain; a spool file
+is moved aside only after its events are on the bus, so cancellation loses nothing.
+
+Error handling: a source that raises crashes the stage; the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import OutgoingRecord, Record
+from lakeferry.components import RawEvent
+from lakeferry.errors import Reason
+from lakeferry.logs import get_logger
+from lakeferry.messages import DOWNLOAD, DownloadTask, decode_event, utcnow
+from lakeferry.pipeline import Pipeline, event_key, task_headers
+from lakeferry.stages.driver import StageDriver
+from lakeferry.stages.events import run_events_recorder
+
+log = get_logger("ingest")
+
+
+def malformed_key(raw: bytes) -> bytes:
+    """DLQ key for an event without a usable id: stable for the same bytes."""
+    return b"malformed:" + hashlib.sha256(raw).hexdigest()[:32].encode()
+
+
+class BusIntake:
+    """The :class:`~lakeferry.components.Intake` every source publishes through."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+
+    async def publish(self, events: Sequence[RawEvent]) -> None:
+        p = self.p
+        topics = p.config.core.topics
+        received = utcnow()
+        started = time.monotonic()
+        out: list[OutgoingRecord] = []
+        malformed = 0
+        for raw in events:
+            try:
+                event = decode_event(raw.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                malformed += 1
+                out.append(
+                    p.dead_letter_record(
+                        stage="ingest",
+                        reason=Reason.MALFORMED,
+                        error=str(exc),
+                        origin_topic=topics.intake,
+                        raw=raw.data,
+                        source=raw.origin,
+                        key=malformed_key(raw.data),
+                    )
+                )
+                continue
+            if event.created_at is None:
+                event = msgspec.structs.replace(event, created_at=received)
+            elif event.created_at.tzinfo is None:
+                event = msgspec.structs.replace(
+                    event, created_at=event.created_at.replace(tzinfo=received.tzinfo)
+                )
+            task = DownloadTask(event=event, received_at=received)
+            out.append(
+                OutgoingRecord(
+                    topics.pending,
+                    DOWNLOAD.encode(task),
+                    event_key(event.id),
+                    task_headers(task, topics.pending),
+                )
+            )
+        if out:
+            await p.producer.send_many(out)
+        elapsed = time.monotonic() - started
+        for _ in range(len(out) - malformed):
+            p.metrics.message_done("ingest", "published", elapsed)
+        for _ in range(malformed):
+            p.metrics.message_done("ingest", "malformed", elapsed)
+            p.metrics.dead_lettered("ingest", Reason.MALFORMED)
+        if malformed:
+            log.warning("malformed events dead-lettered", extra={"count": malformed})
+
+
+async def run_ingest(
+    pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run every configured source and the intake-topic consumer until drained."""
+    p = pipeline
+    intake = BusIntake(p)
+
+    async def handle(record: Record) -> None:
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        await intake.publish([RawEvent(record.value, origin)])
+
+    driver: StageDriver
+    consumer = p.bus.consumer(
+        p.group_for("ingest"),
+        [p.config.core.topics.intake],
+        on_revoke=lambda tps: driver.on_revoke(tps),
+    )
+    driver = StageDriver(
+        name="ingest",
+        consumer=consumer,
+        limiter=p.limiters["ingest"],
+        handler=handle,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            sources_scope = trio.CancelScope()
+
+            async def run_sources(task_status: trio.TaskStatus[None]) -> None:
+                with sources_scope:
+                    async with trio.open_nursery() as sn:
+                        for source in p.sources:
+                            await sn.start(source.run, intake)
+                        task_status.started()
+                    # all sources returned by themselves
+                    return
+                task_status.started()
+
+            await nursery.start(run_sources)
+            await nursery.start(driver.run)
+            if p.config.core.ingest.events_table:
+                await nursery.start(run_events_recorder, p)
+            task_status.started()
+            await p.lifecycle.draining.wait()
+            sources_scope.cancel(reason="draining")
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()

@@ -1,0 +1,164 @@
+"""The results stage: upload results into the Delta inventory, exactly once, in batches.
+
+Exactly-once, the kafka-delta-ingest way: each Delta commit carries, in the same atomic commit
+as its rows, one application transaction per bus partition (``app_id`` =
+``<group>:<topic>:<partition>``, ``version`` = the highest offset in the batch). After a restart
+or a reassignment the stored versions are read back and records at or below them are skipped:
+they are already in the table even if the bus offset commit was lost. Two results for one event
+id (a source that delivered an event twice) are recorded once: the stage keeps the set of
+landed event ids, loaded from the table at start, and every topic is keyed by event id so one
+id is always handled by the same partition owner.
+
+Phases of a batch: collect (until ``batch_rows`` or ``batch_wait``) → filter (skip by stored
+version, then by landed id) → write (one commit with rows + transactions) → release (handlers
+return, the driver commits the bus offsets).
+
+Error handling: a failed Delta write is retried in place with backoff while the handlers wait,
+so backpressure reaches the consumer instead of piling up results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import Record, TopicPartition
+from lakeferry.components import InventoryRow
+from lakeferry.errors import Reason
+from lakeferry.logs import get_logger
+from lakeferry.messages import RESULT, UploadResult, utcnow
+from lakeferry.pipeline import Pipeline
+from lakeferry.stages.batcher import Batcher
+from lakeferry.stages.driver import StageDriver
+from lakeferry.urls import redact_url
+
+log = get_logger("results")
+
+
+def app_id(group: str, tp: TopicPartition) -> str:
+    return f"{group}:{tp.topic}:{tp.partition}"
+
+
+def inventory_row(result: UploadResult) -> InventoryRow:
+    event = result.task.event
+    now = utcnow()
+    return InventoryRow(
+        event_id=event.id,
+        url=redact_url(event.url),
+        destination=result.destination,
+        size=result.size,
+        sha256=result.sha256,
+        event_created_at=event.created_at or result.task.received_at,
+        downloaded_at=result.downloaded_at,
+        uploaded_at=result.uploaded_at,
+        committed_at=now,
+        attempts=result.task.attempt + 1,
+        skipped_upload=result.skipped,
+        metadata_json=json.dumps(dict(event.metadata), sort_keys=True),
+    )
+
+
+class ResultsStage:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+        self.group = pipeline.group_for("results")
+        cfg = lambda: pipeline.config.core.results  # noqa: E731 - read live on every batch
+        self.batcher: Batcher[tuple[Record, UploadResult]] = Batcher(
+            "inventory",
+            self.flush,
+            max_items=lambda: cfg().batch_rows,
+            max_wait=lambda: cfg().batch_wait,
+            on_error=lambda: pipeline.metrics.bus_errors.labels("inventory").inc(),
+        )
+        self.versions: dict[str, int] = {}
+        self.landed: set[str] = set()
+
+    def on_revoke(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self.versions.pop(app_id(self.group, tp), None)
+
+    async def load(self) -> None:
+        self.landed = await self.p.inventory.landed_ids()
+        log.info("inventory loaded", extra={"landed": len(self.landed)})
+
+    async def handle(self, record: Record) -> None:
+        try:
+            result = RESULT.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self.p.dead_letter(
+                stage="results", reason=Reason.MALFORMED, error=f"undecodable result: {exc}",
+                origin_topic=record.topic, raw=record.value, key=record.key,
+            )  # fmt: skip
+            return
+        await self.batcher.add((record, result))
+
+    async def flush(self, items: Sequence[tuple[Record, UploadResult]]) -> None:
+        p = self.p
+        unknown = sorted({app_id(self.group, r.tp) for r, _ in items} - self.versions.keys())
+        if unknown:
+            stored = await p.inventory.transaction_versions(unknown)
+            for a in unknown:
+                self.versions[a] = stored.get(a, -1)
+        rows: list[InventoryRow] = []
+        txns: dict[str, int] = {}
+        ids_in_batch: set[str] = set()
+        for record, result in items:
+            aid = app_id(self.group, record.tp)
+            if record.offset <= self.versions[aid]:
+                p.metrics.inventory_skipped.labels("offset").inc()
+                continue
+            txns[aid] = max(txns.get(aid, -1), record.offset)
+            event_id = result.task.event.id
+            if event_id in self.landed or event_id in ids_in_batch:
+                p.metrics.inventory_skipped.labels("duplicate").inc()
+                continue
+            ids_in_batch.add(event_id)
+            rows.append(inventory_row(result))
+        if not rows:
+            return
+        started = time.monotonic()
+        await p.inventory.append(rows, txns)
+        p.metrics.delta_commit.labels("inventory").observe(time.monotonic() - started)
+        p.metrics.delta_rows.labels("inventory").inc(len(rows))
+        self.versions.update(txns)
+        self.landed.update(ids_in_batch)
+        committed = utcnow()
+        for row in rows:
+            p.metrics.end_to_end.observe((committed - row.event_created_at).total_seconds())
+            p.metrics.message_done("results", "recorded", time.monotonic() - started)
+
+
+async def run_results(
+    pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Consume ``downloads.results`` into the inventory until drained."""
+    p = pipeline
+    stage = ResultsStage(p)
+    await stage.load()
+    driver: StageDriver
+
+    def on_revoke(tps: Sequence[TopicPartition]) -> None:
+        driver.on_revoke(tps)
+        stage.on_revoke(tps)
+
+    consumer = p.bus.consumer(stage.group, [p.config.core.topics.results], on_revoke=on_revoke)
+    driver = StageDriver(
+        name="results",
+        consumer=consumer,
+        limiter=p.limiters["results"],
+        handler=stage.handle,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stage.batcher.run)
+            await driver.run(task_status=task_status)
+            nursery.cancel_scope.cancel(reason="results drained")
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()

@@ -1,0 +1,229 @@
+"""The upload stage: files from the cache into the sink, results onto ``downloads.results``.
+
+For each :class:`CachedFile`: work out the destination, land the file in the sink (the sink
+skips it when an identical file is already there), put an :class:`UploadResult` on the bus,
+and only then remove the file from the cache.
+
+Upload failures do not climb the retry ladder: the cache is the buffer. A transient failure is
+retried in place with exponential backoff (at least the sink's Retry-After), and a circuit
+breaker shared by all upload slots stops hammering a sink that is down; downloads continue
+until the cache quota is full. A permanent failure goes to the DLQ.
+
+Resource handling: when the cache no longer holds the file (a redelivery after the file was
+uploaded and removed), the sink is asked: an identical file there means the upload happened and
+the result is sent again (the results stage deduplicates); otherwise the task goes back to
+``downloads.pending`` to be fetched again. Nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import msgspec
+import trio
+
+from lakeferry.bus.base import Record
+from lakeferry.components import PutOutcome, SinkFile
+from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.logs import get_logger
+from lakeferry.messages import CACHED, DOWNLOAD, RESULT, CachedFile, UploadResult, utcnow
+from lakeferry.pipeline import Pipeline, event_key, task_headers
+from lakeferry.stages.download import KeyLocks
+from lakeferry.stages.driver import StageDriver
+
+log = get_logger("upload")
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive transient failures; half-opens after ``cooldown``.
+
+    While open, :meth:`wait_closed` blocks every caller; after the cooldown one caller probes
+    the sink and its outcome closes the breaker or opens it again.
+    """
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.threshold = failures
+        self.cooldown = cooldown
+        self._consecutive = 0
+        self._open_until: float | None = None
+        self._probing = False
+        self._changed = trio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    async def wait_closed(self) -> None:
+        while self._open_until is not None:
+            now = trio.current_time()
+            if now >= self._open_until and not self._probing:
+                self._probing = True
+                return
+            with trio.move_on_at(self._open_until if now < self._open_until else math.inf):
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def success(self) -> None:
+        self._consecutive = 0
+        if self._open_until is not None or self._probing:
+            self._open_until = None
+            self._probing = False
+            self._notify()
+
+    def failure(self) -> None:
+        self._consecutive += 1
+        if self._probing or self._consecutive >= self.threshold:
+            self._probing = False
+            self._open_until = trio.current_time() + self.cooldown
+            self._notify()
+
+
+class UploadStage:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+        cfg = pipeline.config.core.upload
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown)
+        self.locks = KeyLocks()
+
+    async def handle(self, record: Record) -> None:
+        p = self.p
+        started = time.monotonic()
+        try:
+            cached = CACHED.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await p.dead_letter(
+                stage="upload", reason=Reason.MALFORMED, error=f"undecodable message: {exc}",
+                origin_topic=record.topic, raw=record.value, key=record.key,
+            )  # fmt: skip
+            return
+        async with self.locks.hold(cached.cache_key):
+            outcome = await self._upload(cached, record.topic)
+        p.metrics.message_done("upload", outcome, time.monotonic() - started)
+
+    async def _upload(self, cached: CachedFile, topic: str) -> str:
+        p = self.p
+        event = cached.task.event
+        try:
+            destination = p.sink.destination(event, now=utcnow())
+        except PermanentError as error:
+            await self._dead(cached, error, topic)
+            return "failed"
+        cfg = p.config.core.upload
+        self.breaker.threshold, self.breaker.cooldown = cfg.breaker_failures, cfg.breaker_cooldown
+        delay = cfg.backoff_initial
+        while True:
+            await self.breaker.wait_closed()
+            p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
+            try:
+                outcome = await self._put(cached, destination)
+            except PermanentError as error:
+                self.breaker.success()  # the sink answered; it is not down
+                await self._dead(cached, error, topic)
+                return "failed"
+            except TransientError as error:
+                self.breaker.failure()
+                p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
+                wait = max(delay, error.retry_after or 0.0)
+                log.info(
+                    "upload failed, retrying in place",
+                    extra={"event_id": event.id, "reason": error.reason, "wait": round(wait, 3)},
+                )
+                await trio.sleep(wait * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, cfg.backoff_max)
+                continue
+            self.breaker.success()
+            p.metrics.breaker_open.set(0)
+            break
+        if outcome is None:
+            await self._redownload(cached)
+            return "redownload"
+        result = UploadResult(
+            task=cached.task,
+            destination=outcome.destination,
+            size=cached.size,
+            sha256=cached.sha256,
+            downloaded_at=cached.downloaded_at,
+            uploaded_at=utcnow(),
+            skipped=outcome.skipped,
+        )
+        results = p.config.core.topics.results
+        await p.producer.send(
+            results, RESULT.encode(result), key=event_key(event.id),
+            headers=task_headers(cached.task, results),
+        )  # fmt: skip
+        await p.cache.remove(cached.cache_key)
+        if not outcome.skipped:
+            p.metrics.bytes_moved("upload", cached.size)
+        return "skipped" if outcome.skipped else "uploaded"
+
+    async def _put(self, cached: CachedFile, destination: str) -> PutOutcome | None:
+        """Land the file; None when neither the cache nor the sink has it any more."""
+        p = self.p
+        try:
+            entry = await p.cache.lookup(cached.cache_key)
+            if entry is None or entry.sha256 != cached.sha256:
+                held = await p.sink.stat(destination)
+                if held is not None and held.sha256 == cached.sha256 and held.size == cached.size:
+                    return PutOutcome(destination, skipped=True)
+                return None
+            file = SinkFile(p.cache, cached.cache_key, cached.size, cached.sha256)
+            return await p.sink.put(file, destination, cached.task.event)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            classified = p.registry.classify(exc, "upload")
+            if classified is not None:
+                raise classified from exc
+            raise TransientError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
+
+    async def _redownload(self, cached: CachedFile) -> None:
+        p = self.p
+        log.warning(
+            "file gone from cache and not in sink; fetching it again",
+            extra={"event_id": cached.task.event.id},
+        )
+        pending = p.config.core.topics.pending
+        task = msgspec.structs.replace(cached.task, due_at=None)
+        await p.producer.send(
+            pending, DOWNLOAD.encode(task), key=event_key(task.event.id),
+            headers=task_headers(task, pending),
+        )  # fmt: skip
+
+    async def _dead(self, cached: CachedFile, error: PipelineError, topic: str) -> None:
+        await self.p.dead_letter(
+            stage="upload", reason=error.reason, error=str(error), origin_topic=topic,
+            task=cached.task,
+        )  # fmt: skip
+        await self.p.cache.remove(cached.cache_key)
+
+
+async def run_upload(
+    pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Consume ``downloads.cached`` until drained."""
+    p = pipeline
+    stage = UploadStage(p)
+    driver: StageDriver
+    consumer = p.bus.consumer(
+        p.group_for("upload"),
+        [p.config.core.topics.cached],
+        on_revoke=lambda tps: driver.on_revoke(tps),
+    )
+    driver = StageDriver(
+        name="upload",
+        consumer=consumer,
+        limiter=p.limiters["upload"],
+        handler=stage.handle,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+    )
+    try:
+        await driver.run(task_status=task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()

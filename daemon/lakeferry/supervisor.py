@@ -1,0 +1,232 @@
+"""The supervisor: one root nursery that starts, watches, reloads and drains the stages.
+
+Start-up: open the bus, build the pipeline, start each selected stage with
+``await nursery.start(...)`` (a stage reports ready only once it really consumes), then tell
+systemd ``READY=1``.
+
+Signals (``trio.open_signal_receiver``, never ``signal.signal`` plus a flag):
+
+- SIGTERM / SIGINT: ``STOPPING=1``; stages stop fetching and get ``shutdown_grace`` to finish
+  in-flight work, commit, and return; the process exits 0. A second signal cancels at once
+  (still committing what is contiguous).
+- SIGHUP: ``RELOADING=1``; re-read the config file; an invalid file is refused (logged with the
+  key and the problem, counted in ``lakeferry_reloads_total{result="refused"}``) and the running
+  config stays; a valid one applies its live settings and logs the keys that need a restart.
+
+A stage that raises is restarted with exponential backoff; ``max_crashes`` crashes within
+``crash_window`` end the process with a non-zero code so systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+from collections.abc import Awaitable
+from typing import Protocol
+
+import msgspec
+import trio
+
+from lakeferry import logs
+from lakeferry.bus import open_bus
+from lakeferry.config import LoadedConfig, diff, load_config
+from lakeferry.errors import ConfigError, StageCrashed
+from lakeferry.logs import get_logger
+from lakeferry.metrics import Metrics
+from lakeferry.pipeline import STAGES, Pipeline
+from lakeferry.registry import Registry
+from lakeferry.stages.download import run_download
+from lakeferry.stages.ingest import run_ingest
+from lakeferry.stages.results import run_results
+from lakeferry.stages.upload import run_upload
+from lakeferry.systemd import Notifier
+
+log = get_logger("supervisor")
+
+
+class StageFn(Protocol):
+    def __call__(
+        self, pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = ...
+    ) -> Awaitable[None]: ...
+
+
+STAGE_FUNCTIONS: dict[str, StageFn] = {
+    "ingest": run_ingest,
+    "download": run_download,
+    "upload": run_upload,
+    "results": run_results,
+}
+
+
+class _StartedOnce:
+    """Forwards only the first ``started()`` of a stage that may be restarted."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self.inner = inner
+        self.called = False
+
+    def started(self, value: None = None) -> None:
+        if not self.called:
+            self.called = True
+            self.inner.started(value)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        registry: Registry,
+        stages: tuple[str, ...] = STAGES,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.stages = stages
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.pipeline: Pipeline | None = None
+
+    async def run(self) -> int:
+        cfg = self.config
+        logs.configure(cfg.core.daemon.log_level, cfg.core.daemon.log_format)
+        bus = await open_bus(cfg)
+        try:
+            self.metrics.serve(cfg.core.metrics.listen)
+            pipeline = self.pipeline = Pipeline.build(cfg, self.registry, bus, self.metrics)
+            try:
+                await self._run_stages(pipeline)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pipeline.aclose()
+        finally:
+            with trio.CancelScope(shield=True):
+                await bus.aclose()
+            self.metrics.close()
+        log.info("stopped")
+        return 0
+
+    async def _run_stages(self, pipeline: Pipeline) -> None:
+        async with trio.open_nursery() as root:
+            root.start_soon(self._signals, root.cancel_scope)
+            root.start_soon(self._report_cache)
+            async with trio.open_nursery() as stages:
+                for name in self.stages:
+                    await stages.start(self._supervise, name, STAGE_FUNCTIONS[name])
+                log.info(
+                    "ready",
+                    extra={
+                        "stages": list(self.stages),
+                        "bus": pipeline.bus.kind,
+                        "metrics": self.config.core.metrics.listen,
+                    },
+                )
+                self.notifier.ready()
+                root.start_soon(self.notifier.run_watchdog)
+            # every stage returned: drained
+            root.cancel_scope.cancel(reason="all stages drained")
+
+    async def _supervise(
+        self, name: str, fn: StageFn, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.pipeline is not None
+        p = self.pipeline
+        daemon = self.config.core.daemon
+        status = _StartedOnce(task_status)
+        crashes: collections.deque[float] = collections.deque()
+        backoff = daemon.restart_backoff
+        while True:
+            try:
+                await fn(p, task_status=status)  # type: ignore[arg-type]
+                return
+            except Exception as exc:
+                if p.lifecycle.draining.is_set():
+                    log.exception("stage failed while draining", extra={"stage": name})
+                    return
+                now = trio.current_time()
+                crashes.append(now)
+                while crashes and crashes[0] < now - daemon.crash_window:
+                    crashes.popleft()
+                self.metrics.restarts.labels(name).inc()
+                log.exception(
+                    "stage crashed", extra={"stage": name, "crashes_in_window": len(crashes)}
+                )
+                if len(crashes) >= daemon.max_crashes:
+                    raise StageCrashed(
+                        f"stage {name} crashed {len(crashes)} times within "
+                        f"{daemon.crash_window:g}s; giving up"
+                    ) from exc
+            await _sleep_unless_draining(p, backoff)
+            if p.lifecycle.draining.is_set():
+                return
+            backoff = min(backoff * 2, daemon.restart_backoff_max)
+
+    async def _signals(self, root: trio.CancelScope) -> None:
+        assert self.pipeline is not None
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                    continue
+                if self.pipeline.lifecycle.draining.is_set():
+                    log.warning("second stop signal: cancelling in-flight work now")
+                    root.cancel(reason="second stop signal")
+                    return
+                grace = self.pipeline.lifecycle.shutdown_grace
+                log.info(
+                    "stop signal: draining",
+                    extra={"signal": signal.Signals(signum).name, "grace": grace},
+                )
+                self.notifier.stopping()
+                self.pipeline.lifecycle.drain()
+                # Stages have the grace to finish; commits and flushes get a little more.
+                root.deadline = min(root.deadline, trio.current_time() + grace + 15)
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply what can change live. False when refused."""
+        assert self.pipeline is not None
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.path, self.registry)
+            live, restart = diff(self.config, new)
+            self.pipeline.apply_live(new)
+        except (ConfigError, ValueError) as exc:
+            self.metrics.reloads.labels("refused").inc()
+            log.error(
+                "reload refused; keeping the running configuration",
+                extra={"path": self.config.path, "error": str(exc)},
+            )
+            self.notifier.ready("running (reload refused)")
+            return False
+        logs.set_level(new.core.daemon.log_level)
+        self.config = msgspec.structs.replace(self.config, core=new.core)
+        self.metrics.reloads.labels("applied").inc()
+        if restart:
+            self.metrics.restart_pending.set(1)
+            log.warning("reloaded; these settings need a restart", extra={"keys": restart})
+        log.info("reloaded", extra={"applied": live, "needs_restart": restart})
+        self.notifier.ready()
+        return True
+
+    async def _report_cache(self) -> None:
+        assert self.pipeline is not None
+        while True:
+            usage = self.pipeline.cache.usage()
+            self.metrics.cache_bytes.set(usage.bytes)
+            self.metrics.cache_files.set(usage.files)
+            self.metrics.cache_quota.set(usage.quota)
+            await trio.sleep(1)
+
+
+async def _sleep_unless_draining(p: Pipeline, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        await p.lifecycle.draining.wait()
+
+
+def run_daemon(config: LoadedConfig, registry: Registry, stages: tuple[str, ...]) -> int:
+    """Run the daemon until drained. Returns the process exit code."""
+    supervisor = Supervisor(config, registry, stages)
+    try:
+        return trio.run(supervisor.run)
+    except StageCrashed as exc:
+        log.critical(str(exc))
+        return 3

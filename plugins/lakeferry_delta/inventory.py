@@ -1,0 +1,179 @@
+"""The ``delta`` inventory: landed files and raw events in two Delta tables, written exactly once.
+
+Exactly-once, the kafka-delta-ingest way
+-----------------------------------------
+The results stage consumes ``downloads.results``; for every partition it owns it knows an
+application id (``group:topic:partition``) and the last offset it turned into rows. Each
+:meth:`DeltaInventory.append` writes the rows *and* ``txn(app_id, version=last offset)`` actions
+in one Delta commit, so the rows and the offsets they came from land together or not at all.
+After a restart or a rebalance the stage asks :meth:`DeltaInventory.transaction_versions` and
+skips every offset at or below the stored version. deltalake stores the versions but enforces
+nothing itself; the guarantees below come from this module plus Delta's optimistic concurrency.
+
+What holds with a concurrent writer (another results process):
+
+- Rows never get lost: concurrent *appends* do not conflict in Delta, deltalake retries the
+  commit on the next version.
+- Offsets never get written twice. A Kafka partition is owned by one member at a time, but a
+  revoked member may still be finishing a commit while the new owner reads the versions. Two
+  checks close that gap:
+
+  1. This object remembers, per application id, the version it last *learned*: from
+     ``transaction_versions`` or from its own successful commit. ``append`` refreshes the table
+     and refuses (:class:`ConflictingTransactions`, nothing written) when the stored version is
+     not the one it learned — someone else wrote that id since — or when the new version does
+     not move past it.
+  2. Between that refresh and the commit, deltalake's conflict checker rejects our commit when
+     a winning commit carries a ``txn`` for one of the same application ids ("concurrent
+     transaction"), which becomes the same :class:`ConflictingTransactions`.
+
+  On ``ConflictingTransactions`` (a TransientError with reason ``inventory_conflict``) the stage
+  re-reads the versions, drops rows at or below them, and appends the rest. Any other failure of
+  ``append`` may have committed or not (storage timeouts are ambiguous); the next ``append`` then
+  finds a version it did not learn and raises ``ConflictingTransactions``, so the same recovery
+  covers it. An application id never read through ``transaction_versions`` is taken as learned
+  at ``append`` time (only check 2 applies).
+
+Empty input: ``append([], {})`` is a no-op; ``append([], {id: v})`` commits the transactions
+alone (a commit with no data files), so offsets that produced no rows still move forward.
+``append_events([])`` is a no-op. Each non-empty call is exactly one commit: callers batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from deltalake import CommitProperties, Transaction, write_deltalake
+from lakeferry.api import EventRow, InventoryRow, PluginContext
+
+from lakeferry_delta.schema import EVENTS_LAYOUT, INVENTORY_LAYOUT, from_arrow, to_arrow
+from lakeferry_delta.settings import DeltaSettings
+from lakeferry_delta.table import ConflictingTransactions, DeltaTableHandle
+
+_UNKNOWN = object()
+
+
+class DeltaInventory:
+    """The :class:`lakeferry.api.Inventory` on two Delta tables (local path or abfss://).
+
+    Resource handling: one ``DeltaTable`` object per table, opened (created when missing) on
+    first use and reused; calls run in worker threads, one at a time per table.
+
+    Error handling: see :class:`lakeferry_delta.table.DeltaTableHandle` and the module docstring
+    for what :class:`ConflictingTransactions` asks of the caller.
+    """
+
+    def __init__(self, settings: DeltaSettings, context: PluginContext) -> None:
+        self._logger = context.logger
+        self._inventory = DeltaTableHandle(
+            settings.inventory_uri,
+            INVENTORY_LAYOUT,
+            storage_options=settings.storage_options,
+            partition_by_date=settings.partition_by_date,
+            logger=context.logger,
+            setting="inventory.inventory_uri",
+        )
+        self._events = DeltaTableHandle(
+            settings.events_uri,
+            EVENTS_LAYOUT,
+            storage_options=settings.storage_options,
+            partition_by_date=settings.partition_by_date,
+            logger=context.logger,
+            setting="inventory.events_uri",
+        )
+        # app_id -> the stored version this process last learned (None: none stored).
+        # Only touched inside the inventory table's worker calls, which run one at a time.
+        self._learned: dict[str, int | None] = {}
+
+    # -- the inventory table ----------------------------------------------------------------
+
+    async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
+        def read(table: Any) -> dict[str, int]:
+            table.update_incremental()
+            found: dict[str, int] = {}
+            for app_id in app_ids:
+                version = table.transaction_version(app_id)
+                self._learned[app_id] = version
+                if version is not None:
+                    found[app_id] = version
+            return found
+
+        return await self._inventory.run(read)
+
+    async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
+        if not rows and not transactions:
+            return
+        handle = self._inventory
+
+        def commit(table: Any) -> None:
+            table.update_incremental()
+            for app_id, version in transactions.items():
+                stored = table.transaction_version(app_id)
+                learned = self._learned.get(app_id, _UNKNOWN)
+                if learned is not _UNKNOWN and learned != stored:
+                    raise ConflictingTransactions(
+                        f"{app_id}: stored version is {stored}, this process last saw {learned}"
+                    )
+                if stored is not None and version <= stored:
+                    raise ConflictingTransactions(
+                        f"{app_id}: version {version} is not past the stored version {stored}"
+                    )
+            data = to_arrow(INVENTORY_LAYOUT, rows, with_date=handle.date_partitioned)
+            now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            properties = CommitProperties(
+                app_transactions=[
+                    Transaction(app_id, version, now_ms) for app_id, version in transactions.items()
+                ]
+            )
+            write_deltalake(table, data, mode="append", commit_properties=properties)
+            self._learned.update(transactions)
+
+        await handle.run(commit)
+
+    async def landed_ids(self) -> set[str]:
+        """Reads the ``event_id`` column only (Parquet is columnar: the rest stays on disk)."""
+
+        def read(table: Any) -> set[str]:
+            table.update_incremental()
+            column = table.to_pyarrow_table(columns=["event_id"]).column("event_id")
+            return set(column.to_pylist())
+
+        return await self._inventory.run(read)
+
+    async def read_inventory(self) -> list[InventoryRow]:
+        """Every row, in no particular order (Delta keeps none across files)."""
+
+        def read(table: Any) -> list[InventoryRow]:
+            table.update_incremental()
+            return from_arrow(InventoryRow, table.to_pyarrow_table())
+
+        return await self._inventory.run(read)
+
+    # -- the events table -------------------------------------------------------------------
+
+    async def append_events(self, rows: Sequence[EventRow]) -> None:
+        if not rows:
+            return
+        handle = self._events
+
+        def commit(table: Any) -> None:
+            # No refresh needed: an append on an older snapshot is retried by deltalake.
+            data = to_arrow(EVENTS_LAYOUT, rows, with_date=handle.date_partitioned)
+            write_deltalake(table, data, mode="append")
+
+        await handle.run(commit)
+
+    async def read_events(self) -> list[EventRow]:
+        """Every row, in no particular order."""
+
+        def read(table: Any) -> list[EventRow]:
+            table.update_incremental()
+            return from_arrow(EventRow, table.to_pyarrow_table())
+
+        return await self._events.run(read)
+
+    async def aclose(self) -> None:
+        self._inventory.close()
+        self._events.close()

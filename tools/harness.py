@@ -1,0 +1,207 @@
+"""Run lakeferry as a real process, the way systemd or a user would: for tests and ``make demo``.
+
+:class:`DaemonProcess` starts ``python -m lakeferry run`` on a config file written by
+:func:`write_config`, waits for its ``ready`` log line, sends it real signals and scrapes its
+real metrics endpoint. Nothing here reaches into the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_dict(
+    state: Path,
+    *,
+    metrics_port: int,
+    ladder: Sequence[str] = ("200ms", "400ms", "800ms", "1600ms"),
+    file_roots: Iterable[str] = (),
+    download_concurrency: int = 50,
+    upload_concurrency: int = 40,
+    shutdown_grace: str = "10s",
+) -> dict[str, Any]:
+    """A complete config for a daemon whose state lives under ``state`` (short timings)."""
+    return {
+        "daemon": {
+            "state_dir": str(state),
+            "shutdown_grace": shutdown_grace,
+            "log_level": "info",
+            "log_format": "json",
+            "restart_backoff": "100ms",
+        },
+        "bus": {
+            "kind": "embedded",
+            "partitions": 4,
+            "embedded": {"path": str(state / "bus.sqlite"), "poll_interval": "20ms"},
+        },
+        "retry": {"delays": list(ladder), "topics": [f"retry.{d}" for d in ladder]},
+        "download": {"concurrency": download_concurrency},
+        "upload": {"concurrency": upload_concurrency, "backoff_initial": "100ms"},
+        "results": {"batch_rows": 500, "batch_wait": "100ms"},
+        "ingest": {"events_batch_wait": "200ms"},
+        "commit": {"interval": "50ms"},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        "cache": {"kind": "localfs", "path": str(state / "cache"), "quota": "2GiB"},
+        "sink": {
+            "kind": "localfs",
+            "root": str(state / "sink"),
+            "path_template": "{event.id}/{filename}",
+        },
+        "inventory": {
+            "kind": "delta",
+            "inventory_uri": str(state / "inventory"),
+            "events_uri": str(state / "events"),
+        },
+        "sources": [{"kind": "spool", "path": str(state / "spool"), "poll_interval": "100ms"}],
+        "downloaders": {"file": {"roots": list(file_roots)}},
+    }
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def cli(config: Path, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``lakeferry <args> -c config`` as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lakeferry", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"lakeferry {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+class DaemonProcess:
+    """``lakeferry run`` as a child process, logging JSON lines to ``log_path``."""
+
+    def __init__(self, config: Path, log_path: Path, *, stages: str | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.stages = stages
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+        self.metrics_url = ""
+
+    def start(self, *, wait_ready: float = 60) -> DaemonProcess:
+        args = [sys.executable, "-m", "lakeferry", "run", "-c", str(self.config)]
+        if self.stages:
+            args += ["--stages", self.stages]
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=ROOT, env=dict(os.environ))
+        log.close()
+        if wait_ready:
+            self.wait_for_log("ready", timeout=wait_ready)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def logs(self, since_start: bool = True) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        with self.log_path.open("rb") as fh:
+            if since_start:
+                fh.seek(self._log_offset)
+            lines = fh.read().splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"msg": line.decode(errors="replace"), "level": "raw"})
+        return out
+
+    def wait_for_log(self, msg: str, *, timeout: float = 30, count: int = 1) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [entry for entry in self.logs() if entry.get("msg") == msg]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}) before {msg!r}:\n{self.tail()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"no {msg!r} log line within {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Best-effort cleanup for fixtures."""
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            self.wait(10)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The daemon's /metrics as ``{'name{label="v",...}': value}`` (labels sorted)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of ``name`` samples whose labels include ``labels``."""
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total

@@ -1,0 +1,282 @@
+"""A real HTTP origin for tests and ``make demo``: deterministic files and scripted failures.
+
+Every file's bytes are a pure function of its name and size, so a client knows the sha256 of
+``/files/report.csv?size=1000000`` without downloading it (:func:`sha256_of`). The content is
+64 KiB blocks: a pattern derived from the name by chained sha256, with the block number written
+into each block's first 8 bytes, so a reordered or repeated block changes the checksum.
+
+Routes (every ``size`` is in bytes):
+
+- ``GET /files/<name>?size=N``: 200 with ``Content-Length``.
+- ``GET /chunked/<name>?size=N``: 200, chunked transfer encoding (no ``Content-Length``).
+- ``GET /missing/<name>``: 404.
+- ``GET /status/<code>/<name>?retry_after=V``: that status code, with ``Retry-After: V`` if given.
+- ``GET /flaky/<name>?size=N&fail=K``: 503 with ``Retry-After: 0`` for the first K requests of
+  that name, then the file.
+- ``GET /slow/<name>?size=N&delay=S``: sends the headers, sleeps S seconds, then the body.
+- ``GET /truncated/<name>?size=N``: ``Content-Length: N`` but closes after N/2 bytes.
+- ``GET /redirect/<hops>/<name>?size=N``: 302 to ``/redirect/<hops-1>/…``; at 0, to ``/files/…``.
+- ``GET /counts``: JSON ``{path: number of requests}`` (paths without query strings).
+
+Standard library only, so ``python tools/origin.py --port 8080`` runs on any machine. Tests import
+it through ``tests/helpers/origin.py`` and run it in a thread (:func:`serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+BLOCK_SIZE = 64 * 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(name: str) -> bytes:
+    """BLOCK_SIZE bytes derived from ``name`` by chaining sha256 digests."""
+    digest = hashlib.sha256(name.encode()).digest()
+    parts = []
+    for _ in range(BLOCK_SIZE // len(digest)):
+        digest = hashlib.sha256(digest).digest()
+        parts.append(digest)
+    return b"".join(parts)
+
+
+def blocks(name: str, size: int) -> Iterator[bytes]:
+    """The content of ``name`` at ``size`` bytes, as blocks of at most BLOCK_SIZE bytes."""
+    pattern = _pattern(name)
+    tail = pattern[8:]
+    index = 0
+    remaining = size
+    while remaining > 0:
+        block = index.to_bytes(8, "big") + tail
+        if remaining < BLOCK_SIZE:
+            block = block[:remaining]
+        remaining -= len(block)
+        index += 1
+        yield block
+
+
+def content(name: str, size: int) -> bytes:
+    """The whole content of ``name`` at ``size`` bytes (use :func:`blocks` for large sizes)."""
+    return b"".join(blocks(name, size))
+
+
+@functools.lru_cache(maxsize=1024)
+def sha256_of(name: str, size: int) -> str:
+    """Lowercase hex sha256 of ``content(name, size)``, computed without holding it in memory."""
+    h = hashlib.sha256()
+    for block in blocks(name, size):
+        h.update(block)
+    return h.hexdigest()
+
+
+class OriginServer(ThreadingHTTPServer):
+    """The server, with the request counters and the flaky-route state its handlers share."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], *, verbose: bool = False) -> None:
+        super().__init__(address, OriginHandler)
+        self.verbose = verbose
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.flaky_seen: Counter[str] = Counter()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients hang up mid-body on purpose (size limits, cancellation): not worth a traceback.
+        if self.verbose:
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class OriginHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, and chunked responses
+    server: OriginServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def do_HEAD(self) -> None:
+        self._route(head=True)
+
+    def do_GET(self) -> None:
+        self._route(head=False)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _route(self, *, head: bool) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        segments = [s for s in parts.path.split("/") if s]
+        with self.server.lock:
+            self.server.counts[parts.path] += 1
+        try:
+            size = int(query.get("size", "0"))
+        except ValueError:
+            self._empty(HTTPStatus.BAD_REQUEST)
+            return
+        route = segments[0] if segments else ""
+        name = unquote("/".join(segments[1:]))
+        if route == "counts":
+            with self.server.lock:
+                body = json.dumps(dict(self.server.counts)).encode()
+            self._send(HTTPStatus.OK, body, "application/json", head=head)
+        elif route == "files" and name:
+            self._file(name, size, head=head)
+        elif route == "chunked" and name:
+            self._chunked(name, size, head=head)
+        elif route == "missing":
+            self._empty(HTTPStatus.NOT_FOUND)
+        elif route == "status" and len(segments) >= 2 and segments[1].isdigit():
+            headers = {}
+            if "retry_after" in query:
+                headers["Retry-After"] = query["retry_after"]
+            self._empty(int(segments[1]), headers)
+        elif route == "flaky" and name:
+            with self.server.lock:
+                self.server.flaky_seen[name] += 1
+                seen = self.server.flaky_seen[name]
+            if seen <= int(query.get("fail", "1")):
+                self._empty(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "0"})
+            else:
+                self._file(name, size, head=head)
+        elif route == "slow" and name:
+            self._file(name, size, head=head, delay=float(query.get("delay", "1")))
+        elif route == "truncated" and name:
+            self._file(name, size, head=head, stop_after=size // 2)
+        elif route == "redirect" and len(segments) >= 3 and segments[1].isdigit():
+            hops = int(segments[1])
+            rest = "/".join(segments[2:])
+            target = f"/redirect/{hops - 1}/{rest}" if hops > 1 else f"/files/{rest}"
+            if parts.query:
+                target += "?" + parts.query
+            self._empty(HTTPStatus.FOUND, {"Location": target})  # path is still percent-encoded
+        else:
+            self._empty(HTTPStatus.NOT_FOUND)
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send(self, status: int, body: bytes, content_type: str, *, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _file(
+        self,
+        name: str,
+        size: int,
+        *,
+        head: bool,
+        delay: float = 0.0,
+        stop_after: int | None = None,
+    ) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if head:
+            return
+        self.wfile.flush()
+        if delay:
+            time.sleep(delay)
+        sent = 0
+        for block in blocks(name, size):
+            if stop_after is not None and sent + len(block) > stop_after:
+                self.wfile.write(block[: stop_after - sent])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(block)
+            sent += len(block)
+
+    def _chunked(self, name: str, size: int, *, head: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if head:
+            return
+        for block in blocks(name, size):
+            self.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+
+@dataclass
+class Origin:
+    """A running origin, as tests see it."""
+
+    server: OriginServer
+    url: str
+    """Base URL without a trailing slash, e.g. ``http://127.0.0.1:41234``."""
+
+    def file_url(self, name: str, size: int, route: str = "files", **query: object) -> str:
+        params = "&".join(f"{k}={v}" for k, v in {"size": size, **query}.items())
+        return f"{self.url}/{route}/{quote(name)}?{params}"
+
+    def counts(self) -> dict[str, int]:
+        with self.server.lock:
+            return dict(self.server.counts)
+
+    def count(self, path: str) -> int:
+        with self.server.lock:
+            return self.server.counts[path]
+
+
+@contextmanager
+def serve(host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> Iterator[Origin]:
+    """Run an origin in a background thread for the duration of the ``with`` block."""
+    server = OriginServer((host, port), verbose=verbose)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="origin", daemon=True
+    )
+    thread.start()
+    bound_host, bound_port = server.server_address[:2]
+    try:
+        yield Origin(server=server, url=f"http://{bound_host!s}:{bound_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    server = OriginServer((args.host, args.port), verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"http://{host!s}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
