@@ -143,7 +143,11 @@ class BusContract:
         await producer.send(topic, b"")
         await producer.send_many([OutgoingRecord(topic, b"many", None, {"h": b"v"})])
         first, second, third = await take(bus.consumer(unique("group"), [topic]), 3)
-        assert (first.key, first.value, dict(first.headers)) == (b"\x00k", b"\x00payload\xff", headers)
+        assert (first.key, first.value, dict(first.headers)) == (
+            b"\x00k",
+            b"\x00payload\xff",
+            headers,
+        )
         assert (second.key, second.value, dict(second.headers)) == (None, b"", {})
         assert (third.value, dict(third.headers)) == (b"many", {"h": b"v"})
 
@@ -330,7 +334,9 @@ class BusContract:
         group = unique("group")
         assert await bus.end_offsets(topic) == {0: 0, 1: 0, 2: 0}
         assert await bus.committed(group, topic) == {}
-        sent = [OutgoingRecord(topic, b"%d" % i, b"key-%d" % i, {"i": b"%d" % i}) for i in range(25)]
+        sent = [
+            OutgoingRecord(topic, b"%d" % i, b"key-%d" % i, {"i": b"%d" % i}) for i in range(25)
+        ]
         await bus.producer().send_many(sent)
         scanned = await scan_all(bus, topic)
         assert sorted(r.value for r in scanned) == sorted(r.value for r in sent)

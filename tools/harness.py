@@ -74,7 +74,11 @@ def config_dict(
             "events_uri": str(state / "events"),
         },
         "sources": [{"kind": "spool", "path": str(state / "spool"), "poll_interval": "100ms"}],
-        "downloaders": {"file": {"roots": list(file_roots)}},
+        "downloaders": {
+            "file": {"roots": list(file_roots)},
+            # the test origins listen on loopback, which the SSRF guard refuses by default
+            "http": {"allow_networks": ["127.0.0.0/8"]},
+        },
     }
 
 

@@ -13,9 +13,11 @@ Routes (every ``size`` is in bytes):
 - ``GET /status/<code>/<name>?retry_after=V``: that status code, with ``Retry-After: V`` if given.
 - ``GET /flaky/<name>?size=N&fail=K``: 503 with ``Retry-After: 0`` for the first K requests of
   that name, then the file.
-- ``GET /slow/<name>?size=N&delay=S``: sends the headers, sleeps S seconds, then the body.
+- ``GET /slow/<name>?size=N&delay=S&after=K``: sends the headers and the first K bytes
+  (default 0), sleeps S seconds, then the rest.
 - ``GET /truncated/<name>?size=N``: ``Content-Length: N`` but closes after N/2 bytes.
 - ``GET /redirect/<hops>/<name>?size=N``: 302 to ``/redirect/<hops-1>/…``; at 0, to ``/files/…``.
+- ``GET /goto?url=U``: 302 to any URL U (for redirect tests).
 - ``GET /counts``: JSON ``{path: number of requests}`` (paths without query strings).
 
 Standard library only, so ``python tools/origin.py --port 8080`` runs on any machine. Tests import
@@ -153,7 +155,8 @@ class OriginHandler(BaseHTTPRequestHandler):
             else:
                 self._file(name, size, head=head)
         elif route == "slow" and name:
-            self._file(name, size, head=head, delay=float(query.get("delay", "1")))
+            delay = float(query.get("delay", "1"))
+            self._file(name, size, head=head, delay=delay, delay_after=int(query.get("after", "0")))
         elif route == "truncated" and name:
             self._file(name, size, head=head, stop_after=size // 2)
         elif route == "redirect" and len(segments) >= 3 and segments[1].isdigit():
@@ -163,6 +166,8 @@ class OriginHandler(BaseHTTPRequestHandler):
             if parts.query:
                 target += "?" + parts.query
             self._empty(HTTPStatus.FOUND, {"Location": target})  # path is still percent-encoded
+        elif route == "goto" and "url" in query:
+            self._empty(HTTPStatus.FOUND, {"Location": query["url"]})
         else:
             self._empty(HTTPStatus.NOT_FOUND)
 
@@ -190,6 +195,7 @@ class OriginHandler(BaseHTTPRequestHandler):
         *,
         head: bool,
         delay: float = 0.0,
+        delay_after: int = 0,
         stop_after: int | None = None,
     ) -> None:
         self.send_response(HTTPStatus.OK)
@@ -199,10 +205,15 @@ class OriginHandler(BaseHTTPRequestHandler):
         if head:
             return
         self.wfile.flush()
-        if delay:
-            time.sleep(delay)
         sent = 0
         for block in blocks(name, size):
+            if delay and sent + len(block) > delay_after:
+                self.wfile.write(block[: delay_after - sent])
+                self.wfile.flush()
+                time.sleep(delay)
+                block = block[delay_after - sent :]
+                sent = delay_after
+                delay = 0.0
             if stop_after is not None and sent + len(block) > stop_after:
                 self.wfile.write(block[: stop_after - sent])
                 self.wfile.flush()
@@ -210,6 +221,9 @@ class OriginHandler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(block)
             sent += len(block)
+        if delay:  # an empty body, or one shorter than ``after``
+            self.wfile.flush()
+            time.sleep(delay)
 
     def _chunked(self, name: str, size: int, *, head: bool) -> None:
         self.send_response(HTTPStatus.OK)

@@ -22,7 +22,6 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 import trio
-
 from lakeferry.api import (
     CacheWriter,
     ConfigError,

@@ -36,7 +36,6 @@ import httpcore
 import httpx
 import msgspec
 import trio
-
 from lakeferry.api import (
     ByteSize,
     CacheWriter,
@@ -50,6 +49,7 @@ from lakeferry.api import (
     TransientError,
     redact_url,
 )
+
 from lakeferry_http.guard import AddressPolicy, GuardedBackend
 
 CHUNK_SIZE = 256 * 1024

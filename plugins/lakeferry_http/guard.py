@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 
 import httpcore
 import trio
-
 from lakeferry.api import PermanentError, Reason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -74,9 +73,9 @@ class AddressPolicy:
     def allows(self, ip: IPAddress) -> bool:
         if self._allowed_explicitly(ip):
             return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            if self._allowed_explicitly(ip.ipv4_mapped):
-                return True
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        if mapped is not None and self._allowed_explicitly(mapped):
+            return True
         return is_public(ip)
 
 
@@ -87,9 +86,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self._policy = policy
         self._inner = httpcore.TrioBackend()
 
-    async def _resolve(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
+    async def _resolve(self, host: str, port: int, limit: float | None) -> list[IPAddress]:
         try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
+            with trio.fail_after(math.inf if limit is None else limit):
                 infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
         except trio.TooSlowError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
@@ -104,7 +103,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -134,7 +133,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise PermanentError(Reason.BLOCKED, "unix sockets are not allowed")

@@ -40,7 +40,6 @@ from typing import IO, TypeVar
 
 import msgspec
 import trio
-
 from lakeferry.api import (
     ByteSize,
     CacheEntry,
@@ -50,6 +49,7 @@ from lakeferry.api import (
     PluginContext,
     Reason,
 )
+
 from lakeferry_localfs.quota import QuotaGate
 
 MiB = 2**20

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-
 from lakeferry.api import PermanentError, Reason
 
 

@@ -40,7 +40,6 @@ from typing import BinaryIO, TypeVar
 
 import msgspec
 import trio
-
 from lakeferry.api import (
     CacheEntry,
     ConfigError,

@@ -19,7 +19,8 @@ def _load():  # type: ignore[no-untyped-def]
     module = sys.modules.get(_NAME)
     if module is None:
         spec = importlib.util.spec_from_file_location(_NAME, _PATH)
-        assert spec is not None and spec.loader is not None, _PATH
+        assert spec is not None, _PATH
+        assert spec.loader is not None, _PATH
         module = importlib.util.module_from_spec(spec)
         sys.modules[_NAME] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)

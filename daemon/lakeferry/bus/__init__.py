@@ -16,7 +16,7 @@ async def open_bus(config: LoadedConfig) -> Bus:
 
     cfg = config.core.bus
     Path(cfg.embedded.path).parent.mkdir(parents=True, exist_ok=True)
-    bus = EmbeddedBus.open(
+    bus = await EmbeddedBus.open(
         cfg.embedded.path,
         default_partitions=cfg.partitions,
         poll_interval=cfg.embedded.poll_interval,

@@ -16,6 +16,7 @@ Error handling: a source that raises crashes the stage; the supervisor restarts 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 
@@ -35,7 +36,16 @@ log = get_logger("ingest")
 
 
 def malformed_key(raw: bytes) -> bytes:
-    """DLQ key for an event without a usable id: stable for the same bytes."""
+    """DLQ key of an event that did not validate: its ``id`` when it has a usable one (so the
+    operator finds it by id), else ``malformed:<sha256 prefix>``, stable for the same bytes."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        ident = data.get("id")
+        if isinstance(ident, str) and 0 < len(ident) <= 512:
+            return ident.encode()
     return b"malformed:" + hashlib.sha256(raw).hexdigest()[:32].encode()
 
 

@@ -121,7 +121,14 @@ class ResultsStage:
         if not rows:
             return
         started = time.monotonic()
-        await p.inventory.append(rows, txns)
+        try:
+            await p.inventory.append(rows, txns)
+        except Exception:
+            # Maybe it committed after all, or another member did: re-read the stored
+            # versions before the batcher retries, so the retry skips what is there.
+            for a in txns:
+                self.versions.pop(a, None)
+            raise
         p.metrics.delta_commit.labels("inventory").observe(time.monotonic() - started)
         p.metrics.delta_rows.labels("inventory").inc(len(rows))
         self.versions.update(txns)

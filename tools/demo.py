@@ -1,0 +1,201 @@
+"""``make demo``: the whole job in one command, on the embedded bus, with real processes.
+
+1. Start a local HTTP origin serving generated files: good ones, some 404, some that fail with
+   503 a few times before succeeding, some whose announced sha256 is wrong.
+2. Start ``lakeferry run`` on a generated config with a short retry ladder.
+3. Submit ~1,000 events (and a few malformed lines) with ``lakeferry submit --file``.
+4. Wait until every event has landed or is dead-lettered, print a summary, stop the daemon
+   with SIGTERM, and print ``lakeferry audit --json`` as the last line.
+
+Exits 0 only if every good file landed with the right sha256, every bad one is in the DLQ with
+the right reason, the daemon drained cleanly, and the audit found nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import origin as origin_mod  # noqa: E402
+
+from lakeferry.audit import audit  # noqa: E402
+from lakeferry.bus import open_bus  # noqa: E402
+from lakeferry.components import PluginContext  # noqa: E402
+from lakeferry.config import load_config  # noqa: E402
+from lakeferry.dlq import current_letters  # noqa: E402
+from lakeferry.logs import get_logger  # noqa: E402
+from lakeferry.registry import load_registry  # noqa: E402
+
+
+def build_events(origin: Any, args: argparse.Namespace) -> tuple[list[bytes], dict[str, dict[str, Any]]]:
+    """Event lines for the submit file, and what should happen to each event id."""
+    rng = random.Random(args.seed)
+    lines: list[bytes] = []
+    expect: dict[str, dict[str, Any]] = {}
+
+    def add(kind: str, i: int, url: str, size: int, name: str, sha: str | None, outcome: str) -> None:
+        event_id = f"demo-{kind}-{i:05d}"
+        event: dict[str, Any] = {"id": event_id, "url": url, "metadata": {"kind": kind}}
+        if sha:
+            event["sha256"] = sha
+        lines.append(json.dumps(event).encode())
+        expect[event_id] = {
+            "outcome": outcome, "sha256": origin_mod.sha256_of(name, size), "size": size
+        }
+
+    for i in range(args.good):
+        size = rng.randint(1024, 256 * 1024)
+        name = f"good-{i}.bin"
+        sha = origin_mod.sha256_of(name, size) if i % 2 == 0 else None
+        add("good", i, origin.file_url(name, size), size, name, sha, "landed")
+    for i in range(args.flaky):
+        size = rng.randint(1024, 64 * 1024)
+        name = f"flaky-{i}.bin"
+        add("flaky", i, origin.file_url(name, size, route="flaky", fail=2), size, name, None, "landed")
+    for i in range(args.missing):
+        add("missing", i, f"{origin.url}/missing/gone-{i}.bin", 0, f"gone-{i}.bin", None, "not_found")
+    for i in range(args.badsum):
+        size = 4096
+        name = f"badsum-{i}.bin"
+        add("badsum", i, origin.file_url(name, size), size, name, "0" * 64, "checksum_mismatch")
+    for i in range(args.malformed):
+        lines.append(b'{"id": "demo-malformed-%d", "url": 42}' % i if i % 2 else b"this is not json %d" % i)
+    rng.shuffle(lines)
+    return lines, expect
+
+
+async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
+    registry = load_registry()
+    config = load_config(config_path, registry)
+    bus = await open_bus(config)
+    ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("demo"))
+    inventory = registry.get("inventory", "delta").factory(config.inventory.settings, ctx)
+    sink = registry.get("sink", "localfs").factory(config.sink.settings, ctx)
+    try:
+        report = await audit(config, bus, inventory, sink, verify_sink=False)
+        letters = await current_letters(bus, config.core.topics.dlq)
+        rows = await inventory.read_inventory()
+        return report, letters, rows
+    finally:
+        await inventory.aclose()
+        await sink.aclose()
+        await bus.aclose()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="lakeferry end-to-end demo")
+    parser.add_argument("--state", default="var/demo", help="state directory (wiped first)")
+    parser.add_argument("--good", type=int, default=880)
+    parser.add_argument("--flaky", type=int, default=50)
+    parser.add_argument("--missing", type=int, default=50)
+    parser.add_argument("--badsum", type=int, default=15)
+    parser.add_argument("--malformed", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+
+    state = (harness.ROOT / args.state).resolve()
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    metrics_port = harness.free_port()
+    config = harness.write_config(
+        state / "lakeferry.toml", harness.config_dict(state, metrics_port=metrics_port)
+    )
+    print(f"demo state in {state}\nconfig {config}")
+
+    with origin_mod.serve() as origin:
+        lines, expect = build_events(origin, args)
+        events_file = state / "events.jsonl"
+        events_file.write_bytes(b"\n".join(lines) + b"\n")
+        daemon = harness.DaemonProcess(config, state / "daemon.log")
+        daemon.start()
+        print(f"daemon running (pid {daemon.pid}), metrics on 127.0.0.1:{metrics_port}")
+        try:
+            started = time.time()
+            harness_submit = harness.cli(config, "submit", "--file", str(events_file), timeout=120)
+            sys.stderr.write(harness_submit.stderr)
+            if harness_submit.returncode != 0:
+                print("submit failed")
+                return 1
+            expected_total = len(expect) + args.malformed
+            deadline = time.monotonic() + args.timeout
+            report, letters, rows = trio.run(snapshot, config)
+            while time.monotonic() < deadline:
+                report, letters, rows = trio.run(snapshot, config)
+                done = report.landed + report.dead_lettered
+                print(f"\r  landed {report.landed:5d}  dead-lettered {report.dead_lettered:4d}  "
+                      f"in flight {report.in_flight:4d}  of {expected_total}", end="", flush=True)  # fmt: skip
+                if done >= expected_total and report.in_flight == 0:
+                    break
+                time.sleep(1)
+            print()
+            metrics = harness.scrape(metrics_port)
+        finally:
+            code = daemon.terminate(timeout=60) if daemon.alive() else daemon.proc.returncode  # type: ignore[union-attr]
+
+    # -- summary -------------------------------------------------------------------------
+    by_reason = Counter(letter.letter.reason for letter in letters)
+    latencies = [(r.committed_at - r.event_created_at).total_seconds() for r in rows]
+    span = max((r.committed_at.timestamp() for r in rows), default=started) - started
+    retries = harness.metric_sum(metrics, "lakeferry_retries_total")
+    print("\n== lakeferry demo summary ==")
+    print(f"events submitted      {len(lines)} ({args.malformed} malformed lines)")
+    print(f"landed                {len(rows)}")
+    print(f"dead-lettered         {sum(by_reason.values())}  "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())))  # fmt: skip
+    print(f"retries (ladder)      {retries:.0f}")
+    print(f"throughput            {len(rows) / span:.1f} files/s over {span:.1f}s" if span > 0 else "")
+    print(f"end-to-end latency    p50 {pct(latencies, 50):.2f}s  p95 {pct(latencies, 95):.2f}s")
+    print(f"daemon exit code      {code} (SIGTERM drain)")
+
+    problems: list[str] = []
+    sink_root = state / "sink"
+    landed = {r.event_id: r for r in rows}
+    dead = {letter.event_id: letter.letter.reason for letter in letters if letter.event_id}
+    for event_id, want in expect.items():
+        if want["outcome"] == "landed":
+            row = landed.get(event_id)
+            if row is None:
+                problems.append(f"{event_id} did not land")
+                continue
+            data = (sink_root / row.destination).read_bytes()
+            if hashlib.sha256(data).hexdigest() != want["sha256"] or row.sha256 != want["sha256"]:
+                problems.append(f"{event_id} landed with the wrong sha256")
+        elif dead.get(event_id) != want["outcome"]:
+            problems.append(f"{event_id}: expected DLQ reason {want['outcome']}, got {dead.get(event_id)}")
+    if by_reason.get("malformed", 0) != args.malformed:
+        problems.append(f"expected {args.malformed} malformed letters, got {by_reason.get('malformed', 0)}")
+    if code != 0:
+        problems.append(f"daemon exited {code} on SIGTERM")
+    for p in problems[:20]:
+        print(f"PROBLEM: {p}")
+
+    final = harness.cli(config, "audit", "--json", "--events", str(events_file))
+    if final.returncode not in (0, 1):
+        print(final.stderr)
+    print(final.stdout.strip())
+    return 0 if not problems and final.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
