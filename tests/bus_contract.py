@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-
 from lakeferry.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, TopicSpec
 
 BusFactory = Callable[[], Awaitable[Bus]]
@@ -39,8 +38,8 @@ async def new_topic(bus: Bus, partitions: int = 3) -> str:
     return name
 
 
-async def take(consumer: Consumer, count: int, timeout: float = 10.0) -> list[Record]:
-    with trio.fail_after(timeout):
+async def take(consumer: Consumer, count: int, within: float = 10.0) -> list[Record]:
+    with trio.fail_after(within):
         return [await consumer.next() for _ in range(count)]
 
 
@@ -132,7 +131,8 @@ class BusContract:
         records = await take(bus.consumer(unique("group"), [topic]), 60, self.timeout_s)
         assert [r.value for r in records] == [b"%d" % i for i in range(60)]
         offsets = [r.offset for r in records]
-        assert offsets == sorted(offsets) and len(set(offsets)) == 60
+        assert offsets == sorted(offsets)
+        assert len(set(offsets)) == 60
 
     async def test_headers_keys_and_values_round_trip(self, bus_factory: BusFactory) -> None:
         bus = await bus_factory()
@@ -275,7 +275,7 @@ class BusContract:
         counts = by_partition(await scan_all(bus, topic))
         held = max(counts, key=lambda tp: len(counts[tp]))
         others = sum(len(v) for tp, v in counts.items() if tp != held)
-        assert counts[held] and others, "30 distinct keys should spread over partitions"
+        assert others, "30 distinct keys should spread over partitions"
 
         consumer: Consumer
 

@@ -16,7 +16,6 @@ import trio
 import trio.testing
 from bus_contract import scan_all, take
 from helpers.bus_writer import check_value
-
 from lakeferry.bus.base import OutgoingRecord, Record, TopicPartition, TopicSpec
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.errors import BusError
@@ -108,7 +107,7 @@ async def test_another_process_produces_while_we_consume(bus: EmbeddedBus) -> No
                         await bus.producer().send("shared", b"local-%d" % i)
 
                 nursery.start_soon(produce_more)
-                received.extend(await take(consumer, 300, timeout=15))
+                received.extend(await take(consumer, 300, within=15))
             assert await proc.wait() == 0
     finally:
         if proc.returncode is None:

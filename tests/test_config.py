@@ -84,7 +84,7 @@ def test_durations_and_sizes(registry: Registry) -> None:
         (lambda d: d["sources"][0].update(colour="blue"), "sources[0].colour", "unknown key"),
         (lambda d: d["downloaders"].update(gopher={}), "downloaders.gopher", "unknown downloader kind"),
         (lambda d: d["retry"].update(topics=["a", "b"]), "retry.topics", "one topic per delay"),
-        (lambda d: d["daemon"].update(log_level="loud"), "daemon.log_level", "Expected"),
+        (lambda d: d["daemon"].update(log_level="loud"), "daemon.log_level", "Invalid enum value"),
         (lambda d: d["metrics"].update(listen="nowhere"), "metrics.listen", "host:port"),
     ],
 )

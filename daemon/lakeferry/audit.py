@@ -8,6 +8,7 @@ listed in a file of submitted events — must be in exactly one of these states:
 - ``dead_lettered``: a current (not replayed or purged) DLQ letter;
 - ``in_flight``: a record for it sits at or after its consumer group's committed offset on one
   of the pipeline's topics, so the daemon will still process it;
+- ``purged``: an operator purged its DLQ letter (``lakeferry dlq purge``);
 - otherwise ``lost``.
 
 ``duplicate_rows`` counts inventory rows beyond the first per event id; ``checksum_mismatches``
@@ -28,7 +29,7 @@ import msgspec
 from lakeferry.bus.base import Bus
 from lakeferry.components import Inventory, Sink
 from lakeferry.config import LoadedConfig
-from lakeferry.dlq import current_letters
+from lakeferry.dlq import current_letters, purged_keys
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, decode_event
 
 
@@ -37,6 +38,7 @@ class AuditReport:
     events: int = 0
     landed: int = 0
     dead_lettered: int = 0
+    purged: int = 0
     in_flight: int = 0
     lost: int = 0
     duplicate_rows: int = 0
@@ -146,7 +148,8 @@ async def audit(
         events.add(row.event_id)
     letters = await current_letters(bus, topics.dlq)
     dead = {letter.event_id or letter.key for letter in letters}
-    events |= dead
+    purged = await purged_keys(bus, topics.dlq)
+    events |= dead | purged
 
     rows = await inventory.read_inventory()
     per_id = collections.Counter(row.event_id for row in rows)
@@ -172,8 +175,9 @@ async def audit(
     report.events = len(events)
     report.landed = len(landed)
     report.dead_lettered = len(dead - landed)
-    report.in_flight = len(in_flight - landed - dead)
-    lost = events - landed - dead - in_flight
+    report.purged = len(purged - landed - dead)
+    report.in_flight = len(in_flight - landed - dead - purged)
+    lost = events - landed - dead - purged - in_flight
     report.lost = len(lost)
     report.lost_ids = sorted(lost)[:50]
     return report

@@ -275,7 +275,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     registry = load_registry()
     config = _load(args.config, registry)
-    submitted = submitted_ids(Path(args.events)) if args.events else set()
+    submitted: set[str] = set()
+    for events_file in args.events or ():
+        submitted |= submitted_ids(Path(events_file))
 
     async def main(bus: Any) -> Any:
         ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("audit"))
@@ -355,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = with_config(sub.add_parser("audit", help="reconcile events against inventory/sink/DLQ"))
     aud.add_argument("--json", action="store_true", help="print the counts as one JSON line")
-    aud.add_argument("--events", help="JSONL file of submitted events to include")
+    aud.add_argument(
+        "--events", action="append", help="JSONL file of submitted events to include (repeatable)"
+    )
     aud.add_argument("--no-verify-sink", action="store_true", help="skip hashing sink files")
     aud.set_defaults(fn=cmd_audit)
     return parser

@@ -314,9 +314,15 @@ LIVE_KEYS = frozenset(
 )
 
 
+def _number(value: Any) -> Any:
+    if isinstance(value, int | float):  # Duration, ByteSize
+        return value.real
+    raise NotImplementedError(type(value))
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Struct):
-        value = msgspec.to_builtins(value)
+        value = msgspec.to_builtins(value, enc_hook=_number)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():

@@ -65,8 +65,8 @@ class LetterFilter:
         )
 
 
-async def current_letters(bus: Bus, topic: str) -> list[Letter]:
-    """The letters not yet replayed or purged, oldest first."""
+async def latest_by_key(bus: Bus, topic: str) -> dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]]:
+    """The last DLQ record of every key (a compacted view of the topic)."""
     latest: dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]] = {}
     async for record in bus.scan(topic):
         try:
@@ -74,6 +74,12 @@ async def current_letters(bus: Bus, topic: str) -> list[Letter]:
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # not ours; never let one bad record hide the others
         latest[record.key] = (record, message)
+    return latest
+
+
+async def current_letters(bus: Bus, topic: str) -> list[Letter]:
+    """The letters not yet replayed or purged, oldest first."""
+    latest = await latest_by_key(bus, topic)
     letters = [
         Letter(rec, msg) for rec, msg in latest.values() if isinstance(msg, DeadLetter)
     ]
@@ -128,6 +134,16 @@ async def replay(
         if progress is not None:
             progress(len(chunk))
     return done
+
+
+async def purged_keys(bus: Bus, topic: str) -> set[str]:
+    """Keys whose last DLQ record is a purge: the operator dropped them on purpose."""
+    latest = await latest_by_key(bus, topic)
+    return {
+        (key or b"").decode(errors="replace")
+        for key, (_, msg) in latest.items()
+        if isinstance(msg, DlqTombstone) and msg.action == "purge"
+    }
 
 
 async def purge(bus: Bus, letters: Sequence[Letter], *, dlq_topic: str, by: str = "") -> int:

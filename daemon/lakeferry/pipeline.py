@@ -37,7 +37,7 @@ from lakeferry.retry import (
     ORIGIN_HEADER,
 )
 from lakeferry.retry import RetryLadder
-from lakeferry.stages.driver import Lifecycle
+from lakeferry.stages.driver import ActiveCount, Lifecycle
 
 log = get_logger("pipeline")
 
@@ -77,6 +77,7 @@ class Pipeline:
     sources: list[Source]
     ladder: RetryLadder
     limiters: dict[str, trio.CapacityLimiter] = field(default_factory=dict)
+    active: dict[str, ActiveCount] = field(default_factory=dict)
 
     @property
     def group(self) -> str:
@@ -127,9 +128,10 @@ class Pipeline:
             "results": trio.CapacityLimiter(core.results.batch_rows * 2),
         }
         for stage, limiter in pipeline.limiters.items():
+            active = pipeline.active[stage] = ActiveCount()
             metrics.track_limiter(
                 stage,
-                lambda lim=limiter: float(lim.borrowed_tokens),
+                lambda count=active: float(count.n),
                 lambda lim=limiter: float(lim.total_tokens),
             )
         return pipeline

@@ -189,11 +189,13 @@ class Supervisor:
             new = load_config(self.config.path, self.registry)
             live, restart = diff(self.config, new)
             self.pipeline.apply_live(new)
-        except (ConfigError, ValueError) as exc:
+        except Exception as exc:
+            # Whatever went wrong, a reload never takes the daemon down.
             self.metrics.reloads.labels("refused").inc()
             log.error(
                 "reload refused; keeping the running configuration",
                 extra={"path": self.config.path, "error": str(exc)},
+                exc_info=not isinstance(exc, ConfigError | ValueError),
             )
             self.notifier.ready("running (reload refused)")
             return False

@@ -22,4 +22,4 @@ async def open_bus(config: LoadedConfig) -> Bus:
         poll_interval=cfg.embedded.poll_interval,
         synchronous=cfg.embedded.synchronous,
     )
-    return bus  # type: ignore[return-value]
+    return bus

@@ -47,8 +47,9 @@ Error handling:
     stored header is raised as :class:`lakeferry.errors.BusError` chained ``from`` the original.
     All waiters of a failed group-commit batch get their own ``BusError``; nothing of that batch
     was written (one transaction). Invalid arguments raise ``TypeError``/``ValueError`` before
-    anything is queued. Any use after ``aclose`` raises :class:`trio.ClosedResourceError`; so
-    does a :meth:`EmbeddedConsumer.next` that is waiting when its consumer (or bus) is closed.
+    anything is queued. Every async call (and ``seek``, ``consumer``) after ``aclose`` raises
+    :class:`trio.ClosedResourceError`; so does a :meth:`EmbeddedConsumer.next` that is waiting
+    when its consumer (or bus) is closed. ``pause``/``resume`` after close do nothing.
 """
 
 from __future__ import annotations
@@ -801,6 +802,8 @@ class EmbeddedConsumer:
         """
         if offset < 0:
             raise ValueError("offset must not be negative")
+        if self._closed:
+            raise trio.ClosedResourceError("the consumer is closed")
         if not self._started:
             self._early_seeks[tp] = offset
         elif tp not in self._assignment:

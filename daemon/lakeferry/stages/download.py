@@ -215,6 +215,7 @@ async def run_download(
         name="download",
         consumer=consumer,
         limiter=p.limiters["download"],
+        active=p.active["download"],
         handler=stage.handle,
         lifecycle=p.lifecycle,
         commit_interval=lambda: p.config.core.commit.interval,

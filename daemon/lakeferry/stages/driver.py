@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import trio
 
 from lakeferry.bus.base import Consumer, Record, TopicPartition
-from lakeferry.bus.offsets import OffsetTracker
+from lakeferry.bus.offsets import OffsetTracker, Ticket
 from lakeferry.logs import get_logger
 
 log = get_logger("stage")
@@ -54,6 +54,13 @@ class Lifecycle:
         self.draining.set()
 
 
+@dataclass
+class ActiveCount:
+    """Records a stage is processing right now (the limiter also counts a fetch in waiting)."""
+
+    n: int = 0
+
+
 class StageDriver:
     """Runs one consumer through the four phases. One instance per stage run."""
 
@@ -67,6 +74,7 @@ class StageDriver:
         lifecycle: Lifecycle,
         commit_interval: Callable[[], float],
         gate: Gate | None = None,
+        active: ActiveCount | None = None,
     ) -> None:
         self.name = name
         self.consumer = consumer
@@ -75,6 +83,7 @@ class StageDriver:
         self.lifecycle = lifecycle
         self.commit_interval = commit_interval
         self.gate = gate
+        self.active = active if active is not None else ActiveCount()
         self.tracker = OffsetTracker()
         self._paused_until: dict[TopicPartition, float] = {}
 
@@ -125,8 +134,8 @@ class StageDriver:
                     self.limiter.release_on_behalf_of(token)
                     self._hold(record, wait, timers)
                     continue
-            self.tracker.track(record.tp, record.offset)
-            workers.start_soon(self._process, record, token)
+            ticket = self.tracker.track(record.tp, record.offset)
+            workers.start_soon(self._process, record, ticket, token)
 
     def _hold(self, record: Record, wait: float, timers: trio.Nursery) -> None:
         tp = record.tp
@@ -142,11 +151,14 @@ class StageDriver:
             del self._paused_until[tp]
             self.consumer.resume(tp)
 
-    async def _process(self, record: Record, token: object) -> None:
+    async def _process(self, record: Record, ticket: Ticket, token: object) -> None:
+        self.active.n += 1
         try:
             await self.handler(record)
-            self.tracker.done(record.tp, record.offset)
+            # The ticket's generation makes a late completion of a revoked partition a no-op.
+            self.tracker.done(*ticket)
         finally:
+            self.active.n -= 1
             self.limiter.release_on_behalf_of(token)
 
     async def _commit_loop(self) -> None:

@@ -127,6 +127,7 @@ async def run_ingest(
         name="ingest",
         consumer=consumer,
         limiter=p.limiters["ingest"],
+        active=p.active["ingest"],
         handler=handle,
         lifecycle=p.lifecycle,
         commit_interval=lambda: p.config.core.commit.interval,

@@ -157,6 +157,7 @@ async def run_results(
         name="results",
         consumer=consumer,
         limiter=p.limiters["results"],
+        active=p.active["results"],
         handler=stage.handle,
         lifecycle=p.lifecycle,
         commit_interval=lambda: p.config.core.commit.interval,

@@ -218,6 +218,7 @@ async def run_upload(
         name="upload",
         consumer=consumer,
         limiter=p.limiters["upload"],
+        active=p.active["upload"],
         handler=stage.handle,
         lifecycle=p.lifecycle,
         commit_interval=lambda: p.config.core.commit.interval,

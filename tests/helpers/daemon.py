@@ -1,0 +1,85 @@
+"""Fixtures that run lakeferry as a real process (``tools/harness.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.tools import load_tool
+
+harness: Any = load_tool("harness")
+
+
+class DaemonEnv:
+    """A state directory, a config file and a way to start daemons on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.metrics_port = harness.free_port()
+        self.data: dict[str, Any] = harness.config_dict(self.state, metrics_port=self.metrics_port)
+        self.config = root / "lakeferry.toml"
+        self.log = root / "daemon.log"
+        self.daemons: list[Any] = []
+        self.write()
+
+    def write(self, text: str | None = None) -> None:
+        if text is None:
+            harness.write_config(self.config, self.data)
+        else:
+            self.config.write_text(text)
+
+    def start(self, **kwargs: Any) -> Any:
+        daemon = harness.DaemonProcess(self.config, self.log, **kwargs)
+        self.daemons.append(daemon)
+        return daemon.start()
+
+    def cli(self, *args: str, **kwargs: Any) -> Any:
+        return harness.cli(self.config, *args, **kwargs)
+
+    def metrics(self) -> dict[str, float]:
+        return harness.scrape(self.metrics_port)  # type: ignore[no-any-return]
+
+    def metric(self, name: str, **labels: str) -> float:
+        return harness.metric_sum(self.metrics(), name, **labels)  # type: ignore[no-any-return]
+
+    def submit_events(self, events: list[dict[str, Any]]) -> Path:
+        import json
+
+        path = self.root / f"events-{len(list(self.root.glob('events-*.jsonl')))}.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+        result = self.cli("submit", "--file", str(path), "--quiet")
+        assert result.returncode == 0, result.stderr
+        return path
+
+    def audit(self, *events_files: Path) -> tuple[int, dict[str, int]]:
+        import json
+
+        args = ["audit", "--json"]
+        for f in events_files:
+            args += ["--events", str(f)]
+        result = self.cli(*args)
+        assert result.returncode in (0, 1), result.stderr
+        return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
+    env = DaemonEnv(tmp_path)
+    yield env
+    for daemon in env.daemons:
+        daemon.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

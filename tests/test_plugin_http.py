@@ -1,0 +1,395 @@
+"""The ``http`` downloader against the real test origin on 127.0.0.1 (``tools/origin.py``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import ipaddress
+import socket
+import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+from helpers.origin import Origin, sha256_of
+from helpers.plugins import plugin_context, task_for
+from lakeferry.api import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.registry import load_registry
+from lakeferry.units import dec_hook
+from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http.downloader import parse_retry_after
+from lakeferry_http.guard import AddressPolicy, is_public
+from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
+
+MiB = 2**20
+LOOPBACK = ["127.0.0.1/32"]
+
+
+@asynccontextmanager
+async def downloader(tmp_path: Path, **settings: Any) -> AsyncIterator[HttpDownloader]:
+    settings.setdefault("allow_networks", LOOPBACK)
+    d = HttpDownloader(HttpDownloaderSettings(**settings), plugin_context(tmp_path))
+    try:
+        yield d
+    finally:
+        await d.aclose()
+
+
+def make_cache(tmp_path: Path) -> LocalFsCache:
+    return LocalFsCache(
+        LocalFsCacheSettings(path=str(tmp_path / "cache")), plugin_context(tmp_path)
+    )
+
+
+async def download(
+    d: HttpDownloader, cache: LocalFsCache, url: str, key: str = "k", **event: Any
+) -> tuple[str, int]:
+    """Fetch into the cache as the download stage does; (sha256, bytes) of the committed file."""
+    task = task_for(url, event_id=key, **event)
+    async with cache.reserve(task.event.size):
+        pending = await cache.create(key)
+        try:
+            await d.fetch(task, pending)
+            entry = await pending.commit(
+                expected_sha256=task.event.sha256, expected_size=task.event.size
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await pending.abort()
+            raise
+    return entry.sha256, entry.size
+
+
+async def failure(d: HttpDownloader, cache: LocalFsCache, url: str, **event: Any) -> PipelineError:
+    with pytest.raises(PipelineError) as caught:
+        await download(d, cache, url, **event)
+    assert await cache.lookup("k") is None
+    assert list(cache.root.rglob("*.part")) == []
+    return caught.value
+
+
+# --- settings and registration -------------------------------------------------------------------
+
+
+def test_registered_for_http_and_https() -> None:
+    registry = load_registry()
+    reg = registry.get("downloader", "http")
+    assert reg.schemes == ("http", "https")
+    assert registry.for_scheme("HTTPS") == reg
+    assert reg.settings_type is HttpDownloaderSettings
+
+
+def test_settings_decode_from_config_values() -> None:
+    s = msgspec.convert(
+        {"connect_timeout": "2s", "read_timeout": "250ms", "max_size": "1GiB", "clients": 2},
+        HttpDownloaderSettings,
+        dec_hook=dec_hook,
+    )
+    assert (s.connect_timeout, s.read_timeout, s.total_timeout) == (2.0, 0.25, 3600.0)
+    assert (s.max_size, s.clients, s.pool_connections, s.max_redirects) == (2**30, 2, 8, 5)
+    assert s.allow_networks == []
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"clients": 0}, HttpDownloaderSettings, dec_hook=dec_hook)
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.convert({"timeout": 1}, HttpDownloaderSettings, dec_hook=dec_hook)
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+async def test_streams_body_into_the_cache_with_its_sha256(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    size = 5 * MiB + 123
+    async with downloader(tmp_path) as d:
+        url = origin.file_url("stream.bin", size)
+        digest = sha256_of("stream.bin", size)
+        assert await download(d, cache, url, sha256=digest, size=size) == (digest, size)
+        # Chunked transfer encoding (no Content-Length) streams the same way.
+        chunked = origin.file_url("stream.bin", size, route="chunked")
+        assert await download(d, cache, chunked, key="k2") == (digest, size)
+        empty = origin.file_url("empty.bin", 0)
+        assert await download(d, cache, empty, key="k3") == (sha256_of("empty.bin", 0), 0)
+
+
+async def test_body_is_streamed_not_held_in_memory(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    size = 24 * MiB
+    async with downloader(tmp_path) as d:
+        await download(d, cache, origin.file_url("warm-up.bin", 1024))
+        tracemalloc.start()
+        try:
+            await download(d, cache, origin.file_url("memory.bin", size), key="m")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 6 * MiB, f"peak {peak / MiB:.1f} MiB while downloading {size / MiB:.0f} MiB"
+
+
+async def test_redirects_are_followed_up_to_the_limit(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    name = "redirected.bin"
+    async with downloader(tmp_path, max_redirects=3) as d:
+        url = origin.file_url(name, 1000, route="redirect/3")
+        assert await download(d, cache, url) == (sha256_of(name, 1000), 1000)
+        error = await failure(d, cache, origin.file_url(name, 1000, route="redirect/4"))
+        assert isinstance(error, PermanentError)
+        assert error.reason == Reason.HTTP_CLIENT_ERROR
+    async with downloader(tmp_path, follow_redirects=False) as d:
+        error = await failure(d, cache, origin.file_url(name, 1000, route="redirect/1"))
+        assert isinstance(error, PermanentError)
+        assert "302" in str(error)
+
+
+async def test_clients_share_the_load(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, clients=4, pool_connections=4) as d:
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                url = origin.file_url(f"share-{i}.bin", 1000, route="slow", delay=0.3)
+                nursery.start_soon(download, d, cache, url, f"share-{i}")
+            await trio.sleep(0.1)
+            assert d.pool.busy == [3, 3, 3, 3]
+        assert d.pool.busy == [0, 0, 0, 0]
+    for i in range(12):
+        assert await cache.lookup(f"share-{i}") is not None
+
+
+# --- classification ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "reason"),
+    [
+        (404, PermanentError, Reason.NOT_FOUND),
+        (410, PermanentError, Reason.NOT_FOUND),
+        (400, PermanentError, Reason.HTTP_CLIENT_ERROR),
+        (401, PermanentError, Reason.HTTP_CLIENT_ERROR),
+        (403, PermanentError, Reason.HTTP_CLIENT_ERROR),
+        (451, PermanentError, Reason.HTTP_CLIENT_ERROR),
+        (408, TransientError, Reason.THROTTLED),
+        (429, TransientError, Reason.THROTTLED),
+        (500, TransientError, Reason.HTTP_SERVER_ERROR),
+        (502, TransientError, Reason.HTTP_SERVER_ERROR),
+        (503, TransientError, Reason.HTTP_SERVER_ERROR),
+    ],
+)
+async def test_status_codes_are_classified(
+    tmp_path: Path, origin: Origin, status: int, kind: type[PipelineError], reason: str
+) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path) as d:
+        url = f"{origin.url}/status/{status}/x.bin?sig=SECRET-TOKEN"
+        error = await failure(d, cache, url)
+    assert type(error) is kind
+    assert error.reason == reason
+    assert str(status) in str(error)
+    assert "SECRET-TOKEN" not in str(error)  # query strings never reach messages
+    assert error.retry_after is None
+
+
+async def test_retry_after_is_carried(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path) as d:
+        for status in (429, 503):
+            error = await failure(d, cache, f"{origin.url}/status/{status}/r?retry_after=7")
+            assert error.retry_after == 7.0
+        later = email.utils.format_datetime(
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120), usegmt=True
+        )
+        error = await failure(d, cache, f"{origin.url}/status/429/r?retry_after={later}")
+        assert error.retry_after is not None
+        assert 100 < error.retry_after <= 120
+
+
+def test_parse_retry_after() -> None:
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after(" 30 ", now) == 30.0
+    assert parse_retry_after("Mon, 01 Jan 2024 00:01:00 GMT", now) == 60.0
+    assert parse_retry_after("Sun, 31 Dec 2023 00:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("-5", now) is None
+
+
+async def test_flaky_origin_is_transient_then_succeeds(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    name = "flaky-once.bin"
+    url = origin.file_url(name, 70_000, route="flaky", fail=1)
+    async with downloader(tmp_path) as d:
+        error = await failure(d, cache, url)
+        assert isinstance(error, TransientError)
+        assert (error.reason, error.retry_after) == (Reason.HTTP_SERVER_ERROR, 0.0)
+        assert await download(d, cache, url) == (sha256_of(name, 70_000), 70_000)
+    assert origin.count(f"/flaky/{name}") == 2
+
+
+async def test_read_timeout_is_transient(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, read_timeout=0.2) as d:
+        url = origin.file_url("stalls.bin", 300_000, route="slow", delay=1, after=100_000)
+        error = await failure(d, cache, url)
+    assert isinstance(error, TransientError)
+    assert error.reason == Reason.TIMEOUT
+
+
+async def test_total_timeout_is_transient(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, read_timeout=5, total_timeout=0.3) as d:
+        url = origin.file_url("too-slow.bin", 1000, route="slow", delay=1)
+        error = await failure(d, cache, url)
+    assert isinstance(error, TransientError)
+    assert error.reason == Reason.TIMEOUT
+    assert "total_timeout" in str(error)
+
+
+async def test_refused_connection_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, connect_timeout=2) as d:
+        error = await failure(d, cache, f"http://127.0.0.1:{port}/files/x")
+    assert isinstance(error, TransientError)
+    assert error.reason == Reason.CONNECTION
+
+
+async def test_unresolvable_host_is_transient(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, connect_timeout=5) as d:
+        error = await failure(d, cache, "http://no-such-host.invalid/file.bin")
+    assert isinstance(error, TransientError)
+    assert error.reason in (Reason.CONNECTION, Reason.TIMEOUT)
+
+
+async def test_truncated_body_is_transient(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path) as d:
+        error = await failure(d, cache, origin.file_url("cut.bin", 500_000, route="truncated"))
+    assert isinstance(error, TransientError)
+    assert error.reason == Reason.CONNECTION
+
+
+async def test_announced_size_over_max_is_refused_before_reading(
+    tmp_path: Path, origin: Origin
+) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, max_size=MiB) as d:
+        task = task_for(origin.file_url("huge.bin", 50 * MiB))
+        pending = await cache.create("k")
+        with pytest.raises(PermanentError) as caught:
+            await d.fetch(task, pending)
+        assert pending.bytes_written == 0
+        await pending.abort()
+    assert caught.value.reason == Reason.TOO_LARGE
+
+
+async def test_body_over_max_is_refused_mid_stream(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, max_size=MiB) as d:
+        task = task_for(origin.file_url("huge.bin", 8 * MiB, route="chunked"))
+        pending = await cache.create("k")
+        with pytest.raises(PermanentError) as caught:
+            await d.fetch(task, pending)
+        assert 0 < pending.bytes_written <= MiB
+        await pending.abort()
+    assert caught.value.reason == Reason.TOO_LARGE
+
+
+async def test_size_contradicting_the_event_is_permanent(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path) as d:
+        error = await failure(d, cache, origin.file_url("sized.bin", 5000), size=4000)
+        assert (type(error), error.reason) == (PermanentError, Reason.SIZE_MISMATCH)
+        chunked = origin.file_url("sized.bin", 5000, route="chunked")
+        error = await failure(d, cache, chunked, size=4000)
+        assert (type(error), error.reason) == (PermanentError, Reason.SIZE_MISMATCH)
+        wrong_sha = "0" * 64
+        error = await failure(d, cache, origin.file_url("sized.bin", 5000), sha256=wrong_sha)
+        assert (type(error), error.reason) == (PermanentError, Reason.CHECKSUM_MISMATCH)
+
+
+async def test_unsupported_redirect_scheme_is_permanent(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path) as d:
+        error = await failure(d, cache, f"{origin.url}/goto?url=ftp://example.org/f")
+    assert (type(error), error.reason) == (PermanentError, Reason.UNSUPPORTED_SCHEME)
+
+
+async def test_cancellation_mid_download_leaves_no_entry(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    url = origin.file_url("cancelled.bin", 2 * MiB, route="slow", delay=2, after=MiB)
+    async with downloader(tmp_path) as d:
+        with trio.move_on_after(0.5) as scope:
+            await download(d, cache, url)
+    assert scope.cancelled_caught
+    assert await cache.lookup("k") is None
+    assert list(cache.root.rglob("*.part")) == []
+    assert cache.usage().bytes == 0
+    assert cache.reserved == 0
+
+
+# --- the address guard ---------------------------------------------------------------------------
+
+
+async def test_loopback_is_blocked_by_default(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    async with downloader(tmp_path, allow_networks=[]) as d:
+        error = await failure(d, cache, origin.file_url("guarded.bin", 10))
+    assert (type(error), error.reason) == (PermanentError, Reason.BLOCKED)
+    assert origin.count("/files/guarded.bin") == 0  # refused before connecting
+
+
+async def test_every_redirect_hop_is_checked(tmp_path: Path, origin: Origin) -> None:
+    cache = make_cache(tmp_path)
+    port = origin.url.rsplit(":", 1)[1]
+    async with downloader(tmp_path, allow_networks=["127.0.0.1/32"]) as d:
+        hop = f"http://127.0.0.2:{port}/files/x"  # loopback too, but not allowed
+        error = await failure(d, cache, f"{origin.url}/goto?url={hop}")
+    assert (type(error), error.reason) == (PermanentError, Reason.BLOCKED)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("100.64.0.1", False),  # CGNAT
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:8.8.8.8", True),
+        ("::127.0.0.1", False),  # IPv4-compatible
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", True),
+        ("2002:a00:1::", False),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
+    ],
+)
+def test_public_addresses(address: str, public: bool) -> None:
+    assert is_public(ipaddress.ip_address(address)) is public
+
+
+def test_allow_networks() -> None:
+    policy = AddressPolicy(["10.0.0.0/8", "::1/128"])
+    assert policy.allows(ipaddress.ip_address("10.9.9.9"))
+    assert policy.allows(ipaddress.ip_address("::ffff:10.9.9.9"))
+    assert policy.allows(ipaddress.ip_address("::1"))
+    assert not policy.allows(ipaddress.ip_address("127.0.0.1"))
+    assert policy.allows(ipaddress.ip_address("1.1.1.1"))
+    with pytest.raises(ValueError, match="does not appear"):
+        AddressPolicy(["not-a-network"])

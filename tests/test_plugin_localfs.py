@@ -1,0 +1,556 @@
+"""The ``localfs`` cache and sink, on real files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+from helpers.plugins import plugin_context
+from lakeferry.api import (
+    ConfigError,
+    Event,
+    PermanentError,
+    Reason,
+    SinkFile,
+)
+from lakeferry.units import dec_hook
+from lakeferry_localfs import (
+    LocalFsCache,
+    LocalFsCacheSettings,
+    LocalFsSink,
+    LocalFsSinkSettings,
+)
+from lakeferry_localfs.sink import XATTR
+
+MiB = 2**20
+
+
+def make_cache(tmp_path: Path, **settings: object) -> LocalFsCache:
+    config = LocalFsCacheSettings(path=str(tmp_path / "cache"), **settings)  # type: ignore[arg-type]
+    return LocalFsCache(config, plugin_context(tmp_path))
+
+
+def make_sink(tmp_path: Path, root: Path | None = None, **settings: object) -> LocalFsSink:
+    config = LocalFsSinkSettings(root=str(root or tmp_path / "sink"), **settings)  # type: ignore[arg-type]
+    return LocalFsSink(config, plugin_context(tmp_path))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def put_in_cache(cache: LocalFsCache, key: str, data: bytes) -> None:
+    async with cache.reserve(len(data)):
+        pending = await cache.create(key)
+        for start in range(0, len(data), 4096):
+            await pending.write(data[start : start + 4096])
+        await pending.commit(expected_sha256=sha(data), expected_size=len(data))
+
+
+async def read_all(cache: LocalFsCache, key: str) -> bytes:
+    async with cache.open(key) as chunks:
+        return b"".join([chunk async for chunk in chunks])
+
+
+def parts(cache: LocalFsCache) -> list[Path]:
+    return sorted(cache.root.rglob("*.part"))
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_decode_from_config_values(tmp_path: Path) -> None:
+    cache = msgspec.convert(
+        {"path": "/c", "quota": "1GiB", "unknown_size_estimate": "1MiB"},
+        LocalFsCacheSettings,
+        dec_hook=dec_hook,
+    )
+    assert (cache.quota, cache.unknown_size_estimate, cache.fsync) == (2**30, MiB, False)
+    assert msgspec.convert({"path": "/c"}, LocalFsCacheSettings).quota == 20 * 2**30
+    sink = msgspec.convert({"root": "/s"}, LocalFsSinkSettings)
+    assert (sink.path_template, sink.link, sink.fsync, sink.verify) == (
+        "{event.id}/{filename}",
+        True,
+        True,
+        True,
+    )
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.convert({"path": "/c", "qouta": 1}, LocalFsCacheSettings)
+
+
+# --- cache: writing and reading ----------------------------------------------------------------
+
+
+async def test_cache_round_trip_hashes_on_the_fly(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(3 * MiB + 12345)
+    async with cache.reserve(len(data)):
+        pending = await cache.create("event/1 ünïcode")
+        # Small and odd-sized chunks, batched by the pending file before each thread hop.
+        for start in range(0, len(data), 4000):
+            await pending.write(data[start : start + 4000])
+        assert pending.bytes_written == len(data)
+        entry = await pending.commit(expected_sha256=sha(data), expected_size=len(data))
+    assert entry == ("event/1 ünïcode", len(data), sha(data))
+    assert await cache.lookup("event/1 ünïcode") == entry
+    assert await read_all(cache, "event/1 ünïcode") == data
+    path = cache.local_path("event/1 ünïcode")
+    assert path.read_bytes() == data
+    assert path.name == sha(b"event/1 \xc3\xbcn\xc3\xafcode")  # named by the key's hash
+    assert cache.usage() == (len(data), 1, 20 * 2**30)
+    assert parts(cache) == []
+
+
+async def test_commit_without_expectations_and_empty_file(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    pending = await cache.create("empty")
+    entry = await pending.commit(expected_sha256=None, expected_size=None)
+    assert entry == ("empty", 0, sha(b""))
+    assert await read_all(cache, "empty") == b""
+
+
+@pytest.mark.parametrize(
+    ("expected_sha", "expected_size", "reason"),
+    [
+        ("0" * 64, None, Reason.CHECKSUM_MISMATCH),
+        (None, 999, Reason.SIZE_MISMATCH),
+    ],
+)
+async def test_commit_mismatch_is_permanent_and_leaves_nothing(
+    tmp_path: Path, expected_sha: str | None, expected_size: int | None, reason: Reason
+) -> None:
+    cache = make_cache(tmp_path)
+    pending = await cache.create("k")
+    await pending.write(b"hello")
+    with pytest.raises(PermanentError) as caught:
+        await pending.commit(expected_sha256=expected_sha, expected_size=expected_size)
+    assert caught.value.reason == reason
+    assert await cache.lookup("k") is None
+    assert parts(cache) == []
+    assert cache.usage().bytes == 0
+    await pending.abort()  # the download stage aborts after any failure: must be harmless
+
+
+async def test_abort_removes_the_part_file(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    pending = await cache.create("k")
+    await pending.write(b"x" * MiB)
+    assert len(parts(cache)) == 1
+    await pending.abort()
+    assert parts(cache) == []
+    assert await cache.lookup("k") is None
+
+
+async def test_cancelled_write_then_shielded_abort_leaves_no_entry(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    pending = await cache.create("k")
+    with trio.CancelScope() as scope:
+        try:
+            await pending.write(b"a" * MiB)
+            scope.cancel(reason="test")
+            await pending.write(b"b" * MiB)
+        except BaseException:
+            await pending.abort()  # abort shields itself
+            raise
+    assert scope.cancelled_caught
+    assert await cache.lookup("k") is None
+    assert parts(cache) == []
+
+
+async def test_recommit_replaces_entry_and_accounts_once(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    await put_in_cache(cache, "k", b"first version")
+    await put_in_cache(cache, "k", b"second")
+    assert await read_all(cache, "k") == b"second"
+    assert (await cache.lookup("k")) == ("k", 6, sha(b"second"))
+    assert cache.usage()[:2] == (6, 1)
+
+
+async def test_lookup_refuses_data_that_does_not_match_its_sidecar(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    await put_in_cache(cache, "k", b"0123456789")
+    cache.local_path("k").write_bytes(b"short")
+    assert await cache.lookup("k") is None
+    cache.local_path("k").unlink()
+    assert await cache.lookup("k") is None
+
+
+async def test_open_and_remove_of_missing_keys(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        async with cache.open("nope"):
+            pass
+    await cache.remove("nope")  # no error
+    await put_in_cache(cache, "k", b"data")
+    await cache.remove("k")
+    assert await cache.lookup("k") is None
+    assert cache.usage()[:2] == (0, 0)
+    with pytest.raises(FileNotFoundError):
+        async with cache.open("k"):
+            pass
+
+
+async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    await put_in_cache(cache, "kept", b"k" * 1000)
+    await put_in_cache(cache, "meta-only", b"m" * 10)
+    await put_in_cache(cache, "data-only", b"d" * 10)
+    crashed = await cache.create("crashed")  # a download in progress when the process died
+    await crashed.write(b"c" * (300 * 1024))
+    cache.local_path("meta-only").unlink()
+    data_only = cache.local_path("data-only")
+    data_only.with_name(data_only.name + ".meta").unlink()
+    stranger = cache.root / "README.txt"
+    stranger.write_text("not ours")
+
+    restarted = make_cache(tmp_path)
+    assert parts(restarted) == []
+    assert restarted.usage()[:2] == (1000, 1)
+    assert await restarted.lookup("kept") == ("kept", 1000, sha(b"k" * 1000))
+    assert not data_only.exists()
+    assert sorted(p.name for p in restarted.root.rglob("*") if p.is_file()) == sorted(
+        [
+            restarted.local_path("kept").name,
+            restarted.local_path("kept").name + ".meta",
+            stranger.name,
+        ]
+    )
+    await crashed.abort()
+
+
+def test_unusable_cache_path_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cache\.path"):
+        LocalFsCache(
+            LocalFsCacheSettings(path=str(tmp_path / "file" / "c")), plugin_context(tmp_path)
+        )
+
+
+# --- cache: quota --------------------------------------------------------------------------------
+
+
+async def test_reserve_waits_until_remove_frees_room(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000)
+    await put_in_cache(cache, "big", b"b" * 800)
+    admitted = trio.Event()
+
+    async def download() -> None:
+        async with cache.reserve(300):
+            admitted.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not admitted.is_set()
+        assert cache.waiting == 1
+        await cache.remove("big")
+        await admitted.wait()
+    assert cache.reserved == 0
+    assert cache.waiting == 0
+
+
+async def test_committed_bytes_count_as_used_after_the_reservation(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000, unknown_size_estimate=100)
+    async with cache.reserve(None):
+        assert cache.reserved == 100
+        pending = await cache.create("k")
+        await pending.write(b"x" * 250)
+        await pending.commit(expected_sha256=None, expected_size=None)
+    assert cache.reserved == 0
+    assert cache.usage().bytes == 250
+
+
+async def test_empty_cache_admits_one_file_larger_than_the_free_space(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=100, unknown_size_estimate=1000)
+    order: list[str] = []
+
+    async def download(name: str, release: trio.Event) -> None:
+        async with cache.reserve(None):
+            order.append(name)
+            await release.wait()
+
+    first, second = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download, "first", first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, "second", second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first"]  # the second waits: the cache is not empty any more
+        first.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first", "second"]
+        second.set()
+
+
+async def test_known_size_larger_than_quota_is_too_large(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=100)
+    with pytest.raises(PermanentError) as caught:
+        async with cache.reserve(101):
+            pass
+    assert caught.value.reason == Reason.TOO_LARGE
+
+
+async def test_waiters_are_admitted_in_arrival_order(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000)
+    await put_in_cache(cache, "a", b"a" * 600)
+    admitted: list[str] = []
+
+    async def download(name: str, size: int) -> None:
+        async with cache.reserve(size):
+            admitted.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download, "large", 900)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, "small", 200)  # fits now, but must not overtake
+        await trio.testing.wait_all_tasks_blocked()
+        assert admitted == []
+        await cache.remove("a")  # room for large only; small follows once large is done
+    assert admitted == ["large", "small"]
+
+
+async def test_cancelled_waiter_leaves_the_queue_and_unblocks_the_next(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000)
+    await put_in_cache(cache, "a", b"a" * 600)
+    admitted: list[str] = []
+
+    async def download(name: str, size: int) -> None:
+        async with cache.reserve(size):
+            admitted.append(name)
+
+    head = trio.CancelScope()
+
+    async def abandoned_download() -> None:
+        with head:
+            await download("large", 900)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(abandoned_download)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, "small", 300)
+        await trio.testing.wait_all_tasks_blocked()
+        assert admitted == []
+        head.cancel(reason="download abandoned")
+        await trio.testing.wait_all_tasks_blocked()
+        assert admitted == ["small"]
+    assert head.cancelled_caught
+    assert cache.waiting == 0
+    assert cache.reserved == 0
+
+
+async def test_set_quota_wakes_waiters_and_fails_those_now_too_large(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000)
+    await put_in_cache(cache, "a", b"a" * 900)
+    outcomes: dict[str, str] = {}
+
+    async def download(name: str, size: int) -> None:
+        try:
+            async with cache.reserve(size):
+                outcomes[name] = "admitted"
+        except PermanentError as error:
+            outcomes[name] = error.reason
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download, "huge", 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, "medium", 500)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {}
+        cache.set_quota(1500)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {}  # huge (head) still does not fit: 900 + 1000 > 1500
+        cache.set_quota(950)  # huge can never fit now; medium is next in line
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {"huge": Reason.TOO_LARGE}
+        cache.set_quota(1400)
+    assert outcomes == {"huge": Reason.TOO_LARGE, "medium": "admitted"}
+    assert cache.usage().quota == 1400
+
+
+# --- sink ----------------------------------------------------------------------------------------
+
+
+EVENT = Event(id="ev-1", url="https://example.org/data/report.csv?sig=secret")
+NOW = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+async def cached_file(cache: LocalFsCache, key: str, data: bytes) -> SinkFile:
+    await put_in_cache(cache, key, data)
+    return SinkFile(cache, key, len(data), sha(data))
+
+
+async def test_destination_renders_template_or_uses_event_path(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, path_template="{date:%Y/%m/%d}/{event.id}/{filename}")
+    assert sink.destination(EVENT, now=NOW) == "2024/01/02/ev-1/report.csv"
+    default = make_sink(tmp_path)
+    assert default.destination(EVENT, now=NOW) == "ev-1/report.csv"
+    with_path = msgspec.structs.replace(EVENT, path="lake/raw/r.csv")
+    assert default.destination(with_path, now=NOW) == "lake/raw/r.csv"
+    with pytest.raises(PermanentError) as caught:
+        default.destination(msgspec.structs.replace(EVENT, path="../escape"), now=NOW)
+    assert caught.value.reason == Reason.INVALID_PATH
+
+
+def test_bad_template_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sink\.path_template"):
+        make_sink(tmp_path, path_template="{nope}/{filename}")
+
+
+async def test_put_hard_links_from_the_cache_then_skips_the_identical_file(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    data = os.urandom(2 * MiB)
+    file = await cached_file(cache, "ev-1", data)
+    outcome = await sink.put(file, "ev-1/report.csv", EVENT)
+    assert outcome == ("ev-1/report.csv", False)
+    target = sink.root / "ev-1" / "report.csv"
+    assert target.read_bytes() == data
+    cached = cache.local_path("ev-1")
+    assert target.stat().st_ino == cached.stat().st_ino
+    assert target.stat().st_nlink == 2
+    assert os.getxattr(target, XATTR).decode().startswith(sha(data) + ":")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.csv"]  # no temp files
+
+    again = await sink.put(file, "ev-1/report.csv", EVENT)
+    assert again == ("ev-1/report.csv", True)
+    await cache.remove("ev-1")  # the upload stage removes the cached copy: the landed one stays
+    assert target.read_bytes() == data
+    assert target.stat().st_nlink == 1
+    assert await sink.stat("ev-1/report.csv") == ("ev-1/report.csv", len(data), sha(data))
+    assert await sink.stat("ev-1/other.csv") is None
+
+
+async def test_put_copies_when_linking_is_off(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path, link=False)
+    data = os.urandom(MiB + 7)
+    file = await cached_file(cache, "k", data)
+    assert await sink.put(file, "a/b/c.bin", EVENT) == ("a/b/c.bin", False)
+    target = sink.root / "a/b/c.bin"
+    assert target.read_bytes() == data
+    assert target.stat().st_ino != cache.local_path("k").stat().st_ino
+    assert await sink.put(file, "a/b/c.bin", EVENT) == ("a/b/c.bin", True)
+
+
+def other_file_system(tmp_path: Path) -> Path | None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        return None
+    return shm
+
+
+async def test_put_copies_across_file_systems(tmp_path: Path) -> None:
+    shm = other_file_system(tmp_path)
+    if shm is None:
+        pytest.skip("needs a second file system at /dev/shm")
+    cache = make_cache(tmp_path)
+    root = shm / f"lakeferry-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        sink = make_sink(tmp_path, root=root)
+        data = os.urandom(MiB)
+        file = await cached_file(cache, "k", data)
+        assert await sink.put(file, "x.bin", EVENT) == ("x.bin", False)  # EXDEV: copied
+        assert (root / "x.bin").read_bytes() == data
+    finally:
+        for path in sorted(root.rglob("*"), reverse=True):
+            path.unlink()
+        root.rmdir()
+
+
+@pytest.mark.parametrize("existing", [b"different content!", b"different size"])
+async def test_put_overwrites_a_different_file(tmp_path: Path, existing: bytes) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    data = b"N" * len(b"different content!")
+    target = sink.root / "d" / "f.txt"
+    target.parent.mkdir()
+    target.write_bytes(existing)
+    file = await cached_file(cache, "k", data)
+    assert await sink.put(file, "d/f.txt", EVENT) == ("d/f.txt", False)
+    assert target.read_bytes() == data
+
+
+async def test_stale_checksum_attribute_is_not_trusted(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path, link=False)
+    data = b"A" * 1000
+    file = await cached_file(cache, "k", data)
+    await sink.put(file, "f.bin", EVENT)
+    target = sink.root / "f.bin"
+    st = target.stat()
+    target.write_bytes(b"B" * 1000)  # same size, new bytes; the xattr still names the old sha
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert await sink.stat("f.bin") == ("f.bin", 1000, sha(b"B" * 1000))
+    assert await sink.put(file, "f.bin", EVENT) == ("f.bin", False)
+    assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["../outside.txt", "/etc/passwd", "a/../../b", "a//b", "a/\x00b", "a\\b", "C:/x", "a/\u202eb"],
+)
+async def test_unsafe_destinations_are_refused(tmp_path: Path, destination: str) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    file = await cached_file(cache, "k", b"data")
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(file, destination, EVENT)
+    assert caught.value.reason == Reason.INVALID_PATH
+    assert list(sink.root.iterdir()) == []
+
+
+async def test_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sink.root / "escape").symlink_to(outside)
+    file = await cached_file(cache, "k", b"data")
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(file, "escape/f.txt", EVENT)
+    assert caught.value.reason == Reason.INVALID_PATH
+    assert list(outside.iterdir()) == []
+
+
+async def test_existing_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep")
+    (sink.root / "f.txt").symlink_to(victim)
+    file = await cached_file(cache, "k", b"data")
+    assert await sink.put(file, "f.txt", EVENT) == ("f.txt", False)
+    assert victim.read_bytes() == b"keep"
+    assert not (sink.root / "f.txt").is_symlink()
+
+
+async def test_directory_in_the_way_is_refused(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    (sink.root / "d" / "f.txt").mkdir(parents=True)
+    (sink.root / "file").write_bytes(b"x")
+    file = await cached_file(cache, "k", b"data")
+    for destination in ("d/f.txt", "file/below.txt"):
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(file, destination, EVENT)
+        assert caught.value.reason == Reason.INVALID_PATH
+
+
+@pytest.mark.parametrize("link", [True, False])
+async def test_missing_cached_file_is_cache_missing(tmp_path: Path, link: bool) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path, link=link)
+    file = await cached_file(cache, "k", b"data")
+    await cache.remove("k")
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(file, "d/f.txt", EVENT)
+    assert caught.value.reason == Reason.CACHE_MISSING
+    assert list((sink.root / "d").iterdir()) == []
+
+
+@pytest.mark.parametrize("link", [True, False])
+async def test_corrupted_cached_file_is_refused(tmp_path: Path, link: bool) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path, link=link)
+    file = await cached_file(cache, "k", b"good data")
+    cache.local_path("k").write_bytes(b"evil data")
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(file, "d/f.txt", EVENT)
+    assert caught.value.reason == Reason.CHECKSUM_MISMATCH
+    assert list((sink.root / "d").iterdir()) == []
