@@ -135,7 +135,7 @@ async def test_redirects_are_followed_up_to_the_limit(tmp_path: Path, origin: Or
     name = "redirected.bin"
     async with downloader(tmp_path, max_redirects=3) as d:
         url = origin.file_url(name, 1000, route="redirect/3")
-        assert await download(d, cache, url) == (sha256_of(name, 1000), 1000)
+        assert await download(d, cache, url, key="ok") == (sha256_of(name, 1000), 1000)
         error = await failure(d, cache, origin.file_url(name, 1000, route="redirect/4"))
         assert isinstance(error, PermanentError)
         assert error.reason == Reason.HTTP_CLIENT_ERROR

@@ -229,6 +229,21 @@ def run_daemon(config: LoadedConfig, registry: Registry, stages: tuple[str, ...]
     supervisor = Supervisor(config, registry, stages)
     try:
         return trio.run(supervisor.run)
-    except StageCrashed as exc:
-        log.critical(str(exc))
+    except BaseException as exc:
+        crashed = _find(exc, StageCrashed)
+        if crashed is None:
+            raise
+        log.critical(str(crashed))
         return 3
+
+
+def _find(exc: BaseException, kind: type[StageCrashed]) -> StageCrashed | None:
+    """``exc`` itself or the first ``kind`` inside nested exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None

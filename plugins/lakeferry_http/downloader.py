@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -138,6 +138,23 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value)
 
 
+async def _abandon_body(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Finish reading a body we stopped reading early (a limit, a cancellation, a failed write).
+
+    httpx reads a body through a chain of nested async generators and closing the outer one
+    leaves the inner ones suspended, to be finalized by the garbage collector (trio then warns;
+    encode/httpx#3686). Closing the response closes the connection, so resuming the chain makes
+    the innermost read fail at once and every generator finishes. Shielded: this never blocks.
+    """
+    with trio.CancelScope(shield=True):
+        await response.aclose()
+        try:
+            async for _ in chunks:
+                pass
+        except httpx.HTTPError:
+            pass
+
+
 class ClientPool:
     """A few httpx clients; each download borrows the least busy one."""
 
@@ -206,9 +223,10 @@ class HttpDownloader:
     async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
         url = task.event.url
         shown = redact_url(url)
-        with self._pool.checkout() as client, trio.move_on_after(
-            self._settings.total_timeout
-        ) as deadline:
+        with (
+            self._pool.checkout() as client,
+            trio.move_on_after(self._settings.total_timeout) as deadline,
+        ):
             try:
                 await self._stream(client, url, shown, task.event.size, out)
             except httpx.InvalidURL as exc:
@@ -249,18 +267,23 @@ class HttpDownloader:
                     f"GET {shown}: server announces {length} bytes, the event {expected_size}",
                 )
             received = 0
-            async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                received += len(chunk)
-                if expected_size is not None and received > expected_size:
-                    raise PermanentError(
-                        Reason.SIZE_MISMATCH,
-                        f"GET {shown}: body exceeds the event's size {expected_size}",
-                    )
-                if received > max_size:
-                    raise PermanentError(
-                        Reason.TOO_LARGE, f"GET {shown}: body exceeds max_size {max_size}"
-                    )
-                await out.write(chunk)
+            chunks = response.aiter_bytes(CHUNK_SIZE)
+            try:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if expected_size is not None and received > expected_size:
+                        raise PermanentError(
+                            Reason.SIZE_MISMATCH,
+                            f"GET {shown}: body exceeds the event's size {expected_size}",
+                        )
+                    if received > max_size:
+                        raise PermanentError(
+                            Reason.TOO_LARGE, f"GET {shown}: body exceeds max_size {max_size}"
+                        )
+                    await out.write(chunk)
+            except BaseException:
+                await _abandon_body(response, chunks)
+                raise
             if length is not None and received < length:
                 raise TransientError(
                     Reason.CONNECTION, f"GET {shown}: body ended after {received} of {length} bytes"
