@@ -27,7 +27,9 @@ def base() -> dict[str, Any]:
     return tomllib.loads(DEFAULT.read_text())
 
 
-def error_of(data: dict[str, Any], registry: Registry, env: dict[str, str] | None = None) -> ConfigError:
+def error_of(
+    data: dict[str, Any], registry: Registry, env: dict[str, str] | None = None
+) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse_config(data, registry, env=env or {})
     return info.value
@@ -76,19 +78,33 @@ def test_durations_and_sizes(registry: Registry) -> None:
         (lambda d: d["download"].update(concurency=3), "download.concurency", "unknown key"),
         (lambda d: d.update(bogus={}), "bogus", "unknown key"),
         (lambda d: d["upload"].update(concurrency="many"), "upload.concurrency", "Expected `int`"),
-        (lambda d: d["daemon"].update(shutdown_grace="soon"), "daemon.shutdown_grace", "invalid duration"),
+        (
+            lambda d: d["daemon"].update(shutdown_grace="soon"),
+            "daemon.shutdown_grace",
+            "invalid duration",
+        ),
         (lambda d: d["cache"].update(quota="lots"), "cache.quota", "invalid size"),
         (lambda d: d["sink"].update(kind="s3"), "sink.kind", "unknown sink kind 's3'"),
         (lambda d: d["cache"].pop("kind"), "cache.kind", "missing"),
-        (lambda d: d["sources"][0].update(kind="carrier-pigeon"), "sources[0].kind", "unknown source kind"),
+        (
+            lambda d: d["sources"][0].update(kind="carrier-pigeon"),
+            "sources[0].kind",
+            "unknown source kind",
+        ),
         (lambda d: d["sources"][0].update(colour="blue"), "sources[0].colour", "unknown key"),
-        (lambda d: d["downloaders"].update(gopher={}), "downloaders.gopher", "unknown downloader kind"),
+        (
+            lambda d: d["downloaders"].update(gopher={}),
+            "downloaders.gopher",
+            "unknown downloader kind",
+        ),
         (lambda d: d["retry"].update(topics=["a", "b"]), "retry.topics", "one topic per delay"),
         (lambda d: d["daemon"].update(log_level="loud"), "daemon.log_level", "Invalid enum value"),
         (lambda d: d["metrics"].update(listen="nowhere"), "metrics.listen", "host:port"),
     ],
 )
-def test_bad_values_name_key_and_problem(registry: Registry, mutate: Any, key: str, problem: str) -> None:
+def test_bad_values_name_key_and_problem(
+    registry: Registry, mutate: Any, key: str, problem: str
+) -> None:
     data = base()
     mutate(data)
     err = error_of(data, registry)
@@ -110,7 +126,11 @@ def test_diff_splits_live_and_restart(registry: Registry) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lakeferry", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "lakeferry", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
 
 

@@ -15,7 +15,9 @@ from helpers.daemon import DaemonEnv, wait_until
 from helpers.origin import Origin
 
 
-def events(origin: Origin, prefix: str, n: int, *, flaky_every: int = 0, slow: float = 0) -> list[dict[str, Any]]:
+def events(
+    origin: Origin, prefix: str, n: int, *, flaky_every: int = 0, slow: float = 0
+) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         name = f"{prefix}-{i}.bin"
@@ -34,7 +36,9 @@ def landed(env: DaemonEnv) -> float:
     return env.metric("lakeferry_stage_messages_total", stage="results")
 
 
-def test_sigkill_mid_run_loses_and_duplicates_nothing(daemon_env: DaemonEnv, origin: Origin) -> None:
+def test_sigkill_mid_run_loses_and_duplicates_nothing(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
     env = daemon_env
     daemon = env.start()
     first = env.submit_events(events(origin, "k9a", 300, flaky_every=10))
@@ -47,7 +51,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(daemon_env: DaemonEnv, ori
     daemon = env.start()
 
     def settled() -> bool:
-        code, counts = env.audit(first, second)
+        _code, counts = env.audit(first, second)
         return counts["in_flight"] == 0 and counts["landed"] == 400
 
     wait_until(settled, 120, "all 400 events to land", interval=1)
@@ -60,11 +64,17 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(daemon_env: DaemonEnv, ori
     assert daemon.terminate() == 0
 
 
-def test_sigterm_drains_in_flight_work_and_exits_zero(daemon_env: DaemonEnv, origin: Origin) -> None:
+def test_sigterm_drains_in_flight_work_and_exits_zero(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
     env = daemon_env
     daemon = env.start()
     batch = env.submit_events(events(origin, "term", 20, slow=1.5))
-    wait_until(lambda: env.metric("lakeferry_stage_in_flight", stage="download") >= 5, 30, "downloads in flight")
+    wait_until(
+        lambda: env.metric("lakeferry_stage_in_flight", stage="download") >= 5,
+        30,
+        "downloads in flight",
+    )
     in_flight = env.metric("lakeferry_stage_in_flight", stage="download")
     started = time.monotonic()
     assert daemon.terminate(timeout=30) == 0
@@ -76,14 +86,21 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(daemon_env: DaemonEnv, ori
     fetched = sum(origin.count(f"/slow/term-{i}.bin") for i in range(20))
     assert fetched >= in_flight
     env.start()
-    wait_until(lambda: env.audit(batch)[1]["landed"] == 20, 60, "the rest to land after restart", interval=1)
+    wait_until(
+        lambda: env.audit(batch)[1]["landed"] == 20,
+        60,
+        "the rest to land after restart",
+        interval=1,
+    )
     code, counts = env.audit(batch)
     assert (code, counts["lost"], counts["duplicate_rows"]) == (0, 0, 0)
     # Nothing that finished before the drain was fetched again after the restart.
     assert sum(origin.count(f"/slow/term-{i}.bin") for i in range(20)) == 20
 
 
-def test_sighup_reloads_live_and_refuses_a_broken_config(daemon_env: DaemonEnv, origin: Origin) -> None:
+def test_sighup_reloads_live_and_refuses_a_broken_config(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
     env = daemon_env
     daemon = env.start()
     assert env.metric("lakeferry_stage_capacity", stage="download") == 50
@@ -113,7 +130,9 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(daemon_env: DaemonEnv, 
     # Still working after the refused reload, at the new concurrency.
     env.write(good)
     batch = env.submit_events(events(origin, "hup", 30))
-    wait_until(lambda: env.audit(batch)[1]["landed"] == 30, 60, "files to land after reloads", interval=1)
+    wait_until(
+        lambda: env.audit(batch)[1]["landed"] == 30, 60, "files to land after reloads", interval=1
+    )
     assert daemon.terminate() == 0
 
 
@@ -131,18 +150,27 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
     assert out.returncode == 0, out.stderr
     ids = out.stdout.split()
     assert len(ids) == 2
-    wait_until(lambda: "not_found" in env.cli("dlq", "list").stdout, 30, "the 404 to be dead-lettered")
+    wait_until(
+        lambda: "not_found" in env.cli("dlq", "list").stdout, 30, "the 404 to be dead-lettered"
+    )
     listing = env.cli("dlq", "list", "--json")
     import json
 
     letters = json.loads(listing.stdout)
-    assert [(x["event_id"], x["reason"], x["stage"]) for x in letters] == [(ids[1], "not_found", "download")]
+    assert [(x["event_id"], x["reason"], x["stage"]) for x in letters] == [
+        (ids[1], "not_found", "download")
+    ]
     assert "cli-gone" in letters[0]["url"]
     assert env.cli("dlq", "list", "--reason", "timeout").stdout.strip().endswith("0 letter(s)")
     # Replay returns it to downloads.pending; it fails again and comes back with a fresh history.
     replay = env.cli("dlq", "replay", "--reason", "not_found", "--yes")
-    assert replay.returncode == 0 and "replayed 1" in replay.stdout
-    wait_until(lambda: env.metric("lakeferry_dlq_total", reason="not_found") >= 2, 30, "the replay to fail again")
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 1" in replay.stdout
+    wait_until(
+        lambda: env.metric("lakeferry_dlq_total", reason="not_found") >= 2,
+        30,
+        "the replay to fail again",
+    )
     shown = json.loads(env.cli("dlq", "show", ids[1]).stdout)
     assert shown["letter"]["task"]["replays"] == 1
     assert shown["letter"]["task"]["attempt"] == 1

@@ -71,7 +71,8 @@ def test_dlq_samples() -> None:
     dead = DLQ.decode(sample("dead_letter_v1.json"))
     assert isinstance(dead, DeadLetter)
     assert dead.reason == "retries_exhausted"
-    assert dead.task is not None and len(dead.attempts) == 2
+    assert dead.task is not None
+    assert len(dead.attempts) == 2
     malformed = DLQ.decode(sample("dead_letter_malformed_v1.json"))
     assert isinstance(malformed, DeadLetter)
     assert malformed.task is None
@@ -101,8 +102,12 @@ def test_bad_events_refused(raw: bytes) -> None:
 
 def test_roundtrip_every_kind() -> None:
     for name, codec in [
-        ("event_v1.json", EVENT), ("download_task_v1.json", DOWNLOAD), ("cached_file_v1.json", CACHED),
-        ("upload_result_v1.json", RESULT), ("dead_letter_v1.json", DLQ), ("dlq_tombstone_v1.json", DLQ),
-    ]:  # fmt: skip
+        ("event_v1.json", EVENT),
+        ("download_task_v1.json", DOWNLOAD),
+        ("cached_file_v1.json", CACHED),
+        ("upload_result_v1.json", RESULT),
+        ("dead_letter_v1.json", DLQ),
+        ("dlq_tombstone_v1.json", DLQ),
+    ]:
         message = codec.decode(sample(name))
         assert codec.decode(codec.encode(message)) == message  # type: ignore[arg-type]

@@ -30,8 +30,13 @@ def test_unsafe_paths_refused(bad: str) -> None:
 
 
 def test_template_renders_fields() -> None:
-    ev = Event(id="e1", url="https://h/dir/My%20File.bin?sig=1", metadata={"site": "n"}, created_at=NOW)
-    assert render_destination("{date:%Y/%m/%d}/{event.id}/{filename}", ev, NOW) == "2026/11/28/e1/My File.bin"
+    ev = Event(
+        id="e1", url="https://h/dir/My%20File.bin?sig=1", metadata={"site": "n"}, created_at=NOW
+    )
+    assert (
+        render_destination("{date:%Y/%m/%d}/{event.id}/{filename}", ev, NOW)
+        == "2026/11/28/e1/My File.bin"
+    )
     assert render_destination("{event.metadata[site]}/{id}", ev, NOW) == "n/e1"
 
 
@@ -42,7 +47,9 @@ def test_event_path_wins_and_is_checked() -> None:
         render_destination("{filename}", Event(id="e1", url="https://h/f", path="../x"), NOW)
 
 
-@pytest.mark.parametrize("template", ["{event.__class__}", "{event.metadata[missing]}", "{nope}", "{filename"])
+@pytest.mark.parametrize(
+    "template", ["{event.__class__}", "{event.metadata[missing]}", "{nope}", "{filename"]
+)
 def test_bad_templates_refused(template: str) -> None:
     ev = Event(id="e1", url="https://h/f")
     with pytest.raises(PermanentError):
@@ -56,5 +63,8 @@ def test_template_cannot_escape_root() -> None:
 
 
 def test_redact_url_drops_secrets() -> None:
-    assert redact_url("https://user:pw@host:8443/p/f.bin?sig=abc#frag") == "https://host:8443/p/f.bin?<redacted>"
+    assert (
+        redact_url("https://user:pw@host:8443/p/f.bin?sig=abc#frag")
+        == "https://host:8443/p/f.bin?<redacted>"
+    )
     assert redact_url("http://h/f") == "http://h/f"

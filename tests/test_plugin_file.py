@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import msgspec
 import pytest
+
 from helpers.plugins import plugin_context, task_for
 from lakeferry.api import ConfigError, PermanentError, Reason
 from lakeferry.registry import load_registry

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
 from lakeferry.api import PermanentError, PipelineError, Reason, TransientError

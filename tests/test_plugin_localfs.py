@@ -11,6 +11,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+
 from helpers.plugins import plugin_context
 from lakeferry.api import (
     ConfigError,

@@ -67,13 +67,18 @@ def test_classify_error_first_result_wins() -> None:
 
     registry = load_registry(extra_plugins=[("classifier", Classifier())])
     result = registry.classify(KeyError("k"), "download")
-    assert isinstance(result, PermanentError) and result.reason == "my_reason"
+    assert isinstance(result, PermanentError)
+    assert result.reason == "my_reason"
     assert registry.classify(ValueError("v"), "download") is None
 
 
 def test_plugins_command_lists_versions_and_kinds() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lakeferry", "plugins"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "lakeferry", "plugins"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "lakeferry 0.1.0" in out.stdout

@@ -25,7 +25,9 @@ T = dt.datetime(2026, 11, 28, 8, 0, tzinfo=dt.UTC)
 
 def inventory(tmp_path: Path) -> Any:
     reg = load_registry().get("inventory", "delta")
-    settings = reg.settings_type(inventory_uri=str(tmp_path / "inv"), events_uri=str(tmp_path / "ev"))  # type: ignore[call-arg]
+    settings = reg.settings_type(
+        inventory_uri=str(tmp_path / "inv"), events_uri=str(tmp_path / "ev")
+    )  # type: ignore[call-arg]
     return reg.factory(settings, PluginContext(state_dir=tmp_path, logger=get_logger("test")))
 
 
@@ -40,10 +42,14 @@ def pipeline(inv: Any) -> Any:
 
 def record(offset: int, event_id: str, partition: int = 0) -> tuple[Record, UploadResult]:
     result = UploadResult(
-        task=DownloadTask(event=Event(id=event_id, url=f"https://h/{event_id}", created_at=T), received_at=T),
+        task=DownloadTask(
+            event=Event(id=event_id, url=f"https://h/{event_id}", created_at=T), received_at=T
+        ),
         destination=f"{event_id}/f", size=10, sha256="b" * 64, downloaded_at=T, uploaded_at=T,
     )  # fmt: skip
-    rec = Record("downloads.results", partition, offset, event_id.encode(), RESULT.encode(result), {}, 0)
+    rec = Record(
+        "downloads.results", partition, offset, event_id.encode(), RESULT.encode(result), {}, 0
+    )
     return rec, result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 import trio.testing
@@ -39,7 +41,9 @@ async def test_crashing_stage_restarts_with_backoff(autojump_clock: trio.testing
     sup = supervisor(max_crashes=5)
     starts: list[float] = []
 
-    async def stage(p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def stage(
+        p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         starts.append(trio.current_time())
         task_status.started()
         if len(starts) < 4:
@@ -52,7 +56,7 @@ async def test_crashing_stage_restarts_with_backoff(autojump_clock: trio.testing
         assert sup.pipeline is not None
         sup.pipeline.lifecycle.drain()
     # backoff doubles: 1 s, 2 s, 4 s between the four starts
-    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
     assert gaps == [1.0, 2.0, 4.0]
     assert sup.metrics.restarts.labels("download")._value.get() == 3
 
@@ -60,7 +64,9 @@ async def test_crashing_stage_restarts_with_backoff(autojump_clock: trio.testing
 async def test_too_many_crashes_end_the_process(autojump_clock: trio.testing.MockClock) -> None:
     sup = supervisor(max_crashes=3)
 
-    async def stage(p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def stage(
+        p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         raise RuntimeError("always")
 
@@ -74,7 +80,9 @@ async def test_crash_during_drain_is_not_restarted(autojump_clock: trio.testing.
     sup = supervisor()
     runs = 0
 
-    async def stage(p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def stage(
+        p: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         nonlocal runs
         runs += 1
         task_status.started()

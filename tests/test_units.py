@@ -19,7 +19,13 @@ def test_duration_refuses(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "n"),
-    [("20GiB", 20 * 2**30), ("10GB", 10 * 10**9), ("512MiB", 512 * 2**20), (1024, 1024), ("1.5K", 1536)],
+    [
+        ("20GiB", 20 * 2**30),
+        ("10GB", 10 * 10**9),
+        ("512MiB", 512 * 2**20),
+        (1024, 1024),
+        ("1.5K", 1536),
+    ],
 )
 def test_size_parses(text: object, n: int) -> None:
     assert ByteSize.parse(text) == n

@@ -29,32 +29,38 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
-import origin as origin_mod  # noqa: E402
+import harness
+import origin as origin_mod
 
-from lakeferry.audit import audit  # noqa: E402
-from lakeferry.bus import open_bus  # noqa: E402
-from lakeferry.components import PluginContext  # noqa: E402
-from lakeferry.config import load_config  # noqa: E402
-from lakeferry.dlq import current_letters  # noqa: E402
-from lakeferry.logs import get_logger  # noqa: E402
-from lakeferry.registry import load_registry  # noqa: E402
+from lakeferry.audit import audit
+from lakeferry.bus import open_bus
+from lakeferry.components import PluginContext
+from lakeferry.config import load_config
+from lakeferry.dlq import current_letters
+from lakeferry.logs import get_logger
+from lakeferry.registry import load_registry
 
 
-def build_events(origin: Any, args: argparse.Namespace) -> tuple[list[bytes], dict[str, dict[str, Any]]]:
+def build_events(
+    origin: Any, args: argparse.Namespace
+) -> tuple[list[bytes], dict[str, dict[str, Any]]]:
     """Event lines for the submit file, and what should happen to each event id."""
     rng = random.Random(args.seed)
     lines: list[bytes] = []
     expect: dict[str, dict[str, Any]] = {}
 
-    def add(kind: str, i: int, url: str, size: int, name: str, sha: str | None, outcome: str) -> None:
+    def add(
+        kind: str, i: int, url: str, size: int, name: str, sha: str | None, outcome: str
+    ) -> None:
         event_id = f"demo-{kind}-{i:05d}"
         event: dict[str, Any] = {"id": event_id, "url": url, "metadata": {"kind": kind}}
         if sha:
             event["sha256"] = sha
         lines.append(json.dumps(event).encode())
         expect[event_id] = {
-            "outcome": outcome, "sha256": origin_mod.sha256_of(name, size), "size": size
+            "outcome": outcome,
+            "sha256": origin_mod.sha256_of(name, size),
+            "size": size,
         }
 
     for i in range(args.good):
@@ -65,15 +71,33 @@ def build_events(origin: Any, args: argparse.Namespace) -> tuple[list[bytes], di
     for i in range(args.flaky):
         size = rng.randint(1024, 64 * 1024)
         name = f"flaky-{i}.bin"
-        add("flaky", i, origin.file_url(name, size, route="flaky", fail=2), size, name, None, "landed")
+        add(
+            "flaky",
+            i,
+            origin.file_url(name, size, route="flaky", fail=2),
+            size,
+            name,
+            None,
+            "landed",
+        )
     for i in range(args.missing):
-        add("missing", i, f"{origin.url}/missing/gone-{i}.bin", 0, f"gone-{i}.bin", None, "not_found")
+        add(
+            "missing",
+            i,
+            f"{origin.url}/missing/gone-{i}.bin",
+            0,
+            f"gone-{i}.bin",
+            None,
+            "not_found",
+        )
     for i in range(args.badsum):
         size = 4096
         name = f"badsum-{i}.bin"
         add("badsum", i, origin.file_url(name, size), size, name, "0" * 64, "checksum_mismatch")
     for i in range(args.malformed):
-        lines.append(b'{"id": "demo-malformed-%d", "url": 42}' % i if i % 2 else b"this is not json %d" % i)
+        lines.append(
+            b'{"id": "demo-malformed-%d", "url": 42}' % i if i % 2 else b"this is not json %d" % i
+        )
     rng.shuffle(lines)
     return lines, expect
 
@@ -99,7 +123,11 @@ async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def main() -> int:
@@ -143,8 +171,11 @@ def main() -> int:
             while time.monotonic() < deadline:
                 report, letters, rows = trio.run(snapshot, config)
                 done = report.landed + report.dead_lettered
-                print(f"\r  landed {report.landed:5d}  dead-lettered {report.dead_lettered:4d}  "
-                      f"in flight {report.in_flight:4d}  of {expected_total}", end="", flush=True)  # fmt: skip
+                line = (
+                    f"landed {report.landed:5d}  dead-lettered {report.dead_lettered:4d}  "
+                    f"in flight {report.in_flight:4d}  of {expected_total}"
+                )
+                print(f"\r  {line}", end="", flush=True)
                 if done >= expected_total and report.in_flight == 0:
                     break
                 time.sleep(1)
@@ -164,7 +195,9 @@ def main() -> int:
     print(f"dead-lettered         {sum(by_reason.values())}  "
           + ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())))  # fmt: skip
     print(f"retries (ladder)      {retries:.0f}")
-    print(f"throughput            {len(rows) / span:.1f} files/s over {span:.1f}s" if span > 0 else "")
+    print(
+        f"throughput            {len(rows) / span:.1f} files/s over {span:.1f}s" if span > 0 else ""
+    )
     print(f"end-to-end latency    p50 {pct(latencies, 50):.2f}s  p95 {pct(latencies, 95):.2f}s")
     print(f"daemon exit code      {code} (SIGTERM drain)")
 
@@ -182,9 +215,13 @@ def main() -> int:
             if hashlib.sha256(data).hexdigest() != want["sha256"] or row.sha256 != want["sha256"]:
                 problems.append(f"{event_id} landed with the wrong sha256")
         elif dead.get(event_id) != want["outcome"]:
-            problems.append(f"{event_id}: expected DLQ reason {want['outcome']}, got {dead.get(event_id)}")
+            problems.append(
+                f"{event_id}: expected DLQ reason {want['outcome']}, got {dead.get(event_id)}"
+            )
     if by_reason.get("malformed", 0) != args.malformed:
-        problems.append(f"expected {args.malformed} malformed letters, got {by_reason.get('malformed', 0)}")
+        problems.append(
+            f"expected {args.malformed} malformed letters, got {by_reason.get('malformed', 0)}"
+        )
     if code != 0:
         problems.append(f"daemon exited {code} on SIGTERM")
     for p in problems[:20]:

@@ -88,7 +88,9 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def cli(config: Path, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+def cli(
+    config: Path, *args: str, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run ``lakeferry <args> -c config`` as a user would."""
     result = subprocess.run(
         [sys.executable, "-m", "lakeferry", *args, "-c", str(config)],
@@ -98,7 +100,9 @@ def cli(config: Path, *args: str, timeout: float = 120, check: bool = False) -> 
         cwd=ROOT,
     )
     if check and result.returncode != 0:
-        raise RuntimeError(f"lakeferry {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        raise RuntimeError(
+            f"lakeferry {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+        )
     return result
 
 
@@ -152,7 +156,9 @@ class DaemonProcess:
             if len(found) >= count:
                 return found[count - 1]
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited ({self.proc.returncode}) before {msg!r}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"daemon exited ({self.proc.returncode}) before {msg!r}:\n{self.tail()}"
+                )
             time.sleep(0.05)
         raise TimeoutError(f"no {msg!r} log line within {timeout}s:\n{self.tail()}")
 

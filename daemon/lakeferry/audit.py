@@ -27,7 +27,7 @@ from pathlib import Path
 import msgspec
 
 from lakeferry.bus.base import Bus
-from lakeferry.components import Inventory, Sink
+from lakeferry.components import Inventory, InventoryRow, Sink
 from lakeferry.config import LoadedConfig
 from lakeferry.dlq import current_letters, purged_keys
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, decode_event
@@ -48,7 +48,9 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicate_rows or self.checksum_mismatches or self.missing_in_sink)
+        return not (
+            self.lost or self.duplicate_rows or self.checksum_mismatches or self.missing_in_sink
+        )
 
     def counts(self) -> dict[str, int]:
         data = asdict(self)
@@ -77,7 +79,10 @@ def submitted_ids(path: Path) -> set[str]:
 
 
 async def _ids_on_topic(
-    bus: Bus, topic: str, group: str | None, decode_id: collections.abc.Callable[[bytes], str | None]
+    bus: Bus,
+    topic: str,
+    group: str | None,
+    decode_id: collections.abc.Callable[[bytes], str | None],
 ) -> tuple[set[str], set[str]]:
     """(every event id on ``topic``, ids with a record at/after ``group``'s committed offset)."""
     committed = await bus.committed(group, topic) if group else {}
@@ -93,7 +98,9 @@ async def _ids_on_topic(
     return seen, pending
 
 
-def _decoder(codec: msgspec.json.Decoder[object] | None, kind: str) -> collections.abc.Callable[[bytes], str | None]:
+def _decoder(
+    codec: msgspec.json.Decoder[object] | None, kind: str
+) -> collections.abc.Callable[[bytes], str | None]:
     def decode(value: bytes) -> str | None:
         try:
             if kind == "event":
@@ -157,19 +164,19 @@ async def audit(
     report.duplicate_rows = sum(n - 1 for n in per_id.values())
     landed = set(per_id)
     events |= landed
-    first_rows = {}
-    for row in rows:
-        first_rows.setdefault(row.event_id, row)
-    for event_id, row in first_rows.items():
+    first_rows: dict[str, InventoryRow] = {}
+    for inv_row in rows:
+        first_rows.setdefault(inv_row.event_id, inv_row)
+    for event_id, first in first_rows.items():
         want = expected_sha.get(event_id)
-        if want is not None and want != row.sha256:
+        if want is not None and want != first.sha256:
             report.checksum_mismatches += 1
             continue
         if verify_sink:
-            held = await sink.stat(row.destination)
+            held = await sink.stat(first.destination)
             if held is None:
                 report.missing_in_sink += 1
-            elif held.sha256 != row.sha256 or held.size != row.size:
+            elif held.sha256 != first.sha256 or held.size != first.size:
                 report.checksum_mismatches += 1
 
     report.events = len(events)

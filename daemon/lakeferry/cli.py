@@ -76,12 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in STAGES]
         if unknown:
-            raise ConfigError("--stages", f"unknown stage(s) {unknown} (stages: {', '.join(STAGES)})")
+            raise ConfigError(
+                "--stages", f"unknown stage(s) {unknown} (stages: {', '.join(STAGES)})"
+            )
         if set(wanted) != set(STAGES) and config.core.bus.kind == "embedded":
             raise ConfigError(
                 "--stages",
                 "the embedded bus runs every stage in one process; "
-                "use bus.kind = \"kafka\" to run stages as separate processes",
+                'use bus.kind = "kafka" to run stages as separate processes',
             )
         stages = tuple(s for s in STAGES if s in wanted)
     return run_daemon(config, registry, stages)
@@ -221,14 +223,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 data = to_builtins(item.letter)
                 if item.letter.raw is not None:
                     data["raw"] = item.letter.raw.decode(errors="replace")
-                print(json.dumps({"key": item.key, "offset": item.record.offset,
-                                  "partition": item.record.partition, "letter": data}, indent=2))  # fmt: skip
+                where = {"key": item.key, "partition": item.record.partition}
+                where["offset"] = item.record.offset
+                print(json.dumps({**where, "letter": data}, indent=2))
             return EXIT_OK
         if not letters:
             print("no matching letters")
             return EXIT_OK
         if not args.yes and (args.action == "purge" or len(letters) > 1) and sys.stdin.isatty():
-            answer = input(f"{args.action} {len(letters)} letter(s)? [y/N] ")
+            answer = input(f"{args.action} {len(letters)} letter(s)? [y/N] ")  # noqa: ASYNC250
             if answer.strip().lower() not in ("y", "yes"):
                 print("aborted")
                 return EXIT_FAILED
@@ -280,8 +283,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         submitted |= submitted_ids(Path(events_file))
 
     async def main(bus: Any) -> Any:
-        ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("audit"))
-        inventory = registry.get("inventory", config.inventory.kind).factory(config.inventory.settings, ctx)
+        ctx = PluginContext(
+            state_dir=Path(config.core.daemon.state_dir), logger=get_logger("audit")
+        )
+        inventory = registry.get("inventory", config.inventory.kind).factory(
+            config.inventory.settings, ctx
+        )
         sink = registry.get("sink", config.sink.kind).factory(config.sink.settings, ctx)
         try:
             return await audit(config, bus, inventory, sink, submitted=submitted,

@@ -173,7 +173,7 @@ class PutOutcome(NamedTuple):
 
 class Sink(Protocol):
     def destination(self, event: Event, *, now: dt.datetime) -> str:
-        """The safe relative destination path for ``event``. PermanentError(invalid_path) if none."""
+        """The safe relative destination of ``event``; PermanentError(invalid_path) if none."""
 
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
         """Land the file atomically; skip when an identical file is already there."""

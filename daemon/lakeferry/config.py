@@ -26,7 +26,7 @@ from msgspec import Meta, Struct
 
 from lakeferry.errors import ConfigError
 from lakeferry.registry import ComponentKind, Registry
-from lakeferry.units import ByteSize, Duration, dec_hook
+from lakeferry.units import Duration, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
 Positive = Annotated[int, Meta(ge=1)]
@@ -173,7 +173,9 @@ def _resolve_env(value: Any, key: str, env: dict[str, str]) -> Any:
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+            raise ConfigError(
+                key, f"environment variable {name} is not set (use ${{{name}:-default}})"
+            )
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
@@ -210,7 +212,10 @@ def _plugin(
     data = dict(section)
     kind = data.pop("kind", None)
     if kind is None:
-        raise ConfigError(f"{key}.kind", f"missing (known {component} kinds: {', '.join(sorted(registry.kinds(component)))})")
+        raise ConfigError(
+            f"{key}.kind",
+            f"missing (known {component} kinds: {', '.join(sorted(registry.kinds(component)))})",
+        )
     if not isinstance(kind, str):
         raise ConfigError(f"{key}.kind", "expected a string")
     try:
@@ -227,7 +232,8 @@ def _validate_core(core: Config) -> None:
     if len(retry.delays) != len(retry.topics):
         raise ConfigError(
             "retry.topics",
-            f"has {len(retry.topics)} topics for {len(retry.delays)} delays; give one topic per delay",
+            f"has {len(retry.topics)} topics for {len(retry.delays)} delays; "
+            "give one topic per delay",
         )
     names = [*msgspec.structs.astuple(core.topics), *retry.topics]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -252,9 +258,7 @@ def parse_config(
     for name in ("cache", "sink", "inventory"):
         if not getattr(core, name):
             raise ConfigError(f"{name}.kind", f"the [{name}] section is required")
-    sources = [
-        _plugin(registry, "source", s, f"sources[{i}]") for i, s in enumerate(core.sources)
-    ]
+    sources = [_plugin(registry, "source", s, f"sources[{i}]") for i, s in enumerate(core.sources)]
     downloaders: dict[str, PluginChoice] = {}
     configured = dict(core.downloaders)
     for kind in registry.kinds("downloader"):
@@ -278,7 +282,9 @@ def parse_config(
     )
 
 
-def load_config(path: str | Path, registry: Registry, env: dict[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    path: str | Path, registry: Registry, env: dict[str, str] | None = None
+) -> LoadedConfig:
     """Read and validate a TOML file. Raises ConfigError naming the key and the problem."""
     p = Path(path)
     try:

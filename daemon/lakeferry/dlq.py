@@ -65,7 +65,9 @@ class LetterFilter:
         )
 
 
-async def latest_by_key(bus: Bus, topic: str) -> dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]]:
+async def latest_by_key(
+    bus: Bus, topic: str
+) -> dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]]:
     """The last DLQ record of every key (a compacted view of the topic)."""
     latest: dict[bytes | None, tuple[Record, DeadLetter | DlqTombstone]] = {}
     async for record in bus.scan(topic):
@@ -80,9 +82,7 @@ async def latest_by_key(bus: Bus, topic: str) -> dict[bytes | None, tuple[Record
 async def current_letters(bus: Bus, topic: str) -> list[Letter]:
     """The letters not yet replayed or purged, oldest first."""
     latest = await latest_by_key(bus, topic)
-    letters = [
-        Letter(rec, msg) for rec, msg in latest.values() if isinstance(msg, DeadLetter)
-    ]
+    letters = [Letter(rec, msg) for rec, msg in latest.values() if isinstance(msg, DeadLetter)]
     letters.sort(key=lambda item: item.letter.dead_at)
     return letters
 
@@ -148,5 +148,7 @@ async def purged_keys(bus: Bus, topic: str) -> set[str]:
 
 async def purge(bus: Bus, letters: Sequence[Letter], *, dlq_topic: str, by: str = "") -> int:
     if letters:
-        await bus.producer().send_many([_tombstone(dlq_topic, item, "purge", by) for item in letters])
+        await bus.producer().send_many(
+            [_tombstone(dlq_topic, item, "purge", by) for item in letters]
+        )
     return len(letters)

@@ -31,6 +31,7 @@ PROJECT = "lakeferry"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+
 @hookspec
 def lakeferry_register_sources(register: RegisterSource) -> None:
     """Register event sources: ``register(kind, factory, settings_type)``.
@@ -38,6 +39,7 @@ def lakeferry_register_sources(register: RegisterSource) -> None:
     Called once at start-up. ``settings_type`` is a msgspec Struct the ``[[sources]]`` entry of
     that kind is validated into; the factory receives the instance and a PluginContext.
     """
+
 
 @hookspec
 def lakeferry_register_downloaders(register: RegisterDownloader) -> None:
@@ -47,17 +49,21 @@ def lakeferry_register_downloaders(register: RegisterDownloader) -> None:
     ``[downloaders.<kind>]``. A scheme claimed by two plugins is a configuration error.
     """
 
+
 @hookspec
 def lakeferry_register_caches(register: RegisterCache) -> None:
     """Register cache backends: ``register(kind, factory, settings_type)`` (``[cache]``)."""
+
 
 @hookspec
 def lakeferry_register_sinks(register: RegisterSink) -> None:
     """Register sinks: ``register(kind, factory, settings_type)`` (``[sink]``)."""
 
+
 @hookspec
 def lakeferry_register_inventories(register: RegisterInventory) -> None:
     """Register inventory writers: ``register(kind, factory, settings_type)`` (``[inventory]``)."""
+
 
 @hookspec(firstresult=True)
 def lakeferry_classify_error(error: BaseException, stage: str) -> PipelineError | None:

@@ -147,7 +147,7 @@ class TopicCodec(Generic[T]):
 
     __slots__ = ("decoder", "encoder", "type")
 
-    def __init__(self, type_: type[T]) -> None:
+    def __init__(self, type_: Any) -> None:
         self.type = type_
         self.encoder = msgspec.json.Encoder()
         self.decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
@@ -159,19 +159,19 @@ class TopicCodec(Generic[T]):
         return self.decoder.decode(data)
 
 
-EVENT = TopicCodec(Event)
+EVENT: TopicCodec[Event] = TopicCodec(Event)
 """Raw events from sources and ``lakeferry submit`` (the intake topic)."""
 
-DOWNLOAD = TopicCodec(DownloadTask)
+DOWNLOAD: TopicCodec[DownloadTask] = TopicCodec(DownloadTask)
 """``downloads.pending`` and every retry rung."""
 
-CACHED = TopicCodec(CachedFile)
+CACHED: TopicCodec[CachedFile] = TopicCodec(CachedFile)
 """``downloads.cached``."""
 
-RESULT = TopicCodec(UploadResult)
+RESULT: TopicCodec[UploadResult] = TopicCodec(UploadResult)
 """``downloads.results``."""
 
-DLQ = TopicCodec(DeadLetter | DlqTombstone)
+DLQ: TopicCodec[DeadLetter | DlqTombstone] = TopicCodec(DeadLetter | DlqTombstone)
 """``downloads.dlq``: dead letters and the tombstones that retire them."""
 
 

@@ -61,9 +61,7 @@ class Metrics:
         )
         self.cache_bytes = prom.Gauge("lakeferry_cache_bytes", "Bytes in the cache", registry=r)
         self.cache_files = prom.Gauge("lakeferry_cache_files", "Files in the cache", registry=r)
-        self.cache_quota = prom.Gauge(
-            "lakeferry_cache_quota_bytes", "Cache byte quota", registry=r
-        )
+        self.cache_quota = prom.Gauge("lakeferry_cache_quota_bytes", "Cache byte quota", registry=r)
         self.end_to_end = prom.Histogram(
             "lakeferry_end_to_end_seconds",
             "Event created to inventory row committed",
@@ -90,7 +88,9 @@ class Metrics:
             "lakeferry_stage_restarts_total", "Stage restarts after a crash", ["stage"], registry=r
         )
         self.reloads = prom.Counter(
-            "lakeferry_reloads_total", "Configuration reloads (SIGHUP), by result", ["result"],
+            "lakeferry_reloads_total",
+            "Configuration reloads (SIGHUP), by result",
+            ["result"],
             registry=r,
         )
         self.restart_pending = prom.Gauge(
@@ -112,7 +112,9 @@ class Metrics:
         self.messages.labels(stage, outcome).inc()
         self.durations.labels(stage).observe(seconds)
 
-    def track_limiter(self, stage: str, in_flight: Callable[[], float], capacity: Callable[[], float]) -> None:
+    def track_limiter(
+        self, stage: str, in_flight: Callable[[], float], capacity: Callable[[], float]
+    ) -> None:
         self.in_flight.labels(stage).set_function(in_flight)
         self.capacity.labels(stage).set_function(capacity)
 

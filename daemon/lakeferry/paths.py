@@ -38,7 +38,7 @@ def safe_relative_path(path: str) -> str:
     norm = unicodedata.normalize("NFC", path)
     for ch in norm:
         cat = unicodedata.category(ch)
-        if ch == "\x00" or cat in ("Cc", "Cf") and ch not in _DECEPTIVE or cat in ("Cs", "Co"):
+        if ch == "\x00" or (cat in ("Cc", "Cf") and ch not in _DECEPTIVE) or cat in ("Cs", "Co"):
             raise _invalid(path, f"control or invisible character U+{ord(ch):04X}")
         if ch in _DECEPTIVE:
             raise _invalid(path, f"deceptive character U+{ord(ch):04X}")
@@ -106,7 +106,8 @@ def render_destination(template: str, event: Event, now: dt.datetime) -> str:
         )
     except (KeyError, IndexError, AttributeError, ValueError) as exc:
         raise PermanentError(
-            Reason.INVALID_PATH, f"path template {template!r} failed for event {event.id!r}: {exc!r}"
+            Reason.INVALID_PATH,
+            f"path template {template!r} failed for event {event.id!r}: {exc!r}",
         ) from exc
     return safe_relative_path(rendered)
 
@@ -116,8 +117,11 @@ def check_template(template: str) -> None:
     sample = Event(id="sample-id", url="https://example.org/a/file.bin", metadata={})
     try:
         _FORMATTER.format(
-            template, event=_EventView(sample), date=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
-            filename="file.bin", id="sample-id",
+            template,
+            event=_EventView(sample),
+            date=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+            filename="file.bin",
+            id="sample-id",
         )
     except (KeyError, IndexError, AttributeError, ValueError) as exc:
         raise ValueError(f"path template {template!r} does not render: {exc!r}") from exc

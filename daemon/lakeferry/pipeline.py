@@ -7,7 +7,7 @@ It also owns the one way of dead-lettering a message, so every DLQ record has th
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ from lakeferry.retry import (
     FIRST_SEEN_HEADER,
     LAST_ERROR_HEADER,
     ORIGIN_HEADER,
+    RetryLadder,
 )
-from lakeferry.retry import RetryLadder
 from lakeferry.stages.driver import ActiveCount, Lifecycle
 
 log = get_logger("pipeline")
@@ -131,8 +131,8 @@ class Pipeline:
             active = pipeline.active[stage] = ActiveCount()
             metrics.track_limiter(
                 stage,
-                lambda count=active: float(count.n),
-                lambda lim=limiter: float(lim.total_tokens),
+                functools.partial(_active_of, active),
+                functools.partial(_capacity_of, limiter),
             )
         return pipeline
 
@@ -215,12 +215,13 @@ class Pipeline:
         return OutgoingRecord(self.config.core.topics.dlq, DLQ.encode(letter), key)
 
     async def aclose(self) -> None:
-        for closer in (
+        closers: list[Downloader | Sink | CacheBackend | Inventory] = [
             *{id(d): d for d in self.downloaders.values()}.values(),
             self.sink,
             self.cache,
             self.inventory,
-        ):
+        ]
+        for closer in closers:
             with trio.move_on_after(5) as scope:
                 scope.shield = True
                 try:
@@ -229,5 +230,9 @@ class Pipeline:
                     log.exception("closing a component failed")
 
 
-def now() -> dt.datetime:
-    return utcnow()
+def _active_of(count: ActiveCount) -> float:
+    return float(count.n)
+
+
+def _capacity_of(limiter: trio.CapacityLimiter) -> float:
+    return float(limiter.total_tokens)

@@ -134,7 +134,12 @@ class Registry:
             if component == "downloader":
                 schemes, factory, settings_type = args
                 reg = Registration(
-                    component, kind, factory, settings_type, plugin, tuple(s.lower() for s in schemes)
+                    component,
+                    kind,
+                    factory,
+                    settings_type,
+                    plugin,
+                    tuple(s.lower() for s in schemes),
                 )
             else:
                 factory, settings_type = args

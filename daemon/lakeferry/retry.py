@@ -22,7 +22,7 @@ LAST_ERROR_HEADER = "lf-last-error"
 
 
 class Rung(NamedTuple):
-    index: int
+    number: int
     topic: str
     delay: float
 

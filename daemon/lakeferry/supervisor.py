@@ -133,10 +133,10 @@ class Supervisor:
         daemon = self.config.core.daemon
         status = _StartedOnce(task_status)
         crashes: collections.deque[float] = collections.deque()
-        backoff = daemon.restart_backoff
+        backoff: float = daemon.restart_backoff
         while True:
             try:
-                await fn(p, task_status=status)  # type: ignore[arg-type]
+                await fn(p, task_status=status)
                 return
             except Exception as exc:
                 if p.lifecycle.draining.is_set():

@@ -5,6 +5,7 @@ When ``NOTIFY_SOCKET`` is unset (not under systemd ``Type=notify``) every call i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -32,17 +33,20 @@ class Notifier:
     def notify(self, *lines: str) -> None:
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                sock.sendto("\n".join(lines).encode(), self._address)
-            except OSError:
-                pass  # systemd went away; nothing useful to do
+        # An OSError means systemd went away; there is nothing useful to do about it.
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.sendto("\n".join(lines).encode(), self._address)
 
     def ready(self, status: str = "running") -> None:
         self.notify("READY=1", f"STATUS={status}")
 
     def reloading(self) -> None:
-        self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=draining")

@@ -32,7 +32,9 @@ class Duration(float):
         elif isinstance(value, str):
             m = _DURATION.match(value)
             if m is None:
-                raise ValueError(f"invalid duration {value!r} (use e.g. '250ms', '30s', '5m', '1h')")
+                raise ValueError(
+                    f"invalid duration {value!r} (use e.g. '250ms', '30s', '5m', '1h')"
+                )
             seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         else:
             raise ValueError(f"expected a duration, got {type(value).__name__}")

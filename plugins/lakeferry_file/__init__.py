@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lakeferry.api import hookimpl
-
 from lakeferry_file.downloader import FileDownloader, FileDownloaderSettings
 
 __all__ = ["FileDownloader", "FileDownloaderSettings"]

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 import trio
+
 from lakeferry.api import (
     CacheWriter,
     ConfigError,

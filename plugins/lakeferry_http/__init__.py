@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lakeferry.api import hookimpl
-
 from lakeferry_http.downloader import HttpDownloader, HttpDownloaderSettings
 
 __all__ = ["HttpDownloader", "HttpDownloaderSettings"]

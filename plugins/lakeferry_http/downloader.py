@@ -36,6 +36,7 @@ import httpcore
 import httpx
 import msgspec
 import trio
+
 from lakeferry.api import (
     ByteSize,
     CacheWriter,
@@ -49,7 +50,6 @@ from lakeferry.api import (
     TransientError,
     redact_url,
 )
-
 from lakeferry_http.guard import AddressPolicy, GuardedBackend
 
 CHUNK_SIZE = 256 * 1024

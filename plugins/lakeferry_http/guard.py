@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import httpcore
 import trio
+
 from lakeferry.api import PermanentError, Reason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

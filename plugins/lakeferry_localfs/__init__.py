@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lakeferry.api import hookimpl
-
 from lakeferry_localfs.cache import LocalFsCache, LocalFsCacheSettings
 from lakeferry_localfs.sink import LocalFsSink, LocalFsSinkSettings
 

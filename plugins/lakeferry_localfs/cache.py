@@ -40,6 +40,7 @@ from typing import IO, TypeVar
 
 import msgspec
 import trio
+
 from lakeferry.api import (
     ByteSize,
     CacheEntry,
@@ -49,7 +50,6 @@ from lakeferry.api import (
     PluginContext,
     Reason,
 )
-
 from lakeferry_localfs.quota import QuotaGate
 
 MiB = 2**20

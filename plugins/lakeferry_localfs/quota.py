@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+
 from lakeferry.api import PermanentError, Reason
 
 

@@ -40,6 +40,7 @@ from typing import BinaryIO, TypeVar
 
 import msgspec
 import trio
+
 from lakeferry.api import (
     CacheEntry,
     ConfigError,

@@ -74,7 +74,9 @@ def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
         daemon.stop()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
     import time
 
     deadline = time.monotonic() + timeout

@@ -15,7 +15,8 @@ def load_tool(name: str) -> ModuleType:
     module = sys.modules.get(module_name)
     if module is None:
         spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")
-        assert spec is not None and spec.loader is not None, name
+        assert spec is not None, name
+        assert spec.loader is not None, name
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)

@@ -74,7 +74,9 @@ class Batcher(Generic[T]):
                 await self._flush(items)
                 return
             except Exception:
-                log.exception("batch write failed; retrying", extra={"batch": self.name, "wait": delay})
+                log.exception(
+                    "batch write failed; retrying", extra={"batch": self.name, "wait": delay}
+                )
                 if self._on_error is not None:
                     self._on_error()
                 await trio.sleep(delay)

@@ -117,7 +117,9 @@ class StageDriver:
     async def _watch_drain(self, fetch_scope: trio.CancelScope, workers: trio.CancelScope) -> None:
         await self.lifecycle.draining.wait()
         fetch_scope.cancel(reason="draining")
-        workers.deadline = min(workers.deadline, trio.current_time() + self.lifecycle.shutdown_grace)
+        workers.deadline = min(
+            workers.deadline, trio.current_time() + self.lifecycle.shutdown_grace
+        )
 
     async def _fetch_loop(self, workers: trio.Nursery, timers: trio.Nursery) -> None:
         while True:

@@ -9,12 +9,14 @@ so analytics deduplicate on ``event_id``. (The inventory, not this table, is exa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import msgspec
 import trio
 
 from lakeferry.bus.base import Record
 from lakeferry.components import EventRow
+from lakeferry.config import IngestConfig
 from lakeferry.logs import get_logger
 from lakeferry.messages import DOWNLOAD, to_builtins
 from lakeferry.pipeline import Pipeline
@@ -45,15 +47,17 @@ async def run_events_recorder(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     p = pipeline
-    cfg = lambda: p.config.core.ingest  # noqa: E731 - read live on every batch
 
-    async def write(rows: list[EventRow]) -> None:
+    def cfg() -> IngestConfig:  # read live on every batch (SIGHUP may change it)
+        return p.config.core.ingest
+
+    async def write(rows: Sequence[EventRow]) -> None:
         await p.inventory.append_events(rows)
         p.metrics.delta_rows.labels("events").inc(len(rows))
 
     batcher: Batcher[EventRow] = Batcher(
         "events",
-        write,  # type: ignore[arg-type]
+        write,
         max_items=lambda: cfg().events_batch_rows,
         max_wait=lambda: cfg().events_batch_wait,
     )

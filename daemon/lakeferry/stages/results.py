@@ -28,6 +28,7 @@ import trio
 
 from lakeferry.bus.base import Record, TopicPartition
 from lakeferry.components import InventoryRow
+from lakeferry.config import ResultsConfig
 from lakeferry.errors import Reason
 from lakeferry.logs import get_logger
 from lakeferry.messages import RESULT, UploadResult, utcnow
@@ -66,7 +67,10 @@ class ResultsStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         self.group = pipeline.group_for("results")
-        cfg = lambda: pipeline.config.core.results  # noqa: E731 - read live on every batch
+
+        def cfg() -> ResultsConfig:  # read live on every batch (SIGHUP may change it)
+            return pipeline.config.core.results
+
         self.batcher: Batcher[tuple[Record, UploadResult]] = Batcher(
             "inventory",
             self.flush,

@@ -115,7 +115,7 @@ class UploadStage:
             return "failed"
         cfg = p.config.core.upload
         self.breaker.threshold, self.breaker.cooldown = cfg.breaker_failures, cfg.breaker_cooldown
-        delay = cfg.backoff_initial
+        delay: float = cfg.backoff_initial
         while True:
             await self.breaker.wait_closed()
             p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
