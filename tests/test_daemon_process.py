@@ -82,6 +82,8 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(
     messages = [entry.get("msg") for entry in daemon.logs()]
     assert "stop signal: draining" in messages
     assert messages[-1] == "stopped"
+    errors = [e for e in daemon.logs() if e.get("level") in ("error", "critical")]
+    assert errors == []
     # The downloads that were in flight finished instead of being abandoned: each was fetched once.
     fetched = sum(origin.count(f"/slow/term-{i}.bin") for i in range(20))
     assert fetched >= in_flight
@@ -178,3 +180,34 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
     assert "purged 1" in purge.stdout
     assert env.cli("dlq", "list").stdout.strip().endswith("0 letter(s)")
     assert daemon.terminate() == 0
+
+
+def test_systemd_notify_protocol(daemon_env: DaemonEnv, tmp_path: Path) -> None:
+    """READY=1 after start, RELOADING=1 then READY=1 around SIGHUP, WATCHDOG=1, STOPPING=1."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(10)
+        daemon = daemon_env.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+
+        def receive_until(word: str) -> list[str]:
+            seen: list[str] = []
+            while True:
+                message = sock.recv(4096).decode()
+                seen.append(message)
+                if word in message.splitlines():
+                    return seen
+
+        first = receive_until("READY=1")
+        assert any("READY=1" in m for m in first)
+        assert "WATCHDOG=1" in "\n".join(receive_until("WATCHDOG=1"))
+        daemon.signal(signal.SIGHUP)
+        around_reload = receive_until("READY=1")
+        reloading = [m for m in around_reload if "RELOADING=1" in m]
+        assert reloading, around_reload
+        assert "MONOTONIC_USEC=" in reloading[0]
+        daemon.signal(signal.SIGTERM)
+        assert any("STOPPING=1" in m for m in receive_until("STOPPING=1"))
+        assert daemon.wait(30) == 0

@@ -555,3 +555,19 @@ async def test_corrupted_cached_file_is_refused(tmp_path: Path, link: bool) -> N
         await sink.put(file, "d/f.txt", EVENT)
     assert caught.value.reason == Reason.CHECKSUM_MISMATCH
     assert list((sink.root / "d").iterdir()) == []
+
+
+async def test_without_fsync_or_verify_the_file_still_lands(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, fsync=True)
+    sink = make_sink(tmp_path, fsync=False, verify=False)
+    data = os.urandom(300_000)
+    file = await cached_file(cache, "k", data)
+    assert await sink.put(file, "f.bin", EVENT) == ("f.bin", False)
+    assert (sink.root / "f.bin").read_bytes() == data
+    assert await sink.put(file, "f.bin", EVENT) == ("f.bin", True)
+
+
+async def test_stat_of_a_directory_is_none(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    (sink.root / "d").mkdir()
+    assert await sink.stat("d") is None

@@ -109,8 +109,16 @@ def cli(
 class DaemonProcess:
     """``lakeferry run`` as a child process, logging JSON lines to ``log_path``."""
 
-    def __init__(self, config: Path, log_path: Path, *, stages: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        *,
+        stages: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.env = env or {}
         self.log_path = log_path
         self.stages = stages
         self.proc: subprocess.Popen[bytes] | None = None
@@ -123,7 +131,7 @@ class DaemonProcess:
             args += ["--stages", self.stages]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=ROOT, env=dict(os.environ))
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env})
         log.close()
         if wait_ready:
             self.wait_for_log("ready", timeout=wait_ready)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 from collections.abc import Awaitable
 from typing import Protocol
 
@@ -29,6 +30,7 @@ import trio
 
 from lakeferry import logs
 from lakeferry.bus import open_bus
+from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.config import LoadedConfig, diff, load_config
 from lakeferry.errors import ConfigError, StageCrashed
 from lakeferry.logs import get_logger
@@ -42,6 +44,8 @@ from lakeferry.stages.upload import run_upload
 from lakeferry.systemd import Notifier
 
 log = get_logger("supervisor")
+
+BUS_MAINTENANCE_INTERVAL = 600.0
 
 
 class StageFn(Protocol):
@@ -109,6 +113,7 @@ class Supervisor:
         async with trio.open_nursery() as root:
             root.start_soon(self._signals, root.cancel_scope)
             root.start_soon(self._report_cache)
+            root.start_soon(self._maintain_bus)
             async with trio.open_nursery() as stages:
                 for name in self.stages:
                     await stages.start(self._supervise, name, STAGE_FUNCTIONS[name])
@@ -208,6 +213,26 @@ class Supervisor:
         log.info("reloaded", extra={"applied": live, "needs_restart": restart})
         self.notifier.ready()
         return True
+
+    async def _maintain_bus(self) -> None:
+        """Embedded bus housekeeping: prune consumed records past retention, compact the DLQ."""
+        assert self.pipeline is not None
+        bus = self.pipeline.bus
+        if not isinstance(bus, EmbeddedBus):
+            return
+        while True:
+            await trio.sleep(BUS_MAINTENANCE_INTERVAL)
+            cfg = self.config.core
+            try:
+                pruned = await bus.prune(
+                    int(time.time() * 1000), int(cfg.bus.embedded.retention * 1000)
+                )
+                compacted = await bus.compact(cfg.topics.dlq)
+            except Exception:
+                log.exception("bus maintenance failed; will try again")
+                continue
+            if pruned or compacted:
+                log.info("bus maintenance", extra={"pruned": pruned, "compacted": compacted})
 
     async def _report_cache(self) -> None:
         assert self.pipeline is not None

@@ -77,7 +77,8 @@ class FileDownloader:
                 Reason.BLOCKED,
                 f"{shown}: file:// URLs are refused (no [downloaders.file] roots configured)",
             )
-        fh = await self._run(self._open, path, shown)
+        with trio.CancelScope(shield=True):  # never cancelled with the file already open
+            fh = await self._run(self._open, path, shown)
         try:
             while chunk := await self._run(fh.read, CHUNK_SIZE):
                 await out.write(chunk)

@@ -22,13 +22,17 @@ fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that
 
 Resource handling: blocking file operations run in worker threads behind one limiter per cache;
 writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
-thread hop each. Error handling: a checksum or size mismatch removes the part file and raises
-PermanentError; an aborted or cancelled download removes its part file, shielded from the
-cancellation that caused it.
+thread hop each. Opening a file and publishing one are shielded from cancellation (both are
+short), so a cancellation never strands an open file or half-done bookkeeping.
+
+Error handling: a checksum or size mismatch removes the part file and raises PermanentError;
+an aborted or cancelled download removes its part file, shielded from the cancellation that
+caused it. A full disk is TransientError(``cache_full``), other I/O errors ``cache_io``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -49,6 +53,7 @@ from lakeferry.api import (
     PermanentError,
     PluginContext,
     Reason,
+    TransientError,
 )
 from lakeferry_localfs.quota import QuotaGate
 
@@ -86,6 +91,11 @@ class _Meta(msgspec.Struct, frozen=True):
 
 _META_ENCODER = msgspec.json.Encoder()
 _META_DECODER = msgspec.json.Decoder(_Meta)
+
+
+def _io_error(exc: OSError, what: str) -> TransientError:
+    reason = "cache_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cache_io"
+    return TransientError(reason, f"{what}: {exc.strerror or exc}")
 
 
 def _unlink(path: Path) -> None:
@@ -149,7 +159,10 @@ class LocalFsPendingFile:
         data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        await self._cache.run_sync(self._write_sync, data)
+        try:
+            await self._cache.run_sync(self._write_sync, data)
+        except OSError as exc:
+            raise _io_error(exc, "cannot write to the cache") from exc
 
     def _write_sync(self, data: bytes) -> None:
         # Hashing here keeps the trio thread free; hashlib releases the GIL on large buffers.
@@ -300,7 +313,8 @@ class LocalFsCache:
             part.parent.mkdir(exist_ok=True)
             return part.open("xb", buffering=0)
 
-        fh = await self.run_sync(open_part)
+        with trio.CancelScope(shield=True):  # never cancelled with the file already open
+            fh = await self.run_sync(open_part)
         return LocalFsPendingFile(self, key, name, part, fh)
 
     async def publish(self, name: str, part: Path, fh: IO[bytes], entry: CacheEntry) -> None:
@@ -319,7 +333,14 @@ class LocalFsCache:
             if fsync:
                 _fsync_dir(data.parent)
 
-        await self.run_sync(publish_sync)
+        # Shielded: once the rename may have happened, the accounting below must happen too.
+        with trio.CancelScope(shield=True):
+            try:
+                await self.run_sync(publish_sync)
+            except OSError as exc:
+                if not await self.run_sync(data.exists):  # the old data went first
+                    self._gate.add_used(-self._entries.pop(name, 0))
+                raise _io_error(exc, "cannot publish into the cache") from exc
         previous = self._entries.get(name, 0)
         self._entries[name] = entry.size
         self._gate.add_used(entry.size - previous)
@@ -327,7 +348,8 @@ class LocalFsCache:
     @asynccontextmanager
     async def open(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
         path = self._data_path(self._name(key))
-        fh: IO[bytes] = await self.run_sync(path.open, "rb")
+        with trio.CancelScope(shield=True):  # never cancelled with the file already open
+            fh: IO[bytes] = await self.run_sync(path.open, "rb")
         try:
             yield _ChunkReader(fh, self)
         finally:

@@ -35,8 +35,9 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar, cast
 
 import msgspec
 import trio
@@ -58,6 +59,8 @@ from lakeferry.api import (
 
 XATTR = "user.lakeferry.sha256"
 HASH_CHUNK = 1024 * 1024
+HASH_STEP = 64 * 1024 * 1024
+"""Bytes hashed per worker-thread call, so a cancellation is noticed between steps."""
 IO_THREADS = 8
 """Worker threads one sink may keep busy at once."""
 
@@ -92,14 +95,13 @@ def _io_error(exc: OSError, what: str) -> PipelineError:
     return TransientError("sink_io", text)
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+def _hash_some(fh: BinaryIO, h: hashlib._Hash, limit: int) -> int:
+    """Feed up to ``limit`` bytes of ``fh`` to ``h``; the number of bytes read (0 at the end)."""
+    done = 0
+    while done < limit and (chunk := fh.read(HASH_CHUNK)):
+        h.update(chunk)
+        done += len(chunk)
+    return done
 
 
 def _stamp(st: os.stat_result, sha256: str) -> bytes:
@@ -118,33 +120,46 @@ def _read_stamp(path: Path, st: os.stat_result) -> str | None:
     return None
 
 
-def _write_stamp(path: Path, sha256: str) -> None:
-    """Record ``sha256`` on ``path``; best effort (a missing xattr only costs a re-hash)."""
+def _write_stamp(path: Path, sha256: str, hashed: os.stat_result | None = None) -> None:
+    """Record ``sha256`` on ``path``; best effort (a missing xattr only costs a re-hash).
+
+    With ``hashed`` (the file's stat when hashing began), nothing is recorded if the file
+    changed since: the stamp must never pair a checksum with content it was not computed from.
+    """
     try:
         st = path.stat(follow_symlinks=False)
+        if hashed is not None and (st.st_size, st.st_mtime_ns) != (
+            hashed.st_size,
+            hashed.st_mtime_ns,
+        ):
+            return
         os.setxattr(path, XATTR, _stamp(st, sha256), follow_symlinks=False)
     except (OSError, AttributeError):
         pass
 
 
-def sha256_of_file(path: Path) -> tuple[int, str] | None:
-    """Size and sha256 of the regular file at ``path`` (None when absent or not a file)."""
+def _inspect(rel: str, target: Path, *, directory_is_error: bool) -> Held | None:
+    """What the target is: None when absent or not a regular file (a symlink is never followed)."""
     try:
-        st = path.stat(follow_symlinks=False)
+        st = target.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None
+    if stat.S_ISDIR(st.st_mode) and directory_is_error:
+        raise PermanentError(Reason.INVALID_PATH, f"destination {rel!r} is a directory")
     if not stat.S_ISREG(st.st_mode):
         return None
-    recorded = _read_stamp(path, st)
-    if recorded is not None:
-        return st.st_size, recorded
-    size, digest = _hash_file(path)
-    _write_stamp(path, digest)
-    return size, digest
+    return Held(st, _read_stamp(target, st))
 
 
-def _create_new(path: Path) -> BinaryIO:
-    return path.open("xb")
+class Held(NamedTuple):
+    """A regular file at a destination, with the sha256 its xattr records (if still valid)."""
+
+    st: os.stat_result
+    recorded_sha256: str | None
+
+
+def _open_binary(path: Path, mode: str) -> BinaryIO:
+    return cast(BinaryIO, path.open(mode))
 
 
 def _unlink(path: Path) -> None:
@@ -192,33 +207,66 @@ class LocalFsSink:
     def destination(self, event: Event, *, now: dt.datetime) -> str:
         return render_destination(self._settings.path_template, event, now)
 
+    async def _open(self, path: Path, mode: str) -> BinaryIO:
+        # Shielded: a cancellation must not arrive after the thread opened the file.
+        with trio.CancelScope(shield=True):
+            fh = await self._run(_open_binary, path, mode)
+        return fh
+
+    async def _sha256(self, path: Path) -> tuple[int, str]:
+        """Size and sha256 of ``path``, hashed in steps; records it in the xattr if unchanged."""
+        fh = await self._open(path, "rb")
+        try:
+            hashed = os.fstat(fh.fileno())
+            h = hashlib.sha256()
+            size = 0
+            while step := await self._run(_hash_some, fh, h, HASH_STEP):
+                size += step
+        finally:
+            fh.close()
+        digest = h.hexdigest()
+        await self._run(_write_stamp, path, digest, hashed)
+        return size, digest
+
     async def stat(self, destination: str) -> CacheEntry | None:
         rel, target = self._target(destination)
         try:
-            found = await self._run(sha256_of_file, target)
+            held = await self._run(partial(_inspect, directory_is_error=False), rel, target)
+            if held is None:
+                return None
+            if held.recorded_sha256 is not None:
+                return CacheEntry(rel, held.st.st_size, held.recorded_sha256)
+            size, digest = await self._sha256(target)
+        except FileNotFoundError:
+            return None  # removed while we looked
         except OSError as exc:
             raise _io_error(exc, f"cannot read {rel!r}") from exc
-        if found is None:
-            return None
-        return CacheEntry(rel, found[0], found[1])
+        return CacheEntry(rel, size, digest)
 
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
         rel, target = self._target(destination)
         try:
             await self._run(self._prepare_dir, rel, target)
-            existing = await self._run(self._existing_sha256, rel, target, file.size)
+            held = await self._run(partial(_inspect, directory_is_error=True), rel, target)
+            if held is not None and held.st.st_size == file.size:
+                existing = held.recorded_sha256 or (await self._sha256(target))[1]
+                if existing == file.sha256:
+                    return PutOutcome(rel, skipped=True)
+        except FileNotFoundError:
+            pass  # removed while we looked: land the file
         except OSError as exc:
             raise _io_error(exc, f"cannot prepare {rel!r}") from exc
-        if existing == file.sha256:
-            return PutOutcome(rel, skipped=True)
 
         tmp = target.with_name(f".{target.name}.lakeferry-tmp-{secrets.token_hex(6)}")
         try:
             try:
-                landed = None
+                landed: tuple[int, str | None] | None = None
                 source = file.cache.local_path(file.key) if self._settings.link else None
-                if source is not None:
-                    landed = await self._run(self._link, source, tmp)
+                if source is not None and await self._run(self._link, source, tmp):
+                    if self._settings.verify:
+                        landed = await self._sha256(tmp)
+                    else:
+                        landed = (await self._run(os.stat, tmp)).st_size, None
                 if landed is None:
                     landed = await self._copy(file, tmp)
                 self._check(file, rel, landed)
@@ -245,21 +293,8 @@ class LocalFsSink:
                 Reason.INVALID_PATH, f"destination {rel!r} resolves outside the sink root"
             )
 
-    def _existing_sha256(self, rel: str, target: Path, size: int) -> str | None:
-        """The sha256 of what the target holds when it has ``size`` bytes, else None."""
-        try:
-            st = target.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISDIR(st.st_mode):
-            raise PermanentError(Reason.INVALID_PATH, f"destination {rel!r} is a directory")
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return None  # a symlink or other special file is replaced, never followed
-        found = sha256_of_file(target)
-        return found[1] if found is not None else None
-
-    def _link(self, source: Path, tmp: Path) -> tuple[int, str | None] | None:
-        """Hard-link the cached file; None when this file system cannot (then: copy)."""
+    def _link(self, source: Path, tmp: Path) -> bool:
+        """Hard-link the cached file; False when this file system cannot (then: copy)."""
         try:
             os.link(source, tmp)
         except FileNotFoundError as exc:
@@ -270,18 +305,15 @@ class LocalFsSink:
             raise
         except OSError as exc:
             if exc.errno in _LINK_UNSUPPORTED:
-                return None
+                return False
             raise
-        size = tmp.stat().st_size
-        if not self._settings.verify:
-            return size, None
-        return _hash_file(tmp)
+        return True
 
     async def _copy(self, file: SinkFile, tmp: Path) -> tuple[int, str]:
         """Stream the cached file into ``tmp``, hashing what is written."""
         h = hashlib.sha256()
         size = 0
-        fh = await self._run(_create_new, tmp)
+        fh = await self._open(tmp, "xb")
 
         def write(chunk: bytes) -> None:
             nonlocal size

@@ -137,14 +137,12 @@ async def run_ingest(
             sources_scope = trio.CancelScope()
 
             async def run_sources(task_status: trio.TaskStatus[None]) -> None:
+                # Sources run until drained (their scope is cancelled) or they return.
                 with sources_scope:
                     async with trio.open_nursery() as sn:
                         for source in p.sources:
                             await sn.start(source.run, intake)
                         task_status.started()
-                    # all sources returned by themselves
-                    return
-                task_status.started()
 
             await nursery.start(run_sources)
             await nursery.start(driver.run)
