@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+
 from lakeferry.bus.base import Bus, Consumer, OutgoingRecord, Record, TopicPartition, TopicSpec
 
 BusFactory = Callable[[], Awaitable[Bus]]

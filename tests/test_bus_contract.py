@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from bus_contract import BusContract, BusFactory
+
 from lakeferry.bus.base import Bus
 from lakeferry.bus.embedded import EmbeddedBus
 

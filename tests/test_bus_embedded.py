@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 from bus_contract import scan_all, take
+
 from helpers.bus_writer import check_value
 from lakeferry.bus.base import OutgoingRecord, Record, TopicPartition, TopicSpec
 from lakeferry.bus.embedded import EmbeddedBus

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from lakeferry.bus.base import Record, TopicPartition
 from lakeferry.bus.offsets import OffsetTracker, Ticket
 

@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lakeferry_delta
 import msgspec
 import pyarrow as pa
 import pytest
 import trio
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+import lakeferry_delta
 from lakeferry.api import (
     ConfigError,
     EventRow,

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lakeferry_spool
 import msgspec
 import pytest
 import trio
+
+import lakeferry_spool
 from lakeferry.api import ConfigError, Duration, PluginContext, RawEvent, Source
 from lakeferry.units import dec_hook
 from lakeferry_spool import SpoolSettings, SpoolSource
@@ -77,7 +78,7 @@ def jsonl(*ids: str) -> bytes:
 
 async def wait_until(condition: Callable[[], bool]) -> None:
     """Poll the file system (there is no event to wait on); callers bound it with fail_after."""
-    while not condition():  # noqa: ASYNC110
+    while not condition():
         await trio.sleep(0.005)
 
 

@@ -131,7 +131,9 @@ class DaemonProcess:
             args += ["--stages", self.stages]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env}
+        )
         log.close()
         if wait_ready:
             self.wait_for_log("ready", timeout=wait_ready)

@@ -27,6 +27,13 @@ from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason,
 from lakeferry.hookspecs import hookimpl
 from lakeferry.messages import DownloadTask, Event
 from lakeferry.paths import render_destination, safe_relative_path
+from lakeferry.registry import (
+    RegisterCache,
+    RegisterDownloader,
+    RegisterInventory,
+    RegisterSink,
+    RegisterSource,
+)
 from lakeferry.units import ByteSize, Duration
 from lakeferry.urls import redact_url
 
@@ -52,6 +59,11 @@ __all__ = [
     "PutOutcome",
     "RawEvent",
     "Reason",
+    "RegisterCache",
+    "RegisterDownloader",
+    "RegisterInventory",
+    "RegisterSink",
+    "RegisterSource",
     "Sink",
     "SinkFile",
     "Source",

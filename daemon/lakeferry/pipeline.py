@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import trio
 
-from lakeferry.bus.base import Bus, OutgoingRecord, Producer
+from lakeferry.bus.base import Bus, OutgoingRecord, Producer, Record
 from lakeferry.components import (
     CacheBackend,
     Downloader,
@@ -25,8 +25,9 @@ from lakeferry.components import (
     Source,
 )
 from lakeferry.config import LoadedConfig
+from lakeferry.errors import Reason
 from lakeferry.logs import get_logger
-from lakeferry.messages import DLQ, DeadLetter, DownloadTask, utcnow
+from lakeferry.messages import DLQ, DeadLetter, DownloadTask, TopicCodec, utcnow
 from lakeferry.metrics import Metrics
 from lakeferry.registry import Registry
 from lakeferry.retry import (
@@ -42,6 +43,7 @@ from lakeferry.stages.driver import ActiveCount, Lifecycle
 log = get_logger("pipeline")
 
 STAGES = ("ingest", "download", "upload", "results")
+M = TypeVar("M")
 
 
 def event_key(event_id: str) -> bytes:
@@ -151,7 +153,7 @@ class Pipeline:
         # Keep plugin choices as they were: changing them needs a restart.
         self.config = msgspec.structs.replace(self.config, core=core)
 
-    async def dead_letter(
+    def dead_letter_record(
         self,
         *,
         stage: str,
@@ -162,8 +164,8 @@ class Pipeline:
         raw: bytes | None = None,
         source: str | None = None,
         key: bytes | None = None,
-    ) -> None:
-        """Put one message on the DLQ; returns once it is on the bus."""
+    ) -> OutgoingRecord:
+        """The DLQ record for one message (keyed by event id unless ``key`` says otherwise)."""
         letter = DeadLetter(
             reason=reason,
             error=error[:4000],
@@ -174,12 +176,28 @@ class Pipeline:
             raw=raw,
             source=source,
         )
-        if key is None:
-            key = event_key(task.event.id) if task is not None else None
+        if key is None and task is not None:
+            key = event_key(task.event.id)
         headers = task_headers(task, origin_topic) if task is not None else {}
-        await self.producer.send(
-            self.config.core.topics.dlq, DLQ.encode(letter), key=key, headers=headers
-        )
+        return OutgoingRecord(self.config.core.topics.dlq, DLQ.encode(letter), key, headers)
+
+    async def dead_letter(
+        self,
+        *,
+        stage: str,
+        reason: str,
+        error: str,
+        origin_topic: str,
+        task: DownloadTask | None = None,
+        raw: bytes | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        """Put one message on the DLQ; returns once it is on the bus."""
+        record = self.dead_letter_record(
+            stage=stage, reason=reason, error=error, origin_topic=origin_topic,
+            task=task, raw=raw, key=key,
+        )  # fmt: skip
+        await self.producer.send_many([record])
         self.metrics.dead_lettered(stage, reason)
         log.warning(
             "dead-lettered",
@@ -191,28 +209,18 @@ class Pipeline:
             },
         )
 
-    def dead_letter_record(
-        self,
-        *,
-        stage: str,
-        reason: str,
-        error: str,
-        origin_topic: str,
-        raw: bytes,
-        source: str,
-        key: bytes,
-    ) -> OutgoingRecord:
-        """A DLQ record for a raw event that did not decode (sent with others in one batch)."""
-        letter = DeadLetter(
-            reason=reason,
-            error=error[:4000],
-            stage=stage,
-            dead_at=utcnow(),
-            origin_topic=origin_topic,
-            raw=raw,
-            source=source,
-        )
-        return OutgoingRecord(self.config.core.topics.dlq, DLQ.encode(letter), key)
+    async def decode_or_dead_letter(
+        self, codec: TopicCodec[M], record: Record, stage: str
+    ) -> M | None:
+        """Decode a record of our own topics; one that does not decode goes to the DLQ."""
+        try:
+            return codec.decode(record.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self.dead_letter(
+                stage=stage, reason=Reason.MALFORMED, error=f"undecodable message: {exc}",
+                origin_topic=record.topic, raw=record.value, key=record.key,
+            )  # fmt: skip
+            return None
 
     async def aclose(self) -> None:
         closers: list[Downloader | Sink | CacheBackend | Inventory] = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lakeferry.api import PluginContext, hookimpl
-
 from lakeferry_delta.inventory import DeltaInventory
 from lakeferry_delta.settings import DeltaSettings
 from lakeferry_delta.table import REASON_CONFLICT, ConflictingTransactions

@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from deltalake import CommitProperties, Transaction, write_deltalake
-from lakeferry.api import EventRow, InventoryRow, PluginContext
 
+from lakeferry.api import EventRow, InventoryRow, PluginContext
 from lakeferry_delta.schema import EVENTS_LAYOUT, INVENTORY_LAYOUT, from_arrow, to_arrow
 from lakeferry_delta.settings import DeltaSettings
 from lakeferry_delta.table import ConflictingTransactions, DeltaTableHandle

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
+
 from lakeferry.api import EventRow, InventoryRow
 
 _TS = pa.timestamp("us", tz="UTC")

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import trio
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
-from lakeferry.api import ConfigError, PermanentError, TransientError, redact_url
 
+from lakeferry.api import ConfigError, PermanentError, TransientError, redact_url
 from lakeferry_delta.schema import TableLayout
 
 T = TypeVar("T")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lakeferry.api import PluginContext, hookimpl
-
 from lakeferry_spool.settings import SpoolSettings
 from lakeferry_spool.source import SpoolSource
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from lakeferry.api import ByteSize, Duration
 from msgspec import Meta
+
+from lakeferry.api import ByteSize, Duration
 
 
 class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
-from lakeferry.api import ConfigError, Intake, PluginContext, RawEvent
 
+from lakeferry.api import ConfigError, Intake, PluginContext, RawEvent
 from lakeferry_spool.progress import FileIdentity, Progress, ProgressStore
 from lakeferry_spool.reader import Line, LineReader
 from lakeferry_spool.settings import SpoolSettings

@@ -28,6 +28,7 @@ def check_value(value: bytes) -> int:
 
 async def produce(path: str, topic: str, count: int, tasks: int, delay: float) -> None:
     import trio
+
     from lakeferry.bus.embedded import EmbeddedBus
 
     bus = await EmbeddedBus.open(path)

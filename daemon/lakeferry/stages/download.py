@@ -33,7 +33,8 @@ from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
-from lakeferry.stages.driver import StageDriver, seconds_until_ms
+from lakeferry.stages.driver import seconds_until_ms
+from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.urls import redact_url, scheme_of
 
 log = get_logger("download")
@@ -75,13 +76,8 @@ class DownloadStage:
     async def handle(self, record: Record) -> None:
         p = self.p
         started = time.monotonic()
-        try:
-            task = DOWNLOAD.decode(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await p.dead_letter(
-                stage="download", reason=Reason.MALFORMED, error=f"undecodable task: {exc}",
-                origin_topic=record.topic, raw=record.value, key=record.key,
-            )  # fmt: skip
+        task = await p.decode_or_dead_letter(DOWNLOAD, record, "download")
+        if task is None:
             return
         due = due_ms(record.headers)
         if due is not None:
@@ -205,24 +201,13 @@ async def run_download(
     """Consume pending and every retry rung until drained."""
     p = pipeline
     stage = DownloadStage(p)
-    driver: StageDriver
-    consumer = p.bus.consumer(
-        p.group_for("download"),
-        [p.config.core.topics.pending, *p.config.core.retry.topics],
-        on_revoke=lambda tps: driver.on_revoke(tps),
-    )
-    driver = StageDriver(
+    await run_consuming_stage(
+        p,
         name="download",
-        consumer=consumer,
+        topics=[p.config.core.topics.pending, *p.config.core.retry.topics],
+        handler=stage.handle,
         limiter=p.limiters["download"],
         active=p.active["download"],
-        handler=stage.handle,
-        lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
         gate=stage.gate,
+        task_status=task_status,
     )
-    try:
-        await driver.run(task_status=task_status)
-    finally:
-        with trio.CancelScope(shield=True):
-            await consumer.aclose()

@@ -21,7 +21,7 @@ from lakeferry.logs import get_logger
 from lakeferry.messages import DOWNLOAD, to_builtins
 from lakeferry.pipeline import Pipeline
 from lakeferry.stages.batcher import Batcher
-from lakeferry.stages.driver import StageDriver
+from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.urls import redact_url
 
 log = get_logger("events")
@@ -70,25 +70,12 @@ async def run_events_recorder(
         if row is not None:
             await batcher.add(row)
 
-    driver: StageDriver
-    consumer = p.bus.consumer(
-        p.group_for("events"),
-        [p.config.core.topics.pending],
-        on_revoke=lambda tps: driver.on_revoke(tps),
-    )
-    driver = StageDriver(
+    await run_consuming_stage(
+        p,
         name="events",
-        consumer=consumer,
-        limiter=trio.CapacityLimiter(cfg().events_batch_rows * 2),
+        topics=[p.config.core.topics.pending],
         handler=handle,
-        lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
+        limiter=trio.CapacityLimiter(cfg().events_batch_rows * 2),
+        background=[batcher.run],
+        task_status=task_status,
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(batcher.run)
-            await driver.run(task_status=task_status)
-            nursery.cancel_scope.cancel(reason="events recorder drained")
-    finally:
-        with trio.CancelScope(shield=True):
-            await consumer.aclose()

@@ -15,6 +15,7 @@ Error handling: a source that raises crashes the stage; the supervisor restarts 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -29,8 +30,8 @@ from lakeferry.errors import Reason
 from lakeferry.logs import get_logger
 from lakeferry.messages import DOWNLOAD, DownloadTask, decode_event, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
-from lakeferry.stages.driver import StageDriver
 from lakeferry.stages.events import run_events_recorder
+from lakeferry.stages.runner import run_consuming_stage
 
 log = get_logger("ingest")
 
@@ -117,40 +118,28 @@ async def run_ingest(
         origin = f"{record.topic}/{record.partition}/{record.offset}"
         await intake.publish([RawEvent(record.value, origin)])
 
-    driver: StageDriver
-    consumer = p.bus.consumer(
-        p.group_for("ingest"),
-        [p.config.core.topics.intake],
-        on_revoke=lambda tps: driver.on_revoke(tps),
-    )
-    driver = StageDriver(
-        name="ingest",
-        consumer=consumer,
-        limiter=p.limiters["ingest"],
-        active=p.active["ingest"],
-        handler=handle,
-        lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
-    )
-    try:
+    async def run_sources(task_status: trio.TaskStatus[None]) -> None:
+        # Sources run until the drain cancels them (or they return by themselves).
         async with trio.open_nursery() as nursery:
-            sources_scope = trio.CancelScope()
-
-            async def run_sources(task_status: trio.TaskStatus[None]) -> None:
-                # Sources run until drained (their scope is cancelled) or they return.
-                with sources_scope:
-                    async with trio.open_nursery() as sn:
-                        for source in p.sources:
-                            await sn.start(source.run, intake)
-                        task_status.started()
-
-            await nursery.start(run_sources)
-            await nursery.start(driver.run)
-            if p.config.core.ingest.events_table:
-                await nursery.start(run_events_recorder, p)
+            for source in p.sources:
+                await nursery.start(source.run, intake)
             task_status.started()
             await p.lifecycle.draining.wait()
-            sources_scope.cancel(reason="draining")
-    finally:
-        with trio.CancelScope(shield=True):
-            await consumer.aclose()
+            nursery.cancel_scope.cancel(reason="draining")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_sources)
+        await nursery.start(
+            functools.partial(
+                run_consuming_stage,
+                p,
+                name="ingest",
+                topics=[p.config.core.topics.intake],
+                handler=handle,
+                limiter=p.limiters["ingest"],
+                active=p.active["ingest"],
+            )
+        )
+        if p.config.core.ingest.events_table:
+            await nursery.start(run_events_recorder, p)
+        task_status.started()

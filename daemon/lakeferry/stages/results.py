@@ -23,18 +23,16 @@ import json
 import time
 from collections.abc import Sequence
 
-import msgspec
 import trio
 
 from lakeferry.bus.base import Record, TopicPartition
 from lakeferry.components import InventoryRow
 from lakeferry.config import ResultsConfig
-from lakeferry.errors import Reason
 from lakeferry.logs import get_logger
 from lakeferry.messages import RESULT, UploadResult, utcnow
 from lakeferry.pipeline import Pipeline
 from lakeferry.stages.batcher import Batcher
-from lakeferry.stages.driver import StageDriver
+from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.urls import redact_url
 
 log = get_logger("results")
@@ -90,13 +88,8 @@ class ResultsStage:
         log.info("inventory loaded", extra={"landed": len(self.landed)})
 
     async def handle(self, record: Record) -> None:
-        try:
-            result = RESULT.decode(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self.p.dead_letter(
-                stage="results", reason=Reason.MALFORMED, error=f"undecodable result: {exc}",
-                origin_topic=record.topic, raw=record.value, key=record.key,
-            )  # fmt: skip
+        result = await self.p.decode_or_dead_letter(RESULT, record, "results")
+        if result is None:
             return
         await self.batcher.add((record, result))
 
@@ -150,27 +143,14 @@ async def run_results(
     p = pipeline
     stage = ResultsStage(p)
     await stage.load()
-    driver: StageDriver
-
-    def on_revoke(tps: Sequence[TopicPartition]) -> None:
-        driver.on_revoke(tps)
-        stage.on_revoke(tps)
-
-    consumer = p.bus.consumer(stage.group, [p.config.core.topics.results], on_revoke=on_revoke)
-    driver = StageDriver(
+    await run_consuming_stage(
+        p,
         name="results",
-        consumer=consumer,
+        topics=[p.config.core.topics.results],
+        handler=stage.handle,
         limiter=p.limiters["results"],
         active=p.active["results"],
-        handler=stage.handle,
-        lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
+        on_revoke=stage.on_revoke,
+        background=[stage.batcher.run],
+        task_status=task_status,
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stage.batcher.run)
-            await driver.run(task_status=task_status)
-            nursery.cancel_scope.cancel(reason="results drained")
-    finally:
-        with trio.CancelScope(shield=True):
-            await consumer.aclose()

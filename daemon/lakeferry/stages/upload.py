@@ -31,7 +31,7 @@ from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, CachedFile, UploadResult, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.stages.download import KeyLocks
-from lakeferry.stages.driver import StageDriver
+from lakeferry.stages.runner import run_consuming_stage
 
 log = get_logger("upload")
 
@@ -93,13 +93,8 @@ class UploadStage:
     async def handle(self, record: Record) -> None:
         p = self.p
         started = time.monotonic()
-        try:
-            cached = CACHED.decode(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await p.dead_letter(
-                stage="upload", reason=Reason.MALFORMED, error=f"undecodable message: {exc}",
-                origin_topic=record.topic, raw=record.value, key=record.key,
-            )  # fmt: skip
+        cached = await p.decode_or_dead_letter(CACHED, record, "upload")
+        if cached is None:
             return
         async with self.locks.hold(cached.cache_key):
             outcome = await self._upload(cached, record.topic)
@@ -208,23 +203,12 @@ async def run_upload(
     """Consume ``downloads.cached`` until drained."""
     p = pipeline
     stage = UploadStage(p)
-    driver: StageDriver
-    consumer = p.bus.consumer(
-        p.group_for("upload"),
-        [p.config.core.topics.cached],
-        on_revoke=lambda tps: driver.on_revoke(tps),
-    )
-    driver = StageDriver(
+    await run_consuming_stage(
+        p,
         name="upload",
-        consumer=consumer,
+        topics=[p.config.core.topics.cached],
+        handler=stage.handle,
         limiter=p.limiters["upload"],
         active=p.active["upload"],
-        handler=stage.handle,
-        lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
+        task_status=task_status,
     )
-    try:
-        await driver.run(task_status=task_status)
-    finally:
-        with trio.CancelScope(shield=True):
-            await consumer.aclose()

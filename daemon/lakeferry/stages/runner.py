@@ -1,0 +1,64 @@
+"""Wiring a bus-driven stage: its consumer, its :class:`StageDriver`, its helper tasks.
+
+Every stage that consumes a topic runs through :func:`run_consuming_stage`, so joining the
+group, revoking, draining and closing the consumer are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from lakeferry.bus.base import TopicPartition
+from lakeferry.pipeline import Pipeline
+from lakeferry.stages.driver import ActiveCount, Gate, Handler, StageDriver
+
+Background = Callable[[], Awaitable[None]]
+
+
+async def run_consuming_stage(
+    p: Pipeline,
+    *,
+    name: str,
+    topics: Sequence[str],
+    handler: Handler,
+    limiter: trio.CapacityLimiter,
+    active: ActiveCount | None = None,
+    gate: Gate | None = None,
+    on_revoke: Callable[[Sequence[TopicPartition]], None] | None = None,
+    background: Sequence[Background] = (),
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Consume ``topics`` in group ``<bus.group>.<name>`` until drained.
+
+    ``background`` tasks (a batch flusher, say) run beside the driver and are cancelled once
+    the driver has drained, so they serve the handlers to the very end.
+    """
+    driver: StageDriver
+
+    def revoke(tps: Sequence[TopicPartition]) -> None:
+        driver.on_revoke(tps)
+        if on_revoke is not None:
+            on_revoke(tps)
+
+    consumer = p.bus.consumer(p.group_for(name), list(topics), on_revoke=revoke)
+    driver = StageDriver(
+        name=name,
+        consumer=consumer,
+        limiter=limiter,
+        handler=handler,
+        lifecycle=p.lifecycle,
+        commit_interval=lambda: p.config.core.commit.interval,
+        gate=gate,
+        active=active,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            for task in background:
+                nursery.start_soon(task)
+            await driver.run(task_status=task_status)
+            nursery.cancel_scope.cancel(reason=f"{name} drained")
+    finally:
+        with trio.CancelScope(shield=True):
+            await consumer.aclose()
