@@ -211,3 +211,54 @@ def test_systemd_notify_protocol(daemon_env: DaemonEnv, tmp_path: Path) -> None:
         daemon.signal(signal.SIGTERM)
         assert any("STOPPING=1" in m for m in receive_until("STOPPING=1"))
         assert daemon.wait(30) == 0
+
+
+def test_spool_folder_events_land_and_bad_lines_are_dead_lettered(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
+    import json
+
+    env = daemon_env
+    env.start()
+    spool = env.state / "spool"
+    lines = [json.dumps(e) for e in events(origin, "spool", 12)]
+    lines.insert(5, '{"id": "spool-bad", "url": 7}')
+    lines.insert(9, "not json at all")
+    staging = env.root / "drop.tmp"
+    staging.write_text("\n".join(lines) + "\n")
+    staging.rename(spool / "batch-001.jsonl")  # writers write elsewhere, then rename in
+    wait_until(lambda: (spool / "done" / "batch-001.jsonl").exists(), 30, "the file to be moved aside")
+    wait_until(lambda: env.audit()[1]["landed"] == 12, 60, "spooled events to land", interval=0.5)
+    code, counts = env.audit()
+    assert code == 0
+    assert (counts["dead_lettered"], counts["lost"], counts["duplicate_rows"]) == (2, 0, 0)
+    letters = json.loads(env.cli("dlq", "list", "--json").stdout)
+    assert sorted(x["reason"] for x in letters) == ["malformed", "malformed"]
+    assert any(x["key"] == "spool-bad" for x in letters)
+    assert all(x["source"].startswith("spool:") for x in letters)
+
+
+def test_a_full_cache_makes_downloads_wait_not_fail(daemon_env: DaemonEnv, origin: Origin) -> None:
+    env = daemon_env
+    # Room for about three files at a time; 24 files of ~100 KB must all pass through it.
+    env.data["cache"]["quota"] = "320KB"
+    env.data["cache"]["unknown_size_estimate"] = "100KB"
+    env.write()
+    env.start()
+    batch = [
+        {"id": f"quota-{i}", "url": origin.file_url(f"quota-{i}.bin", 100_000, route="slow", delay=0.2)}
+        for i in range(24)
+    ]
+    submitted = env.submit_events(batch)
+    peak = 0.0
+
+    def all_landed() -> bool:
+        nonlocal peak
+        peak = max(peak, env.metric("lakeferry_cache_bytes"))
+        return env.audit(submitted)[1]["landed"] == 24
+
+    wait_until(all_landed, 90, "all files to pass through the small cache", interval=0.3)
+    code, counts = env.audit(submitted)
+    assert (code, counts["dead_lettered"], counts["lost"]) == (0, 0, 0)
+    assert env.metric("lakeferry_dlq_total") == 0
+    assert peak <= 320_000
