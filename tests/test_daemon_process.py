@@ -227,7 +227,8 @@ def test_spool_folder_events_land_and_bad_lines_are_dead_lettered(
     staging = env.root / "drop.tmp"
     staging.write_text("\n".join(lines) + "\n")
     staging.rename(spool / "batch-001.jsonl")  # writers write elsewhere, then rename in
-    wait_until(lambda: (spool / "done" / "batch-001.jsonl").exists(), 30, "the file to be moved aside")
+    moved = spool / "done" / "batch-001.jsonl"
+    wait_until(moved.exists, 30, "the file to be moved aside")
     wait_until(lambda: env.audit()[1]["landed"] == 12, 60, "spooled events to land", interval=0.5)
     code, counts = env.audit()
     assert code == 0
@@ -246,7 +247,7 @@ def test_a_full_cache_makes_downloads_wait_not_fail(daemon_env: DaemonEnv, origi
     env.write()
     env.start()
     batch = [
-        {"id": f"quota-{i}", "url": origin.file_url(f"quota-{i}.bin", 100_000, route="slow", delay=0.2)}
+        {"id": f"quota-{i}", "url": origin.file_url(f"q-{i}.bin", 100_000, route="slow", delay=0.2)}
         for i in range(24)
     ]
     submitted = env.submit_events(batch)
