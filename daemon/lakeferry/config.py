@@ -55,11 +55,28 @@ class EmbeddedBusConfig(_Section):
     retention: Duration = Duration(7 * 86400)
 
 
+ClientValue = str | int | float | bool
+
+
+class KafkaBusConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    replication_factor: Positive = 1
+    retention: Duration = Duration(7 * 86400)
+    """retention.ms of the pipeline's topics (the DLQ is compacted and kept)."""
+    client: dict[str, ClientValue] = msgspec.field(default_factory=dict)
+    """librdkafka settings for every client (security.protocol, sasl.*, ssl.* ...)."""
+    producer: dict[str, ClientValue] = msgspec.field(default_factory=dict)
+    consumer: dict[str, ClientValue] = msgspec.field(default_factory=dict)
+    operation_timeout: Duration = Duration(10)
+    """Admin and metadata calls (topic checks, scans) give up after this long."""
+
+
 class BusConfig(_Section):
-    kind: Literal["embedded"] = "embedded"
+    kind: Literal["embedded", "kafka"] = "embedded"
     partitions: Positive = 4
     group: str = "lakeferry"
     embedded: EmbeddedBusConfig = msgspec.field(default_factory=EmbeddedBusConfig)
+    kafka: KafkaBusConfig = msgspec.field(default_factory=KafkaBusConfig)
 
 
 class TopicsConfig(_Section):

@@ -4,22 +4,68 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lakeferry.bus.base import Bus, Consumer, OutgoingRecord, Producer, Record, TopicPartition
+from lakeferry.bus.base import (
+    Bus,
+    Consumer,
+    OutgoingRecord,
+    Producer,
+    Record,
+    TopicPartition,
+    TopicSpec,
+)
 from lakeferry.config import LoadedConfig
 
-__all__ = ["Bus", "Consumer", "OutgoingRecord", "Producer", "Record", "TopicPartition", "open_bus"]
+__all__ = [
+    "Bus",
+    "Consumer",
+    "OutgoingRecord",
+    "Producer",
+    "Record",
+    "TopicPartition",
+    "open_bus",
+    "topic_specs",
+]
+
+
+def topic_specs(config: LoadedConfig) -> list[TopicSpec]:
+    """Every topic the pipeline uses, with the configured partition count."""
+    return [TopicSpec(name, config.core.bus.partitions) for name in config.all_topics()]
+
+
+def kafka_topic_config(config: LoadedConfig, topic: str) -> dict[str, str]:
+    """Broker-side settings lakeferry manages for ``topic``."""
+    if topic == config.core.topics.dlq:
+        # Keyed letters and tombstones: compaction keeps the last record of every event.
+        return {"cleanup.policy": "compact"}
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(config.core.bus.kafka.retention * 1000)),
+    }
 
 
 async def open_bus(config: LoadedConfig) -> Bus:
     """Open the bus the config names."""
+    cfg = config.core.bus
+    if cfg.kind == "kafka":
+        from lakeferry.bus.kafka import KafkaBus
+
+        k = cfg.kafka
+        return await KafkaBus.open(
+            k.bootstrap_servers,
+            client=k.client,
+            producer=k.producer,
+            consumer=k.consumer,
+            default_partitions=cfg.partitions,
+            replication_factor=k.replication_factor,
+            topic_config=lambda topic: kafka_topic_config(config, topic),
+            operation_timeout=k.operation_timeout,
+        )
     from lakeferry.bus.embedded import EmbeddedBus
 
-    cfg = config.core.bus
     Path(cfg.embedded.path).parent.mkdir(parents=True, exist_ok=True)
-    bus = await EmbeddedBus.open(
+    return await EmbeddedBus.open(
         cfg.embedded.path,
         default_partitions=cfg.partitions,
         poll_interval=cfg.embedded.poll_interval,
         synchronous=cfg.embedded.synchronous,
     )
-    return bus

@@ -52,6 +52,9 @@ class OutgoingRecord(NamedTuple):
 
 
 AssignCallback = Callable[[Sequence[TopicPartition]], None]
+RevokeCallback = Callable[[Sequence[TopicPartition]], Mapping[TopicPartition, int] | None]
+"""Called before partitions are taken away. It may return offsets to commit for them first:
+"commit what is contiguous on revoke, then forget the partition"."""
 
 
 class Producer(Protocol):
@@ -107,7 +110,7 @@ class Bus(Protocol):
         topics: Sequence[str],
         *,
         on_assign: AssignCallback | None = None,
-        on_revoke: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
     ) -> Consumer:
         """Join ``group`` for ``topics``. Callbacks run synchronously on (re)assignment."""
 

@@ -75,6 +75,7 @@ from lakeferry.bus.base import (
     OutgoingRecord,
     Producer,
     Record,
+    RevokeCallback,
     TopicPartition,
     TopicSpec,
 )
@@ -455,7 +456,7 @@ class EmbeddedBus:
         topics: Sequence[str],
         *,
         on_assign: AssignCallback | None = None,
-        on_revoke: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
     ) -> EmbeddedConsumer:
         """Join ``group`` for ``topics``: every partition of them, once per group per bus.
 
@@ -673,7 +674,7 @@ class EmbeddedConsumer:
         topics: Sequence[str],
         *,
         on_assign: AssignCallback | None,
-        on_revoke: AssignCallback | None,
+        on_revoke: RevokeCallback | None,
     ) -> None:
         self.group = group
         self._bus = bus
@@ -830,7 +831,8 @@ class EmbeddedConsumer:
         return self._assignment
 
     async def aclose(self) -> None:
-        """Leave the group: ``on_revoke`` runs, a waiting :meth:`next` raises, buffers go."""
+        """Leave the group: ``on_revoke`` runs (its offsets are committed), a waiting
+        :meth:`next` raises, buffers go."""
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
@@ -840,11 +842,18 @@ class EmbeddedConsumer:
         self._wake()
         for buffer in self._buffers.values():
             buffer.clear()
+        final: Mapping[TopicPartition, int] | None = None
         try:
             if self._started and self._on_revoke is not None:
-                self._on_revoke(list(self._order))
+                final = self._on_revoke(list(self._order))
         finally:
             self._assignment = frozenset()
+        if final:
+            with trio.CancelScope(shield=True):
+                items = [(TopicPartition(*tp), int(offset)) for tp, offset in final.items()]
+                await self._bus._run(
+                    partial(self._bus._store_offsets, group=self.group, offsets=items)
+                )
         await trio.lowlevel.checkpoint()
 
 

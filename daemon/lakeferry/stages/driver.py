@@ -32,6 +32,7 @@ import trio
 
 from lakeferry.bus.base import Consumer, Record, TopicPartition
 from lakeferry.bus.offsets import OffsetTracker, Ticket
+from lakeferry.errors import BusError
 from lakeferry.logs import get_logger
 
 log = get_logger("stage")
@@ -89,10 +90,14 @@ class StageDriver:
 
     # -- callbacks for the bus ---------------------------------------------------------------
 
-    def on_revoke(self, tps: Sequence[TopicPartition]) -> None:
+    def on_revoke(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Hand back what is contiguous for ``tps`` (the bus commits it), then forget them."""
+        revoked = set(tps)
+        offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in revoked}
         for tp in tps:
             self.tracker.forget(tp)
             self._paused_until.pop(tp, None)
+        return offsets
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -170,9 +175,16 @@ class StageDriver:
 
     async def commit_now(self) -> None:
         offsets = self.tracker.committable()
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self.consumer.commit(offsets)
-            self.tracker.mark_committed(offsets)
+        except BusError as exc:
+            # The offsets stay committable and go with the next commit; a bus that is down is
+            # reported by the bus itself.
+            log.warning("commit failed; will retry", extra={"stage": self.name, "error": str(exc)})
+            return
+        self.tracker.mark_committed(offsets)
 
 
 def seconds_until_ms(due_ms: int | None) -> float:

@@ -26,7 +26,7 @@ async def run_consuming_stage(
     limiter: trio.CapacityLimiter,
     active: ActiveCount | None = None,
     gate: Gate | None = None,
-    on_revoke: Callable[[Sequence[TopicPartition]], None] | None = None,
+    on_revoke: Callable[[Sequence[TopicPartition]], object] | None = None,
     background: Sequence[Background] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -37,10 +37,10 @@ async def run_consuming_stage(
     """
     driver: StageDriver
 
-    def revoke(tps: Sequence[TopicPartition]) -> None:
-        driver.on_revoke(tps)
+    def revoke(tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         if on_revoke is not None:
             on_revoke(tps)
+        return driver.on_revoke(tps)
 
     consumer = p.bus.consumer(p.group_for(name), list(topics), on_revoke=revoke)
     driver = StageDriver(
