@@ -10,6 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/lakeferry.toml
+BUS    ?= embedded
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint fmt demo clean distclean
@@ -38,7 +39,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix daemon plugins tests tools
 
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py $(DEMO_ARGS)
+	$(BIN)/python tools/demo.py --bus $(BUS) $(DEMO_ARGS)
 
 clean:
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

@@ -329,6 +329,13 @@ class BusContract:
         assert [r.value for r in await take(consumer, 2)] == [b"8", b"9"]
         await consumer.aclose()
 
+    async def test_list_topics_reports_partitions(self, bus_factory: BusFactory) -> None:
+        bus = await bus_factory()
+        topic = await new_topic(bus, partitions=2)
+        await bus.ensure_topics([TopicSpec(topic, 2)])  # idempotent
+        topics = await bus.list_topics()
+        assert topics[topic] == 2
+
     async def test_scan_end_offsets_committed(self, bus_factory: BusFactory) -> None:
         bus = await bus_factory()
         topic = await new_topic(bus, partitions=3)

@@ -140,16 +140,39 @@ def main() -> int:
     parser.add_argument("--malformed", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--bus", choices=["embedded", "kafka"], default="embedded")
+    parser.add_argument("--kafka", help="with --bus kafka: use this broker instead of starting one")
     args = parser.parse_args()
+    if args.bus == "kafka" and not args.kafka:
+        import kafka.kafka as kafka_tool  # tools/kafka/kafka.py
 
+        workdir = harness.ROOT / "var" / "demo-kafka-broker"
+        shutil.rmtree(workdir, ignore_errors=True)
+        kafka_tool.ensure_dist()
+        broker = kafka_tool.start(harness.free_port(), workdir=workdir)
+        print(f"started Kafka on {broker.bootstrap}")
+        try:
+            args.kafka = broker.bootstrap
+            return run(args)
+        finally:
+            kafka_tool.stop(broker)
+            print("stopped Kafka")
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     state = (harness.ROOT / args.state).resolve()
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     metrics_port = harness.free_port()
-    config = harness.write_config(
-        state / "lakeferry.toml", harness.config_dict(state, metrics_port=metrics_port)
+    namespace = f"demo{int(time.time())}." if args.kafka else ""
+    data = harness.config_dict(
+        state, metrics_port=metrics_port, kafka=args.kafka, namespace=namespace
     )
-    print(f"demo state in {state}\nconfig {config}")
+    config = harness.write_config(state / "lakeferry.toml", data)
+    print(f"demo state in {state}\nconfig {config} (bus: {args.bus})")
+    if args.kafka:
+        harness.cli(config, "topics", "ensure", check=True)
 
     with origin_mod.serve() as origin:
         lines, expect = build_events(origin, args)

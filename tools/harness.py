@@ -40,8 +40,50 @@ def config_dict(
     download_concurrency: int = 50,
     upload_concurrency: int = 40,
     shutdown_grace: str = "10s",
+    kafka: str | None = None,
+    namespace: str = "",
 ) -> dict[str, Any]:
-    """A complete config for a daemon whose state lives under ``state`` (short timings)."""
+    """A complete config for a daemon whose state lives under ``state`` (short timings).
+
+    With ``kafka`` (a bootstrap address) the bus is Kafka; ``namespace`` then prefixes every
+    topic and the consumer groups, so runs sharing one broker never see each other's work.
+    """
+    data = _config_dict(
+        state, metrics_port, ladder, file_roots, download_concurrency, upload_concurrency,
+        shutdown_grace,
+    )  # fmt: skip
+    if kafka is not None:
+        data["bus"] = {
+            "kind": "kafka",
+            "partitions": 4,
+            "group": f"{namespace}lakeferry",
+            "kafka": {
+                "bootstrap_servers": kafka,
+                # small groups rebalance fast when a member dies or joins
+                "consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+            },
+        }
+        data["topics"] = {
+            name: f"{namespace}{topic}"
+            for name, topic in (
+                ("intake", "events.raw"), ("pending", "downloads.pending"),
+                ("cached", "downloads.cached"), ("results", "downloads.results"),
+                ("dlq", "downloads.dlq"),
+            )
+        }  # fmt: skip
+        data["retry"]["topics"] = [f"{namespace}{t}" for t in data["retry"]["topics"]]
+    return data
+
+
+def _config_dict(
+    state: Path,
+    metrics_port: int,
+    ladder: Sequence[str],
+    file_roots: Iterable[str],
+    download_concurrency: int,
+    upload_concurrency: int,
+    shutdown_grace: str,
+) -> dict[str, Any]:
     return {
         "daemon": {
             "state_dir": str(state),

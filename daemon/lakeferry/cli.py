@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from lakeferry import __version__
-from lakeferry.errors import ConfigError
+from lakeferry.errors import BusError, ConfigError
 from lakeferry.registry import Registry, load_registry
 from lakeferry.units import Duration
 
@@ -268,6 +268,35 @@ def _letter_summary(item: Any, redact: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
+# -- topics --------------------------------------------------------------------------------------
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from lakeferry import topics
+
+    config = _load(args.config)
+
+    async def main(bus: Any) -> int:
+        if args.action == "list":
+            existing = await bus.list_topics()
+            for name in config.all_topics():
+                count = existing.get(name)
+                ends = await bus.end_offsets(name) if count is not None else {}
+                state = f"{count} partitions, {sum(ends.values())} records" if count else "missing"
+                print(f"{name:<24} {state}")
+            return EXIT_OK
+        report = await topics.ensure(config, bus)
+        for name in report.created:
+            print(f"created   {name} ({config.core.bus.partitions} partitions)")
+        for name in report.ok:
+            print(f"ok        {name}")
+        for name, problems in report.differs.items():
+            print(f"DIFFERS   {name}: {'; '.join(problems)}")
+        return EXIT_FAILED if report.differs else EXIT_OK
+
+    return _with_bus(config, main)
+
+
 # -- audit ---------------------------------------------------------------------------------------
 
 
@@ -362,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", "-q", action="store_true")
         p.set_defaults(fn=cmd_dlq)
 
+    tops = sub.add_parser("topics", help="the pipeline's topics on the bus")
+    tsub = tops.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("ensure", "create missing topics; report ones whose settings differ"),
+        ("list", "show each topic's partitions and record count"),
+    ):
+        p = with_config(tsub.add_parser(action, help=text))
+        p.set_defaults(fn=cmd_topics)
+
     aud = with_config(sub.add_parser("audit", help="reconcile events against inventory/sink/DLQ"))
     aud.add_argument("--json", action="store_true", help="print the counts as one JSON line")
     aud.add_argument(
@@ -378,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.fn(args)
     except ConfigError as exc:
         _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except BusError as exc:
+        _err(f"bus error: {exc}")
         return EXIT_USAGE
     except ValueError as exc:
         _err(str(exc))

@@ -101,6 +101,12 @@ class Metrics:
         self.breaker_open = prom.Gauge(
             "lakeferry_upload_breaker_open", "1 while the sink circuit breaker is open", registry=r
         )
+        self.bus_up = prom.Gauge(
+            "lakeferry_bus_up", "1 while the bus (Kafka brokers) is reachable", registry=r
+        )
+        self.bus_outages = prom.Counter(
+            "lakeferry_bus_outages_total", "Times the bus became unreachable", registry=r
+        )
         self.bus_errors = prom.Counter(
             "lakeferry_bus_errors_total", "Errors talking to the bus", ["op"], registry=r
         )

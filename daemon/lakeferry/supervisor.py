@@ -31,6 +31,7 @@ import trio
 from lakeferry import logs
 from lakeferry.bus import open_bus
 from lakeferry.bus.embedded import EmbeddedBus
+from lakeferry.bus.kafka import KafkaBus
 from lakeferry.config import LoadedConfig, diff, load_config
 from lakeferry.errors import ConfigError, StageCrashed
 from lakeferry.logs import get_logger
@@ -42,6 +43,7 @@ from lakeferry.stages.ingest import run_ingest
 from lakeferry.stages.results import run_results
 from lakeferry.stages.upload import run_upload
 from lakeferry.systemd import Notifier
+from lakeferry.topics import require_topics
 
 log = get_logger("supervisor")
 
@@ -95,6 +97,10 @@ class Supervisor:
         logs.configure(cfg.core.daemon.log_level, cfg.core.daemon.log_format)
         bus = await open_bus(cfg)
         try:
+            if isinstance(bus, KafkaBus):
+                bus.on_health = self._bus_health
+            await require_topics(cfg, bus)
+            self.metrics.bus_up.set(1)
             self.metrics.serve(cfg.core.metrics.listen)
             pipeline = self.pipeline = Pipeline.build(cfg, self.registry, bus, self.metrics)
             try:
@@ -213,6 +219,14 @@ class Supervisor:
         log.info("reloaded", extra={"applied": live, "needs_restart": restart})
         self.notifier.ready()
         return True
+
+    def _bus_health(self, up: bool, detail: str) -> None:
+        self.metrics.bus_up.set(1 if up else 0)
+        if not up:
+            self.metrics.bus_outages.inc()
+            self.notifier.status(f"bus unreachable: {detail}")
+        else:
+            self.notifier.status("running")
 
     async def _maintain_bus(self) -> None:
         """Embedded bus housekeeping: prune consumed records past retention, compact the DLQ."""

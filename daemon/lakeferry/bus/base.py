@@ -117,6 +117,9 @@ class Bus(Protocol):
     async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
         """Create missing topics."""
 
+    async def list_topics(self) -> dict[str, int]:
+        """Existing topics and their partition counts."""
+
     async def scan(self, topic: str) -> AsyncIterator[Record]:
         """Every retained record of ``topic`` up to its current end, partition by partition.
 

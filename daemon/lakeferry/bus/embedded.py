@@ -527,6 +527,15 @@ class EmbeddedBus:
                     yield record
                 start = batch[-1].offset + 1
 
+    async def list_topics(self) -> dict[str, int]:
+        """Existing topics and their partition counts."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT name, partitions FROM topics").fetchall()
+            return {str(name): int(count) for name, count in rows}
+
+        return await self._run(query)
+
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         def query(conn: sqlite3.Connection) -> dict[int, int]:
             rows = conn.execute(

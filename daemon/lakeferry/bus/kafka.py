@@ -117,7 +117,15 @@ class KafkaBus:
     ) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self.bootstrap_servers = bootstrap_servers
-        self._client = {"bootstrap.servers": bootstrap_servers, **dict(client or {})}
+        self._client = {
+            "bootstrap.servers": bootstrap_servers,
+            # librdkafka logs every failed reconnect (many per second while a broker is down);
+            # outages are reported once through error_cb and on_health instead. Raise it with
+            # [bus.kafka.client] "log_level" = 6 to debug a connection.
+            "log_level": 2,
+            "logger": log,
+            **dict(client or {}),
+        }
         self._producer_conf = dict(producer or {})
         self._consumer_conf = dict(consumer or {})
         self.default_partitions = default_partitions

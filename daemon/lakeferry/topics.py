@@ -1,0 +1,70 @@
+"""The pipeline's topics on the bus: which must exist, creating them, and drift reports.
+
+``lakeferry topics ensure`` creates the missing topics with the configured partitions (and on
+Kafka replication, retention and the DLQ's compaction) and reports existing ones whose settings
+differ; it never changes an existing topic (partition counts only grow, and that re-keys
+events, so it is the operator's call). The daemon checks at start-up that every topic exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lakeferry.bus import kafka_topic_config, topic_specs
+from lakeferry.bus.base import Bus
+from lakeferry.config import LoadedConfig
+from lakeferry.errors import ConfigError
+
+
+@dataclass
+class TopicReport:
+    created: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
+    differs: dict[str, list[str]] = field(default_factory=dict)
+
+
+async def missing_topics(config: LoadedConfig, bus: Bus) -> list[str]:
+    existing = await bus.list_topics()
+    return [name for name in config.all_topics() if name not in existing]
+
+
+async def require_topics(config: LoadedConfig, bus: Bus) -> None:
+    """Refuse to start when a topic is missing, naming them and the command that fixes it."""
+    missing = await missing_topics(config, bus)
+    if missing and bus.kind != "embedded":
+        raise ConfigError(
+            "topics",
+            f"missing on the bus: {', '.join(missing)}; create them with "
+            f"`lakeferry topics ensure -c {config.path}`",
+        )
+    if missing:  # the embedded bus is ours: create what it lacks
+        await bus.ensure_topics([s for s in topic_specs(config) if s.name in missing])
+
+
+async def ensure(config: LoadedConfig, bus: Bus) -> TopicReport:
+    report = TopicReport()
+    specs = topic_specs(config)
+    existing = await bus.list_topics()
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        await bus.ensure_topics(missing)
+        report.created = [s.name for s in missing]
+    present = [s for s in specs if s.name in existing]
+    described: dict[str, dict[str, str]] = {}
+    describe = getattr(bus, "describe_topics", None)
+    if describe is not None and present:
+        described = await describe([s.name for s in present])
+    for spec in present:
+        problems = []
+        if existing[spec.name] != spec.partitions:
+            problems.append(f"partitions {existing[spec.name]} (configured {spec.partitions})")
+        if spec.name in described:
+            actual = described[spec.name]
+            for key, want in kafka_topic_config(config, spec.name).items():
+                if actual.get(key) != want:
+                    problems.append(f"{key}={actual.get(key)} (configured {want})")
+        if problems:
+            report.differs[spec.name] = problems
+        else:
+            report.ok.append(spec.name)
+    return report
