@@ -16,11 +16,13 @@ harness: Any = load_tool("harness")
 class DaemonEnv:
     """A state directory, a config file and a way to start daemons on it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, kafka: str | None = None, namespace: str = "") -> None:
         self.root = root
         self.state = root / "state"
         self.metrics_port = harness.free_port()
-        self.data: dict[str, Any] = harness.config_dict(self.state, metrics_port=self.metrics_port)
+        self.data: dict[str, Any] = harness.config_dict(
+            self.state, metrics_port=self.metrics_port, kafka=kafka, namespace=namespace
+        )
         self.config = root / "lakeferry.toml"
         self.log = root / "daemon.log"
         self.daemons: list[Any] = []
@@ -36,6 +38,19 @@ class DaemonEnv:
         daemon = harness.DaemonProcess(self.config, self.log, **kwargs)
         self.daemons.append(daemon)
         return daemon.start()
+
+    def start_worker(self, stages: str, name: str) -> tuple[Any, int]:
+        """One more ``lakeferry run --stages`` process with its own config file, metrics port
+        and log; returns the daemon and its metrics port."""
+        import copy
+
+        port = harness.free_port()
+        data = copy.deepcopy(self.data)
+        data["metrics"]["listen"] = f"127.0.0.1:{port}"
+        config = harness.write_config(self.root / f"{name}.toml", data)
+        daemon = harness.DaemonProcess(config, self.root / f"{name}.log", stages=stages)
+        self.daemons.append(daemon)
+        return daemon.start(), port
 
     def cli(self, *args: str, **kwargs: Any) -> Any:
         return harness.cli(self.config, *args, **kwargs)
@@ -69,6 +84,19 @@ class DaemonEnv:
 @pytest.fixture
 def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
     env = DaemonEnv(tmp_path)
+    yield env
+    for daemon in env.daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def kafka_env(tmp_path: Path, kafka_broker: Any) -> Iterator[DaemonEnv]:
+    """A daemon environment on the shared test broker, with topics of its own."""
+    import uuid
+
+    env = DaemonEnv(tmp_path, kafka=kafka_broker.bootstrap, namespace=f"t{uuid.uuid4().hex[:8]}.")
+    result = env.cli("topics", "ensure")
+    assert result.returncode == 0, result.stderr
     yield env
     for daemon in env.daemons:
         daemon.stop()
