@@ -84,3 +84,18 @@ async def test_same_event_twice_is_recorded_once(tmp_path: Path) -> None:
     await fresh.flush([record(3, "dup")])
     rows = await inv.read_inventory()
     assert sorted(r.event_id for r in rows) == ["dup", "other"]
+
+
+async def test_a_partition_handed_over_does_not_duplicate_rows(tmp_path: Path) -> None:
+    """Member A lands an event; its partition moves to member B, which loaded the inventory
+    before A's commit; the same event's second result must still be recorded once."""
+    inv = inventory(tmp_path)
+    member_b = ResultsStage(pipeline(inventory(tmp_path)))
+    await member_b.load()  # B starts first: the table is empty
+    member_a = ResultsStage(pipeline(inv))
+    await member_a.load()
+    await member_a.flush([record(0, "handed")])
+    member_b.on_assign([record(0, "handed")[0].tp])  # the rebalance gives B the partition
+    await member_b.flush([record(1, "handed"), record(2, "fresh")])
+    rows = await inv.read_inventory()
+    assert sorted(r.event_id for r in rows) == ["fresh", "handed"]

@@ -4,10 +4,13 @@ Exactly-once, the kafka-delta-ingest way: each Delta commit carries, in the same
 as its rows, one application transaction per bus partition (``app_id`` =
 ``<group>:<topic>:<partition>``, ``version`` = the highest offset in the batch). After a restart
 or a reassignment the stored versions are read back and records at or below them are skipped:
-they are already in the table even if the bus offset commit was lost. Two results for one event
-id (a source that delivered an event twice) are recorded once: the stage keeps the set of
-landed event ids, loaded from the table at start, and every topic is keyed by event id so one
-id is always handled by the same partition owner.
+they are already in the table even if the bus offset commit was lost. (A record of a partition
+whose version is known is skipped as it arrives, which is what seeking past it would achieve.)
+
+Two results for one event id (a source that delivered an event twice) are recorded once: the
+stage keeps the set of landed event ids, loaded from the table at start and again when
+partitions are assigned or a commit failed (another member may have written in between); every
+topic is keyed by event id, so one id is always handled by one partition owner at a time.
 
 Phases of a batch: collect (until ``batch_rows`` or ``batch_wait``) → filter (skip by stored
 version, then by landed id) → write (one commit with rows + transactions) → release (handlers
@@ -78,6 +81,11 @@ class ResultsStage:
         )
         self.versions: dict[str, int] = {}
         self.landed: set[str] = set()
+        self._reload_landed = False
+
+    def on_assign(self, tps: Sequence[TopicPartition]) -> None:
+        # Another member may have landed events of these partitions since we loaded the set.
+        self._reload_landed = True
 
     def on_revoke(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:
@@ -91,10 +99,19 @@ class ResultsStage:
         result = await self.p.decode_or_dead_letter(RESULT, record, "results")
         if result is None:
             return
+        known = self.versions.get(app_id(self.group, record.tp))
+        if known is not None and record.offset <= known:
+            # Already in the table (a redelivery after a restart or a rebalance): skip it
+            # without waiting for a batch. Partitions not seen yet are checked in flush().
+            self.p.metrics.inventory_skipped.labels("offset").inc()
+            return
         await self.batcher.add((record, result))
 
     async def flush(self, items: Sequence[tuple[Record, UploadResult]]) -> None:
         p = self.p
+        if self._reload_landed:
+            self.landed = await p.inventory.landed_ids()
+            self._reload_landed = False
         unknown = sorted({app_id(self.group, r.tp) for r, _ in items} - self.versions.keys())
         if unknown:
             stored = await p.inventory.transaction_versions(unknown)
@@ -125,6 +142,7 @@ class ResultsStage:
             # versions before the batcher retries, so the retry skips what is there.
             for a in txns:
                 self.versions.pop(a, None)
+            self._reload_landed = True
             raise
         p.metrics.delta_commit.labels("inventory").observe(time.monotonic() - started)
         p.metrics.delta_rows.labels("inventory").inc(len(rows))
@@ -150,6 +168,7 @@ async def run_results(
         handler=stage.handle,
         limiter=p.limiters["results"],
         active=p.active["results"],
+        on_assign=stage.on_assign,
         on_revoke=stage.on_revoke,
         background=[stage.batcher.run],
         task_status=task_status,

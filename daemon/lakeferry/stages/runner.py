@@ -26,6 +26,7 @@ async def run_consuming_stage(
     limiter: trio.CapacityLimiter,
     active: ActiveCount | None = None,
     gate: Gate | None = None,
+    on_assign: Callable[[Sequence[TopicPartition]], None] | None = None,
     on_revoke: Callable[[Sequence[TopicPartition]], object] | None = None,
     background: Sequence[Background] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -42,7 +43,9 @@ async def run_consuming_stage(
             on_revoke(tps)
         return driver.on_revoke(tps)
 
-    consumer = p.bus.consumer(p.group_for(name), list(topics), on_revoke=revoke)
+    consumer = p.bus.consumer(
+        p.group_for(name), list(topics), on_assign=on_assign, on_revoke=revoke
+    )
     driver = StageDriver(
         name=name,
         consumer=consumer,
