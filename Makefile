@@ -4,6 +4,9 @@
 #   make test      run the test suite
 #   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
 #   make lint      ruff + mypy (strict on daemon/)
+#   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
+#   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
+#                  and Maven; `make test` does this first, since the tests run a real broker)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,8 +15,11 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= etc/lakeferry.toml
 BUS    ?= embedded
 PYTEST_ARGS ?=
+KAFKA_PORT ?= 9092
+KAFKA_DIR  ?= var/kafka
+KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test lint fmt demo clean distclean
+.PHONY: install run test lint fmt demo clean distclean kafka-dist kafka-up kafka-down
 
 install: $(STAMP)
 
@@ -26,8 +32,18 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/lakeferry run -c $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) kafka-dist
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Checks Java every time (fails naming what to install), fetches only when the pom changed.
+kafka-dist:
+	@$(PYTHON) $(KAFKA) dist >/dev/null
+
+kafka-up: $(STAMP) kafka-dist
+	$(BIN)/python $(KAFKA) up --port $(KAFKA_PORT) --dir $(KAFKA_DIR)
+
+kafka-down:
+	$(PYTHON) $(KAFKA) down --dir $(KAFKA_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon plugins tests tools
@@ -41,8 +57,8 @@ fmt: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --bus $(BUS) $(DEMO_ARGS)
 
-clean:
+clean: kafka-down
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info tools/kafka/dist
