@@ -153,14 +153,18 @@ def main() -> int:
         print(f"started Kafka on {broker.bootstrap}")
         try:
             args.kafka = broker.bootstrap
-            return run(args)
+            code, last_line = run(args)
         finally:
             kafka_tool.stop(broker)
             print("stopped Kafka")
-    return run(args)
+    else:
+        code, last_line = run(args)
+    print(last_line)  # the audit JSON, always the last line
+    return code
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> tuple[int, str]:
+    """The demo; returns the exit code and the audit JSON line."""
     state = (harness.ROOT / args.state).resolve()
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
@@ -186,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
             harness_submit = harness.cli(config, "submit", "--file", str(events_file), timeout=120)
             sys.stderr.write(harness_submit.stderr)
             if harness_submit.returncode != 0:
-                print("submit failed")
-                return 1
+                return 1, "submit failed"
             expected_total = len(expect) + args.malformed
             deadline = time.monotonic() + args.timeout
             report, letters, rows = trio.run(snapshot, config)
@@ -253,8 +256,7 @@ def run(args: argparse.Namespace) -> int:
     final = harness.cli(config, "audit", "--json", "--events", str(events_file))
     if final.returncode not in (0, 1):
         print(final.stderr)
-    print(final.stdout.strip())
-    return 0 if not problems and final.returncode == 0 else 1
+    return (0 if not problems and final.returncode == 0 else 1), final.stdout.strip()
 
 
 if __name__ == "__main__":

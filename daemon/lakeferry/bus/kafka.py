@@ -574,9 +574,12 @@ class KafkaConsumer:
             broker_paused.clear()
             broker_paused.update(wanted)
             generations = dict(self._generation)
-            msgs = consumer.consume(CONSUME_BATCH, POLL_TIMEOUT)
-            if not msgs:
+            # poll() returns as soon as one record is there; consume(n, timeout) would wait for n
+            # records or the whole timeout, adding its timeout to every hop's latency.
+            first = consumer.poll(POLL_TIMEOUT)
+            if first is None:
                 continue
+            msgs = [first, *consumer.consume(CONSUME_BATCH - 1, 0)]
             records = []
             for msg in msgs:
                 error = msg.error()
