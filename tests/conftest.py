@@ -1,3 +1,3 @@
 """Test configuration: shared fixtures live in ``tests/helpers``."""
 
-pytest_plugins = ["helpers.fixtures", "helpers.daemon", "helpers.kafka"]
+pytest_plugins = ["helpers.fixtures", "helpers.daemon", "helpers.kafka", "helpers.azurite"]

@@ -11,7 +11,7 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def load_tool(name: str) -> ModuleType:
-    module_name = f"lakeferry_tools_{name}"
+    module_name = "lakeferry_tools_" + name.replace("/", "_")
     module = sys.modules.get(module_name)
     if module is None:
         spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")

@@ -1,0 +1,28 @@
+"""Azurite for tests: the session fixture ``azurite`` (``tools/azurite/azurite.py``).
+
+Yields an ``Azurite`` with ``.blob_url`` (``http://127.0.0.1:PORT/devstoreaccount1``) and
+``.connection_string``. Without Node.js the fixture fails, naming what to install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from helpers.tools import load_tool
+
+azurite_tool: Any = load_tool("azurite/azurite")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    try:
+        running = azurite_tool.start(azurite_tool.free_port(), tmp_path_factory.mktemp("azurite"))
+    except azurite_tool.AzuriteError as exc:
+        pytest.fail(f"cannot run Azurite for the tests: {exc}", pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()
