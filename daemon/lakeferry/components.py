@@ -230,6 +230,13 @@ class Inventory(Protocol):
 
     async def read_events(self) -> list[EventRow]: ...
 
+    async def maintain(self) -> None:
+        """Table housekeeping (compaction, checkpoints, vacuum), as the plugin's settings say.
+
+        Called by the daemon about once a minute while the results stage runs; the plugin
+        decides what is due. Must be safe beside concurrent appends.
+        """
+
     async def aclose(self) -> None: ...
 
 

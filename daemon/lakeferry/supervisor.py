@@ -48,6 +48,7 @@ from lakeferry.topics import require_topics
 log = get_logger("supervisor")
 
 BUS_MAINTENANCE_INTERVAL = 600.0
+INVENTORY_MAINTENANCE_INTERVAL = 60.0
 
 
 class StageFn(Protocol):
@@ -120,6 +121,8 @@ class Supervisor:
             root.start_soon(self._signals, root.cancel_scope)
             root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
+            if "results" in self.stages:
+                root.start_soon(self._maintain_inventory)
             async with trio.open_nursery() as stages:
                 for name in self.stages:
                     await stages.start(self._supervise, name, STAGE_FUNCTIONS[name])
@@ -247,6 +250,16 @@ class Supervisor:
                 continue
             if pruned or compacted:
                 log.info("bus maintenance", extra={"pruned": pruned, "compacted": compacted})
+
+    async def _maintain_inventory(self) -> None:
+        assert self.pipeline is not None
+        inventory = self.pipeline.inventory
+        while True:
+            await trio.sleep(INVENTORY_MAINTENANCE_INTERVAL)
+            try:
+                await inventory.maintain()
+            except Exception:
+                log.exception("inventory maintenance failed; will try again")
 
     async def _report_cache(self) -> None:
         assert self.pipeline is not None

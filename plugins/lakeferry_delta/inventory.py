@@ -174,6 +174,10 @@ class DeltaInventory:
 
         return await self._events.run(read)
 
+    async def maintain(self) -> None:
+        """Nothing yet: compaction, checkpoints and vacuum come with the maintenance settings."""
+        await trio.lowlevel.checkpoint()
+
     async def aclose(self) -> None:
         self._inventory.close()
         self._events.close()

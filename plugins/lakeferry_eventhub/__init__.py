@@ -1,0 +1,1 @@
+"""lakeferry built-in plugin: eventhub (being built)."""

@@ -1,0 +1,1 @@
+"""lakeferry built-in plugin: onelake (being built)."""
