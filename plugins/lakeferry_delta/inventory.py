@@ -45,6 +45,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+import trio
 from deltalake import CommitProperties, Transaction, write_deltalake
 
 from lakeferry.api import EventRow, InventoryRow, PluginContext
