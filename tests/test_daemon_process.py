@@ -109,15 +109,28 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     env.data["download"]["concurrency"] = 7
     env.data["upload"]["concurrency"] = 3
     env.data["retry"]["delays"] = ["1s", "2s", "3s", "4s"]
+    env.data["daemon"]["log_level"] = "debug"
+    env.data["cache"]["quota"] = "1GiB"
+    env.data["downloaders"]["http"]["max_size"] = "4KiB"  # plugin settings apply live too
     env.data["bus"]["partitions"] = 8  # needs a restart: reported, not applied
     env.write()
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_for_log("reloaded")
-    assert reloaded["applied"] == ["download.concurrency", "retry.delays", "upload.concurrency"]
+    assert reloaded["applied"] == [
+        "cache.quota", "daemon.log_level", "download.concurrency",
+        "downloaders.http.max_size", "retry.delays", "upload.concurrency",
+    ]  # fmt: skip
     assert reloaded["needs_restart"] == ["bus.partitions"]
     assert env.metric("lakeferry_stage_capacity", stage="download") == 7
     assert env.metric("lakeferry_stage_capacity", stage="upload") == 3
     assert env.metric("lakeferry_config_restart_pending") == 1
+    wait_until(lambda: env.metric("lakeferry_cache_quota_bytes") == 2**30, 5, "the new quota")
+    # The new http settings govern the next download: 5000 bytes is now too large.
+    big = env.submit_events([{"id": "hup-big", "url": origin.file_url("hup-big.bin", 5000)}])
+    wait_until(lambda: env.audit(big)[1]["dead_lettered"] == 1, 30, "the too-large file")
+    assert "too_large" in env.cli("dlq", "list").stdout
+    # ...and debug lines now appear in the log.
+    assert any(e.get("level") == "debug" for e in daemon.logs())
 
     good = env.config.read_text()
     env.write(good.replace("concurrency = 7", "concurrency = -2"))
@@ -129,9 +142,10 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     assert env.metric("lakeferry_reloads_total", result="refused") == 1
     assert env.metric("lakeferry_reloads_total", result="applied") == 1
 
-    # Still working after the refused reload, at the new concurrency.
+    # Still working after the refused reload, at the new concurrency (and the 4 KiB limit).
     env.write(good)
-    batch = env.submit_events(events(origin, "hup", 30))
+    small = [{"id": f"hup-{i}", "url": origin.file_url(f"h{i}.bin", 1000 + i)} for i in range(30)]
+    batch = env.submit_events(small)
     wait_until(
         lambda: env.audit(batch)[1]["landed"] == 30, 60, "files to land after reloads", interval=1
     )
@@ -263,3 +277,32 @@ def test_a_full_cache_makes_downloads_wait_not_fail(daemon_env: DaemonEnv, origi
     assert (code, counts["dead_lettered"], counts["lost"]) == (0, 0, 0)
     assert env.metric("lakeferry_dlq_total") == 0
     assert peak <= 320_000
+
+
+def test_sas_tokens_never_leak(daemon_env: DaemonEnv, origin: Origin) -> None:
+    """Query strings (SAS tokens, signatures) stay out of logs, metrics, DLQ listings, tables."""
+    env = daemon_env
+    daemon = env.start()
+    secret = "sig=TOPSECRETSIGNATURE0123456789"
+    good = origin.file_url("sas-good.bin", 3000) + f"&sv=2024-01-01&{secret}"
+    gone = f"{origin.url}/missing/sas-gone.bin?sv=2024-01-01&{secret}"
+    batch = env.submit_events([{"id": "sas-good", "url": good}, {"id": "sas-gone", "url": gone}])
+    wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 30, "both events to finish")
+    outputs = {
+        "daemon log": env.log.read_text(),
+        "metrics": str(env.metrics()),
+        "dlq list": env.cli("dlq", "list").stdout,
+        "dlq list --json": env.cli("dlq", "list", "--json").stdout,
+        "dlq show": env.cli("dlq", "show").stdout,
+        "audit": env.cli("audit").stdout,
+    }
+    assert "sas-gone" in outputs["dlq show"]
+    import deltalake
+
+    for table in ("inventory", "events"):
+        rows = deltalake.DeltaTable(str(env.state / table)).to_pyarrow_table().to_pylist()
+        assert rows, table
+        outputs[f"{table} table"] = str(rows)
+    leaks = [name for name, text in outputs.items() if "TOPSECRET" in text]
+    assert leaks == []
+    assert daemon.terminate() == 0

@@ -223,6 +223,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 data = to_builtins(item.letter)
                 if item.letter.raw is not None:
                     data["raw"] = item.letter.raw.decode(errors="replace")
+                if data.get("task"):  # query strings are secrets (SAS tokens, signatures)
+                    data["task"]["event"]["url"] = redact_url(data["task"]["event"]["url"])
                 where = {"key": item.key, "partition": item.record.partition}
                 where["offset"] = item.record.offset
                 print(json.dumps({**where, "letter": data}, indent=2))

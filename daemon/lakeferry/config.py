@@ -354,10 +354,18 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+LIVE_PREFIXES = ("downloaders.",)
+"""Downloader settings apply live: new downloads use downloaders built from the new settings."""
+
+
+def is_live(key: str) -> bool:
+    return key in LIVE_KEYS or key.startswith(LIVE_PREFIXES)
+
+
 def diff(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list[str]]:
     """Changed keys of ``new`` relative to ``old``, split into (live, needs_restart)."""
     a, b = _flatten(old.core), _flatten(new.core)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    live = [k for k in changed if k in LIVE_KEYS]
-    restart = [k for k in changed if k not in LIVE_KEYS]
+    live = [k for k in changed if is_live(k)]
+    restart = [k for k in changed if not is_live(k)]
     return live, restart

@@ -53,7 +53,7 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def configure(level: str, fmt: str = "json") -> None:
-    """Send lakeferry's logs to stderr in ``fmt``; safe to call again (SIGHUP)."""
+    """Send lakeferry's logs to stdout in ``fmt``; safe to call again (SIGHUP)."""
     root = logging.getLogger(ROOT)
     root.setLevel(level.upper())
     root.propagate = False
@@ -62,7 +62,7 @@ def configure(level: str, fmt: str = "json") -> None:
         if getattr(handler, "_lakeferry", False):
             handler.setFormatter(formatter)
             return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stdout)
     handler._lakeferry = True  # type: ignore[attr-defined]
     handler.setFormatter(formatter)
     root.addHandler(handler)

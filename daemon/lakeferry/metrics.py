@@ -101,6 +101,12 @@ class Metrics:
         self.breaker_open = prom.Gauge(
             "lakeferry_upload_breaker_open", "1 while the sink circuit breaker is open", registry=r
         )
+        self.consumer_lag = prom.Gauge(
+            "lakeferry_consumer_lag",
+            "Records on the bus not yet committed by a consumer group",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
         self.bus_up = prom.Gauge(
             "lakeferry_bus_up", "1 while the bus (Kafka brokers) is reachable", registry=r
         )

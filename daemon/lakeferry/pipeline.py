@@ -80,6 +80,11 @@ class Pipeline:
     ladder: RetryLadder
     limiters: dict[str, trio.CapacityLimiter] = field(default_factory=dict)
     active: dict[str, ActiveCount] = field(default_factory=dict)
+    _retired: list[Downloader] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.core.daemon.state_dir)
 
     @property
     def group(self) -> str:
@@ -96,19 +101,10 @@ class Pipeline:
         state_dir = Path(core.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
 
-        def ctx(kind: str) -> PluginContext:
-            return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"))
-
         def make(component: Any, choice: Any) -> Any:
             reg = registry.get(component, choice.kind)
-            return reg.factory(choice.settings, ctx(choice.kind))
+            return reg.factory(choice.settings, plugin_context(state_dir, choice.kind))
 
-        downloaders: dict[str, Downloader] = {}
-        for kind, choice in config.downloaders.items():
-            reg = registry.get("downloader", kind)
-            instance = reg.factory(choice.settings, ctx(kind))
-            for scheme in reg.schemes:
-                downloaders[scheme] = instance
         pipeline = cls(
             config=config,
             registry=registry,
@@ -119,7 +115,7 @@ class Pipeline:
             cache=make("cache", config.cache),
             sink=make("sink", config.sink),
             inventory=make("inventory", config.inventory),
-            downloaders=downloaders,
+            downloaders=build_downloaders(config, registry, state_dir),
             sources=[make("source", s) for s in config.sources],
             ladder=RetryLadder(core.retry.topics, core.retry.delays),
         )
@@ -150,8 +146,29 @@ class Pipeline:
         quota = getattr(new.cache.settings, "quota", None)
         if quota is not None:
             self.cache.set_quota(int(quota))
-        # Keep plugin choices as they were: changing them needs a restart.
-        self.config = msgspec.structs.replace(self.config, core=core)
+        if new.downloaders != self.config.downloaders:
+            # Downloads in flight finish with the downloaders they started with; those are
+            # closed at shutdown. New downloads use the new settings.
+            self._retired.extend(self.downloaders.values())
+            self.downloaders = build_downloaders(new, self.registry, self.state_dir)
+        # Cache, sink, inventory and sources keep the choices they started with (restart).
+        self.config = msgspec.structs.replace(self.config, core=core, downloaders=new.downloaders)
+
+    def finished(
+        self, stage: str, outcome: str, seconds: float, event_id: str, attempt: int
+    ) -> None:
+        """One message done: counted, timed, and logged (at debug level: one line a file)."""
+        self.metrics.message_done(stage, outcome, seconds)
+        log.debug(
+            "message done",
+            extra={
+                "stage": stage,
+                "event_id": event_id,
+                "attempt": attempt,
+                "outcome": outcome,
+                "seconds": round(seconds, 4),
+            },
+        )
 
     def dead_letter_record(
         self,
@@ -224,7 +241,7 @@ class Pipeline:
 
     async def aclose(self) -> None:
         closers: list[Downloader | Sink | CacheBackend | Inventory] = [
-            *{id(d): d for d in self.downloaders.values()}.values(),
+            *{id(d): d for d in [*self.downloaders.values(), *self._retired]}.values(),
             self.sink,
             self.cache,
             self.inventory,
@@ -236,6 +253,23 @@ class Pipeline:
                     await closer.aclose()
                 except Exception:
                     log.exception("closing a component failed")
+
+
+def plugin_context(state_dir: Path, kind: str) -> PluginContext:
+    return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"))
+
+
+def build_downloaders(
+    config: LoadedConfig, registry: Registry, state_dir: Path
+) -> dict[str, Downloader]:
+    """One downloader per configured kind, indexed by every URL scheme it serves."""
+    downloaders: dict[str, Downloader] = {}
+    for kind, choice in config.downloaders.items():
+        reg = registry.get("downloader", kind)
+        instance = reg.factory(choice.settings, plugin_context(state_dir, kind))
+        for scheme in reg.schemes:
+            downloaders[scheme] = instance
+    return downloaders
 
 
 def _active_of(count: ActiveCount) -> float:

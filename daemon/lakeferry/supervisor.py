@@ -49,6 +49,7 @@ log = get_logger("supervisor")
 
 BUS_MAINTENANCE_INTERVAL = 600.0
 INVENTORY_MAINTENANCE_INTERVAL = 60.0
+LAG_INTERVAL = 10.0
 
 
 class StageFn(Protocol):
@@ -121,6 +122,7 @@ class Supervisor:
             root.start_soon(self._signals, root.cancel_scope)
             root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
+            root.start_soon(self._report_lag)
             if "results" in self.stages:
                 root.start_soon(self._maintain_inventory)
             async with trio.open_nursery() as stages:
@@ -250,6 +252,42 @@ class Supervisor:
                 continue
             if pruned or compacted:
                 log.info("bus maintenance", extra={"pruned": pruned, "compacted": compacted})
+
+    def _consumed_topics(self) -> dict[str, list[str]]:
+        """Consumer group -> topics, for the stages this process runs."""
+        assert self.pipeline is not None
+        p = self.pipeline
+        t = self.config.core.topics
+        out: dict[str, list[str]] = {}
+        if "ingest" in self.stages:
+            out[p.group_for("ingest")] = [t.intake]
+            if self.config.core.ingest.events_table:
+                out[p.group_for("events")] = [t.pending]
+        if "download" in self.stages:
+            out[p.group_for("download")] = [t.pending, *self.config.core.retry.topics]
+        if "upload" in self.stages:
+            out[p.group_for("upload")] = [t.cached]
+        if "results" in self.stages:
+            out[p.group_for("results")] = [t.results]
+        return out
+
+    async def _report_lag(self) -> None:
+        """Consumer lag per group, topic and partition: end offset minus committed offset."""
+        assert self.pipeline is not None
+        bus = self.pipeline.bus
+        while True:
+            for group, topics in self._consumed_topics().items():
+                for topic in topics:
+                    try:
+                        ends = await bus.end_offsets(topic)
+                        committed = await bus.committed(group, topic)
+                    except Exception as exc:
+                        log.debug("lag unavailable", extra={"topic": topic, "error": str(exc)})
+                        continue
+                    for partition, end in ends.items():
+                        lag = max(0, end - committed.get(partition, 0))
+                        self.metrics.consumer_lag.labels(group, topic, str(partition)).set(lag)
+            await trio.sleep(LAG_INTERVAL)
 
     async def _maintain_inventory(self) -> None:
         assert self.pipeline is not None

@@ -86,9 +86,8 @@ class DownloadStage:
             outcome = await self._download(task)
         except PipelineError as error:
             await self._failed(task, error, record.topic)
-            p.metrics.message_done("download", "failed", time.monotonic() - started)
-            return
-        p.metrics.message_done("download", outcome, time.monotonic() - started)
+            outcome = "failed"
+        p.finished("download", outcome, time.monotonic() - started, task.event.id, task.attempt)
 
     async def _download(self, task: DownloadTask) -> str:
         p = self.p

@@ -149,9 +149,10 @@ class ResultsStage:
         self.versions.update(txns)
         self.landed.update(ids_in_batch)
         committed = utcnow()
+        seconds = time.monotonic() - started
         for row in rows:
             p.metrics.end_to_end.observe((committed - row.event_created_at).total_seconds())
-            p.metrics.message_done("results", "recorded", time.monotonic() - started)
+            p.finished("results", "recorded", seconds, row.event_id, row.attempts - 1)
 
 
 async def run_results(

@@ -98,7 +98,8 @@ class UploadStage:
             return
         async with self.locks.hold(cached.cache_key):
             outcome = await self._upload(cached, record.topic)
-        p.metrics.message_done("upload", outcome, time.monotonic() - started)
+        task = cached.task
+        p.finished("upload", outcome, time.monotonic() - started, task.event.id, task.attempt)
 
     async def _upload(self, cached: CachedFile, topic: str) -> str:
         p = self.p
