@@ -104,6 +104,7 @@ def _config_dict(
         "ingest": {"events_batch_wait": "200ms"},
         "commit": {"interval": "50ms"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        "live": {"listen": f"127.0.0.1:{free_port()}"},
         "cache": {"kind": "localfs", "path": str(state / "cache"), "quota": "2GiB"},
         "sink": {
             "kind": "localfs",

@@ -270,6 +270,25 @@ def _letter_summary(item: Any, redact: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
+# -- top -----------------------------------------------------------------------------------------
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from lakeferry.top import run_top
+
+    url = args.url
+    if not url:
+        config = _load(args.config)
+        listen = config.core.live.listen
+        if not listen:
+            raise ConfigError("live.listen", "the live feed is disabled in this config")
+        url = f"ws://{listen}/"
+    try:
+        return trio.run(lambda: run_top(url, once=args.once))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 # -- topics --------------------------------------------------------------------------------------
 
 
@@ -392,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--yes", "-y", action="store_true", help="do not ask")
         p.add_argument("--quiet", "-q", action="store_true")
         p.set_defaults(fn=cmd_dlq)
+
+    top = with_config(sub.add_parser("top", help="live view of a running daemon (q quits)"))
+    top.add_argument("--url", help="live feed URL (default: ws://<live.listen>/ of the config)")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.set_defaults(fn=cmd_top)
 
     tops = sub.add_parser("topics", help="the pipeline's topics on the bus")
     tsub = tops.add_subparsers(dest="action", required=True)

@@ -126,6 +126,11 @@ class MetricsConfig(_Section):
     """``host:port``; an empty string disables the endpoint."""
 
 
+class LiveConfig(_Section):
+    listen: str = "127.0.0.1:9465"
+    """``host:port`` of the live-view WebSocket (``lakeferry top``); ``""`` disables it."""
+
+
 class CommitConfig(_Section):
     interval: Duration = Duration(0.2)
     """How often each stage commits its contiguous completed offsets."""
@@ -143,6 +148,7 @@ class Config(_Section):
     upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
     results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     commit: CommitConfig = msgspec.field(default_factory=CommitConfig)
     cache: dict[str, Any] = msgspec.field(default_factory=dict)
     sink: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -256,9 +262,9 @@ def _validate_core(core: Config) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError("topics", f"topic names must differ; repeated: {', '.join(dupes)}")
-    listen = core.metrics.listen
-    if listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
-        raise ConfigError("metrics.listen", f"expected host:port, got {listen!r}")
+    for key, listen in (("metrics.listen", core.metrics.listen), ("live.listen", core.live.listen)):
+        if listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
+            raise ConfigError(key, f"expected host:port, got {listen!r}")
 
 
 def parse_config(

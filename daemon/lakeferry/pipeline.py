@@ -26,6 +26,7 @@ from lakeferry.components import (
 )
 from lakeferry.config import LoadedConfig
 from lakeferry.errors import Reason
+from lakeferry.livefeed import RecentErrors
 from lakeferry.logs import get_logger
 from lakeferry.messages import DLQ, DeadLetter, DownloadTask, TopicCodec, utcnow
 from lakeferry.metrics import Metrics
@@ -81,6 +82,7 @@ class Pipeline:
     limiters: dict[str, trio.CapacityLimiter] = field(default_factory=dict)
     active: dict[str, ActiveCount] = field(default_factory=dict)
     _retired: list[Downloader] = field(default_factory=list)
+    errors: RecentErrors = field(default_factory=RecentErrors)
 
     @property
     def state_dir(self) -> Path:
@@ -216,6 +218,10 @@ class Pipeline:
         )  # fmt: skip
         await self.producer.send_many([record])
         self.metrics.dead_lettered(stage, reason)
+        self.errors.add(
+            stage=stage, reason=reason, error=error,
+            event_id=task.event.id if task else None, url=task.event.url if task else None,
+        )  # fmt: skip
         log.warning(
             "dead-lettered",
             extra={

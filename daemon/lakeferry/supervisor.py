@@ -34,6 +34,7 @@ from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.bus.kafka import KafkaBus
 from lakeferry.config import LoadedConfig, diff, load_config
 from lakeferry.errors import ConfigError, StageCrashed
+from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
 from lakeferry.pipeline import STAGES, Pipeline
@@ -123,6 +124,9 @@ class Supervisor:
             root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
             root.start_soon(self._report_lag)
+            if self.config.core.live.listen:
+                feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors))
+                await root.start(feed.run, self.config.core.live.listen)
             if "results" in self.stages:
                 root.start_soon(self._maintain_inventory)
             async with trio.open_nursery() as stages:

@@ -6,7 +6,10 @@ log line, a metric label or the inventory.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
+
+_URL_IN_TEXT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/?#@]*@)?([^\s?#]*)(\?[^\s#\"']*)?")
 
 
 def scheme_of(url: str) -> str:
@@ -38,3 +41,12 @@ def filename_of(url: str) -> str:
     except ValueError:
         return ""
     return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it stripped of userinfo and query string (error messages)."""
+
+    def scrub(m: re.Match[str]) -> str:
+        return m.group(1) + m.group(3) + ("?<redacted>" if m.group(4) else "")
+
+    return _URL_IN_TEXT.sub(scrub, text)

@@ -11,6 +11,7 @@ import pytest
 from helpers.tools import load_tool
 
 harness: Any = load_tool("harness")
+ROOT_DIR = harness.ROOT
 
 
 class DaemonEnv:
@@ -47,6 +48,7 @@ class DaemonEnv:
         port = harness.free_port()
         data = copy.deepcopy(self.data)
         data["metrics"]["listen"] = f"127.0.0.1:{port}"
+        data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         config = harness.write_config(self.root / f"{name}.toml", data)
         daemon = harness.DaemonProcess(config, self.root / f"{name}.log", stages=stages)
         self.daemons.append(daemon)

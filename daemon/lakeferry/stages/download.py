@@ -168,6 +168,11 @@ class DownloadStage:
                 "reason": error.reason, "transient": transient, "attempt": failures,
             },
         )  # fmt: skip
+        if transient:
+            p.errors.add(
+                stage="download", event_id=task.event.id, reason=error.reason,
+                error=str(error), url=task.event.url,
+            )  # fmt: skip
         if not transient:
             await p.dead_letter(
                 stage="download", reason=error.reason, error=str(error),

@@ -1,0 +1,162 @@
+"""The live feed: a WebSocket (trio-websocket) that pushes a snapshot of the daemon every second.
+
+``lakeferry top`` renders it. A snapshot is one JSON object::
+
+    {"at": "...Z", "pid": 123, "version": "0.1.0", "bus": {"kind": "kafka", "up": true},
+     "stages": {"download": {"rate": 41.0, "done": 1234, "in_flight": 50, "capacity": 50,
+                             "lag": 17}, ...},
+     "retries": {"retry.5m": 3, ...}, "dlq": {"not_found": 2, ...},
+     "cache": {"bytes": ..., "files": ..., "quota": ...},
+     "errors": [{"at": ..., "stage": ..., "event_id": ..., "reason": ..., "error": ...,
+                 "url": "https://host/path?<redacted>"}, ...]}
+
+Listens on ``live.listen`` (127.0.0.1:9465 by default; loopback only unless configured).
+Everything in it is already redacted: URLs without query strings, error texts scrubbed.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from lakeferry import __version__
+from lakeferry.logs import get_logger
+from lakeferry.urls import redact_text, redact_url
+
+log = get_logger("livefeed")
+
+INTERVAL = 1.0
+STAGE_GROUPS = ("ingest", "download", "upload", "results")
+
+
+@dataclass
+class RecentErrors:
+    """The last failures, for the live view (redacted when recorded)."""
+
+    limit: int = 20
+    items: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
+
+    def add(
+        self, *, stage: str, event_id: str | None, reason: str, error: str, url: str | None
+    ) -> None:
+        self.items.append(
+            {
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "stage": stage,
+                "event_id": event_id,
+                "reason": reason,
+                "error": redact_text(error)[:300],
+                "url": redact_url(url) if url else None,
+            }
+        )
+        while len(self.items) > self.limit:
+            self.items.popleft()
+
+
+def samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, str], float]]:
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                yield sample.labels, sample.value
+
+
+class Snapshotter:
+    """Builds snapshots from the metrics registry and the pipeline's live state."""
+
+    def __init__(self, pipeline: Any, metrics: Any, errors: RecentErrors) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.errors = errors
+        self._last_done: dict[str, float] = {}
+        self._last_at = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        p, registry = self.pipeline, self.metrics.registry
+        now = time.monotonic()
+        elapsed = max(1e-6, now - self._last_at)
+        self._last_at = now
+        done: dict[str, float] = collections.defaultdict(float)
+        for labels, value in samples(registry, "lakeferry_stage_messages_total"):
+            done[labels["stage"]] += value
+        lag: dict[str, float] = collections.defaultdict(float)
+        group = p.config.core.bus.group
+        for labels, value in samples(registry, "lakeferry_consumer_lag"):
+            stage = labels["group"].removeprefix(f"{group}.")
+            lag[stage] += value
+        stages = {}
+        for stage in STAGE_GROUPS:
+            rate = (done[stage] - self._last_done.get(stage, done[stage])) / elapsed
+            self._last_done[stage] = done[stage]
+            limiter = p.limiters.get(stage)
+            stages[stage] = {
+                "rate": round(rate, 2),
+                "done": int(done[stage]),
+                "in_flight": p.active[stage].n if stage in p.active else 0,
+                "capacity": int(limiter.total_tokens) if limiter is not None else 0,
+                "lag": int(lag[stage]),
+            }
+        retries = {lb["rung"]: int(v) for lb, v in samples(registry, "lakeferry_retries_total")}
+        dlq: collections.Counter[str] = collections.Counter()
+        for labels, value in samples(registry, "lakeferry_dlq_total"):
+            dlq[labels["reason"]] += int(value)
+        usage = p.cache.usage()
+        up = next((v for _, v in samples(registry, "lakeferry_bus_up")), 1.0)
+        return {
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            "version": __version__,
+            "bus": {"kind": p.bus.kind, "up": bool(up)},
+            "stages": stages,
+            "retries": retries,
+            "dlq": dict(dlq),
+            "cache": {"bytes": usage.bytes, "files": usage.files, "quota": usage.quota},
+            "errors": list(self.errors.items),
+        }
+
+
+class LiveFeed:
+    """Serves snapshots to every connected WebSocket client, one per second."""
+
+    def __init__(self, snapshotter: Snapshotter) -> None:
+        self.snapshotter = snapshotter
+        self._latest = "{}"
+        self._tick = trio.Event()
+
+    async def run(
+        self, listen: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        host, _, port = listen.rpartition(":")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._produce)
+            await nursery.start(
+                serve_websocket, self._serve, host.strip("[]") or "127.0.0.1", int(port), None
+            )
+            log.info("live feed listening", extra={"listen": listen})
+            task_status.started()
+
+    async def _produce(self) -> None:
+        while True:
+            self._latest = json.dumps(self.snapshotter.snapshot())
+            tick, self._tick = self._tick, trio.Event()
+            tick.set()
+            await trio.sleep(INTERVAL)
+
+    async def _serve(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            await ws.send_message(self._latest)
+            while True:
+                await self._tick.wait()
+                await ws.send_message(self._latest)
+        except ConnectionClosed:
+            return

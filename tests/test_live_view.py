@@ -1,0 +1,96 @@
+"""The live feed and ``lakeferry top``: a real daemon, a real WebSocket, a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+from rich.console import Console
+from trio_websocket import open_websocket_url
+
+from helpers.daemon import ROOT_DIR, DaemonEnv, wait_until
+from helpers.origin import Origin
+from lakeferry.top import render
+
+SNAPSHOT: dict[str, Any] = {
+    "at": "2026-11-28T08:00:00+00:00", "pid": 42, "version": "0.1.0",
+    "bus": {"kind": "kafka", "up": False},
+    "stages": {
+        "download": {"rate": 41.5, "done": 1234, "in_flight": 50, "capacity": 50, "lag": 17},
+        "upload": {"rate": 40.0, "done": 1200, "in_flight": 3, "capacity": 40, "lag": 0},
+    },
+    "retries": {"retry.5m": 7}, "dlq": {"not_found": 2},
+    "cache": {"bytes": 3 * 2**30, "files": 12, "quota": 20 * 2**30},
+    "errors": [{"at": "2026-11-28T07:59:58+00:00", "stage": "download", "event_id": "e-9",
+                "reason": "http_server_error", "error": "HTTP 503",
+                "url": "https://h/f.bin?<redacted>"}],
+}  # fmt: skip
+
+
+def test_render_a_known_snapshot() -> None:
+    console = Console(record=True, width=140, color_system=None)
+    console.print(render(SNAPSHOT, "ws://x"))
+    text = console.export_text()
+    for expected in (
+        "bus kafka DOWN", "download", "41.5", "1234", "retry.5m", "not_found",
+        "3.0 GiB of 20.0 GiB", "https://h/f.bin?<redacted> HTTP 503", "e-9",
+    ):  # fmt: skip
+        assert expected in text, expected
+
+
+async def _first_snapshot(url: str) -> dict[str, Any]:
+    async with open_websocket_url(url) as ws:
+        await ws.get_message()  # the one that was ready when we connected
+        return json.loads(await ws.get_message())  # type: ignore[no-any-return]
+
+
+def test_feed_pushes_snapshots_of_a_running_daemon(daemon_env: DaemonEnv, origin: Origin) -> None:
+    env = daemon_env
+    env.start()
+    url = f"ws://{env.data['live']['listen']}/"
+    batch = env.submit_events(
+        [{"id": f"live-{i}", "url": origin.file_url(f"live-{i}.bin", 2000)} for i in range(20)]
+        + [{"id": "live-gone", "url": f"{origin.url}/missing/live.bin?sig=SECRET"}]
+    )
+    wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 30, "the batch to finish")
+    time.sleep(1.2)
+    snapshot = trio.run(_first_snapshot, url)
+    assert snapshot["stages"]["results"]["done"] == 20
+    assert snapshot["stages"]["download"]["capacity"] == 50
+    assert snapshot["dlq"] == {"not_found": 1}
+    assert snapshot["errors"][-1]["event_id"] == "live-gone"
+    assert "SECRET" not in json.dumps(snapshot)
+
+
+def test_top_in_a_real_terminal(daemon_env: DaemonEnv) -> None:
+    tmux = shutil.which("tmux")
+    assert tmux is not None, "tmux is needed for this test: apt-get install tmux"
+    env = daemon_env
+    env.start()
+    session = f"lf-top-{env.metrics_port}"
+    command = f"{sys.executable} -m lakeferry top -c {env.config}; echo EXITED=$?; sleep 30"
+    subprocess.run(
+        [tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "45", command],
+        check=True, cwd=ROOT_DIR,
+    )  # fmt: skip
+    try:
+
+        def screen() -> str:
+            out = subprocess.run(
+                [tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            )
+            return out.stdout
+
+        wait_until(lambda: "stages" in screen() and "download" in screen(), 20, "top to draw")
+        shown = screen()
+        assert "bus embedded up" in shown
+        assert "q quits" in shown
+        subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
+        wait_until(lambda: "EXITED=0" in screen(), 10, "top to exit on q")
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
