@@ -306,3 +306,37 @@ def test_sas_tokens_never_leak(daemon_env: DaemonEnv, origin: Origin) -> None:
     leaks = [name for name, text in outputs.items() if "TOPSECRET" in text]
     assert leaks == []
     assert daemon.terminate() == 0
+
+
+def test_sighup_lowers_concurrency_without_dropping_in_flight_work(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
+    env = daemon_env
+    daemon = env.start()
+    batch = env.submit_events(events(origin, "shrink", 60, slow=1.0))
+    wait_until(
+        lambda: env.metric("lakeferry_stage_in_flight", stage="download") >= 40,
+        30,
+        "40 downloads in flight",
+    )
+    env.data["download"]["concurrency"] = 5
+    env.write()
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reloaded")
+    assert env.metric("lakeferry_stage_capacity", stage="download") == 5
+    # The downloads already running finish (they are not cancelled); new ones start 5 at a time.
+    peak_after = 0.0
+
+    def done() -> bool:
+        nonlocal peak_after
+        in_flight = env.metric("lakeferry_stage_in_flight", stage="download")
+        if env.metric("lakeferry_stage_messages_total", stage="download") >= 50:
+            peak_after = max(peak_after, in_flight)
+        return env.audit(batch)[1]["landed"] == 60
+
+    wait_until(done, 90, "all 60 to land", interval=0.3)
+    assert peak_after <= 5
+    assert sum(origin.count(f"/slow/shrink-{i}.bin") for i in range(60)) == 60  # none refetched
+    code, counts = env.audit(batch)
+    assert (code, counts["lost"], counts["duplicate_rows"]) == (0, 0, 0)
+    assert daemon.terminate() == 0
