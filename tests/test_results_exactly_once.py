@@ -37,6 +37,7 @@ def pipeline(inv: Any) -> Any:
         metrics=Metrics(),
         config=SimpleNamespace(core=SimpleNamespace(results=ResultsConfig())),
         group_for=lambda stage: f"lakeferry.{stage}",
+        finished=lambda stage, outcome, seconds, event_id, attempt: None,
     )
 
 

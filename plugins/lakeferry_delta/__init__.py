@@ -1,7 +1,10 @@
 """lakeferry built-in plugin ``delta``: the inventory and events tables in Delta Lake.
 
 Registers the inventory kind ``delta`` (settings :class:`DeltaSettings`, ``[inventory]``).
-Works on a local path or on any URI deltalake accepts, such as ``abfss://`` on OneLake.
+Works on a local path, on ADLS Gen2 and OneLake (``abfss://``, credentials in
+:mod:`lakeferry_delta.credentials`), on Azurite in emulator mode, or on any URI deltalake
+accepts given ``storage_options``. ``maintain()`` compacts, checkpoints and vacuums the tables on
+a schedule (:mod:`lakeferry_delta.maintenance`).
 """
 
 from __future__ import annotations

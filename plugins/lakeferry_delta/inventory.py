@@ -42,14 +42,22 @@ alone (a commit with no data files), so offsets that produced no rows still move
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import trio
 from deltalake import CommitProperties, Transaction, write_deltalake
 
 from lakeferry.api import EventRow, InventoryRow, PluginContext
-from lakeferry_delta.schema import EVENTS_LAYOUT, INVENTORY_LAYOUT, from_arrow, to_arrow
+from lakeferry_delta.credentials import storage_options_for
+from lakeferry_delta.maintenance import MaintenancePolicy, TableMaintainer
+from lakeferry_delta.schema import (
+    EVENTS_LAYOUT,
+    INVENTORY_LAYOUT,
+    TableLayout,
+    from_arrow,
+    to_arrow,
+)
 from lakeferry_delta.settings import DeltaSettings
 from lakeferry_delta.table import ConflictingTransactions, DeltaTableHandle
 
@@ -60,33 +68,50 @@ class DeltaInventory:
     """The :class:`lakeferry.api.Inventory` on two Delta tables (local path or abfss://).
 
     Resource handling: one ``DeltaTable`` object per table, opened (created when missing) on
-    first use and reused; calls run in worker threads, one at a time per table.
+    first use and reused; calls run in worker threads, one at a time per table. Credentials
+    are read once, here (:mod:`lakeferry_delta.credentials`); ``clock`` (wall seconds) drives
+    the maintenance schedule.
 
     Error handling: see :class:`lakeferry_delta.table.DeltaTableHandle` and the module docstring
     for what :class:`ConflictingTransactions` asks of the caller.
     """
 
-    def __init__(self, settings: DeltaSettings, context: PluginContext) -> None:
+    def __init__(
+        self,
+        settings: DeltaSettings,
+        context: PluginContext,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._logger = context.logger
-        self._inventory = DeltaTableHandle(
-            settings.inventory_uri,
-            INVENTORY_LAYOUT,
-            storage_options=settings.storage_options,
-            partition_by_date=settings.partition_by_date,
-            logger=context.logger,
-            setting="inventory.inventory_uri",
+        policy = MaintenancePolicy.from_settings(settings, "inventory")
+        self._inventory = self._table(
+            settings, settings.inventory_uri, INVENTORY_LAYOUT, "inventory.inventory_uri"
         )
-        self._events = DeltaTableHandle(
-            settings.events_uri,
-            EVENTS_LAYOUT,
-            storage_options=settings.storage_options,
-            partition_by_date=settings.partition_by_date,
-            logger=context.logger,
-            setting="inventory.events_uri",
+        self._events = self._table(
+            settings, settings.events_uri, EVENTS_LAYOUT, "inventory.events_uri"
         )
+        self._maintainers = [
+            TableMaintainer(handle, policy, logger=context.logger, clock=clock)
+            for handle in (self._inventory, self._events)
+        ]
         # app_id -> the stored version this process last learned (None: none stored).
         # Only touched inside the inventory table's worker calls, which run one at a time.
         self._learned: dict[str, int | None] = {}
+
+    def _table(
+        self, settings: DeltaSettings, uri: str, layout: TableLayout, setting: str
+    ) -> DeltaTableHandle:
+        storage = storage_options_for(settings, uri, setting=setting, logger=self._logger)
+        return DeltaTableHandle(
+            uri,
+            layout,
+            storage_options=storage.options,
+            partition_by_date=settings.partition_by_date,
+            logger=self._logger,
+            setting=setting,
+            secrets=storage.secrets,
+        )
 
     # -- the inventory table ----------------------------------------------------------------
 
@@ -176,8 +201,9 @@ class DeltaInventory:
         return await self._events.run(read)
 
     async def maintain(self) -> None:
-        """Nothing yet: compaction, checkpoints and vacuum come with the maintenance settings."""
-        await trio.lowlevel.checkpoint()
+        """Compaction, checkpoints and vacuum when due (:mod:`lakeferry_delta.maintenance`)."""
+        for maintainer in self._maintainers:
+            await maintainer.maintain()
 
     async def aclose(self) -> None:
         self._inventory.close()

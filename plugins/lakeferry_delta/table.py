@@ -17,10 +17,12 @@ import trio
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
 
-from lakeferry.api import ConfigError, PermanentError, TransientError, redact_url
+from lakeferry.api import ConfigError, PermanentError, TransientError
+from lakeferry_delta.credentials import display_uri, scrub
 from lakeferry_delta.schema import TableLayout
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 REASON_CONFLICT = "inventory_conflict"
 REASON_UNAVAILABLE = "inventory_unavailable"
@@ -47,7 +49,8 @@ class DeltaTableHandle:
     Error handling: deltalake errors come out as lakeferry errors. A commit that lost to a
     concurrent transaction on the same application id is :class:`ConflictingTransactions`; a
     schema that does not match is permanent; everything else (storage unreachable, throttled,
-    other commit failures) is transient.
+    other commit failures) is transient. Messages are scrubbed of ``secrets`` and URL query
+    strings (object_store already hides SAS tokens; this is the second belt).
     """
 
     def __init__(
@@ -59,10 +62,14 @@ class DeltaTableHandle:
         partition_by_date: bool,
         logger: logging.Logger,
         setting: str,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.uri = uri
+        self.display_uri = display_uri(uri)
+        """``uri`` as logs show it."""
         self.layout = layout
-        self._storage_options = dict(storage_options) or None
+        self.storage_options = dict(storage_options) or None
+        self._secrets = secrets
         self._partition_by_date = partition_by_date
         self._logger = logger
         self._setting = setting
@@ -77,24 +84,39 @@ class DeltaTableHandle:
         Not abandoned on cancellation: a commit under way completes (or fails) before the
         cancellation is delivered, so the caller never loses track of a commit in flight.
         """
+        return await self._run(self._call, operation)
+
+    async def run_if_exists(self, operation: Callable[[Any], T]) -> T | None:
+        """Like :meth:`run`, but None instead of creating a table that does not exist yet."""
+        return await self._run(self._call_if_exists, operation)
+
+    async def _run(
+        self, call: Callable[[Callable[[Any], T]], R], operation: Callable[[Any], T]
+    ) -> R:
         try:
-            return await trio.to_thread.run_sync(self._call, operation, limiter=self._limiter)
+            return await trio.to_thread.run_sync(call, operation, limiter=self._limiter)
         except (ConflictingTransactions, ConfigError, PermanentError, TransientError):
             raise
         except CommitFailedError as exc:
             if "concurrent transaction" in str(exc).lower():
                 raise ConflictingTransactions(
-                    f"{redact_url(self.uri)}: a concurrent commit stored a transaction for the "
-                    f"same application id ({exc})"
+                    f"{self.display_uri}: a concurrent commit stored a transaction for the "
+                    f"same application id ({self._scrub(exc)})"
                 ) from exc
-            raise TransientError(REASON_UNAVAILABLE, f"{redact_url(self.uri)}: {exc}") from exc
+            raise TransientError(REASON_UNAVAILABLE, self._describe(exc)) from exc
         except SchemaMismatchError as exc:
-            raise PermanentError(REASON_SCHEMA, f"{redact_url(self.uri)}: {exc}") from exc
+            raise PermanentError(REASON_SCHEMA, self._describe(exc)) from exc
         except (DeltaError, OSError) as exc:
-            raise TransientError(REASON_UNAVAILABLE, f"{redact_url(self.uri)}: {exc}") from exc
+            raise TransientError(REASON_UNAVAILABLE, self._describe(exc)) from exc
 
     def close(self) -> None:
         self._table = None
+
+    def _scrub(self, exc: BaseException) -> str:
+        return scrub(str(exc), self._secrets)
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"{self.display_uri}: {self._scrub(exc)}"
 
     # -- in the worker thread ---------------------------------------------------------------
 
@@ -103,8 +125,15 @@ class DeltaTableHandle:
             self._table = self._open()
         return operation(self._table)
 
+    def _call_if_exists(self, operation: Callable[[Any], T]) -> T | None:
+        if self._table is None:
+            if not DeltaTable.is_deltatable(self.uri, storage_options=self.storage_options):
+                return None
+            self._table = self._open()
+        return operation(self._table)
+
     def _open(self) -> Any:
-        options = self._storage_options
+        options = self.storage_options
         if not DeltaTable.is_deltatable(self.uri, storage_options=options):
             schema = self.layout.with_date() if self._partition_by_date else self.layout.schema
             partition_by = [self.layout.date_column] if self._partition_by_date else None
@@ -121,7 +150,7 @@ class DeltaTableHandle:
                 if not DeltaTable.is_deltatable(self.uri, storage_options=options):
                     raise
             else:
-                self._logger.info("created Delta table %s", redact_url(self.uri))
+                self._logger.info("created Delta table %s", self.display_uri)
                 return self._checked(table)
         return self._checked(DeltaTable(self.uri, storage_options=options))
 
@@ -131,14 +160,14 @@ class DeltaTableHandle:
         if missing:
             raise ConfigError(
                 self._setting,
-                f"{redact_url(self.uri)} is not a lakeferry table (missing columns: "
+                f"{self.display_uri} is not a lakeferry table (missing columns: "
                 f"{', '.join(missing)})",
             )
         self.date_partitioned = self.layout.date_column in names
         if self.date_partitioned != self._partition_by_date:
             self._logger.warning(
                 "%s was created with partition_by_date=%s; the table's layout wins",
-                redact_url(self.uri),
+                self.display_uri,
                 self.date_partitioned,
             )
         return table

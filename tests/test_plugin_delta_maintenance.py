@@ -1,0 +1,417 @@
+"""``DeltaInventory.maintain``: compaction, checkpoints and vacuum on local Delta tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pytest
+import trio
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
+from deltalake.table import TableOptimizer
+
+import lakeferry_delta.maintenance
+from helpers.delta import Clock, event_row, inventory_row, live_files, operations
+from lakeferry.api import ConfigError, PluginContext
+from lakeferry.units import dec_hook
+from lakeferry_delta import DeltaInventory, DeltaSettings
+from lakeferry_delta.maintenance import (
+    COMPACTION_APP_ID,
+    VACUUM_APP_ID,
+    MaintenancePolicy,
+    checkpoint_due,
+    compaction_due,
+    vacuum_due,
+)
+
+TIMEOUT = 30
+HOUR = 3600.0
+LOGGER = "test.delta.maintenance"
+
+
+def make(tmp_path: Path, clock: Clock, **overrides: Any) -> DeltaInventory:
+    settings = DeltaSettings(
+        inventory_uri=str(tmp_path / "inventory"), events_uri=str(tmp_path / "events"), **overrides
+    )
+    context = PluginContext(state_dir=tmp_path / "state", logger=logging.getLogger(LOGGER))
+    return DeltaInventory(settings, context, clock=clock)
+
+
+async def fill(inventory: DeltaInventory, commits: int, *, start: int = 0) -> None:
+    """``commits`` appends to each table, two rows each; versions p0 = i, p1 = 10 * i."""
+    for i in range(start, start + commits):
+        rows = [inventory_row(2 * i), inventory_row(2 * i + 1)]
+        await inventory.append(rows, {"g:t:0": i, "g:t:1": 10 * i})
+        await inventory.append_events([event_row(2 * i), event_row(2 * i + 1)])
+
+
+def tables(tmp_path: Path) -> list[DeltaTable]:
+    return [DeltaTable(str(tmp_path / "inventory")), DeltaTable(str(tmp_path / "events"))]
+
+
+def parquet_files(path: Path) -> int:
+    return len(list(path.rglob("*.parquet"))) - len(list(path.rglob("_delta_log/*.parquet")))
+
+
+POLICY = MaintenancePolicy(HOUR, 50, 1000, 100, 24 * HOUR, 168 * HOUR, True)
+
+
+def test_when_steps_are_due() -> None:
+    t = 1_000_000.0
+    due = compaction_due
+    # Never compacted by lakeferry: at once only with many small files, else after an interval.
+    assert not due(POLICY, now=t, started=t, last=None, small_files=50)
+    assert due(POLICY, now=t, started=t, last=None, small_files=51)
+    assert due(POLICY, now=t + HOUR, started=t, last=None, small_files=2)
+    # Otherwise one interval after the last claim, whoever made it, and only with work to do.
+    assert not due(POLICY, now=t + HOUR - 1, started=t - 9 * HOUR, last=t, small_files=500)
+    assert due(POLICY, now=t + HOUR, started=t + HOUR, last=t, small_files=2)
+    assert not due(POLICY, now=t + 9 * HOUR, started=t, last=t, small_files=1)
+    assert not due(POLICY._replace(compact_every=0), now=t, started=t, last=None, small_files=99)
+    # Too many small files for commits to stay quick: early, but never within 5m of a claim.
+    assert not due(POLICY, now=t + 299, started=t, last=t, small_files=1001)
+    assert due(POLICY, now=t + 300, started=t, last=t, small_files=1001)
+    assert not due(POLICY, now=t + 300, started=t, last=t, small_files=1000)
+    off = POLICY._replace(compact_max_files=0)
+    assert not due(off, now=t + 300, started=t, last=t, small_files=5000)
+
+    assert checkpoint_due(POLICY, version=99, last_checkpoint=-1)
+    assert not checkpoint_due(POLICY, version=198, last_checkpoint=99)
+    assert checkpoint_due(POLICY, version=199, last_checkpoint=99)
+    assert not checkpoint_due(
+        POLICY._replace(checkpoint_every_commits=0), version=9, last_checkpoint=-1
+    )
+
+    assert vacuum_due(POLICY, now=t, last=None)
+    assert not vacuum_due(POLICY, now=t + 24 * HOUR - 1, last=t)
+    assert vacuum_due(POLICY, now=t + 24 * HOUR, last=t)
+    assert not vacuum_due(POLICY._replace(vacuum_every=0), now=t, last=None)
+
+
+def test_maintenance_settings(tmp_path: Path) -> None:
+    settings = msgspec.convert(
+        {
+            "inventory_uri": "i",
+            "events_uri": "e",
+            "compact_every": "2h",
+            "vacuum_every": "12h",
+            "vacuum_retention": "30d",
+            "checkpoint_every_commits": 20,
+        },
+        DeltaSettings,
+        dec_hook=dec_hook,
+    )
+    assert (settings.compact_every, settings.vacuum_every) == (7200, 43200)
+    assert settings.vacuum_retention == 30 * 86400
+    defaults = DeltaSettings(inventory_uri="i", events_uri="e")
+    assert MaintenancePolicy.from_settings(defaults, "inventory") == POLICY
+    with pytest.raises(ConfigError, match=r"inventory\.compact_every"):
+        make(tmp_path, Clock(), compact_every=299.0)
+    make(tmp_path, Clock(), compact_every=0.0)  # off is fine
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(
+            {"inventory_uri": "i", "events_uri": "e", "compact_min_files": -1}, DeltaSettings
+        )
+
+
+async def test_compaction_keeps_rows_and_transaction_versions(tmp_path: Path) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0)
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 60)
+        before = [live_files(t) for t in tables(tmp_path)]
+        await inventory.maintain()  # first call, never compacted, 60 > 50 small files: now
+
+        assert before == [60, 60]
+        assert [live_files(t) for t in tables(tmp_path)] == [1, 1]
+        for table in tables(tmp_path):
+            assert operations(table)[-2:] == ["WRITE", "OPTIMIZE"]  # the claim, then OPTIMIZE
+            assert table.transaction_version(COMPACTION_APP_ID) == int(clock.now * 1000)
+        expected_rows = sorted(inventory_row(i) for i in range(120))
+        assert sorted(await inventory.read_inventory()) == expected_rows
+        assert sorted(await inventory.read_events()) == sorted(event_row(i) for i in range(120))
+        assert await inventory.transaction_versions(["g:t:0", "g:t:1"]) == {
+            "g:t:0": 59,
+            "g:t:1": 590,
+        }
+        await inventory.aclose()
+
+        restarted = make(tmp_path, clock)
+        assert await restarted.transaction_versions(["g:t:0", "g:t:1"]) == {
+            "g:t:0": 59,
+            "g:t:1": 590,
+        }
+        assert sorted(await restarted.read_inventory()) == expected_rows
+        await restarted.append([inventory_row(500)], {"g:t:0": 60})
+        assert await restarted.landed_ids() == {f"ev-{i}" for i in [*range(120), 500]}
+    assert DeltaTable(str(tmp_path / "inventory")).transaction_version("g:t:0") == 60
+
+
+async def test_compaction_follows_the_schedule_in_the_table(tmp_path: Path) -> None:
+    clock = Clock()
+    a = make(tmp_path, clock, vacuum_every=0.0)
+    inventory_table = tmp_path / "inventory"
+
+    def compactions() -> int:
+        return operations(DeltaTable(str(inventory_table))).count("OPTIMIZE")
+
+    with trio.fail_after(TIMEOUT):
+        await fill(a, 5)
+        await a.maintain()  # few small files and no record: the clock starts now
+        assert compactions() == 0
+        clock.advance(HOUR - 1)
+        await a.maintain()
+        assert compactions() == 0
+        clock.advance(1)
+        await a.maintain()
+        assert compactions() == 1
+
+        await fill(a, 5, start=5)
+        clock.advance(HOUR - 1)
+        await a.maintain()
+        assert compactions() == 1
+        # Another daemon starting now reads the last compaction from the table, not its start.
+        b = make(tmp_path, clock, vacuum_every=0.0)
+        await b.maintain()
+        assert compactions() == 1
+        clock.advance(1)
+        await b.maintain()
+        await a.maintain()
+        assert compactions() == 2  # one of the two, not both
+        assert live_files(DeltaTable(str(inventory_table))) == 1
+        assert len(await a.read_inventory()) == 20
+
+
+async def test_too_many_small_files_bring_compaction_forward(tmp_path: Path) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0, compact_max_files=20)
+    inventory_table = tmp_path / "inventory"
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 55)
+        await inventory.maintain()  # the first compaction (55 > compact_min_files)
+        await fill(inventory, 21, start=55)
+        clock.advance(299)
+        await inventory.maintain()
+        assert live_files(DeltaTable(str(inventory_table))) == 22
+        clock.advance(1)
+        await inventory.maintain()  # 21 > 20 small files, 5 minutes after the last claim
+        assert live_files(DeltaTable(str(inventory_table))) == 1
+    assert operations(DeltaTable(str(inventory_table))).count("OPTIMIZE") == 2
+
+
+async def test_two_daemons_never_compact_the_same_files_twice(tmp_path: Path) -> None:
+    clock = Clock()
+    daemons = [make(tmp_path, clock, vacuum_every=0.0) for _ in range(3)]
+    with trio.fail_after(TIMEOUT):
+        for round_ in range(3):
+            await fill(daemons[0], 51, start=51 * round_)
+            clock.advance(HOUR)
+            async with trio.open_nursery() as nursery:
+                for daemon in daemons:
+                    nursery.start_soon(daemon.maintain)
+            for table in tables(tmp_path):
+                assert operations(table).count("OPTIMIZE") == round_ + 1
+                assert table.count() == 102 * (round_ + 1)
+        assert await daemons[0].landed_ids() == {f"ev-{i}" for i in range(306)}
+
+
+async def test_a_claim_lost_to_another_daemon_means_no_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deterministic version of the race: another daemon claims between our look at the table
+    # (counting its small files) and our claim.
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0)
+    count = lakeferry_delta.maintenance._small_files
+    uri = str(tmp_path / "inventory")
+
+    def count_while_another_claims(table: Any) -> int:
+        other = DeltaTable(uri)  # same snapshot as ours: it claims the compaction first
+        lakeferry_delta.maintenance.TableMaintainer._claim(
+            inventory._maintainers[0], other, COMPACTION_APP_ID, clock.now
+        )
+        return count(table)
+
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 55)
+        monkeypatch.setattr(lakeferry_delta.maintenance, "_small_files", count_while_another_claims)
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            await inventory.maintain()
+    assert operations(DeltaTable(uri)).count("OPTIMIZE") == 0
+    assert "another writer is compacting" in caplog.text
+    assert "OPTIMIZE" in operations(DeltaTable(str(tmp_path / "events")))  # not claimed there
+
+
+def test_deltalake_lets_two_compactions_of_the_same_files_commit(tmp_path: Path) -> None:
+    # Why compactions are claimed (lakeferry_delta.maintenance): deltalake 1.6.6's conflict
+    # checker lets a second OPTIMIZE remove files a concurrent one already removed, and the
+    # rows are then in the table twice. If this starts failing, deltalake has fixed it.
+    uri = str(tmp_path / "t")
+    for i in range(5):
+        write_deltalake(uri, pa.table({"a": [i]}), mode="append")
+    first, second = DeltaTable(uri), DeltaTable(uri)
+    first.optimize.compact()
+    second.optimize.compact()
+    assert DeltaTable(uri).count() == 10
+
+
+async def test_compaction_beside_concurrent_appends(tmp_path: Path) -> None:
+    # The results stage of another daemon appends (own DeltaTable object and thread) while
+    # this one compacts again and again: no row is lost or doubled, every version survives.
+    clock = Clock()
+    maintainer = make(tmp_path, clock, vacuum_every=0.0)
+    writer = make(tmp_path, clock)
+    batches = 40
+    with trio.fail_after(TIMEOUT):
+        await fill(writer, 1)  # ev-0 and ev-1
+        done = trio.Event()
+
+        async def append_all() -> None:
+            for i in range(1, batches):
+                await writer.append([inventory_row(i + 1)], {"p": i})
+                await writer.append_events([event_row(i + 1)])
+            done.set()
+
+        async def compact_until_done() -> None:
+            while not done.is_set():
+                clock.advance(HOUR)
+                await maintainer.maintain()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_all)
+            nursery.start_soon(compact_until_done)
+        clock.advance(HOUR)
+        await maintainer.maintain()
+        ids = [row.event_id for row in await maintainer.read_inventory()]
+        assert sorted(ids) == sorted(f"ev-{i}" for i in range(batches + 1))
+        assert await maintainer.transaction_versions(["p", "g:t:0"]) == {
+            "p": batches - 1,
+            "g:t:0": 0,
+        }
+        assert len(await maintainer.read_events()) == batches + 1
+    inventory_table = DeltaTable(str(tmp_path / "inventory"))
+    assert operations(inventory_table).count("OPTIMIZE") >= 2
+    assert live_files(inventory_table) == 1
+
+
+async def test_a_failed_compaction_is_retried_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0)
+    real = TableOptimizer.compact
+
+    def conflict(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise DeltaError("Failed to commit transaction: simulated conflict")
+
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 55)
+        monkeypatch.setattr(TableOptimizer, "compact", conflict)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            await inventory.maintain()  # does not raise: logged, left for the next call
+        assert "maintenance of" in caplog.text
+        assert "compact" in caplog.text
+        assert "simulated conflict" in caplog.text
+        assert [live_files(t) for t in tables(tmp_path)] == [55, 55]
+        # An append goes on as usual.
+        await inventory.append([inventory_row(1000)], {"g:t:0": 55})
+
+        monkeypatch.setattr(TableOptimizer, "compact", real)
+        await inventory.maintain()  # same minute, the claim is ours and fresh: retried anyway
+    assert [live_files(t) for t in tables(tmp_path)] == [1, 1]
+    assert len(await inventory.read_inventory()) == 111
+
+
+async def test_checkpoint_when_deltalake_has_not_written_one(tmp_path: Path) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, compact_every=0.0, vacuum_every=0.0)
+    log = tmp_path / "inventory" / "_delta_log"
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 12)
+        await inventory.maintain()  # 12 commits: deltalake's own interval (100) not reached
+        assert not (log / "_last_checkpoint").exists()
+
+        tight = make(
+            tmp_path, clock, compact_every=0.0, vacuum_every=0.0, checkpoint_every_commits=10
+        )
+        await tight.maintain()
+        version = DeltaTable(str(tmp_path / "inventory")).version()
+        assert json.loads((log / "_last_checkpoint").read_text())["version"] == version
+        assert (log / f"{version:020d}.checkpoint.parquet").exists()
+        await tight.maintain()  # nothing new: no second checkpoint
+        assert len(list(log.glob("*.checkpoint.parquet"))) == 1
+        await fill(tight, 10, start=12)
+        await tight.maintain()
+        assert len(list(log.glob("*.checkpoint.parquet"))) == 2
+        assert (tmp_path / "events" / "_delta_log" / "_last_checkpoint").exists()
+        # The checkpoint carries the application transactions: a fresh reader finds them.
+        fresh = make(tmp_path, clock)
+        assert await fresh.transaction_versions(["g:t:0"]) == {"g:t:0": 21}
+
+
+async def test_vacuum_deletes_removed_files_after_the_retention(tmp_path: Path) -> None:
+    clock = Clock()
+    # Defaults: a retention of 7 days keeps what compaction removed a moment ago.
+    inventory = make(tmp_path, clock)
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 55)
+        await inventory.maintain()
+        assert parquet_files(tmp_path / "inventory") == 56  # 55 removed + 1 compacted, all kept
+        for table in tables(tmp_path):
+            assert table.transaction_version(VACUUM_APP_ID) == int(clock.now * 1000)
+        clock.advance(24 * HOUR)
+        await inventory.maintain()  # due again, and still nothing is old enough
+        assert parquet_files(tmp_path / "inventory") == 56
+        await inventory.aclose()
+
+        # The test's stand-in for "a week later": no retention, enforcement off on purpose.
+        clock.advance(24 * HOUR)
+        eager = make(tmp_path, clock, vacuum_retention=0.0, vacuum_enforce_retention=False)
+        await eager.maintain()
+        assert parquet_files(tmp_path / "inventory") == 1
+        assert parquet_files(tmp_path / "events") == 1
+        assert sorted(await eager.read_inventory()) == sorted(inventory_row(i) for i in range(110))
+        assert await eager.transaction_versions(["g:t:1"]) == {"g:t:1": 540}
+        assert "VACUUM END" in operations(DeltaTable(str(tmp_path / "inventory")))
+
+
+async def test_vacuum_never_goes_below_the_table_minimum_unless_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_retention=0.0)  # enforcement stays on
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 55)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            await inventory.maintain()
+            clock.advance(24 * HOUR)
+            await inventory.maintain()
+    assert parquet_files(tmp_path / "inventory") == 56  # nothing deleted
+    warnings = [r for r in caplog.records if "below the table's minimum" in r.getMessage()]
+    assert len(warnings) == 2  # once per table, not once per call
+    assert "failed" not in caplog.text
+
+
+async def test_maintain_creates_no_table(tmp_path: Path) -> None:
+    inventory = make(tmp_path, Clock())
+    with trio.fail_after(TIMEOUT):
+        await inventory.maintain()
+    assert not DeltaTable.is_deltatable(str(tmp_path / "inventory"))
+    assert not DeltaTable.is_deltatable(str(tmp_path / "events"))
+
+
+async def test_date_partitioned_tables_are_compacted_per_partition(tmp_path: Path) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, partition_by_date=True, vacuum_every=0.0)
+    with trio.fail_after(TIMEOUT):
+        for i in range(60):
+            await inventory.append([inventory_row(i, day=i % 2)], {"p": i})
+        await inventory.maintain()
+        assert live_files(DeltaTable(str(tmp_path / "inventory"))) == 2  # one per day
+        assert len(await inventory.read_inventory()) == 60
+        assert await inventory.transaction_versions(["p"]) == {"p": 59}
