@@ -7,6 +7,11 @@
 #   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
 #   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
 #                  and Maven; `make test` does this first, since the tests run a real broker)
+#   make system-deps  Debian packages the tests need (promtool, systemd-analyze, strace), only
+#                  when missing; `make test` runs it first (root, apt-get)
+#   make systemd-check   verify the units in systemd/ and rate their sandbox (exposure <= 2.0)
+#   make install-systemd   install lakeferry as a systemd service (root; see README "Operations";
+#                  INSTALL_ARGS="--bus kafka --prefix /opt/lakeferry")
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +24,8 @@ KAFKA_PORT ?= 9092
 KAFKA_DIR  ?= var/kafka
 KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test lint fmt demo clean distclean kafka-dist kafka-up kafka-down
+.PHONY: install run test lint fmt demo clean distclean kafka-dist kafka-up kafka-down \
+	system-deps systemd-check install-systemd
 
 install: $(STAMP)
 
@@ -32,8 +38,18 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/lakeferry run -c $(CONFIG)
 
-test: $(STAMP) kafka-dist
+test: $(STAMP) kafka-dist system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	@sh tools/system_deps.sh
+
+systemd-check:
+	@sh tools/systemd-check.sh
+
+INSTALL_ARGS ?=
+install-systemd:
+	sh tools/install-systemd.sh $(INSTALL_ARGS)
 
 # Checks Java every time (fails naming what to install), fetches only when the pom changed.
 kafka-dist:

@@ -8,6 +8,7 @@ It also owns the one way of dead-lettering a message, so every DLQ record has th
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,14 +128,18 @@ class Pipeline:
             "upload": trio.CapacityLimiter(core.upload.concurrency),
             "results": trio.CapacityLimiter(core.results.batch_rows * 2),
         }
-        for stage, limiter in pipeline.limiters.items():
-            active = pipeline.active[stage] = ActiveCount()
-            metrics.track_limiter(
-                stage,
-                functools.partial(_active_of, active),
-                functools.partial(_capacity_of, limiter),
-            )
+        pipeline.active = {stage: ActiveCount() for stage in pipeline.limiters}
         return pipeline
+
+    def export_stage_gauges(self, stages: Sequence[str]) -> None:
+        """In-flight and capacity gauges for the stages this process runs (only those, so
+        sums over a fleet of per-stage workers stay true)."""
+        for stage in stages:
+            self.metrics.track_limiter(
+                stage,
+                functools.partial(_active_of, self.active[stage]),
+                functools.partial(_capacity_of, self.limiters[stage]),
+            )
 
     def apply_live(self, new: LoadedConfig) -> None:
         """Apply the settings that may change while running (see config.LIVE_KEYS)."""

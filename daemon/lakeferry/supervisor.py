@@ -106,6 +106,7 @@ class Supervisor:
             self.metrics.bus_up.set(1)
             self.metrics.serve(cfg.core.metrics.listen)
             pipeline = self.pipeline = Pipeline.build(cfg, self.registry, bus, self.metrics)
+            pipeline.export_stage_gauges(self.stages)
             try:
                 await self._run_stages(pipeline)
             finally:
