@@ -1,3 +1,9 @@
 """Test configuration: shared fixtures live in ``tests/helpers``."""
 
-pytest_plugins = ["helpers.fixtures", "helpers.daemon", "helpers.kafka", "helpers.azurite"]
+pytest_plugins = [
+    "helpers.fixtures",
+    "helpers.daemon",
+    "helpers.kafka",
+    "helpers.azurite",
+    "helpers.dfs",
+]

@@ -1,0 +1,384 @@
+"""The ``onelake`` sink: lands cached files in OneLake or any ADLS Gen2 account, atomically.
+
+A put, each step one call of the synchronous ``azure-storage-file-datalake`` client in a worker
+thread (its aio client is asyncio and cannot run under trio):
+
+1. Read the target's properties. A file whose size and ``lakeferry_sha256`` metadata match the
+   cached file is left alone: the put reports ``skipped`` (idempotency; a redelivered upload
+   costs one HEAD request).
+2. Create ``.<name>.lakeferry-tmp-<uuid>`` in the target's directory (parent directories are
+   created by the service) with the metadata ``lakeferry_sha256`` and ``lakeferry_event_id``.
+   The SDK's ``flush_data`` takes no metadata, so it is set here, as the SDK's own
+   ``upload_data`` does; flush and rename keep it.
+3. Stream the cached file into it, one ``append_data`` per ``chunk_size`` bytes (never the whole
+   file in memory), hashing what is sent; refuse to commit bytes whose sha256 or size differ
+   from the cache's record (PermanentError ``checksum_mismatch`` / ``size_mismatch``).
+4. ``flush_data`` (commit, ``close=True``), then ``rename_file`` onto the target, replacing an
+   older file: a reader sees the old file or the new one, never a partial one.
+5. Read the target's properties again and check size and checksum metadata.
+
+Temporary files: a failed put deletes its temporary file (best effort, shielded from
+cancellation, for at most 10 s). One that cannot be deleted (the sink is down, the process is
+killed) stays as ``.<name>.lakeferry-tmp-<32 hex>`` beside the target; later successful puts of
+this sink retry the deletions they know of, and anything older than a day with that pattern is
+safe to delete (a lifecycle rule, or ``azcopy remove --include-pattern '.*.lakeferry-tmp-*'``).
+
+``stat`` reads the properties: size and the ``lakeferry_sha256`` metadata; for a file landed by
+something else, without that metadata, it downloads and hashes the file.
+
+Destinations come from :func:`render_destination` (already checked for safety) below
+``base_path``; the returned destination is that relative path, which ``stat`` accepts back.
+
+Cancellation: a request already sent runs to its end in its worker thread (at most ``timeout``
+per attempt); the put then stops and cleans up.
+
+Error handling: see :mod:`lakeferry_onelake.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
+
+import trio
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.filedatalake import (
+    DataLakeFileClient,
+    DataLakeServiceClient,
+    FileSystemClient,
+    LinearRetry,
+)
+from requests import Session
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from lakeferry.api import (
+    CacheEntry,
+    ConfigError,
+    Event,
+    PermanentError,
+    PipelineError,
+    PluginContext,
+    PutOutcome,
+    Reason,
+    SinkFile,
+    TransientError,
+    render_destination,
+    safe_relative_path,
+)
+from lakeferry_onelake.credentials import build_credential
+from lakeferry_onelake.errors import FILESYSTEM_MISSING, SINK_CONFLICT, classify, error_code
+from lakeferry_onelake.settings import PERCENT_ESCAPE, OneLakeSinkSettings, check_base_path
+
+META_SHA256 = "lakeferry_sha256"
+META_EVENT_ID = "lakeferry_event_id"
+TMP_MARK = ".lakeferry-tmp-"
+ORPHANS_PER_PUT = 4
+"""Leftover temporary files a successful put tries to delete."""
+CLEANUP_TIMEOUT = 10.0
+"""Longest a failed or cancelled put waits for its temporary file's deletion."""
+
+T = TypeVar("T")
+
+
+class Held(NamedTuple):
+    """What the sink holds at a path."""
+
+    size: int
+    metadata: dict[str, str]
+    is_directory: bool
+
+
+def _event_id_metadata(event_id: str) -> str:
+    # Metadata travels in HTTP headers: keep it printable ASCII.
+    if event_id.isascii() and event_id.isprintable():
+        return event_id
+    return event_id.encode("utf-8").hex()
+
+
+def _tmp_name(path: str) -> str:
+    parent, _, name = path.rpartition("/")
+    # '%' in the temporary name would be decoded by the SDK's rename; keep names short.
+    visible = name.replace("%", "_")[:100]
+    tmp = f".{visible}{TMP_MARK}{uuid.uuid4().hex}"
+    return f"{parent}/{tmp}" if parent else tmp
+
+
+def _build_service(settings: OneLakeSinkSettings, credential: Any) -> DataLakeServiceClient:
+    # One requests session with a pool as large as the thread limiter, so concurrent uploads
+    # reuse connections instead of urllib3 discarding them ("connection pool is full").
+    session = Session()
+    adapter = HTTPAdapter(
+        pool_connections=4,
+        pool_maxsize=settings.max_connections,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    transport = RequestsTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=settings.timeout,
+        read_timeout=settings.timeout,
+    )
+    # The SDK's default retry waits 15 s before its first retry; keep its retries few and
+    # about a second apart, and leave longer waits to the upload stage (which honours
+    # Retry-After and shares one circuit breaker between all uploads).
+    retry = LinearRetry(
+        backoff=1,
+        retry_total=settings.max_single_request_retries,
+        random_jitter_range=0.5,  # type: ignore[arg-type]
+    )
+    return DataLakeServiceClient(
+        settings.account_url,
+        credential=credential,
+        transport=transport,
+        retry_policy=retry,
+    )
+
+
+class OneLakeSink:
+    """The ``onelake`` :class:`lakeferry.api.Sink`."""
+
+    def __init__(self, settings: OneLakeSinkSettings, context: PluginContext) -> None:
+        self._settings = settings
+        self._log = context.logger
+        self._base = check_base_path(settings.base_path)
+        self._credential = build_credential(settings)
+        try:
+            self._service = _build_service(settings, self._credential)
+        except ValueError as exc:  # e.g. "Token credential is only supported with HTTPS."
+            self._close_credential()
+            raise ConfigError(
+                "sink.account_url", f"{exc} (credential = {settings.credential!r})"
+            ) from None
+        self._fs: FileSystemClient = self._service.get_file_system_client(settings.filesystem)
+        self._limiter = trio.CapacityLimiter(settings.max_connections)
+        self._filesystem_checked = not settings.create_filesystem
+        self._filesystem_lock = trio.Lock()
+        self._orphans: set[str] = set()
+
+    @property
+    def where(self) -> str:
+        """The sink's root, for messages: ``<account_url>/<filesystem>/<base_path>``."""
+        return "/".join(
+            p
+            for p in (self._settings.account_url.rstrip("/"), self._settings.filesystem, self._base)
+            if p
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread, SDK errors turned into PipelineErrors."""
+        try:
+            return await trio.to_thread.run_sync(
+                partial(fn, *args, **kwargs), limiter=self._limiter
+            )
+        except PipelineError:
+            raise
+        except Exception as exc:
+            error = classify(
+                exc, what, filesystem=self._settings.filesystem,
+                account_url=self._settings.account_url,
+            )  # fmt: skip
+            if error is None:
+                raise
+            raise error from exc
+
+    def _target(self, destination: str) -> tuple[str, str]:
+        """The checked relative destination, and the path inside the filesystem."""
+        rel = safe_relative_path(destination)
+        path = f"{self._base}/{rel}" if self._base else rel
+        if PERCENT_ESCAPE.search(path.rpartition("/")[0]):
+            raise PermanentError(
+                Reason.INVALID_PATH,
+                f"destination {rel!r}: a directory containing a %XX sequence cannot be renamed "
+                "into by azure-storage-file-datalake (it decodes the rename source)",
+            )
+        return rel, path
+
+    def _file(self, path: str) -> DataLakeFileClient:
+        return self._fs.get_file_client(path)
+
+    def _properties(self, path: str) -> Held | None:
+        """In a worker thread: the path's size and metadata, or None when absent."""
+        try:
+            props = self._file(path).get_file_properties()
+        except ResourceNotFoundError as exc:
+            if error_code(exc) in FILESYSTEM_MISSING:
+                raise
+            return None
+        metadata = dict(props.metadata or {})
+        is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
+        return Held(int(props.size or 0), metadata, is_directory)
+
+    async def _ensure_filesystem(self) -> None:
+        if self._filesystem_checked:
+            return
+        async with self._filesystem_lock:
+            if self._filesystem_checked:
+                return
+
+            def create() -> None:
+                with contextlib.suppress(ResourceExistsError):
+                    self._fs.create_file_system()
+
+            await self._call(f"create filesystem {self._settings.filesystem!r}", create)
+            self._filesystem_checked = True
+
+    # -- the Sink protocol ---------------------------------------------------------------------
+
+    def destination(self, event: Event, *, now: dt.datetime) -> str:
+        return render_destination(self._settings.path_template, event, now)
+
+    async def stat(self, destination: str) -> CacheEntry | None:
+        rel, path = self._target(destination)
+        await self._ensure_filesystem()
+        held = await self._call(f"stat {rel!r}", self._properties, path)
+        if held is None or held.is_directory:
+            return None
+        recorded = held.metadata.get(META_SHA256, "")
+        if len(recorded) == 64:
+            return CacheEntry(rel, held.size, recorded)
+        size, digest = await self._call(f"hash {rel!r}", self._remote_sha256, path)
+        return CacheEntry(rel, size, digest)
+
+    def _remote_sha256(self, path: str) -> tuple[int, str]:
+        h = hashlib.sha256()
+        size = 0
+        for chunk in self._file(path).download_file().chunks():
+            h.update(chunk)
+            size += len(chunk)
+        return size, h.hexdigest()
+
+    async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
+        rel, path = self._target(destination)
+        await self._ensure_filesystem()
+        held = await self._call(f"stat {rel!r}", self._properties, path)
+        if held is not None:
+            if held.is_directory:
+                raise PermanentError(
+                    Reason.INVALID_PATH, f"destination {rel!r} is a directory in the sink"
+                )
+            if held.size == file.size and held.metadata.get(META_SHA256) == file.sha256:
+                return PutOutcome(rel, skipped=True)
+
+        tmp = _tmp_name(path)
+        tmp_client = self._file(tmp)
+        metadata = {META_SHA256: file.sha256, META_EVENT_ID: _event_id_metadata(event.id)}
+        try:
+            await self._call(f"create {tmp!r}", tmp_client.create_file, metadata=metadata)
+            size = await self._stream(file, tmp_client, rel)
+            await self._call(f"flush {tmp!r}", tmp_client.flush_data, size, close=True)
+            await self._call(
+                f"rename to {rel!r}", tmp_client.rename_file, f"{self._settings.filesystem}/{path}"
+            )
+        except BaseException:
+            # Shielded so a cancelled put cleans up too, but bounded: a sink that does not
+            # answer must not hold up a shutdown (the file is then left for a later put).
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                await self._delete_quietly(tmp)
+            raise
+        await self._verify(file, rel, path)
+        await self._delete_orphans()
+        return PutOutcome(rel, skipped=False)
+
+    async def _stream(self, file: SinkFile, client: DataLakeFileClient, rel: str) -> int:
+        """Append the cached file in ``chunk_size`` pieces; its size once checked."""
+        h = hashlib.sha256()
+        chunk_size = self._settings.chunk_size
+        position = 0
+        buffer = bytearray()
+
+        def append(piece: bytes, offset: int) -> None:
+            h.update(piece)
+            client.append_data(piece, offset=offset, length=len(piece))
+
+        async def send(piece: bytes) -> None:
+            nonlocal position
+            await self._call(f"append to {rel!r} at {position}", append, piece, position)
+            position += len(piece)
+
+        try:
+            async with file.cache.open(file.key) as chunks:
+                async for chunk in chunks:
+                    buffer += chunk
+                    while len(buffer) >= chunk_size:
+                        piece = bytes(buffer[:chunk_size])
+                        del buffer[:chunk_size]
+                        await send(piece)
+        except FileNotFoundError as exc:
+            raise PermanentError(
+                Reason.CACHE_MISSING, "the cached file is gone before upload"
+            ) from exc
+        if buffer:
+            await send(bytes(buffer))
+        if position != file.size:
+            raise PermanentError(
+                Reason.SIZE_MISMATCH,
+                f"cached file for {rel!r} has {position} bytes, expected {file.size}",
+            )
+        if h.hexdigest() != file.sha256:
+            raise PermanentError(
+                Reason.CHECKSUM_MISMATCH,
+                f"cached file for {rel!r} has sha256 {h.hexdigest()}, expected {file.sha256}",
+            )
+        return position
+
+    async def _verify(self, file: SinkFile, rel: str, path: str) -> None:
+        held = await self._call(f"verify {rel!r}", self._properties, path)
+        if held is None or held.size != file.size or held.metadata.get(META_SHA256) != file.sha256:
+            found = (
+                "nothing"
+                if held is None
+                else f"{held.size} bytes, sha256 {held.metadata.get(META_SHA256)}"
+            )
+            raise TransientError(
+                SINK_CONFLICT,
+                f"after landing {rel!r} the sink holds {found}; expected {file.size} bytes, "
+                f"sha256 {file.sha256} (a concurrent writer?)",
+            )
+
+    async def _delete_quietly(self, tmp: str) -> bool:
+        """Delete a temporary file; False (and remembered for later) when that fails."""
+
+        def delete() -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                self._file(tmp).delete_file()
+
+        self._orphans.add(tmp)  # until it is known to be gone
+        try:
+            await trio.to_thread.run_sync(delete, limiter=self._limiter, abandon_on_cancel=True)
+        except Exception as exc:
+            self._log.info(
+                "could not delete a temporary file; will retry",
+                extra={"path": tmp, "error": type(exc).__name__},
+            )
+            return False
+        self._orphans.discard(tmp)
+        return True
+
+    async def _delete_orphans(self) -> None:
+        for tmp in list(self._orphans)[:ORPHANS_PER_PUT]:
+            if not await self._delete_quietly(tmp):
+                break
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        self._service.close()
+        self._close_credential()
+
+    def _close_credential(self) -> None:
+        close = getattr(self._credential, "close", None)
+        if close is not None:
+            close()

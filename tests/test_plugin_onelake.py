@@ -1,0 +1,636 @@
+"""The ``onelake`` sink with the real azure-storage-file-datalake client, against the DFS emulator.
+
+Every test runs its own emulator (``dfs_emulator`` fixture); the sink talks to it with a SAS or
+account-key credential. Token credentials cannot be exercised offline (the SDK also refuses
+them over http), so for those the tests check which credential object the settings build and
+that a missing variable is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.filedatalake import DataLakeServiceClient
+
+from helpers.plugins import T0, plugin_context
+from lakeferry.api import (
+    CacheEntry,
+    ConfigError,
+    Event,
+    PermanentError,
+    Reason,
+    SinkFile,
+    TransientError,
+)
+from lakeferry.registry import load_registry
+from lakeferry.units import dec_hook
+from lakeferry_onelake import OneLakeSink, OneLakeSinkSettings
+from lakeferry_onelake.credentials import build_credential
+
+KiB = 2**10
+MiB = 2**20
+SAS = "sv=2024-01-01&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=c2VjcmV0"
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class MemoryCache:
+    """Just enough of a CacheBackend for a sink: files in memory, read in fixed chunks."""
+
+    def __init__(self, read_chunk: int = 100 * KiB) -> None:
+        self.files: dict[str, bytes] = {}
+        self.read_chunk = read_chunk
+        self.max_chunk = 0
+
+    def add(self, key: str, data: bytes) -> SinkFile:
+        self.files[key] = data
+        return SinkFile(self, key, len(data), sha(data))  # type: ignore[arg-type]
+
+    @asynccontextmanager
+    async def open(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        data = self.files[key]  # KeyError is not FileNotFoundError: keep them apart below
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), self.read_chunk):
+                await trio.lowlevel.checkpoint()
+                yield data[start : start + self.read_chunk]
+
+        yield chunks()
+
+    def local_path(self, key: str) -> None:
+        return None
+
+
+class GoneCache(MemoryCache):
+    @asynccontextmanager
+    async def open(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise FileNotFoundError(key)
+        yield  # pragma: no cover
+
+
+def settings(**values: Any) -> OneLakeSinkSettings:
+    return msgspec.convert(values, OneLakeSinkSettings, dec_hook=dec_hook)
+
+
+def emulator_settings(emulator: Any, **values: Any) -> OneLakeSinkSettings:
+    base = {
+        "account_url": emulator.account_url(),
+        "filesystem": "landing",
+        "credential": "sas",
+        "create_filesystem": True,
+        "max_single_request_retries": 0,
+        "timeout": "5s",
+    }
+    return settings(**{**base, **values})
+
+
+@asynccontextmanager
+async def open_sink(tmp_path: Path, emulator: Any, **values: Any) -> AsyncIterator[OneLakeSink]:
+    sink = OneLakeSink(emulator_settings(emulator, **values), plugin_context(tmp_path))
+    try:
+        yield sink
+    finally:
+        await sink.aclose()
+
+
+@pytest.fixture(autouse=True)
+def sas_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEFERRY_ONELAKE_SAS", SAS)
+
+
+def event(event_id: str = "ev-1") -> Event:
+    return Event(id=event_id, url=f"https://origin.example/files/{event_id}.bin", created_at=T0)
+
+
+def tmp_files(files: dict[str, Any]) -> list[str]:
+    return [p for p in files if ".lakeferry-tmp-" in p]
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_defaults() -> None:
+    s = settings(filesystem="ws")
+    assert s.account_url == "https://onelake.dfs.fabric.microsoft.com"
+    assert (s.base_path, s.path_template, s.credential) == (
+        "", "{date:%Y/%m/%d}/{event.id}/{filename}", "default",
+    )  # fmt: skip
+    assert (s.tenant_id_env, s.client_id_env, s.client_secret_env) == (
+        "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET",
+    )  # fmt: skip
+    assert (s.sas_token_env, s.account_key_env) == (
+        "LAKEFERRY_ONELAKE_SAS", "LAKEFERRY_ONELAKE_ACCOUNT_KEY",
+    )  # fmt: skip
+    assert (s.credential_file, s.secret_in_config, s.create_filesystem) == ("", "", False)
+    assert (s.chunk_size, s.timeout, s.max_single_request_retries, s.max_connections) == (
+        8 * MiB, 60.0, 1, 32,
+    )  # fmt: skip
+    assert settings(filesystem="ws", chunk_size="256KiB", timeout="90s").chunk_size == 256 * KiB
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"base_path": "/Sales.Lakehouse/Files"}, "must be relative"),
+        ({"base_path": "Sales.Lakehouse/../other"}, "'..'"),
+        ({"base_path": "a\\b"}, "backslash"),
+        ({"base_path": "Files/%41bc"}, "%XX"),
+        ({"filesystem": ""}, "filesystem"),
+        ({"filesystem": "a/b"}, "filesystem"),
+        ({"account_url": "ftp://x"}, "not an http"),
+        ({"account_url": "https://a.dfs.core.windows.net/?sv=1&sig=2"}, "query string"),
+        ({"path_template": "{event.nope}"}, "path template"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": "5GiB"}, "chunk_size"),
+        ({"max_single_request_retries": -1}, ">= 0"),
+        ({"credential": "password"}, "Invalid enum value 'password'"),
+        ({"credential": "sas", "credential_file": "f", "secret_in_config": "s"}, "not both"),
+        ({"credential": "default", "secret_in_config": "s"}, "reads no secret"),
+        ({"unknown_key": 1}, "unknown field"),
+    ],
+)
+def test_settings_refuse_bad_values(values: dict[str, Any], problem: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=re.escape(problem)):
+        settings(**{"filesystem": "ws", **values})
+
+
+def test_settings_repr_hides_the_secret() -> None:
+    s = settings(filesystem="ws", credential="sas", secret_in_config=SAS)
+    assert "c2VjcmV0" not in repr(s)
+    assert "secret_in_config='<redacted>'" in repr(s)
+
+
+def test_the_entry_point_registers_the_sink() -> None:
+    reg = load_registry().get("sink", "onelake")
+    assert (reg.factory, reg.settings_type, reg.plugin) == (
+        OneLakeSink, OneLakeSinkSettings, "onelake",
+    )  # fmt: skip
+
+
+# --- landing files -----------------------------------------------------------------------------
+
+
+async def test_round_trip_with_sha256_metadata(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    data = os.urandom(300 * KiB + 7)
+    file = cache.add("k1", data)
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        destination = sink.destination(event(), now=T0)
+        assert destination == "2024/05/06/ev-1/ev-1.bin"
+        outcome = await sink.put(file, destination, event())
+        assert outcome == (destination, False)
+        assert await sink.stat(destination) == CacheEntry(destination, len(data), sha(data))
+    files = dfs_emulator.files("landing")
+    assert list(files) == [destination]
+    assert files[destination]["size"] == len(data)
+    assert files[destination]["sha256"] == sha(data)
+    assert files[destination]["metadata"] == {
+        "lakeferry_sha256": sha(data),
+        "lakeferry_event_id": "ev-1",
+    }
+    assert dfs_emulator.read_file("landing", destination) == data
+    ops = dfs_emulator.stats()["ok"]
+    # stat, create tmp, 1 append (300 KiB < 8 MiB), flush, rename, verify
+    assert (ops["create_file"], ops["append"], ops["flush"], ops["rename"]) == (1, 1, 1, 1)
+
+
+async def test_a_second_put_of_the_same_file_is_skipped(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    file = cache.add("k1", b"same bytes" * 1000)
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        assert not (await sink.put(file, "a/same.bin", event())).skipped
+        dfs_emulator.reset_stats()
+        assert await sink.put(file, "a/same.bin", event()) == ("a/same.bin", True)
+    assert dfs_emulator.stats()["ops"] == {"get_properties": 1}  # one HEAD, no create/append
+
+
+async def test_different_content_overwrites_the_target(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    first, second = cache.add("k1", b"first" * 100), cache.add("k2", b"second version" * 50)
+    same_size = cache.add("k3", b"FIRST" * 100)  # same size, other sha256: not skipped
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        await sink.put(first, "x/file.bin", event("e1"))
+        assert not (await sink.put(second, "x/file.bin", event("e2"))).skipped
+        assert dfs_emulator.read_file("landing", "x/file.bin") == b"second version" * 50
+        assert not (await sink.put(same_size, "x/file.bin", event("e3"))).skipped
+    files = dfs_emulator.files("landing")
+    assert list(files) == ["x/file.bin"]  # no temporary files left
+    assert files["x/file.bin"]["metadata"] == {
+        "lakeferry_sha256": sha(b"FIRST" * 100),
+        "lakeferry_event_id": "e3",
+    }
+
+
+async def test_a_large_file_is_streamed_in_chunks(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache(read_chunk=100 * KiB)
+    data = os.urandom(3 * MiB + 12345)
+    file = cache.add("big", data)
+    chunk = 512 * KiB
+    async with open_sink(tmp_path, dfs_emulator, chunk_size=chunk) as sink:
+        await sink.put(file, "big/file.bin", event())
+    stats = dfs_emulator.stats()
+    assert stats["ok"]["append"] == math.ceil(len(data) / chunk) == 7
+    assert stats["max_append_bytes"] == chunk  # each request carries one chunk, never the file
+    assert stats["appended_bytes"] == len(data)
+    assert dfs_emulator.files("landing")["big/file.bin"]["sha256"] == sha(data)
+
+
+async def test_an_empty_file_lands(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        await sink.put(cache.add("e", b""), "empty.bin", event())
+        assert await sink.stat("empty.bin") == ("empty.bin", 0, sha(b""))
+    assert "append" not in dfs_emulator.stats()["ops"]
+
+
+async def test_stat(tmp_path: Path, dfs_emulator: Any) -> None:
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        assert await sink.stat("nothing/here.bin") is None
+        await sink.put(MemoryCache().add("k", b"abc"), "dir/a.bin", event())
+        assert await sink.stat("dir") is None  # a directory is not a file
+        # A file landed by something else, without our metadata: stat hashes its bytes.
+        client = DataLakeServiceClient(dfs_emulator.account_url(), credential=SAS)
+        with client:
+            fc = client.get_file_system_client("landing").get_file_client("dir/foreign.bin")
+            await trio.to_thread.run_sync(lambda: fc.upload_data(b"foreign", overwrite=True))
+        assert await sink.stat("dir/foreign.bin") == ("dir/foreign.bin", 7, sha(b"foreign"))
+
+
+@pytest.mark.parametrize(
+    ("filesystem", "base_path"),
+    [
+        ("My Workspace", "Sales.Lakehouse/Files/landing"),
+        (
+            "8e2f4c1a-0d3b-4b7e-9a51-2f6c7d8e9f01",
+            "4b7e9a51-2f6c-4d8e-9f01-8e2f4c1a0d3b/Files/landing/",
+        ),
+    ],
+)
+async def test_onelake_style_workspace_and_lakehouse_paths(
+    tmp_path: Path, dfs_emulator: Any, filesystem: str, base_path: str
+) -> None:
+    cache = MemoryCache()
+    data = b"onelake" * 321
+    async with open_sink(
+        tmp_path, dfs_emulator, filesystem=filesystem, base_path=base_path
+    ) as sink:
+        destination = sink.destination(event("ev/ü"), now=T0)
+        outcome = await sink.put(cache.add("k", data), destination, event("ev/ü"))
+        assert outcome.destination == destination  # relative to base_path, as stat takes it
+        assert await sink.stat(destination) == (destination, len(data), sha(data))
+    landed = dfs_emulator.files(filesystem)
+    assert list(landed) == [f"{base_path.rstrip('/')}/{destination}"]
+    # Metadata travels in HTTP headers: a non-ASCII event id is stored hex-encoded.
+    assert landed[f"{base_path.rstrip('/')}/{destination}"]["metadata"]["lakeferry_event_id"] == (
+        "ev/ü".encode().hex()
+    )
+
+
+# --- what refuses, and how ---------------------------------------------------------------------
+
+
+async def test_a_missing_filesystem_is_named(tmp_path: Path, dfs_emulator: Any) -> None:
+    async with open_sink(
+        tmp_path, dfs_emulator, filesystem="nope", create_filesystem=False
+    ) as sink:
+        with pytest.raises(TransientError) as caught:
+            await sink.put(MemoryCache().add("k", b"x"), "a.bin", event())
+        assert caught.value.reason == "sink_missing"
+        assert "filesystem 'nope' does not exist" in str(caught.value)
+        with pytest.raises(TransientError, match="'nope' does not exist"):
+            await sink.stat("a.bin")
+
+
+async def test_a_directory_in_the_way_is_permanent(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        await sink.put(cache.add("k", b"x"), "a/b/c.bin", event())
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(cache.add("k2", b"y"), "a/b", event())
+        assert caught.value.reason == Reason.INVALID_PATH
+        with pytest.raises(PermanentError) as caught:  # a file in the way of a directory
+            await sink.put(cache.add("k3", b"z"), "a/b/c.bin/d.bin", event())
+        assert caught.value.reason == Reason.INVALID_PATH
+    assert sorted(dfs_emulator.files("landing")) == ["a/b/c.bin"]
+
+
+async def test_a_corrupt_cached_file_never_lands(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    file = cache.add("k", b"the bytes")
+    liar = SinkFile(cache, "k", file.size, "0" * 64)  # type: ignore[arg-type]
+    short = SinkFile(cache, "k", file.size + 1, file.sha256)  # type: ignore[arg-type]
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(liar, "c.bin", event())
+        assert caught.value.reason == Reason.CHECKSUM_MISMATCH
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(short, "c.bin", event())
+        assert caught.value.reason == Reason.SIZE_MISMATCH
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(GoneCache().add("g", b"x"), "c.bin", event())
+        assert caught.value.reason == Reason.CACHE_MISSING
+    assert dfs_emulator.files("landing") == {}  # temporary files deleted, nothing committed
+
+
+async def test_a_directory_with_a_percent_escape_is_refused(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    # The SDK's rename decodes %XX in its source path: such a put could never finish.
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(MemoryCache().add("k", b"x"), "a%41b/c.bin", event())
+        assert caught.value.reason == Reason.INVALID_PATH
+        await sink.put(MemoryCache().add("k", b"x"), "dir/100%41.bin", event())  # a name may
+    assert list(dfs_emulator.files("landing")) == ["dir/100%41.bin"]
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+async def test_throttling_with_retry_after_is_transient(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        for status in (503, 429):
+            dfs_emulator.fail_next(1, status=status, retry_after=7, ops=["append"])
+            with pytest.raises(TransientError) as caught:
+                await sink.put(cache.add("k", b"x" * 100), "t.bin", event())
+            assert (caught.value.reason, caught.value.retry_after) == (Reason.THROTTLED, 7.0)
+            assert f"HTTP {status}" in str(caught.value)
+        dfs_emulator.fail_next(1, status=500)
+        with pytest.raises(TransientError) as caught:
+            await sink.put(cache.add("k", b"x" * 100), "t.bin", event())
+        assert (caught.value.reason, caught.value.retry_after) == ("sink_unavailable", None)
+        assert not (await sink.put(cache.add("k", b"x" * 100), "t.bin", event())).skipped
+    assert list(dfs_emulator.files("landing")) == ["t.bin"]  # failed attempts left no tmp files
+
+
+async def test_the_sdk_retries_once_by_itself(tmp_path: Path, dfs_emulator: Any) -> None:
+    async with open_sink(tmp_path, dfs_emulator, max_single_request_retries=1) as sink:
+        dfs_emulator.fail_next(1, status=503, retry_after=1, ops=["flush"])
+        assert not (await sink.put(MemoryCache().add("k", b"x"), "r.bin", event())).skipped
+    stats = dfs_emulator.stats()
+    assert (stats["faults"]["status_503"], stats["ops"]["flush"]) == (1, 2)
+
+
+async def test_a_burst_of_503_longer_than_the_sdk_retries(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    async with open_sink(tmp_path, dfs_emulator, max_single_request_retries=1) as sink:
+        dfs_emulator.fail_next(2, status=503, retry_after=3)
+        with pytest.raises(TransientError) as caught:
+            await sink.put(MemoryCache().add("k", b"x"), "r.bin", event())
+        assert (caught.value.reason, caught.value.retry_after) == (Reason.THROTTLED, 3.0)
+
+
+async def test_dropped_connections_are_transient(tmp_path: Path, dfs_emulator: Any) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.drop_connections(1, ops=["append"])
+        with pytest.raises(TransientError) as caught:
+            await sink.put(cache.add("k", b"y" * 1000), "d.bin", event())
+        assert caught.value.reason == "sink_unavailable"
+        assert "connection" in str(caught.value)
+        await sink.put(cache.add("k", b"y" * 1000), "d.bin", event())
+    assert dfs_emulator.stats()["faults"]["dropped"] == 1
+    assert list(dfs_emulator.files("landing")) == ["d.bin"]
+
+
+async def test_a_lost_rename_response_then_the_retry_is_skipped(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    # The rename happens but its response is lost: the next attempt finds the file in place.
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.drop_connections(1, ops=["rename"], after=True)
+        with pytest.raises(TransientError):
+            await sink.put(cache.add("k", b"z" * 10), "l.bin", event())
+        assert (await sink.put(cache.add("k", b"z" * 10), "l.bin", event())).skipped
+    assert list(dfs_emulator.files("landing")) == ["l.bin"]
+
+
+async def test_temporary_files_that_could_not_be_deleted_are_retried(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.fail_next(1, status=503, ops=["flush"])
+        dfs_emulator.fail_next(1, status=503, ops=["delete"])  # the cleanup fails too
+        with pytest.raises(TransientError):
+            await sink.put(cache.add("k", b"w"), "o/w.bin", event())
+        assert len(tmp_files(dfs_emulator.files("landing"))) == 1
+        await sink.put(cache.add("k2", b"v"), "o/v.bin", event())  # deletes the leftover
+    assert sorted(dfs_emulator.files("landing")) == ["o/v.bin"]
+
+
+async def test_a_slow_sink_times_out(tmp_path: Path, dfs_emulator: Any) -> None:
+    async with open_sink(tmp_path, dfs_emulator, timeout="300ms") as sink:
+        dfs_emulator.latency(1.0)
+        with pytest.raises(TransientError) as caught:
+            await sink.stat("x.bin")
+        dfs_emulator.latency(0)
+    assert caught.value.reason == "sink_unavailable"
+    assert "timed out" in str(caught.value)
+
+
+@pytest.mark.parametrize(("status", "reason"), [(401, "sink_denied"), (403, "sink_denied")])
+async def test_a_refused_credential_is_transient(
+    tmp_path: Path, dfs_emulator: Any, status: int, reason: str
+) -> None:
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.fail_next(1, status=status)
+        with pytest.raises(TransientError) as caught:
+            await sink.put(MemoryCache().add("k", b"x"), "a.bin", event())
+    assert caught.value.reason == reason
+    assert "access is granted" in str(caught.value)
+
+
+async def test_other_client_errors_are_permanent(tmp_path: Path, dfs_emulator: Any) -> None:
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.fail_next(
+            1, status=400, code="InvalidFileOrDirectoryPathName", ops=["create_file"]
+        )
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(MemoryCache().add("k", b"x"), "a.bin", event())
+    assert caught.value.reason == Reason.SINK_REJECTED
+    assert "InvalidFileOrDirectoryPathName" in str(caught.value)
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+def test_the_emulator_refuses_requests_without_a_credential(dfs_emulator: Any) -> None:
+    dfs_emulator.create_filesystem("landing")
+    url = f"{dfs_emulator.account_url()}/landing?restype=container"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=5)
+    assert caught.value.code == 401
+    assert caught.value.headers["x-ms-error-code"] == "NoAuthenticationInformation"
+    caught.value.close()
+    with (
+        DataLakeServiceClient(dfs_emulator.account_url()) as client,
+        pytest.raises(ClientAuthenticationError) as refused,
+    ):
+        client.get_file_system_client("landing").get_file_system_properties()
+    assert refused.value.status_code == 401
+    with urllib.request.urlopen(f"{url}&sv=2024-01-01&sig=x", timeout=5) as response:
+        assert response.status == 200  # any SAS is accepted: signatures are not verified
+
+
+async def test_account_key_from_the_environment(
+    tmp_path: Path, dfs_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", ACCOUNT_KEY)
+    async with open_sink(
+        tmp_path, dfs_emulator, credential="account_key", account_key_env="MY_KEY"
+    ) as sink:
+        await sink.put(MemoryCache().add("k", b"keyed"), "k.bin", event())
+    assert list(dfs_emulator.files("landing")) == ["k.bin"]
+
+
+async def test_account_key_from_a_systemd_credential(
+    tmp_path: Path, dfs_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "onelake-key").write_text(ACCOUNT_KEY + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.delenv("LAKEFERRY_ONELAKE_ACCOUNT_KEY", raising=False)
+    async with open_sink(
+        tmp_path, dfs_emulator, credential="account_key", credential_file="onelake-key"
+    ) as sink:
+        await sink.put(MemoryCache().add("k", b"keyed"), "k.bin", event())
+    # and by absolute path, without $CREDENTIALS_DIRECTORY
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    async with open_sink(
+        tmp_path, dfs_emulator, credential="account_key",
+        credential_file=str(creds / "onelake-key"),
+    ) as sink:  # fmt: skip
+        assert await sink.stat("k.bin") == ("k.bin", 5, sha(b"keyed"))
+
+
+def test_sas_from_a_file_or_the_config(tmp_path: Path) -> None:
+    secret_file = tmp_path / "sas"
+    secret_file.write_text("?" + SAS)
+    url = "https://acct.dfs.core.windows.net"
+    s = settings(
+        account_url=url, filesystem="c", credential="sas", credential_file=str(secret_file)
+    )
+    assert build_credential(s, {}) == SAS  # the leading '?' goes
+    s = settings(account_url=url, filesystem="c", credential="sas", secret_in_config=SAS)
+    assert build_credential(s, {}) == SAS
+    with pytest.raises(ConfigError) as caught:
+        build_credential(settings(filesystem="c", credential="sas"), {"LAKEFERRY_ONELAKE_SAS": "x"})
+    assert (caught.value.key, "sig=" in caught.value.problem) == ("sink.sas_token_env", True)
+
+
+def test_account_key_builds_a_named_key_for_the_account() -> None:
+    s = settings(
+        account_url="https://mylake.dfs.core.windows.net", filesystem="c",
+        credential="account_key",
+    )  # fmt: skip
+    credential = build_credential(s, {"LAKEFERRY_ONELAKE_ACCOUNT_KEY": ACCOUNT_KEY})
+    assert isinstance(credential, AzureNamedKeyCredential)
+    assert credential.named_key == ("mylake", ACCOUNT_KEY)
+
+
+def test_service_principal_settings_build_a_client_secret_credential() -> None:
+    env = {"AZURE_TENANT_ID": str(uuid.uuid4()), "AZURE_CLIENT_ID": str(uuid.uuid4()),
+           "AZURE_CLIENT_SECRET": "s3cret"}  # fmt: skip
+    credential = build_credential(settings(filesystem="ws", credential="service_principal"), env)
+    assert isinstance(credential, ClientSecretCredential)
+    credential.close()
+    custom = settings(
+        filesystem="ws", credential="service_principal", tenant_id_env="T", client_id_env="C",
+        client_secret_env="S",
+    )  # fmt: skip
+    credential = build_credential(custom, {"T": "t", "C": "c", "S": "s"})
+    assert isinstance(credential, ClientSecretCredential)
+    credential.close()
+
+
+@pytest.mark.parametrize(
+    ("missing", "key"),
+    [
+        ("AZURE_TENANT_ID", "sink.tenant_id_env"),
+        ("AZURE_CLIENT_ID", "sink.client_id_env"),
+        ("AZURE_CLIENT_SECRET", "sink.client_secret_env"),
+    ],
+)
+def test_a_missing_variable_is_a_config_error_naming_it(missing: str, key: str) -> None:
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s"}
+    del env[missing]
+    with pytest.raises(ConfigError) as caught:
+        build_credential(settings(filesystem="ws", credential="service_principal"), env)
+    assert caught.value.key == key
+    assert missing in caught.value.problem
+
+
+def test_credential_file_problems_are_config_errors(tmp_path: Path) -> None:
+    s = settings(filesystem="ws", credential="service_principal", credential_file="sp-secret")
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c"}
+    with pytest.raises(ConfigError, match=r"CREDENTIALS_DIRECTORY is not set"):
+        build_credential(s, env)
+    with pytest.raises(ConfigError, match=r"cannot read"):
+        build_credential(s, {**env, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    (tmp_path / "sp-secret").write_text("\n")
+    with pytest.raises(ConfigError, match=r"is empty"):
+        build_credential(s, {**env, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    (tmp_path / "sp-secret").write_text("s3cret\n")
+    credential = build_credential(s, {**env, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert isinstance(credential, ClientSecretCredential)
+    credential.close()
+    bad = settings(filesystem="ws", credential="sas", credential_file="../x")
+    with pytest.raises(ConfigError, match="credential name"):
+        build_credential(bad, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+
+def test_default_and_managed_identity_credentials() -> None:
+    default = build_credential(settings(filesystem="ws"), {})
+    assert isinstance(default, DefaultAzureCredential)
+    default.close()
+    managed = build_credential(settings(filesystem="ws", credential="managed_identity"), {})
+    assert isinstance(managed, ManagedIdentityCredential)
+    managed.close()
+
+
+def test_token_credentials_need_https(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        OneLakeSink(
+            settings(account_url="http://127.0.0.1:1/devstoreaccount1", filesystem="ws"),
+            plugin_context(tmp_path),
+        )
+    assert caught.value.key == "sink.account_url"
+    assert "HTTPS" in caught.value.problem
+
+
+async def test_a_onelake_sink_builds_without_network(tmp_path: Path) -> None:
+    # The default settings name OneLake; building the sink does no I/O (tokens come later).
+    sink = OneLakeSink(
+        settings(filesystem="My Workspace", base_path="Sales.Lakehouse/Files"),
+        plugin_context(tmp_path),
+    )
+    assert (
+        sink.where == "https://onelake.dfs.fabric.microsoft.com/My Workspace/Sales.Lakehouse/Files"
+    )
+    await sink.aclose()
