@@ -71,7 +71,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix daemon plugins tests tools
 
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py --bus $(BUS) $(DEMO_ARGS)
+	$(BIN)/python tools/demo.py --bus $(BUS) $(if $(filter 1 yes true,$(AZURE)),--azure) $(DEMO_ARGS)
 
 clean: kafka-down
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

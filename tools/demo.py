@@ -108,7 +108,7 @@ async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
     bus = await open_bus(config)
     ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("demo"))
     inventory = registry.get("inventory", "delta").factory(config.inventory.settings, ctx)
-    sink = registry.get("sink", "localfs").factory(config.sink.settings, ctx)
+    sink = registry.get("sink", config.sink.kind).factory(config.sink.settings, ctx)
     try:
         report = await audit(config, bus, inventory, sink, verify_sink=False)
         letters = await current_letters(bus, config.core.topics.dlq)
@@ -118,6 +118,15 @@ async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
         await inventory.aclose()
         await sink.aclose()
         await bus.aclose()
+
+
+def send_with_progress(azure: Any, lines: list[bytes]) -> None:
+    """Publish the events to the Event Hub emulator, with a progress bar like submit's."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    with Progress("[bold]sending to Event Hub", BarColumn(), MofNCompleteColumn()) as progress:
+        task = progress.add_task("send", total=len(lines))
+        azure.send(lines, progress=lambda n: progress.advance(task, n))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -142,6 +151,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--bus", choices=["embedded", "kafka"], default="embedded")
     parser.add_argument("--kafka", help="with --bus kafka: use this broker instead of starting one")
+    parser.add_argument(
+        "--azure",
+        action="store_true",
+        help="the Azure path on local servers: Event Hubs source, OneLake sink, Delta on Azurite",
+    )
     args = parser.parse_args()
     if args.bus == "kafka" and not args.kafka:
         import kafka.kafka as kafka_tool  # tools/kafka/kafka.py
@@ -168,11 +182,22 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     state = (harness.ROOT / args.state).resolve()
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
+    if not args.azure:
+        return run_in(args, state, None)
+    from demo_azure import azure_services
+
+    with azure_services(state / "azure") as azure:
+        return run_in(args, state, azure)
+
+
+def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]:
     metrics_port = harness.free_port()
     namespace = f"demo{int(time.time())}." if args.kafka else ""
     data = harness.config_dict(
         state, metrics_port=metrics_port, kafka=args.kafka, namespace=namespace
     )
+    if azure is not None:
+        azure.configure(data)
     config = harness.write_config(state / "lakeferry.toml", data)
     print(f"demo state in {state}\nconfig {config} (bus: {args.bus})")
     if args.kafka:
@@ -187,10 +212,13 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         print(f"daemon running (pid {daemon.pid}), metrics on 127.0.0.1:{metrics_port}")
         try:
             started = time.time()
-            harness_submit = harness.cli(config, "submit", "--file", str(events_file), timeout=120)
-            sys.stderr.write(harness_submit.stderr)
-            if harness_submit.returncode != 0:
-                return 1, "submit failed"
+            if azure is not None:
+                send_with_progress(azure, lines)
+            else:
+                submitted = harness.cli(config, "submit", "--file", str(events_file), timeout=120)
+                sys.stderr.write(submitted.stderr)
+                if submitted.returncode != 0:
+                    return 1, "submit failed"
             expected_total = len(expect) + args.malformed
             deadline = time.monotonic() + args.timeout
             report, letters, rows = trio.run(snapshot, config)
@@ -229,6 +257,13 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
 
     problems: list[str] = []
     sink_root = state / "sink"
+
+    def read_sink(destination: str) -> bytes:
+        if azure is not None:
+            data: bytes = azure.read_sink(destination)
+            return data
+        return (sink_root / destination).read_bytes()
+
     landed = {r.event_id: r for r in rows}
     dead = {letter.event_id: letter.letter.reason for letter in letters if letter.event_id}
     for event_id, want in expect.items():
@@ -237,7 +272,7 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
             if row is None:
                 problems.append(f"{event_id} did not land")
                 continue
-            data = (sink_root / row.destination).read_bytes()
+            data = read_sink(row.destination)
             if hashlib.sha256(data).hexdigest() != want["sha256"] or row.sha256 != want["sha256"]:
                 problems.append(f"{event_id} landed with the wrong sha256")
         elif dead.get(event_id) != want["outcome"]:
