@@ -6,4 +6,5 @@ pytest_plugins = [
     "helpers.kafka",
     "helpers.azurite",
     "helpers.dfs",
+    "helpers.hypothesis_profile",
 ]

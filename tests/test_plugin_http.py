@@ -19,12 +19,11 @@ import trio.testing
 
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
-from lakeferry.api import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.api import NetGuard, PermanentError, PipelineError, Reason, TransientError, is_public
 from lakeferry.registry import load_registry
 from lakeferry.units import dec_hook
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_http.downloader import parse_retry_after
-from lakeferry_http.guard import AddressPolicy, is_public
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
 MiB = 2**20
@@ -386,11 +385,11 @@ def test_public_addresses(address: str, public: bool) -> None:
 
 
 def test_allow_networks() -> None:
-    policy = AddressPolicy(["10.0.0.0/8", "::1/128"])
-    assert policy.allows(ipaddress.ip_address("10.9.9.9"))
-    assert policy.allows(ipaddress.ip_address("::ffff:10.9.9.9"))
-    assert policy.allows(ipaddress.ip_address("::1"))
-    assert not policy.allows(ipaddress.ip_address("127.0.0.1"))
-    assert policy.allows(ipaddress.ip_address("1.1.1.1"))
+    guard = NetGuard(allow_networks=["10.0.0.0/8", "::1/128"])
+    assert guard.allows_address(ipaddress.ip_address("10.9.9.9"))
+    assert guard.allows_address(ipaddress.ip_address("::ffff:10.9.9.9"))
+    assert guard.allows_address(ipaddress.ip_address("::1"))
+    assert not guard.allows_address(ipaddress.ip_address("127.0.0.1"))
+    assert guard.allows_address(ipaddress.ip_address("1.1.1.1"))
     with pytest.raises(ValueError, match="does not appear"):
-        AddressPolicy(["not-a-network"])
+        NetGuard(allow_networks=["not-a-network"])

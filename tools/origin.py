@@ -18,7 +18,17 @@ Routes (every ``size`` is in bytes):
 - ``GET /truncated/<name>?size=N``: ``Content-Length: N`` but closes after N/2 bytes.
 - ``GET /redirect/<hops>/<name>?size=N``: 302 to ``/redirect/<hops-1>/…``; at 0, to ``/files/…``.
 - ``GET /goto?url=U``: 302 to any URL U (for redirect tests).
+- ``GET /ranged/<name>?size=N&cut=K&cuts=C&validator=V&change=M&ranges=R``: a file that honours
+  ``Range: bytes=a-``/``a-b`` (206 with ``Content-Range``; 416 when unsatisfiable) and
+  ``If-Range``. Its first C requests (default 1) stop after K body bytes (default N/2) and
+  close the connection. V is ``etag`` (default), ``last-modified`` or ``none`` (which
+  validator the response carries). With ``change=M`` the content (and its validator) changes
+  after M requests: it becomes the content of ``<name>#2``. ``ranges=0``: Range is ignored.
+- ``GET /drip/<name>?size=N&chunk=B&every=S``: B bytes (default 100) every S seconds.
 - ``GET /counts``: JSON ``{path: number of requests}`` (paths without query strings).
+
+The server also counts body bytes sent per path (:meth:`Origin.bytes_sent`) and records the
+``Range``/``If-Range`` headers of ``/ranged`` requests (:attr:`OriginServer.ranged_requests`).
 
 Standard library only, so ``python tools/origin.py --port 8080`` runs on any machine. Tests import
 it through ``tests/helpers/origin.py`` and run it in a thread (:func:`serve`).
@@ -27,6 +37,7 @@ it through ``tests/helpers/origin.py`` and run it in a thread (:func:`serve`).
 from __future__ import annotations
 
 import argparse
+import email.utils
 import functools
 import hashlib
 import json
@@ -95,6 +106,10 @@ class OriginServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.flaky_seen: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.ranged_seen: Counter[str] = Counter()
+        self.ranged_requests: list[tuple[str, str | None, str | None]] = []
+        """(path, Range header, If-Range header) of every /ranged request."""
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients hang up mid-body on purpose (size limits, cancellation): not worth a traceback.
@@ -168,10 +183,19 @@ class OriginHandler(BaseHTTPRequestHandler):
             self._empty(HTTPStatus.FOUND, {"Location": target})  # path is still percent-encoded
         elif route == "goto" and "url" in query:
             self._empty(HTTPStatus.FOUND, {"Location": query["url"]})
+        elif route == "ranged" and name:
+            self._ranged(parts.path, name, size, query, head=head)
+        elif route == "drip" and name:
+            self._drip(parts.path, name, size, query, head=head)
         else:
             self._empty(HTTPStatus.NOT_FOUND)
 
     # -- responses --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(data)
+        with self.server.lock:
+            self.server.bytes[urlsplit(self.path).path] += len(data)
 
     def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -208,22 +232,91 @@ class OriginHandler(BaseHTTPRequestHandler):
         sent = 0
         for block in blocks(name, size):
             if delay and sent + len(block) > delay_after:
-                self.wfile.write(block[: delay_after - sent])
+                self._write(block[: delay_after - sent])
                 self.wfile.flush()
                 time.sleep(delay)
                 block = block[delay_after - sent :]
                 sent = delay_after
                 delay = 0.0
             if stop_after is not None and sent + len(block) > stop_after:
-                self.wfile.write(block[: stop_after - sent])
+                self._write(block[: stop_after - sent])
                 self.wfile.flush()
                 self.close_connection = True
                 return
-            self.wfile.write(block)
+            self._write(block)
             sent += len(block)
         if delay:  # an empty body, or one shorter than ``after``
             self.wfile.flush()
             time.sleep(delay)
+
+    def _ranged(
+        self, path: str, name: str, size: int, query: dict[str, str], *, head: bool
+    ) -> None:
+        requested = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        with self.server.lock:
+            self.server.ranged_seen[name] += 1
+            seen = self.server.ranged_seen[name]
+            self.server.ranged_requests.append((path, requested, if_range))
+        change = int(query.get("change", "0"))
+        version = 2 if change and seen > change else 1
+        content_name = name if version == 1 else f"{name}#2"
+        kind = query.get("validator", "etag")
+        headers = {"Content-Type": "application/octet-stream"}
+        validator = None
+        if kind == "etag":
+            validator = headers["ETag"] = f'"{sha256_of(content_name, size)[:16]}"'
+        elif kind == "last-modified":
+            modified = email.utils.formatdate(1_700_000_000 + version * 86_400, usegmt=True)
+            validator = headers["Last-Modified"] = modified
+        if query.get("ranges", "1") != "0":
+            headers["Accept-Ranges"] = "bytes"
+        cut = int(query.get("cut", str(size // 2)))
+        stop_after = cut if seen <= int(query.get("cuts", "1")) else None
+        start, end = 0, size - 1
+        status = HTTPStatus.OK
+        wanted = _byte_range(requested) if headers.get("Accept-Ranges") else None
+        if wanted is not None and (if_range is None or if_range == validator):
+            first, last = wanted
+            if first >= size:
+                self._empty(
+                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, {"Content-Range": f"bytes */{size}"}
+                )
+                return
+            start, end = first, size - 1 if last is None else min(last, size - 1)
+            status = HTTPStatus.PARTIAL_CONTENT
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(end - start + 1 if size else 0))
+        self.end_headers()
+        if head:
+            return
+        self.wfile.flush()
+        data = content(content_name, size)[start : end + 1]  # tests use small files here
+        if stop_after is not None and stop_after < len(data):
+            self._write(data[:stop_after])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._write(data)
+
+    def _drip(self, path: str, name: str, size: int, query: dict[str, str], *, head: bool) -> None:
+        chunk = int(query.get("chunk", "100"))
+        every = float(query.get("every", "1"))
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if head:
+            return
+        data = content(name, size)
+        for at in range(0, size, chunk):
+            self._write(data[at : at + chunk])
+            self.wfile.flush()
+            if at + chunk < size:
+                time.sleep(every)
 
     def _chunked(self, name: str, size: int, *, head: bool) -> None:
         self.send_response(HTTPStatus.OK)
@@ -235,6 +328,18 @@ class OriginHandler(BaseHTTPRequestHandler):
         for block in blocks(name, size):
             self.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
+
+
+def _byte_range(header: str | None) -> tuple[int, int | None] | None:
+    """(first, last or None) of a single ``bytes=a-`` / ``bytes=a-b`` range; None otherwise."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes=") :].strip().partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    if last and int(last) < int(first):
+        return None
+    return int(first), int(last) if last else None
 
 
 @dataclass
@@ -256,6 +361,16 @@ class Origin:
     def count(self, path: str) -> int:
         with self.server.lock:
             return self.server.counts[path]
+
+    def bytes_sent(self, path: str) -> int:
+        """Body bytes the origin wrote for ``path`` (without query string), all requests."""
+        with self.server.lock:
+            return self.server.bytes[path]
+
+    def ranged_requests(self, path: str) -> list[tuple[str | None, str | None]]:
+        """(Range, If-Range) of each ``/ranged`` request for ``path``, in order."""
+        with self.server.lock:
+            return [(r, i) for p, r, i in self.server.ranged_requests if p == path]
 
 
 @contextmanager

@@ -1,8 +1,10 @@
 """The public plugin API: the one module plugins import from lakeferry.
 
 Everything a plugin needs is re-exported here: the hook marker, the component protocols,
-the error types that steer a message's fate, the message types components receive, and helpers
-for paths and URLs. A test fails when a built-in plugin imports anything else from the core.
+the error types that steer a message's fate, the message types components receive, helpers
+for paths and URLs, and the SSRF guard (:class:`NetGuard`) every plugin that opens network
+connections to URLs from events must use. A test fails when a built-in plugin imports
+anything else from the core.
 """
 
 from lakeferry.components import (
@@ -26,6 +28,7 @@ from lakeferry.components import (
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
 from lakeferry.hookspecs import hookimpl
 from lakeferry.messages import DownloadTask, Event
+from lakeferry.netguard import IPAddress, NetGuard, Resolver, is_public, parse_ip_literal
 from lakeferry.paths import render_destination, safe_relative_path
 from lakeferry.registry import (
     RegisterCache,
@@ -49,9 +52,11 @@ __all__ = [
     "Duration",
     "Event",
     "EventRow",
+    "IPAddress",
     "Intake",
     "Inventory",
     "InventoryRow",
+    "NetGuard",
     "PendingFile",
     "PermanentError",
     "PipelineError",
@@ -64,11 +69,14 @@ __all__ = [
     "RegisterInventory",
     "RegisterSink",
     "RegisterSource",
+    "Resolver",
     "Sink",
     "SinkFile",
     "Source",
     "TransientError",
     "hookimpl",
+    "is_public",
+    "parse_ip_literal",
     "redact_url",
     "render_destination",
     "safe_relative_path",

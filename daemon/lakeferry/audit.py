@@ -71,7 +71,7 @@ def submitted_ids(path: Path) -> set[str]:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 try:
                     data = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested too deeply
                     continue
                 if isinstance(data, dict) and isinstance(data.get("id"), str):
                     ids.add(data["id"])

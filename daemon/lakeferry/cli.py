@@ -152,12 +152,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     def key_of(raw: bytes) -> bytes | None:
+        # The daemon validates every line; this only picks a partition key, and a line it
+        # cannot read (too deeply nested, a lone surrogate in the id) simply gets none.
         try:
             data = json.loads(raw)
-        except ValueError:
+            ident = data.get("id") if isinstance(data, dict) else None
+            return ident.encode() if isinstance(ident, str) else None
+        except (ValueError, RecursionError):  # UnicodeError is a ValueError
             return None
-        ident = data.get("id") if isinstance(data, dict) else None
-        return ident.encode() if isinstance(ident, str) else None
 
     async def send(bus: Any) -> int:
         producer = bus.producer()

@@ -71,16 +71,45 @@ class Source(Protocol):
 
 
 class CacheWriter(Protocol):
-    """Receives one file's bytes; hashes them on the fly."""
+    """Receives one file's bytes; hashes them on the fly.
+
+    Resuming: a writer handed to a downloader that declares ``supports_resume`` may start with
+    bytes kept from an earlier, failed attempt (``offset > 0``). Those bytes are in the file and
+    in the hash already, and ``validator`` is what the origin called that content then (a
+    strong ETag or a Last-Modified date). The downloader either fetches the rest, from
+    ``offset``, on the condition that the content is still the same (HTTP ``Range`` with
+    ``If-Range: <validator>``), or calls :meth:`restart` before writing. A downloader records
+    the validator of fresh content with :meth:`set_validator`; without one, a failed attempt's
+    bytes are not kept.
+    """
 
     @property
-    def bytes_written(self) -> int: ...
+    def bytes_written(self) -> int:
+        """Bytes in the file so far, ``offset`` included."""
+
+    @property
+    def offset(self) -> int:
+        """Bytes kept from an earlier attempt when this writer was created; 0 after restart."""
+
+    @property
+    def validator(self) -> str | None:
+        """The validator of the content written so far (None: unknown)."""
+
+    def set_validator(self, value: str | None) -> None:
+        """Record the validator of the content being written (from the response headers)."""
+
+    async def restart(self) -> None:
+        """Drop every byte written so far, kept ones included, and hash from zero."""
 
     async def write(self, chunk: bytes) -> None: ...
 
 
 class Downloader(Protocol):
-    """Fetches URLs of its schemes into a :class:`CacheWriter`, streaming, never whole in memory."""
+    """Fetches URLs of its schemes into a :class:`CacheWriter`, streaming, never whole in memory.
+
+    A downloader class that sets ``supports_resume = True`` may be given a writer with bytes
+    kept from an earlier attempt (see :class:`CacheWriter`); any other always gets an empty one.
+    """
 
     async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
         """Write the whole body of ``task.event.url`` to ``out``.
@@ -106,18 +135,20 @@ class CacheUsage(NamedTuple):
     quota: int
 
 
-class PendingFile(Protocol):
-    """A file being written into the cache: write, then ``commit`` or ``abort``."""
+class PendingFile(CacheWriter, Protocol):
+    """A file being written into the cache: write, then ``commit`` or ``abort``.
 
-    @property
-    def bytes_written(self) -> int: ...
-
-    async def write(self, chunk: bytes) -> None: ...
+    Writes to a full volume raise TransientError(``cache_full``); the download stage then
+    backs off in place until there is room again.
+    """
 
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         """Check, then publish the file under its key. Raises PermanentError on mismatch."""
 
-    async def abort(self) -> None: ...
+    async def abort(self, *, keep_partial: bool = False) -> None:
+        """Give the file up. With ``keep_partial``, keep the bytes written so far for a later
+        ``create(key, resume=True)`` when they can be resumed (a validator was recorded and
+        at least one byte is on disk); otherwise, and by default, delete them."""
 
 
 class CacheBackend(Protocol):
@@ -133,7 +164,10 @@ class CacheBackend(Protocol):
         ``expected_size`` alone exceeds the quota.
         """
 
-    async def create(self, key: str) -> PendingFile: ...
+    async def create(self, key: str, *, resume: bool = False) -> PendingFile:
+        """A new file for ``key``. With ``resume``, take over the partial file an earlier
+        ``abort(keep_partial=True)`` kept for ``key``, if there is a usable one (the writer's
+        ``offset`` and ``validator`` say so); without, delete any such partial."""
 
     def open(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Stream a complete file's bytes. Raises FileNotFoundError when it is gone."""

@@ -156,7 +156,15 @@ class TopicCodec(Generic[T]):
         return self.encoder.encode(message)
 
     def decode(self, data: bytes) -> T:
-        return self.decoder.decode(data)
+        """Decode; raise ``msgspec.DecodeError``/``ValidationError`` when ``data`` is bad."""
+        try:
+            return self.decoder.decode(data)
+        except RecursionError:
+            # msgspec recurses into nested values, unknown fields too: ``{"x": [[[[…`` of a few
+            # KB would otherwise escape as RecursionError and crash the stage reading it.
+            raise msgspec.DecodeError("JSON is malformed: nested too deeply") from None
+        except UnicodeDecodeError as exc:  # invalid UTF-8 inside a string: msgspec lets it out
+            raise msgspec.DecodeError(f"JSON is malformed: {exc}") from None
 
 
 EVENT: TopicCodec[Event] = TopicCodec(Event)

@@ -52,6 +52,11 @@ def safe_relative_path(path: str) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise _invalid(path, f"path component {part!r}")
+        # Fullwidth dots and slashes (U+FF0E, U+FF0F, U+2025 …) become "..", "/" under NFKC,
+        # which some file systems, tools and web frameworks apply: refuse what would escape.
+        folded = unicodedata.normalize("NFKC", part)
+        if folded in (".", "..") or "/" in folded or "\\" in folded:
+            raise _invalid(path, f"component {part!r} folds to {folded!r} (Unicode compatibility)")
         if part != part.strip() or part.endswith("."):
             raise _invalid(path, "leading/trailing space or trailing dot in a component")
         if len(part.encode()) > MAX_COMPONENT_BYTES:

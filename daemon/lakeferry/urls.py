@@ -9,11 +9,39 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from lakeferry.errors import PermanentError, Reason
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_QUERY_OR_FRAGMENT = re.compile(r"[?#]")
+_USERINFO_LIKE = re.compile(r"[^/\s]*@")
 _URL_IN_TEXT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/?#@]*@)?([^\s?#]*)(\?[^\s#\"']*)?")
 
 
 def scheme_of(url: str) -> str:
-    return urlsplit(url).scheme.lower()
+    """The URL's scheme, lowercase; ``""`` when there is none or the URL cannot be parsed."""
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def check_url(url: str) -> str:
+    """The scheme of a URL fit to hand to a downloader; PermanentError(``malformed``) if unfit.
+
+    Unfit: control characters (they could smuggle a header or a second request), no scheme,
+    text ``urlsplit`` cannot parse (``http://[::1/``), a port that is not a number in 0-65535.
+    Whether the host is acceptable is the downloader's business (and its SSRF guard's).
+    """
+    if _CONTROL.search(url):
+        raise PermanentError(Reason.MALFORMED, "URL contains control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise PermanentError(Reason.MALFORMED, f"unparseable URL: {exc}") from None
+    if not parts.scheme:
+        raise PermanentError(Reason.MALFORMED, "URL without a scheme")
+    return parts.scheme.lower()
 
 
 def redact_url(url: str) -> str:
@@ -23,6 +51,8 @@ def redact_url(url: str) -> str:
         host = parts.hostname or ""
     except ValueError:
         return "<unparseable url>"
+    if not parts.scheme or (not parts.netloc and parts.scheme.lower() != "file"):
+        return _redact_loosely(url)  # file:///a@b/c keeps its path
     netloc = host if ":" not in host else f"[{host}]"
     try:
         port = parts.port
@@ -32,6 +62,14 @@ def redact_url(url: str) -> str:
         netloc = f"{netloc}:{port}"
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _redact_loosely(url: str) -> str:
+    """For text that is not a ``scheme://host`` URL (``h ttp://user:pw@h/``, ``user:pw@h/f``):
+    drop the query and fragment and every ``…@`` token that could be userinfo."""
+    base = _QUERY_OR_FRAGMENT.split(url, maxsplit=1)[0]
+    query = "?<redacted>" if "?" in url else ""
+    return _USERINFO_LIKE.sub("", base) + query
 
 
 def filename_of(url: str) -> str:

@@ -5,7 +5,9 @@ safe, fixed-length file name)::
 
     <path>/<name[:2]>/<name>                  the data, present only when complete
     <path>/<name[:2]>/<name>.meta             JSON sidecar: key, size, sha256
-    <path>/<name[:2]>/<name>.<token>.part     a download in progress
+    <path>/<name[:2]>/<name>.<token>.part     a download in progress, or a kept partial
+    <path>/<name[:2]>/<name>.<token>.resume   JSON sidecar of a kept partial: key, validator,
+                                              size, kept_at
 
 A file is written as ``.part`` while its sha256 is computed on the fly, then published: any
 older data under the key is unlinked, the ``.meta`` sidecar is written, and the part is renamed
@@ -13,6 +15,14 @@ into place. Data therefore never exists without a matching sidecar, and a crash 
 leaves either the complete old state, nothing, or leftovers that the start-up scan deletes
 (``.part`` files, sidecars without data). :meth:`LocalFsCache.lookup` still checks the sidecar
 against the data's size before trusting an entry.
+
+Resuming: ``abort(keep_partial=True)`` of a file with a validator keeps its part file, fsynced
+and cut to the bytes known written, and writes its ``.resume`` sidecar next to it. A later
+``create(key, resume=True)`` takes the newest kept partial over by renaming its part file to a
+new token (atomic: of two processes sharing the cache, one wins), re-hashes its bytes (hash
+states cannot be saved) and continues writing after them. Kept partials count as used bytes
+until taken over or deleted; the start-up scan keeps those younger than ``partial_max_age``
+and deletes the rest, and every ``.part`` without a sidecar (a download a crash interrupted).
 
 Durability: with ``fsync = false`` (the default) a published file is not forced to disk. The
 cache is a buffer between stages, not the system of record: a process crash loses nothing (the
@@ -26,17 +36,21 @@ thread hop each. Opening a file and publishing one are shielded from cancellatio
 short), so a cancellation never strands an open file or half-done bookkeeping.
 
 Error handling: a checksum or size mismatch removes the part file and raises PermanentError;
-an aborted or cancelled download removes its part file, shielded from the cancellation that
-caused it. A full disk is TransientError(``cache_full``), other I/O errors ``cache_io``.
+an aborted or cancelled download removes its part file (or keeps it, when asked and resumable),
+shielded from the cancellation that caused it. A full disk is TransientError(``cache_full``),
+other I/O errors ``cache_io``; a short write is completed or fails, so the bytes on disk are
+always exactly the bytes hashed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -50,7 +64,9 @@ from lakeferry.api import (
     CacheEntry,
     CacheUsage,
     ConfigError,
+    Duration,
     PermanentError,
+    PipelineError,
     PluginContext,
     Reason,
     TransientError,
@@ -81,6 +97,8 @@ class LocalFsCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     """What a download of unknown size reserves against the quota while it runs."""
     fsync: bool = False
     """Force each file to disk before publishing it (see the module docstring)."""
+    partial_max_age: Duration = Duration(86400)
+    """Partial files kept for resuming a failed download are deleted after this long."""
 
 
 class _Meta(msgspec.Struct, frozen=True):
@@ -89,8 +107,19 @@ class _Meta(msgspec.Struct, frozen=True):
     sha256: str
 
 
+class _Kept(msgspec.Struct, frozen=True):
+    """The ``.resume`` sidecar of a kept partial file."""
+
+    key: str
+    validator: str
+    size: int
+    kept_at: float
+    """Wall-clock seconds (``time.time()``) when it was kept."""
+
+
 _META_ENCODER = msgspec.json.Encoder()
 _META_DECODER = msgspec.json.Decoder(_Meta)
+_KEPT_DECODER = msgspec.json.Decoder(_Kept)
 
 
 def _io_error(exc: OSError, what: str) -> TransientError:
@@ -122,21 +151,47 @@ class _ChunkReader:
 class LocalFsPendingFile:
     """One file being written into the cache (a :class:`lakeferry.api.PendingFile`)."""
 
-    def __init__(self, cache: LocalFsCache, key: str, name: str, part: Path, fh: IO[bytes]) -> None:
+    def __init__(
+        self,
+        cache: LocalFsCache,
+        key: str,
+        name: str,
+        part: Path,
+        fh: IO[bytes],
+        *,
+        offset: int = 0,
+        validator: str | None = None,
+        hasher: hashlib._Hash | None = None,
+    ) -> None:
         self._cache = cache
         self._key = key
         self._name = name
         self._part = part
         self._fh = fh
-        self._hash = hashlib.sha256()
+        self._hash = hasher if hasher is not None else hashlib.sha256()
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._written = 0
+        self._offset = offset
+        self._written = offset
+        self._flushed = offset
+        """Bytes completely written to the part file (and hashed)."""
+        self._validator = validator
         self._finished = False
 
     @property
     def bytes_written(self) -> int:
         return self._written
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def validator(self) -> str | None:
+        return self._validator
+
+    def set_validator(self, value: str | None) -> None:
+        self._validator = value or None
 
     @property
     def part_path(self) -> Path:
@@ -153,6 +208,24 @@ class LocalFsPendingFile:
         if self._buffered >= WRITE_BATCH:
             await self._flush()
 
+    async def restart(self) -> None:
+        if self._finished:
+            raise RuntimeError("restart after commit or abort")
+        self._buffer.clear()
+        self._buffered = 0
+
+        def truncate() -> None:
+            self._fh.seek(0)
+            self._fh.truncate()
+
+        try:
+            await self._cache.run_sync(truncate)
+        except OSError as exc:
+            raise _io_error(exc, "cannot truncate a cache file") from exc
+        self._hash = hashlib.sha256()
+        self._offset = self._written = self._flushed = 0
+        self._validator = None
+
     async def _flush(self) -> None:
         if not self._buffer:
             return
@@ -165,9 +238,17 @@ class LocalFsPendingFile:
             raise _io_error(exc, "cannot write to the cache") from exc
 
     def _write_sync(self, data: bytes) -> None:
+        # An unbuffered file may write less than asked (a full disk fails only on the next
+        # call): write the rest, so what is on disk is exactly what is hashed.
+        view = memoryview(data)
+        while view:
+            n = self._fh.write(view)
+            if n is None:  # non-blocking files only; never for a regular file
+                raise BlockingIOError(errno.EAGAIN, "write would block")
+            view = view[n:]
         # Hashing here keeps the trio thread free; hashlib releases the GIL on large buffers.
         self._hash.update(data)
-        self._fh.write(data)
+        self._flushed += len(data)
 
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         if self._finished:
@@ -191,12 +272,20 @@ class LocalFsPendingFile:
         self._finished = True
         return entry
 
-    async def abort(self) -> None:
+    async def abort(self, *, keep_partial: bool = False) -> None:
         if self._finished:
             return
         self._finished = True
-        self._buffer.clear()
         with trio.CancelScope(shield=True):
+            if keep_partial and self._validator is not None:
+                # What was received is worth keeping too; on a full disk, what is on disk.
+                with contextlib.suppress(PipelineError):
+                    await self._flush()
+                if self._flushed > 0:
+                    kept = _Kept(self._key, self._validator, self._flushed, time.time())
+                    if await self._cache.keep(self._name, self._part, self._fh, kept):
+                        return
+            self._buffer.clear()
             await self._cache.run_sync(self._discard_sync)
 
     def _discard_sync(self) -> None:
@@ -213,14 +302,17 @@ class LocalFsCache:
         self._fsync = settings.fsync
         self._limiter = trio.CapacityLimiter(IO_THREADS)
         self._gate = QuotaGate(settings.quota, settings.unknown_size_estimate)
+        self._partial_max_age = float(settings.partial_max_age)
         self._entries: dict[str, int] = {}
         """File name -> size of every complete entry, for quota accounting."""
+        self._kept: dict[str, dict[Path, int]] = {}
+        """File name -> {part file: size} of the partials kept for resuming (used bytes too)."""
         try:
             self._root.mkdir(parents=True, exist_ok=True)
             self._scan()
         except OSError as exc:
             raise ConfigError("cache.path", f"cannot use {str(self._root)!r}: {exc}") from exc
-        self._gate.used = sum(self._entries.values())
+        self._gate.used = sum(self._entries.values()) + self.kept_bytes
 
     # -- paths and threads ------------------------------------------------------------------
 
@@ -237,6 +329,9 @@ class LocalFsCache:
     def _meta_path(self, name: str) -> Path:
         return self._root / name[:2] / f"{name}.meta"
 
+    def _new_part(self, name: str) -> Path:
+        return self._root / name[:2] / f"{name}.{secrets.token_hex(6)}.part"
+
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking ``fn(*args)`` in a worker thread under this cache's limiter."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -244,24 +339,49 @@ class LocalFsCache:
     # -- start-up ---------------------------------------------------------------------------
 
     def _scan(self) -> None:
-        """Count complete entries; delete crash leftovers. Runs once, in the constructor."""
+        """Count complete entries and kept partials; delete crash leftovers and partials too
+        old to resume. Runs once, in the constructor."""
         orphans = 0
+        expired = 0
+        oldest = time.time() - self._partial_max_age
         for shard in os.scandir(self._root):
             if not (shard.is_dir(follow_symlinks=False) and _SHARD.match(shard.name)):
                 continue
             data: dict[str, int] = {}
             metas: set[str] = set()
+            parts: dict[str, str] = {}  # "<name>.<token>" -> part path
+            resumes: dict[str, str] = {}  # "<name>.<token>" -> sidecar path
             for item in os.scandir(shard.path):
                 name, _, suffix = item.name.partition(".")
                 if not _NAME.match(name) or not item.is_file(follow_symlinks=False):
                     continue
                 if item.name.endswith(".part"):
+                    parts[item.name.removesuffix(".part")] = item.path
+                elif item.name.endswith(".resume"):
+                    resumes[item.name.removesuffix(".resume")] = item.path
+                elif item.name.endswith(".resume-tmp"):  # a crash while keeping a partial
                     os.unlink(item.path)
                     orphans += 1
                 elif suffix == "meta":
                     metas.add(name)
                 elif suffix == "":
                     data[name] = item.stat(follow_symlinks=False).st_size
+            for stem, part in parts.items():
+                sidecar = resumes.pop(stem, None)
+                kept = _read_kept(sidecar) if sidecar is not None else None
+                size = os.stat(part).st_size
+                if kept is not None and kept.size == size and kept.kept_at >= oldest:
+                    self._kept.setdefault(stem.partition(".")[0], {})[Path(part)] = size
+                    continue
+                os.unlink(part)  # a download a crash interrupted, or a partial too old
+                if sidecar is not None:
+                    os.unlink(sidecar)
+                    expired += 1
+                else:
+                    orphans += 1
+            for sidecar in resumes.values():  # its partial is gone
+                os.unlink(sidecar)
+                orphans += 1
             for name in data.keys() - metas:  # never written by us without a sidecar
                 os.unlink(os.path.join(shard.path, name))
                 orphans += 1
@@ -277,6 +397,8 @@ class LocalFsCache:
                 "files": len(self._entries),
                 "bytes": sum(self._entries.values()),
                 "orphans_removed": orphans,
+                "partials_kept": sum(len(k) for k in self._kept.values()),
+                "partials_expired": expired,
             },
         )
 
@@ -305,17 +427,110 @@ class LocalFsCache:
     def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
         return self._gate.reserve(expected_size)
 
-    async def create(self, key: str) -> LocalFsPendingFile:
+    async def create(self, key: str, *, resume: bool = False) -> LocalFsPendingFile:
         name = self._name(key)
-        part = self._root / name[:2] / f"{name}.{secrets.token_hex(6)}.part"
-
-        def open_part() -> IO[bytes]:
-            part.parent.mkdir(exist_ok=True)
-            return part.open("xb", buffering=0)
-
-        with trio.CancelScope(shield=True):  # never cancelled with the file already open
-            fh = await self.run_sync(open_part)
+        part = self._new_part(name)
+        # Usually one: the download stage claims a key's partial on every attempt. More than
+        # one only when several processes share the cache; the largest saves the most.
+        candidates = sorted(self._kept.pop(name, {}).items(), key=lambda kv: -kv[1])
+        self._gate.add_used(-sum(size for _, size in candidates))  # now under our reservation
+        with trio.CancelScope(shield=True):  # never cancelled with a file already open
+            taken = None
+            for old, _size in candidates:
+                if resume and taken is None:
+                    try:
+                        taken = await self.run_sync(self._take_over, key, old, part)
+                    except OSError as exc:
+                        self._log.warning("cannot resume a partial file", extra={"error": str(exc)})
+                else:
+                    await self.run_sync(_unlink_partial, old)
+            if taken is not None:
+                fh, kept, hasher = taken
+                return LocalFsPendingFile(
+                    self, key, name, part, fh,
+                    offset=kept.size, validator=kept.validator, hasher=hasher,
+                )  # fmt: skip
+            try:
+                fh = await self.run_sync(self._open_new, part)
+            except OSError as exc:
+                raise _io_error(exc, "cannot create a cache file") from exc
         return LocalFsPendingFile(self, key, name, part, fh)
+
+    @staticmethod
+    def _open_new(part: Path) -> IO[bytes]:
+        part.parent.mkdir(exist_ok=True)
+        return part.open("xb", buffering=0)
+
+    def _take_over(
+        self, key: str, old: Path, part: Path
+    ) -> tuple[IO[bytes], _Kept, hashlib._Hash] | None:
+        """Claim a kept partial as ``part``: its file, its sidecar and the hash of its bytes.
+
+        None when another process claimed it first, or it is not usable (then it is deleted).
+        """
+        sidecar = old.with_suffix(".resume")
+        try:
+            os.rename(old, part)  # atomic: exactly one claimant wins
+        except FileNotFoundError:
+            return None  # the winner reads and deletes the sidecar
+        kept = _read_kept(str(sidecar))
+        _unlink(sidecar)
+        try:
+            fh = part.open("r+b", buffering=0)
+        except BaseException:
+            _unlink(part)
+            raise
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            usable = (
+                kept is not None
+                and kept.key == key
+                and kept.size == size
+                and kept.kept_at >= time.time() - self._partial_max_age
+            )
+            if not usable or kept is None:
+                fh.close()
+                _unlink(part)
+                return None
+            hasher = hashlib.sha256()
+            while chunk := fh.read(READ_CHUNK):
+                hasher.update(chunk)
+            if fh.tell() != kept.size:
+                raise OSError(errno.EIO, "kept partial changed while reading it")
+        except BaseException:
+            fh.close()
+            _unlink(part)
+            raise
+        return fh, kept, hasher
+
+    async def keep(self, name: str, part: Path, fh: IO[bytes], kept: _Kept) -> bool:
+        """Keep an aborted part file for resuming; False (nothing kept) when that fails."""
+        sidecar = part.with_suffix(".resume")
+
+        def keep_sync() -> None:
+            try:
+                fh.truncate(kept.size)  # only bytes known to be written completely
+                os.fsync(fh.fileno())  # a resumed file must not hide a hole from a power loss
+            finally:
+                fh.close()
+            tmp = sidecar.with_suffix(".resume-tmp")
+            with tmp.open("wb") as out:
+                out.write(_META_ENCODER.encode(kept))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, sidecar)
+
+        try:
+            await self.run_sync(keep_sync)
+        except OSError as exc:
+            self._log.warning(
+                "cannot keep a partial file; it is deleted", extra={"error": str(exc)}
+            )
+            await self.run_sync(_unlink_partial, part)
+            return False
+        self._kept.setdefault(name, {})[part] = kept.size
+        self._gate.add_used(kept.size)
+        return True
 
     async def publish(self, name: str, part: Path, fh: IO[bytes], entry: CacheEntry) -> None:
         """Move a checked part file into place under ``name`` and account for it."""
@@ -373,6 +588,15 @@ class LocalFsCache:
         return CacheUsage(bytes=self._gate.used, files=len(self._entries), quota=self._gate.quota)
 
     @property
+    def kept_bytes(self) -> int:
+        """Bytes of the partial files kept for resuming (counted as used)."""
+        return sum(sum(k.values()) for k in self._kept.values())
+
+    def kept_partials(self, key: str) -> int:
+        """How many partial files are kept for ``key``."""
+        return len(self._kept.get(self._name(key), {}))
+
+    @property
     def reserved(self) -> int:
         """Bytes reserved by downloads in progress."""
         return self._gate.reserved
@@ -387,6 +611,20 @@ class LocalFsCache:
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def _read_kept(sidecar: str) -> _Kept | None:
+    try:
+        with open(sidecar, "rb") as fh:
+            return _KEPT_DECODER.decode(fh.read())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _unlink_partial(part: Path) -> None:
+    _unlink(part)
+    _unlink(part.with_suffix(".resume"))
+    _unlink(part.with_suffix(".resume-tmp"))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -8,9 +8,15 @@ checksum is not fetched again (a redelivered task is cheap).
 Failures: a transient one sends the task to the next retry rung with its due time; a permanent
 one, or one past the last rung, sends it to the DLQ. A checksum mismatch is retried once,
 because a file replaced at the origin mid-download looks the same; a repeat is permanent.
+A full cache volume (``cache_full``) is not the task's fault: the task waits in place, holding
+its download slot, with backoff, until there is room (the stage's limiter fills and it stops
+consuming) or the stage drains (then it climbs the ladder as usual).
 
 Resource handling: one in-process lock per event id, so two copies of one event never write
-the same cache entry at once. A failed or cancelled download aborts its partial file.
+the same cache entry at once. A failed or cancelled download aborts its partial file; when the
+failure may pass (transient, timeout, cancellation) and the downloader can resume
+(``supports_resume``), the cache is asked to keep the bytes for the next attempt, which
+continues after them. A permanent failure or a cache fault discards them.
 
 Error handling: exceptions from plugins that are not PipelineErrors are classified through the
 ``lakeferry_classify_error`` hook, else treated as transient (``internal``).
@@ -35,9 +41,24 @@ from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.driver import seconds_until_ms
 from lakeferry.stages.runner import run_consuming_stage
-from lakeferry.urls import redact_url, scheme_of
+from lakeferry.urls import check_url, redact_url
 
 log = get_logger("download")
+
+CACHE_FULL = "cache_full"
+"""The reason a cache backend gives when its volume is full (ENOSPC, EDQUOT)."""
+CACHE_FAULTS = frozenset({CACHE_FULL, "cache_io"})
+"""Failures after which a partial file is not worth keeping (or not trustworthy)."""
+CACHE_FULL_BACKOFF_INITIAL = 0.5
+CACHE_FULL_BACKOFF_MAX = 15.0
+"""Seconds between tries while the cache volume is full (doubling from the initial value)."""
+
+
+def keep_partial_after(exc: BaseException) -> bool:
+    """Whether the bytes of an attempt that failed with ``exc`` are worth resuming later."""
+    if isinstance(exc, PermanentError):
+        return False
+    return not (isinstance(exc, PipelineError) and exc.reason in CACHE_FAULTS)
 
 
 def cache_key(event_id: str) -> str:
@@ -91,6 +112,32 @@ class DownloadStage:
 
     async def _download(self, task: DownloadTask) -> str:
         p = self.p
+        delay = CACHE_FULL_BACKOFF_INITIAL
+        while True:
+            try:
+                return await self._download_once(task)
+            except TransientError as error:
+                if error.reason != CACHE_FULL:
+                    raise
+                full = error
+            # Climbing the ladder would dead-letter good tasks during a long disk-full spell;
+            # waiting here holds the slot, so the stage stops taking work until there is room.
+            log.warning(
+                "cache volume full; waiting in place",
+                extra={"event_id": task.event.id, "error": str(full), "retry_in": delay},
+            )
+            p.errors.add(
+                stage="download", event_id=task.event.id, reason=full.reason,
+                error=str(full), url=task.event.url,
+            )  # fmt: skip
+            with trio.move_on_after(delay):
+                await p.lifecycle.draining.wait()
+            if p.lifecycle.draining.is_set():
+                raise full
+            delay = min(delay * 2, CACHE_FULL_BACKOFF_MAX)
+
+    async def _download_once(self, task: DownloadTask) -> str:
+        p = self.p
         event = task.event
         key = cache_key(event.id)
         async with self.locks.hold(key):
@@ -98,25 +145,29 @@ class DownloadStage:
             outcome = "cached"
             if entry is None or (event.sha256 is not None and entry.sha256 != event.sha256):
                 outcome = "downloaded"
-                downloader = p.downloaders.get(scheme_of(event.url))
+                scheme = check_url(event.url)
+                downloader = p.downloaders.get(scheme)
                 if downloader is None:
                     raise PermanentError(
                         Reason.UNSUPPORTED_SCHEME,
-                        f"no downloader for scheme {scheme_of(event.url)!r} "
+                        f"no downloader for scheme {scheme!r} "
                         f"(have: {', '.join(sorted(p.downloaders)) or 'none'})",
                     )
+                resume = getattr(downloader, "supports_resume", False) is True
                 try:
                     with trio.fail_after(p.config.core.download.attempt_timeout):
                         async with p.cache.reserve(event.size):
-                            pending = await p.cache.create(key)
+                            pending = await p.cache.create(key, resume=resume)
                             try:
                                 await downloader.fetch(task, pending)
                                 entry = await pending.commit(
                                     expected_sha256=event.sha256, expected_size=event.size
                                 )
-                            except BaseException:
+                            except BaseException as exc:
                                 with trio.CancelScope(shield=True):
-                                    await pending.abort()
+                                    await pending.abort(
+                                        keep_partial=resume and keep_partial_after(exc)
+                                    )
                                 raise
                 except trio.TooSlowError:
                     raise TransientError(

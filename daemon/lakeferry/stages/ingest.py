@@ -41,12 +41,15 @@ def malformed_key(raw: bytes) -> bytes:
     operator finds it by id), else ``malformed:<sha256 prefix>``, stable for the same bytes."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         data = None
     if isinstance(data, dict):
         ident = data.get("id")
         if isinstance(ident, str) and 0 < len(ident) <= 512:
-            return ident.encode()
+            try:
+                return ident.encode()
+            except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+                pass
     return b"malformed:" + hashlib.sha256(raw).hexdigest()[:32].encode()
 
 
