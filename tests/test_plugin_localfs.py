@@ -204,6 +204,7 @@ async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path:
     await put_in_cache(cache, "data-only", b"d" * 10)
     crashed = await cache.create("crashed")  # a download in progress when the process died
     await crashed.write(b"c" * (300 * 1024))
+    crashed._fh.close()  # the process died: its file (and the lock on it) is gone
     cache.local_path("meta-only").unlink()
     data_only = cache.local_path("data-only")
     data_only.with_name(data_only.name + ".meta").unlink()
@@ -222,7 +223,6 @@ async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path:
             stranger.name,
         ]
     )
-    await crashed.abort()
 
 
 def test_unusable_cache_path_is_a_config_error(tmp_path: Path) -> None:
@@ -571,3 +571,52 @@ async def test_stat_of_a_directory_is_none(tmp_path: Path) -> None:
     sink = make_sink(tmp_path)
     (sink.root / "d").mkdir()
     assert await sink.stat("d") is None
+
+
+# -- several processes sharing one cache (download and upload workers on one VM) -------------
+
+
+async def put(cache: LocalFsCache, key: str, size: int) -> None:
+    async with cache.reserve(size):
+        pending = await cache.create(key)
+        await pending.write(b"x" * size)
+        await pending.commit(expected_sha256=None, expected_size=size)
+
+
+async def test_a_waiting_download_sees_room_freed_by_another_process(tmp_path: Path) -> None:
+    downloader = make_cache(tmp_path, quota=3000)
+    uploader = make_cache(tmp_path, quota=3000)  # the same directory, as another process would
+    for i in range(3):
+        await put(downloader, f"k{i}", 1000)
+    admitted = trio.Event()
+
+    async def fourth() -> None:
+        await put(downloader, "k3", 1000)
+        admitted.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fourth)
+            await trio.sleep(0.3)
+            assert not admitted.is_set()  # full
+            await uploader.remove("k0")  # the other process uploads one and frees its room
+            await admitted.wait()  # seen through the periodic re-read of the disk
+    assert await downloader.lookup("k3") is not None
+
+
+async def test_start_up_leaves_other_processes_parts_alone(tmp_path: Path) -> None:
+    writer = make_cache(tmp_path)
+    pending = await writer.create("busy")
+    await pending.write(b"y" * 5000)
+    parts_before = sorted(p.name for p in (tmp_path / "cache").rglob("*.part"))
+    assert len(parts_before) == 1
+    make_cache(tmp_path)  # another worker starts and scans: the part is locked, so it stays
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.part")) == parts_before
+    entry = await pending.commit(expected_sha256=None, expected_size=5000)
+    assert entry.size == 5000
+    # A part whose writer died (no lock held any more) is an orphan and goes.
+    orphan = tmp_path / "cache" / "ab" / ("ab" + "0" * 62 + ".deadbeef0000.part")
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"z")
+    make_cache(tmp_path)
+    assert not orphan.exists()

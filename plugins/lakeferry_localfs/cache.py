@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -301,7 +302,9 @@ class LocalFsCache:
         self._log = context.logger
         self._fsync = settings.fsync
         self._limiter = trio.CapacityLimiter(IO_THREADS)
-        self._gate = QuotaGate(settings.quota, settings.unknown_size_estimate)
+        self._gate = QuotaGate(
+            settings.quota, settings.unknown_size_estimate, refresh=self._refresh_usage
+        )
         self._partial_max_age = float(settings.partial_max_age)
         self._entries: dict[str, int] = {}
         """File name -> size of every complete entry, for quota accounting."""
@@ -373,6 +376,8 @@ class LocalFsCache:
                 if kept is not None and kept.size == size and kept.kept_at >= oldest:
                     self._kept.setdefault(stem.partition(".")[0], {})[Path(part)] = size
                     continue
+                if sidecar is None and _in_use(part):
+                    continue  # another process sharing the cache is writing it right now
                 os.unlink(part)  # a download a crash interrupted, or a partial too old
                 if sidecar is not None:
                     os.unlink(sidecar)
@@ -459,7 +464,9 @@ class LocalFsCache:
     @staticmethod
     def _open_new(part: Path) -> IO[bytes]:
         part.parent.mkdir(exist_ok=True)
-        return part.open("xb", buffering=0)
+        fh = part.open("xb", buffering=0)
+        _lock(fh)  # other processes sharing the cache see it is in use
+        return fh
 
     def _take_over(
         self, key: str, old: Path, part: Path
@@ -477,6 +484,7 @@ class LocalFsCache:
         _unlink(sidecar)
         try:
             fh = part.open("r+b", buffering=0)
+            _lock(fh)
         except BaseException:
             _unlink(part)
             raise
@@ -584,6 +592,34 @@ class LocalFsCache:
         await self.run_sync(remove_sync)
         self._gate.add_used(-self._entries.pop(name, 0))
 
+    async def _refresh_usage(self) -> int:
+        """Bytes held on disk, by every process sharing the cache: complete entries and kept
+        partials. Upload workers in other processes free room this process cannot see."""
+
+        def walk() -> tuple[dict[str, int], int]:
+            entries: dict[str, int] = {}
+            kept = 0
+            for shard in os.scandir(self._root):
+                if not (shard.is_dir(follow_symlinks=False) and _SHARD.match(shard.name)):
+                    continue
+                names = {item.name: item for item in os.scandir(shard.path)}
+                for file_name, item in names.items():
+                    name, _, suffix = file_name.partition(".")
+                    if not _NAME.match(name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if suffix == "" and f"{name}.meta" in names:
+                            entries[name] = item.stat(follow_symlinks=False).st_size
+                        elif file_name.endswith(".part") and (
+                            file_name.removesuffix(".part") + ".resume" in names
+                        ):
+                            kept += item.stat(follow_symlinks=False).st_size
+            return entries, kept
+
+        entries, kept = await self.run_sync(walk)
+        self._entries = entries
+        return sum(entries.values()) + kept
+
     def usage(self) -> CacheUsage:
         return CacheUsage(bytes=self._gate.used, files=len(self._entries), quota=self._gate.quota)
 
@@ -611,6 +647,26 @@ class LocalFsCache:
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def _lock(fh: IO[bytes]) -> None:
+    """Hold an exclusive advisory lock while writing (released when the process dies)."""
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _in_use(part: str) -> bool:
+    """Whether another live process holds the lock of a part file."""
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _read_kept(sidecar: str) -> _Kept | None:

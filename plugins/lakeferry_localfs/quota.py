@@ -15,12 +15,15 @@ raised quota) admits the waiters at the head of the queue and wakes them.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
 
 from lakeferry.api import PermanentError, Reason
+
+REFRESH_INTERVAL = 1.0
+"""While a reservation waits, how often the used bytes are re-read from disk."""
 
 
 class _Waiter:
@@ -43,9 +46,19 @@ def _too_large(size: int, quota: int) -> PermanentError:
 class QuotaGate:
     """Tracks used and reserved bytes against a quota; :meth:`reserve` waits for room."""
 
-    def __init__(self, quota: int, unknown_size_estimate: int) -> None:
+    def __init__(
+        self,
+        quota: int,
+        unknown_size_estimate: int,
+        *,
+        refresh: Callable[[], Awaitable[int]] | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ) -> None:
         self.quota = quota
         self.unknown_size_estimate = unknown_size_estimate
+        self.refresh = refresh
+        """Re-reads the used bytes (other processes sharing the cache free room too)."""
+        self.refresh_interval = refresh_interval
         self.used = 0
         self.reserved = 0
         self._waiters: deque[_Waiter] = deque()
@@ -83,7 +96,12 @@ class QuotaGate:
         waiter = _Waiter(need, known)
         self._waiters.append(waiter)
         try:
-            await waiter.event.wait()
+            while not waiter.event.is_set():
+                with trio.move_on_after(self.refresh_interval):
+                    await waiter.event.wait()
+                if not waiter.event.is_set() and self.refresh is not None:
+                    self.used = await self.refresh()
+                    self.admit()
         except BaseException:
             if waiter.admitted:
                 self.reserved -= need
