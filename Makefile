@@ -4,6 +4,7 @@
 #   make test      run the test suite
 #   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
 #   make lint      ruff + mypy (strict on daemon/)
+#   make chaos     the pipeline on Kafka under kills, a broker restart and a sink storm
 #   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
 #   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
 #                  and Maven; `make test` does this first, since the tests run a real broker)
@@ -24,7 +25,7 @@ KAFKA_PORT ?= 9092
 KAFKA_DIR  ?= var/kafka
 KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test lint fmt demo clean distclean kafka-dist kafka-up kafka-down \
+.PHONY: install run test lint fmt demo chaos clean distclean kafka-dist kafka-up kafka-down \
 	system-deps systemd-check install-systemd
 
 install: $(STAMP)
@@ -69,6 +70,9 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format daemon plugins tests tools
 	$(BIN)/ruff check --fix daemon plugins tests tools
+
+chaos: $(STAMP) kafka-dist
+	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --bus $(BUS) $(if $(filter 1 yes true,$(AZURE)),--azure) $(DEMO_ARGS)
