@@ -9,27 +9,11 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv, origin_events, wait_until
 from helpers.origin import Origin
 
-
-def events(
-    origin: Origin, prefix: str, n: int, *, flaky_every: int = 0, slow: float = 0
-) -> list[dict[str, Any]]:
-    out = []
-    for i in range(n):
-        name = f"{prefix}-{i}.bin"
-        size = 2048 + (i * 7919) % 60000
-        if flaky_every and i % flaky_every == 0:
-            url = origin.file_url(name, size, route="flaky", fail=1)
-        elif slow:
-            url = origin.file_url(name, size, route="slow", delay=slow)
-        else:
-            url = origin.file_url(name, size)
-        out.append({"id": f"{prefix}-{i}", "url": url})
-    return out
+events = origin_events
 
 
 def landed(env: DaemonEnv) -> float:

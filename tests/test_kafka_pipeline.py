@@ -9,25 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from helpers.daemon import DaemonEnv, harness, wait_until
+from helpers.daemon import DaemonEnv, harness, origin_events, wait_until
 from helpers.origin import Origin
 
-
-def events(
-    origin: Origin, prefix: str, n: int, *, slow: float = 0, flaky_every: int = 0
-) -> list[dict[str, Any]]:
-    out = []
-    for i in range(n):
-        name = f"{prefix}-{i}.bin"
-        size = 4096 + (i * 7919) % 50000
-        if flaky_every and i % flaky_every == 0:
-            url = origin.file_url(name, size, route="flaky", fail=1)
-        elif slow:
-            url = origin.file_url(name, size, route="slow", delay=slow)
-        else:
-            url = origin.file_url(name, size)
-        out.append({"id": f"{prefix}-{i}", "url": url})
-    return out
+events = origin_events
 
 
 def settled(env: DaemonEnv, expected: int, *files: Any) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import trio
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 import lakeferry_delta
+from helpers.delta import event_row, inventory_row
 from lakeferry.api import (
     ConfigError,
     EventRow,
@@ -26,37 +26,7 @@ from lakeferry_delta import ConflictingTransactions, DeltaInventory, DeltaSettin
 from lakeferry_delta.schema import EVENTS_SCHEMA, INVENTORY_SCHEMA, TableLayout
 from lakeferry_delta.table import DeltaTableHandle
 
-T0 = dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 TIMEOUT = 20
-
-
-def inventory_row(i: int, *, day: int = 0) -> InventoryRow:
-    at = T0 + dt.timedelta(days=day, seconds=i)
-    return InventoryRow(
-        event_id=f"ev-{i}",
-        url=f"https://example.org/files/{i}.bin",
-        destination=f"landing/{i}.bin",
-        size=1000 + i,
-        sha256=f"{i:064x}",
-        event_created_at=at,
-        downloaded_at=at + dt.timedelta(seconds=1),
-        uploaded_at=at + dt.timedelta(seconds=2),
-        committed_at=at + dt.timedelta(seconds=3),
-        attempts=1,
-        skipped_upload=i % 2 == 0,
-        metadata_json='{"k": "v"}',
-    )
-
-
-def event_row(i: int) -> EventRow:
-    return EventRow(
-        event_id=f"ev-{i}",
-        url=f"https://example.org/files/{i}.bin",
-        received_at=T0 + dt.timedelta(seconds=i),
-        event_created_at=T0,
-        origin=f"spool:/in/a.jsonl:{i}",
-        raw_json=f'{{"id": "ev-{i}"}}',
-    )
 
 
 def make_inventory(tmp_path: Path, **overrides: Any) -> DeltaInventory:

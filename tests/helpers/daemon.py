@@ -104,6 +104,25 @@ def kafka_env(tmp_path: Path, kafka_broker: Any) -> Iterator[DaemonEnv]:
         daemon.stop()
 
 
+def origin_events(
+    origin: Any, prefix: str, n: int, *, flaky_every: int = 0, slow: float = 0
+) -> list[dict[str, Any]]:
+    """``n`` events for files of the test origin (sizes vary; every ``flaky_every``-th fails
+    once with 503; ``slow`` delays each body)."""
+    out = []
+    for i in range(n):
+        name = f"{prefix}-{i}.bin"
+        size = 2048 + (i * 7919) % 60000
+        if flaky_every and i % flaky_every == 0:
+            url = origin.file_url(name, size, route="flaky", fail=1)
+        elif slow:
+            url = origin.file_url(name, size, route="slow", delay=slow)
+        else:
+            url = origin.file_url(name, size)
+        out.append({"id": f"{prefix}-{i}", "url": url})
+    return out
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
 ) -> None:
