@@ -111,8 +111,8 @@ def build_events(
 
 def audit(config: Path, events_file: Path) -> tuple[int, dict[str, int]]:
     result = harness.cli(config, "audit", "--json", "--events", str(events_file))
-    if result.returncode not in (0, 1):
-        raise RuntimeError(f"audit failed: {result.stderr}")
+    if result.returncode not in (0, 1) or not result.stdout.strip():
+        raise RuntimeError(f"audit failed ({result.returncode}): {result.stderr[-2000:]}")
     return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
 
 
