@@ -25,7 +25,7 @@ KAFKA_PORT ?= 9092
 KAFKA_DIR  ?= var/kafka
 KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test lint fmt demo chaos clean distclean kafka-dist kafka-up kafka-down \
+.PHONY: install run test lint fmt demo chaos bench clean distclean kafka-dist kafka-up kafka-down \
 	system-deps systemd-check install-systemd
 
 install: $(STAMP)
@@ -63,13 +63,23 @@ kafka-down:
 	$(PYTHON) $(KAFKA) down --dir $(KAFKA_DIR)
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon plugins tests tools
-	$(BIN)/ruff format --check daemon plugins tests tools
+	$(BIN)/ruff check daemon plugins tests tools bench
+	$(BIN)/ruff format --check daemon plugins tests tools bench
 	$(BIN)/mypy
 
 fmt: $(STAMP)
 	$(BIN)/ruff format daemon plugins tests tools
 	$(BIN)/ruff check --fix daemon plugins tests tools
+
+# make bench [QUICK=1]: nginx origin, lakeferry on both buses, aria2c/curl/old-design peers.
+# Its own venv: matplotlib brings numpy, which the daemon's venv keeps out (pyarrow would load it
+# and its NUMA calls are outside the systemd units' system-call filter).
+BENCH_VENV := .venv-bench
+bench: kafka-dist
+	sh bench/deps.sh
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BENCH_VENV)/bin/python bench/bench.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
 
 chaos: $(STAMP) kafka-dist
 	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)

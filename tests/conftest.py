@@ -7,4 +7,5 @@ pytest_plugins = [
     "helpers.azurite",
     "helpers.dfs",
     "helpers.hypothesis_profile",
+    "helpers.sftp",
 ]

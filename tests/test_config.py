@@ -148,3 +148,38 @@ def test_check_config_cli(tmp_path: Path) -> None:
     result = run_cli("check-config", str(broken))
     assert result.returncode == 2
     assert "not valid TOML" in result.stderr
+
+
+def test_plugins_section_is_read_before_the_registry(tmp_path: Path) -> None:
+    from lakeferry.config import load_plugins, plugins_section
+
+    assert plugins_section({}).allow == []
+    data = {"plugins": {"block": ["${BLOCKED}"], "required": ["http"]}}
+    section = plugins_section(data, env={"BLOCKED": "sftp"})
+    assert (section.block, section.required) == (["sftp"], ["http"])
+    for bad, key in (
+        ({"allow": "http"}, "plugins.allow"),
+        ({"allwo": []}, "plugins.allwo"),
+        ({"allow": ["http"], "block": ["http"]}, "plugins.block"),
+        ({"allow": ["http"], "required": ["delta"]}, "plugins.required"),
+        ({"block": ["http"], "required": ["http"]}, "plugins.required"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            plugins_section({"plugins": bad})
+        assert info.value.key == key, bad
+    path = tmp_path / "lakeferry.toml"
+    path.write_text(DEFAULT.read_text() + '\n[plugins]\nblock = ["sftp", "kafka"]\n')
+    registry = load_plugins(path, env={})
+    assert {p.name for p in registry.skipped} == {"sftp", "kafka"}
+    cfg = load_config(path, registry, env={})
+    assert cfg.core.plugins.block == ["sftp", "kafka"]
+    assert "sftp" not in cfg.downloaders
+
+
+def test_plugins_section_needs_a_restart(registry: Registry) -> None:
+    old = parse_config(base(), registry, env={})
+    data = base()
+    data["plugins"] = {"block": ["sftp"]}
+    live, restart = diff(old, parse_config(data, registry, env={}))
+    assert live == []
+    assert restart == ["plugins.block"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,162 @@ def test_plugins_command_lists_versions_and_kinds() -> None:
     assert "provides downloader:http (http, https)" in out.stdout
     assert "provides sink:localfs" in out.stdout
     assert "provides inventory:delta" in out.stdout
+
+
+# -- [plugins] allow / block / required, and plugins that fail to load ---------------------------
+
+
+def _broken_distribution(root: Path, *, at: str = "import") -> Path:
+    """A dist-info on ``root`` whose ``lakeferry`` entry point ``broken`` fails at ``at``
+    (``import``: the module raises; ``register``: its hook raises)."""
+    body = (
+        'raise RuntimeError("boom at import")\n'
+        if at == "import"
+        else "from lakeferry.api import hookimpl\n\n"
+        "@hookimpl\n"
+        "def lakeferry_register_downloaders(register):\n"
+        '    register("broken", ["brk"], object, object)\n'
+        '    raise RuntimeError("boom at register")\n'
+    )
+    (root / "lakeferry_broken_plugin.py").write_text(body)
+    info = root / "lakeferry_broken-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lakeferry-broken\nVersion: 1.2.3\n"
+    )
+    (info / "entry_points.txt").write_text("[lakeferry]\nbroken = lakeferry_broken_plugin\n")
+    return root
+
+
+def test_blocked_plugin_is_not_imported() -> None:
+    registry = load_registry(block=["sftp"])
+    assert "sftp" not in {p.name for p in registry.plugins}
+    assert registry.for_scheme("sftp") is None
+    (blocked,) = registry.skipped
+    assert (blocked.name, blocked.status, blocked.distribution) == ("sftp", "blocked", "lakeferry")
+    assert blocked.path.endswith("lakeferry_sftp/__init__.py")
+    assert registry.for_scheme("https") is not None
+
+
+def test_allow_list_admits_only_its_names() -> None:
+    registry = load_registry(allow=["http", "localfs"])
+    assert sorted(p.name for p in registry.plugins) == ["http", "localfs"]
+    assert {p.status for p in registry.skipped} == {"not_allowed"}
+    assert "delta" in {p.name for p in registry.skipped}
+    assert registry.kinds("inventory") == []
+    assert all(p.path.endswith("__init__.py") for p in registry.plugins)
+
+
+def test_plugin_failing_at_import_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(_broken_distribution(tmp_path)))
+    registry = load_registry()
+    (failed,) = registry.failed
+    assert (failed.name, failed.distribution, failed.version) == (
+        "broken",
+        "lakeferry-broken",
+        "1.2.3",
+    )
+    assert "RuntimeError: boom at import" in failed.error
+    assert "Traceback" in failed.error
+    assert failed.path == str(tmp_path / "lakeferry_broken_plugin.py")
+    assert registry.for_scheme("https") is not None, "the others load"
+    with pytest.raises(ConfigError, match="boom at import") as info:
+        load_registry(required=["broken"])
+    assert info.value.key == "plugins.required"
+    assert load_registry(block=["broken"]).failed == []
+
+
+def test_plugin_failing_at_register_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(_broken_distribution(tmp_path, at="register")))
+    registry = load_registry()
+    assert [p.name for p in registry.failed] == ["broken"]
+    assert "boom at register" in registry.failed[0].error
+    assert registry.for_scheme("brk") is None, "its registrations are dropped"
+    assert "broken" not in registry.kinds("downloader")
+    assert registry.for_scheme("sftp") is not None
+    with pytest.raises(ConfigError, match="boom at register"):
+        load_registry(required=["broken"])
+
+
+def test_in_process_plugin_failing_at_register() -> None:
+    class Faulty:
+        @hookimpl
+        def lakeferry_register_sinks(self, register: Any) -> None:
+            raise ValueError("faulty sink")
+
+    registry = load_registry(extra_plugins=[("faulty", Faulty())])
+    assert [p.name for p in registry.failed] == ["faulty"]
+    assert "ValueError: faulty sink" in registry.failed[0].error
+    assert "localfs" in registry.kinds("sink")
+    blocked = load_registry(extra_plugins=[("faulty", Faulty())], block=["faulty"])
+    assert blocked.failed == []
+    assert blocked.skipped[0].status == "blocked"
+
+
+def test_required_plugin_must_be_there() -> None:
+    with pytest.raises(ConfigError, match="'nosuch' is not installed"):
+        load_registry(required=["nosuch"])
+    with pytest.raises(ConfigError, match="'sftp' is blocked"):
+        load_registry(block=["sftp"], required=["sftp"])
+    with pytest.raises(ConfigError, match="'sftp' is not allowed"):
+        load_registry(allow=["http"], required=["sftp"])
+    assert "sftp" in {p.name for p in load_registry(required=["sftp", "http"]).plugins}
+
+
+def _config_with(tmp_path: Path, plugins: str) -> Path:
+    text = (ROOT / "etc" / "lakeferry.toml").read_text()
+    path = tmp_path / "lakeferry.toml"
+    path.write_text(f"{text}\n[plugins]\n{plugins}\n")
+    return path
+
+
+def _cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "lakeferry", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_plugins_command_shows_origin_blocked_and_failed(tmp_path: Path) -> None:
+    (tmp_path / "dist").mkdir()
+    dist = _broken_distribution(tmp_path / "dist")
+    config = _config_with(tmp_path, 'block = ["sftp"]')
+    out = _cli("plugins", "-c", str(config), pythonpath=dist)
+    assert out.returncode == 1, out.stderr  # a plugin failed
+    assert "plugins/lakeferry_http/__init__.py" in out.stdout
+    assert "BLOCKED" in out.stdout.split("sftp", 1)[1].splitlines()[0]
+    broken = out.stdout.split("\nbroken", 1)[1]
+    assert "lakeferry-broken 1.2.3" in broken.splitlines()[0]
+    assert "FAILED" in broken.splitlines()[0]
+    assert "RuntimeError: boom at import" in broken
+    listed = _cli("plugins", "--json", "-c", str(config), pythonpath=dist)
+    assert listed.returncode == 1, listed.stderr
+    statuses = {p["name"]: p["status"] for p in json.loads(listed.stdout)}
+    assert statuses["sftp"] == "blocked"
+    assert statuses["broken"] == "failed"
+    assert statuses["http"] == "loaded"
+
+
+def test_required_plugin_failing_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "dist").mkdir()
+    dist = _broken_distribution(tmp_path / "dist")
+    config = _config_with(tmp_path, 'required = ["broken"]')
+    out = _cli("check-config", str(config), pythonpath=dist)
+    assert out.returncode == 2
+    assert "plugins.required" in out.stderr
+    assert "boom at import" in out.stderr
+    ok = _cli("check-config", str(_config_with(tmp_path, 'block = ["broken"]')), pythonpath=dist)
+    assert ok.returncode == 0, ok.stderr

@@ -5,6 +5,7 @@
 #   promtool         prometheus   checks etc/prometheus/alerts.yml and a live /metrics scrape
 #   systemd-analyze  systemd      verifies the units in systemd/ and rates their sandbox
 #   strace           strace       traces the daemon to prove it fits the units' filters
+#   /usr/sbin/sshd   openssh-server  the sftp plugin's tests run a real OpenSSH server on loopback
 #
 # Runs `apt-get update` only when the package lists do not know a package, then
 # `apt-get install -y --no-install-recommends`; needs root (CI runs as root). The prometheus
@@ -22,6 +23,9 @@ need() {  # COMMAND PACKAGE
 need promtool prometheus
 need systemd-analyze systemd
 need strace strace
+if [ ! -x /usr/sbin/sshd ]; then  # not on PATH for non-root users: test the file itself
+    missing="$missing openssh-server"
+fi
 
 if [ -z "$missing" ]; then
     exit 0
@@ -33,7 +37,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: no apt-get here; install$missing (the commands promtool," \
-        "systemd-analyze, strace) another way" >&2
+        "systemd-analyze, strace, /usr/sbin/sshd) another way" >&2
     exit 1
 fi
 
@@ -83,6 +87,18 @@ case $missing in
         elif command -v systemctl >/dev/null 2>&1; then
             echo "system-deps: systemctl disable prometheus (systemd is not running here)"
             systemctl disable prometheus
+        fi
+        ;;
+esac
+case $missing in
+    *openssh-server*)
+        # The package enables ssh.service; the tests start their own sshd on a free port.
+        if [ -d /run/systemd/system ]; then
+            echo "system-deps: systemctl disable --now ssh"
+            systemctl disable --now ssh
+        elif command -v systemctl >/dev/null 2>&1; then
+            echo "system-deps: systemctl disable ssh (systemd is not running here)"
+            systemctl disable ssh
         fi
         ;;
 esac

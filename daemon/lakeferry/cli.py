@@ -43,10 +43,17 @@ def _err(message: str) -> None:
     print(f"lakeferry: {message}", file=sys.stderr)
 
 
+def _registry(path: str) -> Registry:
+    """The plugins the config file's ``[plugins]`` section admits (read before the rest)."""
+    from lakeferry.config import load_plugins
+
+    return load_plugins(path)
+
+
 def _load(path: str, registry: Registry | None = None) -> Any:
     from lakeferry.config import load_config
 
-    return load_config(path, registry or load_registry())
+    return load_config(path, registry or _registry(path))
 
 
 def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -69,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lakeferry.pipeline import STAGES
     from lakeferry.supervisor import run_daemon
 
-    registry = load_registry()
+    registry = _registry(args.config)
     config = _load(args.config, registry)
     stages: tuple[str, ...] = STAGES
     if args.stages:
@@ -98,19 +105,56 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    registry = load_registry()
+    config = args.config
+    if config is None:  # the default config's [plugins] lists apply when there is one
+        default = default_config_path()
+        config = default if Path(default).exists() else None
+    registry = _registry(config) if config is not None else load_registry()
+    everyone = [*registry.plugins, *registry.skipped]
     if args.json:
-        print(json.dumps([msgspec.to_builtins(p.__dict__) for p in registry.plugins], indent=2))
-        return EXIT_OK
-    width = max((len(p.name) for p in registry.plugins), default=4)
+        print(json.dumps([msgspec.to_builtins(p.__dict__) for p in everyone], indent=2))
+        return EXIT_FAILED if registry.failed else EXIT_OK
+    width = max((len(p.name) for p in everyone), default=4)
     for p in registry.plugins:
-        print(f"{p.name:<{width}}  {p.distribution} {p.version}  {p.module}")
+        print(f"{p.name:<{width}}  {p.distribution} {p.version}  {p.module}  {p.path}")
         for item in p.provides:
             print(f"{'':<{width}}    provides {item}")
-    return EXIT_OK
+    for p in registry.skipped:
+        status = p.status.replace("_", " ").upper()
+        print(f"{p.name:<{width}}  {p.distribution} {p.version}  {p.module}  {p.path}  {status}")
+        for line in p.error.splitlines():
+            print(f"{'':<{width}}    {line}")
+    if config is not None:
+        print(f"([plugins] from {config})")
+    return EXIT_FAILED if registry.failed else EXIT_OK
 
 
 # -- submit --------------------------------------------------------------------------------------
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    from lakeferry import plugin_template
+
+    try:
+        target = plugin_template.write(args.name, args.kind, Path(args.dir))
+    except (ValueError, FileExistsError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    print(f"wrote {target}: pip install -e '{target}[test]', then pytest in it")
+    return EXIT_OK
+
+
+def add_plugin_parser(sub: Any) -> None:
+    """``lakeferry plugin new NAME --kind KIND [--dir DIR]``: a new plugin package."""
+    from lakeferry.plugin_template import KINDS
+
+    plugin = sub.add_parser("plugin", help="tools for plugin authors")
+    psub = plugin.add_subparsers(dest="action", required=True)
+    new = psub.add_parser("new", help="write a new plugin package from the template")
+    new.add_argument("name", help="the kind's name, e.g. acme (package lakeferry-acme)")
+    new.add_argument("--kind", required=True, choices=KINDS)
+    new.add_argument("--dir", default=".", help="where to create lakeferry-NAME/ (default: .)")
+    new.set_defaults(fn=cmd_plugin_new)
 
 
 def _progress(total: int, label: str, quiet: bool) -> Any:
@@ -328,7 +372,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from lakeferry.components import PluginContext
     from lakeferry.logs import get_logger
 
-    registry = load_registry()
+    registry = _registry(args.config)
     config = _load(args.config, registry)
     submitted: set[str] = set()
     for events_file in args.events or ():
@@ -380,9 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(fn=cmd_check_config)
 
-    plugins = sub.add_parser("plugins", help="list loaded plugins and what they provide")
+    plugins = sub.add_parser(
+        "plugins", help="list plugins: where from, what they provide, blocked and failed ones"
+    )
     plugins.add_argument("--json", action="store_true")
+    plugins.add_argument(
+        "-c", "--config", default=None, help="apply this file's [plugins] (default: as for run)"
+    )
     plugins.set_defaults(fn=cmd_plugins)
+    add_plugin_parser(sub)
 
     submit = with_config(sub.add_parser("submit", help="submit events (URLs or a JSONL file)"))
     submit.add_argument("urls", nargs="*", metavar="URL")

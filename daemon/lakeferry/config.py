@@ -11,6 +11,12 @@ Loading happens in three steps, each of which names the offending key when it fa
    its ``kind``; an unknown kind is refused with the kinds that are known.
 
 Paths are used as written: relative paths are relative to the daemon's working directory.
+
+The ``[plugins]`` section is the exception to that order: it decides which plugins load, and
+plugin sections can only be validated once they have, so :func:`load_plugins` reads it from
+the raw TOML first (same environment references, same key-naming errors) and builds the
+registry from it; the whole file is validated afterwards, ``[plugins]`` included. Changing it
+needs a restart.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from lakeferry.errors import ConfigError
-from lakeferry.registry import ComponentKind, Registry
+from lakeferry.registry import ComponentKind, Registry, load_registry
 from lakeferry.units import Duration, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
@@ -136,6 +142,20 @@ class CommitConfig(_Section):
     """How often each stage commits its contiguous completed offsets."""
 
 
+class PluginsConfig(_Section):
+    """``[plugins]``: which entry points of the ``lakeferry`` group load (names, as listed by
+    ``lakeferry plugins``). Read before the rest of the file; see :func:`load_plugins`."""
+
+    allow: list[str] = msgspec.field(default_factory=list)
+    """When non-empty, only these plugins load — built-ins included (``http``, ``localfs``,
+    ``delta`` ... must be listed when used)."""
+    block: list[str] = msgspec.field(default_factory=list)
+    """These plugins are never imported."""
+    required: list[str] = msgspec.field(default_factory=list)
+    """Start-up fails, with the traceback, when one of these fails to load; any other plugin
+    that fails is left out and reported (log, ``lakeferry plugins``)."""
+
+
 class Config(_Section):
     """The whole configuration. Plugin sections hold the validated plugin settings objects."""
 
@@ -150,6 +170,7 @@ class Config(_Section):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     commit: CommitConfig = msgspec.field(default_factory=CommitConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     cache: dict[str, Any] = msgspec.field(default_factory=dict)
     sink: dict[str, Any] = msgspec.field(default_factory=dict)
     inventory: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -262,9 +283,23 @@ def _validate_core(core: Config) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError("topics", f"topic names must differ; repeated: {', '.join(dupes)}")
+    _validate_plugins(core.plugins)
     for key, listen in (("metrics.listen", core.metrics.listen), ("live.listen", core.live.listen)):
         if listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
             raise ConfigError(key, f"expected host:port, got {listen!r}")
+
+
+def _validate_plugins(plugins: PluginsConfig) -> None:
+    both = sorted(set(plugins.allow) & set(plugins.block))
+    if both:
+        raise ConfigError("plugins.block", f"also in plugins.allow: {', '.join(both)}")
+    if plugins.allow:
+        unlisted = sorted(set(plugins.required) - set(plugins.allow))
+        if unlisted:
+            raise ConfigError("plugins.required", f"not in plugins.allow: {', '.join(unlisted)}")
+    clash = sorted(set(plugins.required) & set(plugins.block))
+    if clash:
+        raise ConfigError("plugins.required", f"also in plugins.block: {', '.join(clash)}")
 
 
 def parse_config(
@@ -305,20 +340,39 @@ def parse_config(
     )
 
 
-def load_config(
-    path: str | Path, registry: Registry, env: dict[str, str] | None = None
-) -> LoadedConfig:
-    """Read and validate a TOML file. Raises ConfigError naming the key and the problem."""
-    p = Path(path)
+def _read_toml(p: Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {p}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
-    return parse_config(data, registry, path=str(p), env=env)
+
+
+def load_config(
+    path: str | Path, registry: Registry, env: dict[str, str] | None = None
+) -> LoadedConfig:
+    """Read and validate a TOML file. Raises ConfigError naming the key and the problem."""
+    p = Path(path)
+    return parse_config(_read_toml(p), registry, path=str(p), env=env)
+
+
+def plugins_section(data: dict[str, Any], env: dict[str, str] | None = None) -> PluginsConfig:
+    """The ``[plugins]`` section of parsed TOML, validated on its own (before the registry)."""
+    raw = data.get("plugins", {})
+    resolved = _resolve_env(raw, "plugins", dict(os.environ) if env is None else env)
+    plugins: PluginsConfig = _convert(resolved, PluginsConfig, "plugins")
+    _validate_plugins(plugins)
+    return plugins
+
+
+def load_plugins(path: str | Path, env: dict[str, str] | None = None) -> Registry:
+    """The registry the config file at ``path`` asks for: its ``[plugins]`` allow, block and
+    required lists applied. Read this first, then :func:`load_config` with the result."""
+    section = plugins_section(_read_toml(Path(path)), env)
+    return load_registry(allow=section.allow, block=section.block, required=section.required)
 
 
 # Settings that SIGHUP applies to a running daemon; everything else needs a restart.

@@ -3,11 +3,23 @@
 Core code never calls the untyped ``pm.hook.*`` directly; it asks a :class:`Registry`.
 Built-in plugins are distributions' entry points in the ``lakeferry`` group like any third-party
 plugin, so a site team's plugin is found exactly the way ours are.
+
+Which plugins load is the ``[plugins]`` section's business (:func:`load_registry`): ``block``
+names entry points never imported; a non-empty ``allow`` admits only the names it lists
+(built-ins included); a plugin that fails to import or to register is left out and reported
+with its traceback (:attr:`Registry.failed`), so one broken site plugin does not take the
+daemon down — unless ``required`` names it, and then loading fails with that traceback.
+Conflicts (a kind or URL scheme provided twice) and misspelled hook names stay errors: they
+are mistakes in the set of plugins, not in one of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import importlib.util
+import sys
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -78,21 +90,39 @@ class Registration:
     schemes: tuple[str, ...] = ()
 
 
+PluginStatus = Literal["loaded", "blocked", "not_allowed", "failed"]
+
+
 @dataclass(frozen=True)
 class PluginInfo:
+    """One plugin (an entry point, or an in-process plugin) and what became of it."""
+
     name: str
     distribution: str
     version: str
     module: str
     provides: list[str] = field(default_factory=list)
+    path: str = ""
+    """The plugin module's file (found without importing it when it was not loaded)."""
+    status: PluginStatus = "loaded"
+    error: str = ""
+    """The traceback of a plugin that failed to import or register."""
 
 
 class Registry:
     """Every registered factory, by component and kind. Build with :func:`load_registry`."""
 
-    def __init__(self, pm: pluggy.PluginManager, plugins: list[PluginInfo]) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        plugins: list[PluginInfo],
+        skipped: Sequence[PluginInfo] = (),
+    ) -> None:
         self._pm = pm
         self.plugins = plugins
+        """The plugins loaded."""
+        self.skipped: list[PluginInfo] = list(skipped)
+        """The plugins not loaded: blocked, not allowed, or failed (with a traceback)."""
         self._by: dict[tuple[ComponentKind, str], Registration] = {}
         self._schemes: dict[str, Registration] = {}
 
@@ -127,7 +157,12 @@ class Registry:
             for impl in hook.get_hookimpls():
                 plugin = self._pm.get_name(impl.plugin) or "?"
                 register = self._registrar(component, plugin)  # type: ignore[arg-type]
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except ConfigError:
+                    raise  # a conflict between plugins: the set of plugins is wrong
+                except Exception as exc:
+                    raise _PluginBroken(plugin, _traceback(exc)) from exc
 
     def _registrar(self, component: ComponentKind, plugin: str) -> Callable[..., None]:
         def register(kind: str, *args: Any) -> None:
@@ -163,6 +198,11 @@ class Registry:
     def registrations(self) -> list[Registration]:
         return list(self._by.values())
 
+    @property
+    def failed(self) -> list[PluginInfo]:
+        """The plugins that failed to import or register, each with its traceback."""
+        return [p for p in self.skipped if p.status == "failed"]
+
     def for_scheme(self, scheme: str) -> Registration | None:
         return self._schemes.get(scheme.lower())
 
@@ -173,43 +213,129 @@ class Registry:
         return result
 
 
+class _PluginBroken(Exception):
+    """A plugin's registration hook raised: the plugin is left out (or, if required, fatal)."""
+
+    def __init__(self, plugin: str, trace: str) -> None:
+        super().__init__(plugin)
+        self.plugin = plugin
+        self.trace = trace
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
 def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
     return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
 
 
-def load_registry(extra_plugins: Sequence[tuple[str, ModuleType | object]] = ()) -> Registry:
-    """Load every ``lakeferry`` entry point, check hook names, and collect registrations.
+def _module_path(module: str, loaded: object | None = None) -> str:
+    """The file of a plugin module; found without importing it (top-level modules only)."""
+    if loaded is not None:
+        return str(getattr(loaded, "__file__", "") or "")
+    if "." in module:
+        return ""  # find_spec would import the parent packages
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return ""
+    return spec.origin or "" if spec is not None else ""
 
-    ``extra_plugins`` registers in-process plugins (tests) after the entry points.
-    A misspelled hook implementation (``lakeferry_register_sink``) raises ConfigError.
+
+def _required_error(name: str, problem: str) -> ConfigError:
+    return ConfigError("plugins.required", f"plugin {name!r} {problem}")
+
+
+def load_registry(
+    extra_plugins: Sequence[tuple[str, ModuleType | object]] = (),
+    *,
+    allow: Sequence[str] = (),
+    block: Sequence[str] = (),
+    required: Sequence[str] = (),
+) -> Registry:
+    """Load the ``lakeferry`` entry points the lists admit, check hook names, collect
+    registrations.
+
+    ``block``: names never imported. ``allow``: when non-empty, only these names are imported
+    (built-in plugins are entry points too: list every one you use). A plugin that raises while
+    being imported, registered with pluggy or asked for its registrations is left out and
+    recorded in :attr:`Registry.skipped` with its traceback — unless it is in ``required``,
+    then ConfigError carries the traceback; a required plugin that is blocked, not allowed or
+    not installed is a ConfigError too. ``extra_plugins`` registers in-process plugins (tests)
+    after the entry points, under the same lists. A misspelled hook implementation
+    (``lakeferry_register_sink``) and a kind or scheme provided twice raise ConfigError.
     """
+    allowed, blocked, needed = set(allow), set(block), set(required)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
+    skipped: list[PluginInfo] = []
+
+    def admitted(info: PluginInfo) -> bool:
+        status: PluginStatus | None = None
+        if info.name in blocked:
+            status = "blocked"
+        elif allowed and info.name not in allowed:
+            status = "not_allowed"
+        if status is None:
+            return True
+        if info.name in needed:
+            raise _required_error(info.name, f"is {status.replace('_', ' ')} by [plugins]")
+        skipped.append(_with(info, status=status))
+        return False
+
+    def failed(info: PluginInfo, trace: str) -> None:
+        if info.name in needed:
+            raise _required_error(info.name, f"failed to load:\n{trace}")
+        skipped.append(_with(info, status="failed", error=trace))
+
+    seen: set[str] = set()
     for ep in sorted(_entry_points(), key=lambda e: e.name):
-        module = ep.load()
-        if pm.is_registered(module):
-            continue
-        pm.register(module, name=ep.name)
+        if ep.name in seen:
+            continue  # the same distribution found twice on sys.path
+        seen.add(ep.name)
         dist = ep.dist
-        infos.append(
-            PluginInfo(
-                name=ep.name,
-                distribution=dist.name if dist is not None else "?",
-                version=dist.version if dist is not None else "?",
-                module=ep.value,
-            )
+        info = PluginInfo(
+            name=ep.name,
+            distribution=dist.name if dist is not None else "?",
+            version=dist.version if dist is not None else "?",
+            module=ep.value,
         )
+        if not admitted(info):
+            skipped[-1] = _with(skipped[-1], path=_module_path(ep.module))
+            continue
+        try:
+            module = ep.load()
+            if pm.is_registered(module):
+                continue
+            pm.register(module, name=ep.name)
+        except Exception as exc:
+            failed(_with(info, path=_module_path(ep.module)), _traceback(exc))
+            continue
+        infos.append(_with(info, path=_module_path(ep.module, sys.modules.get(ep.module))))
     for name, plugin in extra_plugins:
-        pm.register(plugin, name=name)
-        infos.append(PluginInfo(name=name, distribution="(in-process)", version="-", module=name))
+        info = PluginInfo(name=name, distribution="(in-process)", version="-", module=name)
+        if not admitted(info):
+            continue
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:
+            failed(info, _traceback(exc))
+            continue
+        home = (
+            plugin if isinstance(plugin, ModuleType) else sys.modules.get(type(plugin).__module__)
+        )
+        infos.append(_with(info, path=_module_path(name, home)))
+    missing = sorted(needed - {i.name for i in infos} - {i.name for i in skipped})
+    if missing:
+        raise _required_error(missing[0], "is not installed (no such lakeferry entry point)")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise ConfigError(f"plugins.{exc.plugin}", f"unknown hook implementation: {exc}") from exc
-    registry = Registry(pm, infos)
-    registry._collect()
-    for info in infos:
+    registry = _collect_isolated(pm, infos, skipped, failed)
+    for info in registry.plugins:
         for reg in registry.registrations():
             if reg.plugin == info.name:
                 label = f"{reg.component}:{reg.kind}"
@@ -217,3 +343,28 @@ def load_registry(extra_plugins: Sequence[tuple[str, ModuleType | object]] = ())
                     label += f" ({', '.join(reg.schemes)})"
                 info.provides.append(label)
     return registry
+
+
+def _collect_isolated(
+    pm: pluggy.PluginManager,
+    infos: list[PluginInfo],
+    skipped: list[PluginInfo],
+    failed: Callable[[PluginInfo, str], None],
+) -> Registry:
+    """Collect every registration; a plugin whose hook raises is dropped and collecting
+    starts over without it (registrations are cheap and have no side effects)."""
+    while True:
+        registry = Registry(pm, infos, skipped)
+        try:
+            registry._collect()
+        except _PluginBroken as broken:
+            info = next(i for i in infos if i.name == broken.plugin)
+            infos = [i for i in infos if i.name != broken.plugin]
+            pm.unregister(name=broken.plugin)
+            failed(info, broken.trace)
+            continue
+        return registry
+
+
+def _with(info: PluginInfo, **changes: Any) -> PluginInfo:
+    return dataclasses.replace(info, **changes)

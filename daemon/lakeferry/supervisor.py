@@ -98,6 +98,18 @@ class Supervisor:
     async def run(self) -> int:
         cfg = self.config
         logs.configure(cfg.core.daemon.log_level, cfg.core.daemon.log_format)
+        for plugin in self.registry.skipped:  # loading ran before logging was set up
+            if plugin.status == "failed":
+                log.error(
+                    "plugin failed to load; running without it",
+                    extra={
+                        "plugin": plugin.name,
+                        "entry_point": plugin.module,
+                        "traceback": plugin.error,
+                    },
+                )
+            else:
+                log.info("plugin not loaded", extra={"plugin": plugin.name, "why": plugin.status})
         bus = await open_bus(cfg)
         try:
             if isinstance(bus, KafkaBus):

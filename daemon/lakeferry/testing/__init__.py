@@ -1,0 +1,39 @@
+"""The conformance kit: ready-made pytest test classes a plugin author subclasses.
+
+A plugin's tests inherit every check the daemon relies on instead of rewriting them::
+
+    from lakeferry.testing import DownloaderConformance, DownloadCases
+
+    class TestMemDownloader(DownloaderConformance):
+        @pytest.fixture
+        def make_downloader(self, lakeferry_context): ...
+        @pytest.fixture
+        def download_cases(self): ...
+
+- :class:`DownloaderConformance`: streaming in bounded chunks, cancellation, error classes and
+  reasons, the network guard (fixtures ``make_downloader``, ``download_cases``);
+- :class:`CacheConformance`: write/commit/lookup/open/remove, checksums, abort, quota waits
+  (fixture ``make_cache``);
+- :class:`SinkConformance`: atomic and idempotent puts, ``stat``, unsafe destinations
+  (fixture ``make_sink``).
+
+The pytest plugin :mod:`lakeferry.testing.plugin` (loaded automatically through the
+``pytest11`` entry point once lakeferry is installed) provides the shared fixtures
+``lakeferry_context`` and ``lakeferry_memory_cache``. Tests are trio tests (``pytest-trio``).
+"""
+
+from lakeferry.testing.cache import CacheConformance
+from lakeferry.testing.downloader import DownloadCases, DownloaderConformance, RemoteFile
+from lakeferry.testing.memory import ChunkRecorder, MemoryCache, make_task
+from lakeferry.testing.sink import SinkConformance
+
+__all__ = [
+    "CacheConformance",
+    "ChunkRecorder",
+    "DownloadCases",
+    "DownloaderConformance",
+    "MemoryCache",
+    "RemoteFile",
+    "SinkConformance",
+    "make_task",
+]
