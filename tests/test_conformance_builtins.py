@@ -125,3 +125,36 @@ class TestOneLakeSink(SinkConformance):
             dec_hook=dec_hook,
         )
         return lambda: OneLakeSink(settings, lakeferry_context)
+
+
+class TestSftpDownloader(DownloaderConformance):
+    """The example protocol plugin against the real OpenSSH server of the tests."""
+
+    @pytest.fixture
+    def make_downloader(
+        self, sftp_server: Any, lakeferry_context: PluginContext
+    ) -> Callable[[], Downloader]:
+        from lakeferry_sftp import SftpDownloader, SftpDownloaderSettings
+
+        # Only the server's own port is allowed, so the kit's guard case on other loopback
+        # ports is refused as it would be for any private address.
+        values = sftp_server.settings(allow_networks=[], read_timeout="2s")
+        values["allow_hosts"] = [f"127.0.0.1:{sftp_server.port}"]
+        settings = msgspec.convert(values, SftpDownloaderSettings, dec_hook=dec_hook)
+        return lambda: SftpDownloader(settings, lakeferry_context)
+
+    @pytest.fixture
+    def download_cases(self, sftp_server: Any) -> DownloadCases:
+        def remote(name: str, size: int) -> RemoteFile:
+            data = (hashlib.sha256(name.encode()).digest() * (size // 32 + 1))[:size]
+            (sftp_server.files / name).write_bytes(data)
+            return RemoteFile(sftp_server.url(name), size, hashlib.sha256(data).hexdigest())
+
+        return DownloadCases(
+            small=remote("conformance-small.bin", 5000),
+            large=remote("conformance-large.bin", 10 * MiB),
+            not_found=sftp_server.url("conformance-missing.bin"),
+            server_error=None,
+            timeout=None,
+            url_to=lambda host, port: f"sftp://{sftp_server.user}@{host}:{port}/x.bin",
+        )
