@@ -166,7 +166,23 @@ def drive(
         daemon = harness.DaemonProcess(configs[name], state / f"{name}.log", stages=WORKERS[name])
         return daemon.start(wait_ready=90)
 
-    workers = {name: start(name) for name in WORKERS}
+    workers: dict[str, harness.DaemonProcess] = {}
+    try:
+        for name in WORKERS:
+            workers[name] = start(name)
+        return chaos_loop(
+            plan, state, rng, figures, broker, dfs, origin, workers, start, tool_config, data
+        )
+    finally:
+        for worker in workers.values():
+            worker.stop()  # whatever happened, no worker outlives the driver
+
+
+def chaos_loop(
+    plan: Plan, state: Path, rng: random.Random, figures: Figures, broker: Any, dfs: Any,
+    origin: Any, workers: dict[str, harness.DaemonProcess], start: Any, tool_config: Path,
+    data: dict[str, Any],
+) -> int:  # fmt: skip
     events, expect = build_events(origin, plan.events, rng)
     events_file = state / "events.jsonl"
     events_file.write_text("".join(json.dumps(e) + "\n" for e in events))
