@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from lakeferry import __version__
-from lakeferry.errors import BusError, ConfigError
+from lakeferry.errors import BusError, ConfigError, PipelineError
 from lakeferry.registry import Registry, load_registry
 from lakeferry.units import Duration
 
@@ -497,6 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BusError as exc:
         _err(f"bus error: {exc}")
+        return EXIT_USAGE
+    except PipelineError as exc:  # a sink or inventory the tool needs is unavailable
+        _err(f"{exc.reason}: {exc}")
         return EXIT_USAGE
     except ValueError as exc:
         _err(str(exc))
