@@ -519,7 +519,8 @@ class KafkaConsumer:
         self._closed = False
         self._stop = threading.Event()
         self._failure: BaseException | None = None
-        self._t_broker_paused: set[TopicPartition] = set()  # only the thread touches it
+        self._t_broker_paused: set[TopicPartition] = set()  # only the thread touches these
+        self._t_fresh: set[TopicPartition] = set()
         self._thread = threading.Thread(
             target=self._thread_main, name=f"lakeferry-kafka-{group}", daemon=True
         )
@@ -565,8 +566,10 @@ class KafkaConsumer:
                 held_back = True
             assigned = {_tp(tp) for tp in consumer.assignment()}
             wanted = set(assigned) if held_back else set()
-            to_pause = wanted - broker_paused
-            to_resume = (broker_paused - wanted) & assigned
+            fresh = self._t_fresh & assigned
+            self._t_fresh.clear()
+            to_pause = (wanted - broker_paused) | (wanted & fresh)
+            to_resume = ((broker_paused - wanted) | (fresh - wanted)) & assigned
             if to_pause:
                 consumer.pause([KTopicPartition(t, p) for t, p in to_pause])
             if to_resume:
@@ -595,7 +598,10 @@ class KafkaConsumer:
         self, consumer: confluent_kafka.Consumer, partitions: list[KTopicPartition]
     ) -> None:
         tps = [_tp(tp) for tp in partitions]
-        self._t_broker_paused.difference_update(tps)  # a fresh assignment starts unpaused
+        # librdkafka may keep a partition's pause across a revoke and a new assignment (found
+        # by the chaos run: a partition paused for backpressure, revoked and assigned again was
+        # never fetched), so the loop pauses or resumes every freshly assigned one explicitly.
+        self._t_fresh.update(tps)  # pause state unknown: the loop sets it explicitly
         self._call_trio(self._assigned, tps)
 
     def _t_revoke(
