@@ -393,7 +393,9 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         "Origin: nginx on loopback; sink: local folder on the same disk.",
         "",
         f"Scale: {scale.small} × 64 KiB, {scale.medium} × 16 MiB, {scale.large} × "
-        f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s.",
+        f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half the "
+        f"small-file maximum; the old design polls every {scale.old_poll:g} s (60 s in the full "
+        "run). Quick-mode figures are indicative only.",
         "",
     ]
     for scenario in ("small", "medium", "large", "latency"):
@@ -440,6 +442,9 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             )
     lines += ["## Ratios", "", *ratios, "", "![throughput and latency](benchmarks.png)", ""]
     out.write_text("\n".join(lines))
+    (ROOT / "var" / "bench" / "results.json").write_text(
+        json.dumps([asdict(r) for r in results], indent=1)
+    )
     chart(results, out.with_suffix(".png"))
 
 
@@ -457,7 +462,9 @@ def chart(results: list[Result], path: Path) -> None:
     left.set_title("throughput (small, medium)")
     lat = [r for r in results if r.scenario == "latency" and r.latencies]
     if lat:
-        right.boxplot([r.latencies for r in lat], labels=[r.tool for r in lat], vert=False)
+        right.boxplot(
+            [r.latencies for r in lat], tick_labels=[r.tool for r in lat], orientation="horizontal"
+        )
         right.set_xscale("log")
         right.set_xlabel("event created -> recorded (s, log)")
         right.set_title("end-to-end latency under steady load")
