@@ -28,7 +28,14 @@ from lakeferry.components import (
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
 from lakeferry.hookspecs import hookimpl
 from lakeferry.messages import DownloadTask, Event
-from lakeferry.netguard import IPAddress, NetGuard, Resolver, is_public, parse_ip_literal
+from lakeferry.netguard import (
+    IPAddress,
+    NetGuard,
+    Resolver,
+    guard_from_settings,
+    is_public,
+    parse_ip_literal,
+)
 from lakeferry.paths import render_destination, safe_relative_path
 from lakeferry.registry import (
     RegisterCache,
@@ -74,6 +81,7 @@ __all__ = [
     "SinkFile",
     "Source",
     "TransientError",
+    "guard_from_settings",
     "hookimpl",
     "is_public",
     "parse_ip_literal",

@@ -386,3 +386,20 @@ class NetGuard:
 def _listing(addresses: Sequence[IPAddress]) -> str:
     shown = ", ".join(str(ip) for ip in addresses[:4])
     return shown + (f" and {len(addresses) - 4} more" if len(addresses) > 4 else "")
+
+
+def guard_from_settings(
+    section: str, allow_networks: Sequence[str], allow_hosts: Sequence[str]
+) -> NetGuard:
+    """A guard from a plugin's ``allow_networks``/``allow_hosts`` settings; a bad entry is a
+    ConfigError naming ``<section>.allow_networks`` or ``<section>.allow_hosts``."""
+    from lakeferry.errors import ConfigError
+
+    try:  # the networks alone first, so that an error names the right key
+        NetGuard(allow_networks=allow_networks)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.allow_networks", str(exc)) from exc
+    try:
+        return NetGuard(allow_networks=allow_networks, allow_hosts=allow_hosts)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.allow_hosts", str(exc)) from exc

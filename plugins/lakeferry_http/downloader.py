@@ -56,7 +56,6 @@ import trio
 from lakeferry.api import (
     ByteSize,
     CacheWriter,
-    ConfigError,
     DownloadTask,
     Duration,
     NetGuard,
@@ -65,6 +64,7 @@ from lakeferry.api import (
     PluginContext,
     Reason,
     TransientError,
+    guard_from_settings,
     redact_url,
 )
 from lakeferry_http.guard import GuardedBackend, redirect_hook
@@ -239,16 +239,9 @@ class HttpDownloader:
     def __init__(self, settings: HttpDownloaderSettings, context: PluginContext) -> None:
         self._settings = settings
         self._log = context.logger
-        try:  # the networks alone first, so that an error names the right key
-            NetGuard(allow_networks=settings.allow_networks)
-        except ValueError as exc:
-            raise ConfigError("downloaders.http.allow_networks", str(exc)) from exc
-        try:
-            self._guard = NetGuard(
-                allow_networks=settings.allow_networks, allow_hosts=settings.allow_hosts
-            )
-        except ValueError as exc:
-            raise ConfigError("downloaders.http.allow_hosts", str(exc)) from exc
+        self._guard = guard_from_settings(
+            "downloaders.http", settings.allow_networks, settings.allow_hosts
+        )
         self._backend = GuardedBackend(self._guard)
         ssl_context = httpx.create_ssl_context(verify=settings.verify_tls, trust_env=False)
         self._pool = ClientPool([self._client(ssl_context) for _ in range(settings.clients)])

@@ -69,6 +69,7 @@ from lakeferry.api import (
     PluginContext,
     Reason,
     TransientError,
+    guard_from_settings,
     redact_url,
 )
 from lakeferry_sftp.session import SftpSession, load_known_hosts
@@ -120,16 +121,9 @@ class SftpDownloader:
     def __init__(self, settings: SftpDownloaderSettings, context: PluginContext) -> None:
         self._settings = settings
         self._log = context.logger
-        try:  # the networks alone first, so that an error names the right key
-            NetGuard(allow_networks=settings.allow_networks)
-        except ValueError as exc:
-            raise ConfigError("downloaders.sftp.allow_networks", str(exc)) from exc
-        try:
-            self._guard = NetGuard(
-                allow_networks=settings.allow_networks, allow_hosts=settings.allow_hosts
-            )
-        except ValueError as exc:
-            raise ConfigError("downloaders.sftp.allow_hosts", str(exc)) from exc
+        self._guard = guard_from_settings(
+            "downloaders.sftp", settings.allow_networks, settings.allow_hosts
+        )
         if settings.chunk_size < 1:
             raise ConfigError("downloaders.sftp.chunk_size", "must be at least 1 byte")
         self._key = _load_key(settings)
