@@ -224,11 +224,13 @@ def run_lakeferry(
 def read_inventory(state: Path) -> list[dict[str, Any]]:
     import deltalake
 
+    from lakeferry_delta.schema import read_columns
+
     path = state / "inventory"
     if not (path / "_delta_log").exists():
         return []
     table = deltalake.DeltaTable(str(path))
-    return table.to_pyarrow_table(columns=["committed_at", "event_created_at"]).to_pylist()  # type: ignore[no-any-return]
+    return read_columns(table, ["committed_at", "event_created_at"]).to_pylist()  # type: ignore[no-any-return]
 
 
 # -- peers --------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from lakeferry_delta.schema import (
     INVENTORY_LAYOUT,
     TableLayout,
     from_arrow,
+    read_columns,
     to_arrow,
 )
 from lakeferry_delta.settings import DeltaSettings
@@ -163,7 +164,7 @@ class DeltaInventory:
 
         def read(table: Any) -> set[str]:
             table.update_incremental()
-            column = table.to_pyarrow_table(columns=["event_id"]).column("event_id")
+            column = read_columns(table, ["event_id"]).column("event_id")
             return set(column.to_pylist())
 
         return await self._inventory.run(read)
@@ -173,7 +174,7 @@ class DeltaInventory:
 
         def read(table: Any) -> list[InventoryRow]:
             table.update_incremental()
-            return from_arrow(InventoryRow, table.to_pyarrow_table())
+            return from_arrow(InventoryRow, read_columns(table, InventoryRow._fields))
 
         return await self._inventory.run(read)
 
@@ -196,7 +197,7 @@ class DeltaInventory:
 
         def read(table: Any) -> list[EventRow]:
             table.update_incremental()
-            return from_arrow(EventRow, table.to_pyarrow_table())
+            return from_arrow(EventRow, read_columns(table, EventRow._fields))
 
         return await self._events.run(read)
 

@@ -81,6 +81,22 @@ def to_arrow(layout: TableLayout, rows: Sequence[NamedTuple], *, with_date: bool
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def read_columns(table: Any, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of the current snapshot of ``table`` (a DeltaTable), as a pyarrow Table.
+
+    Read through deltalake's own query engine (DataFusion, Rust) rather than
+    ``DeltaTable.to_pyarrow_table``: that one scans with Arrow C++'s dataset scanner, whose thread
+    pool is still alive when the interpreter exits and aborts about one process in five with
+    "terminate called without an active exception" (apache/arrow#34314) — a CLI command or a
+    daemon that did its work and then died with SIGABRT.
+    """
+    from deltalake import QueryBuilder
+
+    select = ", ".join('"' + name.replace('"', '""') + '"' for name in columns)
+    reader = QueryBuilder().register("t", table).execute(f"SELECT {select} FROM t")
+    return pa.table(reader)
+
+
 def from_arrow(row_type: type[Row], table: Any) -> list[Row]:
     """Rows of ``row_type`` from a pyarrow Table holding (at least) its columns."""
     columns = table.select(list(row_type._fields)).to_pydict()
