@@ -52,10 +52,17 @@ class Scale:
     large_size: int
     latency_seconds: float
     old_poll: float
+    retry_events: int
 
 
-FULL = Scale(small=20_000, medium=500, large=4, large_size=GiB, latency_seconds=60, old_poll=60)
-QUICK = Scale(small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=12, old_poll=6)
+FULL = Scale(
+    small=20_000, medium=500, large=4, large_size=GiB, latency_seconds=60, old_poll=60,
+    retry_events=500,
+)  # fmt: skip
+QUICK = Scale(
+    small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=12, old_poll=6,
+    retry_events=100,
+)  # fmt: skip
 
 
 @dataclass
@@ -68,6 +75,9 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     cpu_seconds: float = 0.0
     peak_rss_mib: float = 0.0
+    """The largest peak RSS of the tool's processes."""
+    rss_by_process: dict[str, float] = field(default_factory=dict)
+    rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def files_per_s(self) -> float:
@@ -128,7 +138,10 @@ events {{ worker_connections 1024; }}
 http {{
   access_log off;
   sendfile on; tcp_nopush on; keepalive_requests 100000;
-  server {{ listen 127.0.0.1:{self.port}; root {www}; }}
+  server {{
+    listen 127.0.0.1:{self.port}; root {www};
+    location /unavailable/ {{ return 503; }}
+  }}
 }}
 """
         )
@@ -176,8 +189,76 @@ def peak_rss_mib(pid: int) -> float:
 # -- lakeferry ----------------------------------------------------------------------------------
 
 
+def cpu_split(pid: int) -> str:
+    """User and system CPU seconds of ``pid``, and CPU seconds per thread name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    per_name: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        key = "trio worker" if " from " in name or name.startswith("Trio") else name
+        per_name[key] = per_name.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
+    threads = ", ".join(f"{k} {v:.1f}" for k, v in sorted(per_name.items(), key=lambda kv: -kv[1]))
+    return f"CPU s: user {user:.1f}, system {system:.1f}; by thread: {threads}"
+
+
+class Profiler:
+    """``py-spy record`` attached to a process (``--profile``): collapsed stacks, then the frames
+    where the samples land, so a run says where its time goes."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-r", "100", "-f", "raw", "-o", str(out),
+             "--nonblocking", *os.environ.get("BENCH_PYSPY", "").split()],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def stop(self, top: int = 25) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        _, errors = self.proc.communicate(timeout=30)
+        if not self.out.exists():
+            return f"py-spy wrote no profile: {errors.strip()[-500:]}"
+        own: dict[str, int] = {}
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            own[leaf] = own.get(leaf, 0) + int(count)
+            total += int(count)
+        ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+        lines = [f"{n / total:6.1%}  {frame}" for frame, n in ranked] if total else []
+        summary = "\n".join([f"{total} samples of threads on a CPU, by own frame:", *lines])
+        self.out.with_suffix(".top.txt").write_text(summary + "\n")
+        return summary
+
+
+KAFKA_WORKERS = {
+    "ingest": "ingest",
+    "download": "download",
+    "upload": "upload",
+    "results": "results",
+}
+"""On Kafka each stage runs as its own process, as in production (the seed's shape, scaled to two
+cores): Python work spreads over both cores, and each process holds only its own stage."""
+
+
 def run_lakeferry(
-    scenario: str, bus: str, urls: list[tuple[str, int]], state: Path, kafka: str | None
+    scenario: str,
+    bus: str,
+    urls: list[tuple[str, int]],
+    state: Path,
+    kafka: str | None,
+    profile: bool = False,
 ) -> Result:
     shutil.rmtree(state, ignore_errors=True)
     data = harness.config_dict(
@@ -189,11 +270,24 @@ def run_lakeferry(
     data["results"]["batch_wait"] = "200ms"
     data["ingest"]["concurrency"] = 64
     data["sources"] = []
-    config = harness.write_config(state / "lakeferry.toml", data)
+    workers = KAFKA_WORKERS if kafka else {"all": None}
+    configs: dict[str, Path] = {}
+    for name in workers:
+        data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        configs[name] = harness.write_config(state / f"lakeferry-{name}.toml", data)
+    config = next(iter(configs.values()))
     if kafka:
         harness.cli(config, "topics", "ensure", check=True)
-    daemon = harness.DaemonProcess(config, state / "daemon.log").start()
-    cpu0 = cpu_seconds(daemon.pid)
+    daemons = {
+        name: harness.DaemonProcess(configs[name], state / f"{name}.log", stages=stages).start()
+        for name, stages in workers.items()
+    }
+    profilers = {
+        name: Profiler(d.pid, state.parent / f"profile-{scenario}-{bus}-{name}.txt")
+        for name, d in (daemons.items() if profile else ())
+    }
+    cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
     events = state / "events.jsonl"
     events.write_text(
         "".join(
@@ -207,17 +301,22 @@ def run_lakeferry(
         rows = read_inventory(state)
         if len(rows) >= total:
             break
-        if not daemon.alive():
-            raise RuntimeError(f"daemon died:\n{daemon.tail()}")
+        for name, daemon in daemons.items():
+            if not daemon.alive():
+                raise RuntimeError(f"{name} died:\n{daemon.tail()}")
         time.sleep(0.5)
-    cpu = cpu_seconds(daemon.pid) - cpu0
-    rss = peak_rss_mib(daemon.pid)
-    daemon.terminate(120)
+    cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
+    rss = {name: peak_rss_mib(d.pid) for name, d in daemons.items()}
+    for name, profiler in profilers.items():
+        print(f"== {name}: {cpu_split(daemons[name].pid)}")
+        print(profiler.stop())
+    for daemon in daemons.values():
+        daemon.terminate(120)
     last = max(r["committed_at"] for r in rows).timestamp()
     latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
     return Result(
         scenario, f"lakeferry ({bus})", total, last - started, sum(s for _, s in urls),
-        latencies, cpu, rss,
+        latencies, cpu, max(rss.values()), rss,
     )  # fmt: skip
 
 
@@ -379,6 +478,90 @@ def run_latency(
     return Result("latency", f"lakeferry ({bus})", n, time.monotonic() - started, 0, latencies)
 
 
+RETRY_LADDER = ("1s", "2s", "4s", "8s")
+
+
+def run_retry(bus: str, events: int, state: Path, kafka: str | None, nginx: Nginx) -> Result:
+    """Retry lateness: ``events`` downloads that always get 503 climb the whole ladder and are
+    dead-lettered; each rung's lateness (taken at - due at) comes from the download workers'
+    ``lakeferry_retry_lateness_seconds`` histogram."""
+    shutil.rmtree(state, ignore_errors=True)
+    data = harness.config_dict(
+        state, metrics_port=harness.free_port(), kafka=kafka, ladder=RETRY_LADDER,
+        namespace=f"retry{int(time.time() * 1000)}.",
+    )  # fmt: skip
+    data["sources"] = []
+    config = harness.write_config(state / "lakeferry.toml", data)
+    if kafka:
+        harness.cli(config, "topics", "ensure", check=True)
+    stages = "download" if kafka else None  # on Kafka, a download worker of its own
+    daemon = harness.DaemonProcess(config, state / "daemon.log", stages=stages).start()
+    helpers = []
+    if kafka:  # ingest turns submitted events into tasks
+        other = dict(data, metrics={"listen": f"127.0.0.1:{harness.free_port()}"},
+                     live={"listen": ""})  # fmt: skip
+        other_config = harness.write_config(state / "ingest.toml", other)
+        helpers.append(
+            harness.DaemonProcess(other_config, state / "ingest.log", stages="ingest").start()
+        )
+    listing = state / "events.jsonl"
+    listing.write_text(
+        "".join(
+            json.dumps({"id": f"retry-{i}", "url": nginx.url(f"unavailable/{i}.bin")}) + "\n"
+            for i in range(events)
+        )
+    )
+    started = time.monotonic()
+    harness.cli(config, "submit", "--file", str(listing), "--quiet", check=True)
+    while True:
+        letters = json.loads(harness.cli(config, "dlq", "list", "--json").stdout or "[]")
+        if len(letters) >= events:
+            break
+        if time.monotonic() - started > 300:
+            raise RuntimeError(f"retry scenario: {len(letters)} of {events} dead-lettered")
+        time.sleep(1)
+    metrics = urllib.request.urlopen(f"http://{data['metrics']['listen']}/metrics").read()
+    for process in (daemon, *helpers):
+        process.terminate(60)
+    result = Result("retry", f"lakeferry ({bus})", events, time.monotonic() - started, 0)
+    result.rung_lateness = lateness_by_rung(metrics.decode())
+    return result
+
+
+def lateness_by_rung(scrape: str) -> dict[str, dict[str, float]]:
+    """p50/p95/max-bucket of each rung's lateness histogram (as Prometheus's histogram_quantile
+    interpolates inside a bucket)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(scrape):
+        if family.name != "lakeferry_retry_lateness_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                rung = "retry." + sample.labels["rung"].rsplit("retry.", 1)[-1]  # no namespace
+                buckets.setdefault(rung, []).append((float(sample.labels["le"]), sample.value))
+    out: dict[str, dict[str, float]] = {}
+    for rung, points in buckets.items():
+        points.sort()
+        total = points[-1][1]
+        out[rung] = {"count": total}
+        for q in (50, 95):
+            rank = total * q / 100
+            lower_bound, lower_count = 0.0, 0.0
+            for bound, count in points:
+                if count >= rank:
+                    if bound == float("inf"):
+                        out[rung][f"p{q}"] = lower_bound
+                    else:
+                        span = count - lower_count
+                        frac = (rank - lower_count) / span if span else 1.0
+                        out[rung][f"p{q}"] = lower_bound + (bound - lower_bound) * frac
+                    break
+                lower_bound, lower_count = bound, count
+    return out
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -386,18 +569,114 @@ def fmt(x: float | None, unit: str = "") -> str:
     return "-" if x is None else f"{x:.2f}{unit}"
 
 
+def versions() -> str:
+    from importlib.metadata import version
+
+    def tool(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "?"
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return text[0] if text else "?"
+
+    import re
+
+    import confluent_kafka
+
+    pom = (ROOT / "tools" / "kafka" / "pom.xml").read_text()
+    found = re.search(r"<kafka.version>([^<]+)<", pom)
+    kafka = found.group(1) if found else "?"
+    libs = ", ".join(
+        f"{name} {version(name)}"
+        for name in ("lakeferry", "trio", "httpx", "msgspec", "deltalake", "confluent-kafka")
+    )
+    return (
+        f"{libs} (librdkafka {confluent_kafka.libversion()[0]}); Apache Kafka {kafka}; "
+        f"{tool(['nginx', '-v'])}; "
+        f"{tool(['aria2c', '--version'])}; {tool(['curl', '--version']).split(' (')[0]}"
+    )
+
+
+TARGETS = (
+    ("small", "files/s ≥ 1,000 on Kafka, and ≥ aria2c's"),
+    ("large", "MB/s ≥ 0.7 × curl's"),
+    ("rss", "peak RSS ≤ 150 MiB per process"),
+    ("latency", "p95 ≤ 1 s at half the small-file maximum"),
+    ("retry", "lateness p95 ≤ 1 s on each rung"),
+)
+
+
+def target_rows(results: list[Result]) -> list[str]:
+    by = {(r.scenario, r.tool): r for r in results}
+    rows = []
+    kafka_small = by.get(("small", "lakeferry (kafka)"))
+    aria = by.get(("small", "aria2c -j 50"))
+    if kafka_small and aria:
+        met = kafka_small.files_per_s >= max(1000.0, aria.files_per_s)
+        rows.append(
+            f"| small files, Kafka: ≥ 1,000 files/s and ≥ aria2c | "
+            f"{kafka_small.files_per_s:,.0f} files/s (aria2c {aria.files_per_s:,.0f}) | "
+            f"{'met' if met else 'not met'} |"
+        )
+    curl = by.get(("large", "curl (one at a time)"))
+    for bus in ("embedded", "kafka"):
+        ours = by.get(("large", f"lakeferry ({bus})"))
+        if curl and ours:
+            ratio = ours.mb_per_s / curl.mb_per_s
+            rows.append(
+                f"| large files ({bus}): ≥ 0.7 × curl MB/s | {ratio:.2f} × "
+                f"({ours.mb_per_s:,.0f} vs {curl.mb_per_s:,.0f} MB/s) | "
+                f"{'met' if ratio >= 0.7 else 'not met'} |"
+            )
+    ours_rss = [r for r in results if r.tool.startswith("lakeferry") and r.peak_rss_mib]
+    if ours_rss:
+        worst = max(ours_rss, key=lambda r: r.peak_rss_mib)
+        rows.append(
+            f"| peak RSS ≤ 150 MiB per process | {worst.peak_rss_mib:.0f} MiB at most "
+            f"({worst.scenario}, {worst.tool}) | "
+            f"{'met' if worst.peak_rss_mib <= 150 else 'not met'} |"
+        )
+    for bus in ("embedded", "kafka"):
+        lat = by.get(("latency", f"lakeferry ({bus})"))
+        p95 = lat.pct(95) if lat else None
+        if p95 is not None:
+            rows.append(
+                f"| p95 end to end ≤ 1 s at half load ({bus}) | {p95:.2f} s | "
+                f"{'met' if p95 <= 1 else 'not met'} |"
+            )
+    for bus in ("embedded", "kafka"):
+        retry = by.get(("retry", f"lakeferry ({bus})"))
+        if retry and retry.rung_lateness:
+            worst_p95 = max(v.get("p95", 0.0) for v in retry.rung_lateness.values())
+            rows.append(
+                f"| retry lateness p95 ≤ 1 s on each rung ({bus}) | worst rung "
+                f"{worst_p95:.3f} s | {'met' if worst_p95 <= 1 else 'not met'} |"
+            )
+    return rows
+
+
 def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `make bench{' QUICK=1' if quick else ''}` on {dt.date.today().isoformat()}: "
-        f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}. "
-        "Origin: nginx on loopback; sink: local folder on the same disk.",
+        "<!-- Generated by `make bench` (bench/bench.py); the analysis at the end is "
+        "bench/analysis.md. Edit those, not this file. -->",
         "",
-        f"Scale: {scale.small} × 64 KiB, {scale.medium} × 16 MiB, {scale.large} × "
+        f"Generated by `make bench{' QUICK=1' if quick else ''}` on {dt.date.today().isoformat()}: "
+        f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}. "
+        "Origin: nginx on loopback; sink: local folder on the same disk (hard links from the "
+        "cache); inventory: Delta table on the same disk. On Kafka each stage runs as its own "
+        "process (ingest, download, upload, results); on the embedded bus one process runs all.",
+        "",
+        f"Versions: {versions()}.",
+        "",
+        f"Scale: {scale.small:,} × 64 KiB, {scale.medium} × 16 MiB, {scale.large} × "
         f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half the "
-        f"small-file maximum; the old design polls every {scale.old_poll:g} s (60 s in the full "
-        "run). Quick-mode figures are indicative only.",
+        f"small-file maximum; the old design polls every {scale.old_poll:g} s; "
+        f"{scale.retry_events} always-failing downloads climb the ladder "
+        f"{' → '.join(RETRY_LADDER)}."
+        + (" Quick-mode figures are indicative only." if quick else ""),
         "",
     ]
     for scenario in ("small", "medium", "large", "latency"):
@@ -407,17 +686,42 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         lines += [
             f"## {scenario}",
             "",
-            "| tool | files | files/s | MB/s | p50 s | p95 s | p99 s | CPU s/file | peak RSS MiB |",
+            "| tool | files | files/s | MB/s | p50 s | p95 s | p99 s | CPU per file | "
+            "peak RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             cpu = r.cpu_seconds / r.files if r.files and r.cpu_seconds else None
+            rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "-"
+            if len(r.rss_by_process) > 1:
+                rss += " (" + ", ".join(f"{k} {v:.0f}" for k, v in r.rss_by_process.items()) + ")"
             lines.append(
-                f"| {r.tool} | {r.files} | {r.files_per_s:.1f} | {r.mb_per_s:.1f} | {fmt(r.pct(50))} | "
-                f"{fmt(r.pct(95))} | {fmt(r.pct(99))} | {fmt(cpu and cpu * 1000, ' ms') if cpu else '-'} | "
-                f"{r.peak_rss_mib:.0f} |"
+                f"| {r.tool} | {r.files:,} | {r.files_per_s:,.1f} | {r.mb_per_s:,.1f} | "
+                f"{fmt(r.pct(50))} | {fmt(r.pct(95))} | {fmt(r.pct(99))} | "
+                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {rss} |"
             )
         lines.append("")
+    retries = [r for r in results if r.scenario == "retry"]
+    if retries:
+        lines += [
+            "## retry lateness",
+            "",
+            "| bus | rung | retries | p50 | p95 |",
+            "|---|---|---|---|---|",
+        ]
+        for r in retries:
+            for rung, figures in sorted(
+                r.rung_lateness.items(), key=lambda kv: RETRY_LADDER.index(kv[0].split("retry.")[-1])
+                if kv[0].split("retry.")[-1] in RETRY_LADDER else 99,
+            ):  # fmt: skip
+                ms = {q: figures.get(q) for q in ("p50", "p95")}
+                lines.append(
+                    f"| {r.tool} | {rung} | "
+                    f"{figures['count']:.0f} | "
+                    + " | ".join("-" if v is None else f"{v * 1000:.0f} ms" for v in ms.values())
+                    + " |"
+                )
+        lines += ["", "Lateness is interpolated inside histogram buckets, as Prometheus does.", ""]
     ratios = []
     by = {(r.scenario, r.tool): r for r in results}
     for scenario in ("small", "medium"):
@@ -426,7 +730,8 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             ours = by.get((scenario, f"lakeferry ({bus})"))
             if peer and ours:
                 ratios.append(
-                    f"- {scenario}: lakeferry ({bus}) ÷ aria2c files/s = {ours.files_per_s / peer.files_per_s:.2f}"
+                    f"- {scenario}: lakeferry ({bus}) ÷ aria2c files/s = "
+                    f"{ours.files_per_s / peer.files_per_s:.2f}"
                 )
     curl = by.get(("large", "curl (one at a time)"))
     for bus in ("embedded", "kafka"):
@@ -438,11 +743,26 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
     old = next((r for r in results if r.tool.startswith("old design")), None)
     for bus in ("embedded", "kafka"):
         ours = by.get(("latency", f"lakeferry ({bus})"))
-        if old and ours and ours.pct(95) and old.pct(95):
+        ours_p95, old_p95 = (ours.pct(95) if ours else None), (old.pct(95) if old else None)
+        if ours_p95 and old_p95:
             ratios.append(
-                f"- latency p95: old design {old.pct(95):.1f} s vs lakeferry ({bus}) {ours.pct(95):.2f} s"
+                f"- latency p95: old design {old_p95:.1f} s vs lakeferry ({bus}) {ours_p95:.2f} s "
+                f"({old_p95 / ours_p95:.0f}× sooner)"
             )
-    lines += ["## Ratios", "", *ratios, "", "![throughput and latency](benchmarks.png)", ""]
+    lines += ["## Ratios", "", *ratios, ""]
+    lines += [
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *target_rows(results),
+        "",
+        "![throughput and latency](benchmarks.png)",
+        "",
+    ]
+    analysis = ROOT / "bench" / "analysis.md"
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
     out.write_text("\n".join(lines))
     (ROOT / "var" / "bench" / "results.json").write_text(
         json.dumps([asdict(r) for r in results], indent=1)
@@ -478,7 +798,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--buses", default="embedded,kafka")
-    parser.add_argument("--scenarios", default="small,medium,large,latency")
+    parser.add_argument("--scenarios", default="small,medium,large,latency,retry")
+    parser.add_argument(
+        "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
@@ -510,6 +833,7 @@ def main() -> int:
                         urls,
                         work / f"lf-{scenario}-{bus}",
                         broker.bootstrap if bus == "kafka" and broker else None,
+                        args.profile,
                     )
                 )
                 print(
@@ -540,6 +864,18 @@ def main() -> int:
             results.append(
                 run_old_design(urls, rate, scale.latency_seconds, scale.old_poll, work / "old")
             )
+        if "retry" in scenarios:
+            for bus in buses:
+                results.append(
+                    run_retry(
+                        bus,
+                        scale.retry_events,
+                        work / f"retry-{bus}",
+                        broker.bootstrap if bus == "kafka" and broker else None,
+                        nginx,
+                    )
+                )
+                print(json.dumps({"retry": results[-1].tool, **results[-1].rung_lateness}))
     finally:
         nginx.stop()
         if broker is not None:

@@ -685,7 +685,7 @@ def test_live_scrape_passes_promtool_check_metrics(scrape: str) -> None:
         'lakeferry_stage_duration_seconds_count{stage="download"}',
         "lakeferry_end_to_end_seconds_count",
         'lakeferry_delta_commit_seconds_count{table="inventory"}',
-        "lakeferry_retry_lateness_seconds_count",
+        'lakeferry_retry_lateness_seconds_count{rung="retry.200ms"}',
     ):
         assert counts.get(histogram, 0) > 0, histogram
 

@@ -607,13 +607,13 @@ async def test_a_waiting_download_sees_room_freed_by_another_process(tmp_path: P
 async def test_start_up_leaves_other_processes_parts_alone(tmp_path: Path) -> None:
     writer = make_cache(tmp_path)
     pending = await writer.create("busy")
-    await pending.write(b"y" * 5000)
+    await pending.write(b"y" * 300_000)  # more than a write batch: the part file is on disk
     parts_before = sorted(p.name for p in (tmp_path / "cache").rglob("*.part"))
     assert len(parts_before) == 1
     make_cache(tmp_path)  # another worker starts and scans: the part is locked, so it stays
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*.part")) == parts_before
-    entry = await pending.commit(expected_sha256=None, expected_size=5000)
-    assert entry.size == 5000
+    entry = await pending.commit(expected_sha256=None, expected_size=300_000)
+    assert entry.size == 300_000
     # A part whose writer died (no lock held any more) is an orphan and goes.
     orphan = tmp_path / "cache" / "ab" / ("ab" + "0" * 62 + ".deadbeef0000.part")
     orphan.parent.mkdir(exist_ok=True)

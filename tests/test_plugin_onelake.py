@@ -183,9 +183,10 @@ def test_settings_repr_hides_the_secret() -> None:
 
 def test_the_entry_point_registers_the_sink() -> None:
     reg = load_registry().get("sink", "onelake")
-    assert (reg.factory, reg.settings_type, reg.plugin) == (
-        OneLakeSink, OneLakeSinkSettings, "onelake",
-    )  # fmt: skip
+    assert (reg.settings_type, reg.plugin) == (OneLakeSinkSettings, "onelake")
+    chosen = settings(account_url="https://acct.dfs.core.windows.net", filesystem="fs",
+                      credential="sas")  # fmt: skip
+    assert isinstance(reg.factory(chosen, plugin_context(Path("."))), OneLakeSink)
 
 
 # --- landing files -----------------------------------------------------------------------------

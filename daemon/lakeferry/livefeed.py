@@ -109,7 +109,10 @@ class Snapshotter:
         dlq: collections.Counter[str] = collections.Counter()
         for labels, value in samples(registry, "lakeferry_dlq_total"):
             dlq[labels["reason"]] += int(value)
-        usage = p.cache.usage()
+        cache = {}
+        if p.has("cache"):
+            usage = p.cache.usage()
+            cache = {"bytes": usage.bytes, "files": usage.files, "quota": usage.quota}
         up = next((v for _, v in samples(registry, "lakeferry_bus_up")), 1.0)
         return {
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -119,7 +122,7 @@ class Snapshotter:
             "stages": stages,
             "retries": retries,
             "dlq": dict(dlq),
-            "cache": {"bytes": usage.bytes, "files": usage.files, "quota": usage.quota},
+            "cache": cache,  # empty in a process whose stages use no cache
             "errors": list(self.errors.items),
         }
 

@@ -53,6 +53,7 @@ class Metrics:
         self.retry_lateness = prom.Histogram(
             "lakeferry_retry_lateness_seconds",
             "How late a retried task was taken after its due time",
+            ["rung"],
             buckets=_DURATION_BUCKETS,
             registry=r,
         )

@@ -45,6 +45,36 @@ from lakeferry.stages.driver import ActiveCount, Lifecycle
 log = get_logger("pipeline")
 
 STAGES = ("ingest", "download", "upload", "results")
+
+USED_BY: dict[str, frozenset[str]] = {
+    "cache": frozenset({"download", "upload"}),
+    "sink": frozenset({"upload"}),
+    "inventory": frozenset({"ingest", "results"}),  # ingest records the events table
+    "source": frozenset({"ingest"}),
+    "downloader": frozenset({"download"}),
+}
+"""Which stages use each kind of component. A process builds only what its stages use, so a
+download worker never loads the sink's or the inventory's libraries (nor needs their
+credentials), and holds only the memory its own work takes."""
+
+
+class NotBuilt:
+    """Stands in for a component no stage of this process uses; any use is a bug, said so."""
+
+    def __init__(self, component: str, stages: Sequence[str]) -> None:
+        self._component = component
+        self._stages = tuple(stages)
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"the {self._component} is not built in a process running {', '.join(self._stages)}"
+            f" (only {', '.join(sorted(USED_BY[self._component]))} use it)"
+        )
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
 M = TypeVar("M")
 
 
@@ -85,6 +115,10 @@ class Pipeline:
     _retired: list[Downloader] = field(default_factory=list)
     errors: RecentErrors = field(default_factory=RecentErrors)
 
+    def has(self, component: str) -> bool:
+        """Whether this process built ``component`` (``"cache"``, ``"sink"``, ``"inventory"``)."""
+        return not isinstance(getattr(self, component), NotBuilt)
+
     @property
     def state_dir(self) -> Path:
         return Path(self.config.core.daemon.state_dir)
@@ -98,15 +132,24 @@ class Pipeline:
 
     @classmethod
     def build(
-        cls, config: LoadedConfig, registry: Registry, bus: Bus, metrics: Metrics
+        cls,
+        config: LoadedConfig,
+        registry: Registry,
+        bus: Bus,
+        metrics: Metrics,
+        stages: Sequence[str] = STAGES,
     ) -> Pipeline:
         core = config.core
         state_dir = Path(core.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
 
         def make(component: Any, choice: Any) -> Any:
+            if not USED_BY[component] & set(stages):
+                return NotBuilt(component, stages)
             reg = registry.get(component, choice.kind)
             return reg.factory(choice.settings, plugin_context(state_dir, choice.kind))
+
+        uses = functools.partial(_uses, stages)
 
         pipeline = cls(
             config=config,
@@ -118,8 +161,10 @@ class Pipeline:
             cache=make("cache", config.cache),
             sink=make("sink", config.sink),
             inventory=make("inventory", config.inventory),
-            downloaders=build_downloaders(config, registry, state_dir),
-            sources=[make("source", s) for s in config.sources],
+            downloaders=(
+                build_downloaders(config, registry, state_dir) if uses("downloader") else {}
+            ),
+            sources=[make("source", s) for s in config.sources] if uses("source") else [],
             ladder=RetryLadder(core.retry.topics, core.retry.delays),
         )
         pipeline.limiters = {
@@ -151,9 +196,9 @@ class Pipeline:
         self.ladder.set_delays(core.retry.delays)
         self.lifecycle.shutdown_grace = core.daemon.shutdown_grace
         quota = getattr(new.cache.settings, "quota", None)
-        if quota is not None:
+        if quota is not None and self.has("cache"):
             self.cache.set_quota(int(quota))
-        if new.downloaders != self.config.downloaders:
+        if new.downloaders != self.config.downloaders and self.downloaders:
             # Downloads in flight finish with the downloaders they started with; those are
             # closed at shutdown. New downloads use the new settings.
             self._retired.extend(self.downloaders.values())
@@ -264,6 +309,10 @@ class Pipeline:
                     await closer.aclose()
                 except Exception:
                     log.exception("closing a component failed")
+
+
+def _uses(stages: Sequence[str], component: str) -> bool:
+    return bool(USED_BY[component] & set(stages))
 
 
 def plugin_context(state_dir: Path, kind: str) -> PluginContext:

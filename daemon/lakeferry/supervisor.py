@@ -117,7 +117,9 @@ class Supervisor:
             await require_topics(cfg, bus)
             self.metrics.bus_up.set(1)
             self.metrics.serve(cfg.core.metrics.listen)
-            pipeline = self.pipeline = Pipeline.build(cfg, self.registry, bus, self.metrics)
+            pipeline = self.pipeline = Pipeline.build(
+                cfg, self.registry, bus, self.metrics, self.stages
+            )
             pipeline.export_stage_gauges(self.stages)
             try:
                 await self._run_stages(pipeline)
@@ -134,7 +136,8 @@ class Supervisor:
     async def _run_stages(self, pipeline: Pipeline) -> None:
         async with trio.open_nursery() as root:
             root.start_soon(self._signals, root.cancel_scope)
-            root.start_soon(self._report_cache)
+            if pipeline.has("cache"):
+                root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
             root.start_soon(self._report_lag)
             if self.config.core.live.listen:

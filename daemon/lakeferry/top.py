@@ -69,7 +69,7 @@ def render(snapshot: dict[str, Any], source: str = "") -> RenderableType:
     dlq.add_column("count", justify="right")
     for reason, count in sorted(snapshot.get("dlq", {}).items()):
         dlq.add_row(reason, str(count))
-    cache = snapshot.get("cache", {})
+    cache = snapshot.get("cache") or {}
     cache_text = Text(
         f"cache  {_bytes(cache.get('bytes', 0))} of {_bytes(cache.get('quota', 0))}\n"
         f"       {_bar(cache.get('bytes', 0), cache.get('quota', 0), 24)}\n"

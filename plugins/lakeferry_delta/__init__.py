@@ -9,12 +9,16 @@ a schedule (:mod:`lakeferry_delta.maintenance`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lakeferry.api import PluginContext, hookimpl
-from lakeferry_delta.inventory import DeltaInventory
 from lakeferry_delta.settings import DeltaSettings
-from lakeferry_delta.table import REASON_CONFLICT, ConflictingTransactions
+
+if TYPE_CHECKING:
+    from lakeferry_delta.inventory import DeltaInventory
+    from lakeferry_delta.table import REASON_CONFLICT, ConflictingTransactions
 
 __all__ = [
     "REASON_CONFLICT",
@@ -24,8 +28,23 @@ __all__ = [
     "lakeferry_register_inventories",
 ]
 
+# Imported on first use, not with the plugin: deltalake and pyarrow cost ~46 MiB.
+_LAZY = {
+    "DeltaInventory": "inventory",
+    "ConflictingTransactions": "table",
+    "REASON_CONFLICT": "table",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 def _build(settings: DeltaSettings, context: PluginContext) -> DeltaInventory:
+    from lakeferry_delta.inventory import DeltaInventory
+
     return DeltaInventory(settings, context)
 
 

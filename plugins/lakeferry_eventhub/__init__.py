@@ -53,16 +53,32 @@ instance wait before another takes them over.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lakeferry.api import PluginContext, hookimpl
 from lakeferry_eventhub.settings import EventHubSourceSettings
-from lakeferry_eventhub.source import EventHubSource
+
+if TYPE_CHECKING:
+    from lakeferry_eventhub.source import EventHubSource
 
 __all__ = ["EventHubSource", "EventHubSourceSettings", "lakeferry_register_sources"]
 
 
+# Imported on first use, not with the plugin: azure-eventhub costs ~39 MiB.
+_LAZY = {"EventHubSource": "source"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
 def _build(settings: EventHubSourceSettings, context: PluginContext) -> EventHubSource:
+    from lakeferry_eventhub.source import EventHubSource
+
     return EventHubSource(settings, context)
 
 

@@ -32,8 +32,12 @@ fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that
 
 Resource handling: blocking file operations run in worker threads behind one limiter per cache;
 writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
-thread hop each. Opening a file and publishing one are shielded from cancellation (both are
-short), so a cancellation never strands an open file or half-done bookkeeping.
+thread hop each. The part file is opened by the first batch written, and the last batch is
+written, hashed and published in the same call, so a file smaller than a batch costs one hop in
+all (thread hops, not bytes, are what small files spend their time on). A lookup miss is one
+``stat`` in the trio thread. Publishing is shielded from cancellation (it is short), and a
+worker-thread call that opens a file always completes, so a cancellation never strands an open
+file or half-done bookkeeping.
 
 Error handling: a checksum or size mismatch removes the part file and raises PermanentError;
 an aborted or cancelled download removes its part file (or keeps it, when asked and resumable),
@@ -158,7 +162,7 @@ class LocalFsPendingFile:
         key: str,
         name: str,
         part: Path,
-        fh: IO[bytes],
+        fh: IO[bytes] | None,
         *,
         offset: int = 0,
         validator: str | None = None,
@@ -169,6 +173,8 @@ class LocalFsPendingFile:
         self._name = name
         self._part = part
         self._fh = fh
+        """The part file; None until the first bytes are written (a small file is opened,
+        written, hashed and published in one worker-thread call)."""
         self._hash = hasher if hasher is not None else hashlib.sha256()
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -215,14 +221,15 @@ class LocalFsPendingFile:
         self._buffer.clear()
         self._buffered = 0
 
-        def truncate() -> None:
-            self._fh.seek(0)
-            self._fh.truncate()
+        def truncate(fh: IO[bytes]) -> None:
+            fh.seek(0)
+            fh.truncate()
 
-        try:
-            await self._cache.run_sync(truncate)
-        except OSError as exc:
-            raise _io_error(exc, "cannot truncate a cache file") from exc
+        if self._fh is not None:
+            try:
+                await self._cache.run_sync(truncate, self._fh)
+            except OSError as exc:
+                raise _io_error(exc, "cannot truncate a cache file") from exc
         self._hash = hashlib.sha256()
         self._offset = self._written = self._flushed = 0
         self._validator = None
@@ -239,6 +246,8 @@ class LocalFsPendingFile:
             raise _io_error(exc, "cannot write to the cache") from exc
 
     def _write_sync(self, data: bytes) -> None:
+        if self._fh is None:
+            self._fh = self._cache.open_new(self._part)
         # An unbuffered file may write less than asked (a full disk fails only on the next
         # call): write the rest, so what is on disk is exactly what is hashed.
         view = memoryview(data)
@@ -254,24 +263,27 @@ class LocalFsPendingFile:
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         if self._finished:
             raise RuntimeError("commit after commit or abort")
-        await self._flush()
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
         size = self._written
-        digest = self._hash.hexdigest()
         if expected_size is not None and size != expected_size:
             await self.abort()
             raise PermanentError(
                 Reason.SIZE_MISMATCH, f"expected {expected_size} bytes, received {size}"
             )
-        if expected_sha256 is not None and digest != expected_sha256.lower():
+        # One worker-thread call writes what is buffered, hashes it, and publishes the file
+        # when its checksum is the expected one: a small file costs one thread hop in all.
+        expected = expected_sha256.lower() if expected_sha256 is not None else None
+        digest = await self._cache.publish(self, data, expected)
+        if expected is not None and digest != expected:
             await self.abort()
             raise PermanentError(
                 Reason.CHECKSUM_MISMATCH,
-                f"expected sha256 {expected_sha256.lower()}, received {digest} ({size} bytes)",
+                f"expected sha256 {expected}, received {digest} ({size} bytes)",
             )
-        entry = CacheEntry(self._key, size, digest)
-        await self._cache.publish(self._name, self._part, self._fh, entry)
         self._finished = True
-        return entry
+        return CacheEntry(self._key, size, digest)
 
     async def abort(self, *, keep_partial: bool = False) -> None:
         if self._finished:
@@ -282,15 +294,16 @@ class LocalFsPendingFile:
                 # What was received is worth keeping too; on a full disk, what is on disk.
                 with contextlib.suppress(PipelineError):
                     await self._flush()
-                if self._flushed > 0:
+                if self._flushed > 0 and self._fh is not None:
                     kept = _Kept(self._key, self._validator, self._flushed, time.time())
                     if await self._cache.keep(self._name, self._part, self._fh, kept):
                         return
             self._buffer.clear()
-            await self._cache.run_sync(self._discard_sync)
+            if self._fh is not None:
+                await self._cache.run_sync(self._discard_sync, self._fh)
 
-    def _discard_sync(self) -> None:
-        self._fh.close()
+    def _discard_sync(self, fh: IO[bytes]) -> None:
+        fh.close()
         _unlink(self._part)
 
 
@@ -427,6 +440,14 @@ class LocalFsCache:
                 return None
             return CacheEntry(key, found.size, found.sha256)
 
+        # A miss (the usual answer, for a key about to be downloaded) is settled in this thread:
+        # one stat of a local file costs microseconds, a worker-thread hop far more.
+        try:
+            os.stat(meta)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # let the worker thread meet it again, and report it
         return await self.run_sync(check)
 
     def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
@@ -455,14 +476,11 @@ class LocalFsCache:
                     self, key, name, part, fh,
                     offset=kept.size, validator=kept.validator, hasher=hasher,
                 )  # fmt: skip
-            try:
-                fh = await self.run_sync(self._open_new, part)
-            except OSError as exc:
-                raise _io_error(exc, "cannot create a cache file") from exc
-        return LocalFsPendingFile(self, key, name, part, fh)
+        return LocalFsPendingFile(self, key, name, part, None)  # opened by its first write
 
     @staticmethod
-    def _open_new(part: Path) -> IO[bytes]:
+    def open_new(part: Path) -> IO[bytes]:
+        """Create and lock a new part file (in a worker thread)."""
         part.parent.mkdir(exist_ok=True)
         fh = part.open("xb", buffering=0)
         _lock(fh)  # other processes sharing the cache see it is in use
@@ -540,33 +558,49 @@ class LocalFsCache:
         self._gate.add_used(kept.size)
         return True
 
-    async def publish(self, name: str, part: Path, fh: IO[bytes], entry: CacheEntry) -> None:
-        """Move a checked part file into place under ``name`` and account for it."""
+    async def publish(self, pending: LocalFsPendingFile, tail: bytes, expected: str | None) -> str:
+        """Write ``tail`` (the last buffered bytes) into ``pending``'s part file and move it into
+        place under its name when its sha256 is ``expected`` (or nothing is expected); account
+        for it. Returns the sha256: a different one than expected means nothing was published.
+        """
+        name, part, size = pending._name, pending._part, pending.bytes_written
         data, meta = self._data_path(name), self._meta_path(name)
         fsync = self._fsync
 
-        def publish_sync() -> None:
+        def publish_sync() -> str:
+            if tail or pending._fh is None:
+                pending._write_sync(tail)  # opens the part file when nothing was written yet
+            digest = pending._hash.hexdigest()
+            if expected is not None and digest != expected:
+                return digest
+            fh = pending._fh
+            assert fh is not None
             if fsync:
                 os.fsync(fh.fileno())
             fh.close()
             # Old data goes first, so no moment exists where new sidecar meets old data.
             _unlink(data)
-            meta.write_bytes(_META_ENCODER.encode(_Meta(entry.key, entry.size, entry.sha256)))
+            meta_bytes = _META_ENCODER.encode(_Meta(pending._key, size, digest))
+            meta.write_bytes(meta_bytes)
             os.replace(part, data)
             if fsync:
                 _fsync_dir(data.parent)
+            return digest
 
         # Shielded: once the rename may have happened, the accounting below must happen too.
         with trio.CancelScope(shield=True):
             try:
-                await self.run_sync(publish_sync)
+                digest = await self.run_sync(publish_sync)
             except OSError as exc:
                 if not await self.run_sync(data.exists):  # the old data went first
                     self._gate.add_used(-self._entries.pop(name, 0))
                 raise _io_error(exc, "cannot publish into the cache") from exc
+        if expected is not None and digest != expected:
+            return digest
         previous = self._entries.get(name, 0)
-        self._entries[name] = entry.size
-        self._gate.add_used(entry.size - previous)
+        self._entries[name] = size
+        self._gate.add_used(size - previous)
+        return digest
 
     @asynccontextmanager
     async def open(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:

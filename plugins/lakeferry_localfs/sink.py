@@ -245,6 +245,41 @@ class LocalFsSink:
 
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
         rel, target = self._target(destination)
+        tmp = target.with_name(f".{target.name}.lakeferry-tmp-{secrets.token_hex(6)}")
+        source = file.cache.local_path(file.key) if self._settings.link else None
+        if source is not None and file.size <= HASH_STEP:
+            # The usual case, in one worker-thread call: no file at the target, the cached file
+            # hard-linked, re-hashed (it is small) and renamed into place.
+            try:
+                if await self._run(self._land_linked, rel, target, tmp, file, source):
+                    return PutOutcome(rel, skipped=False)
+            except OSError as exc:
+                raise _io_error(exc, f"cannot land {rel!r}") from exc
+        return await self._put_in_steps(file, rel, target, tmp)
+
+    def _land_linked(self, rel: str, target: Path, tmp: Path, file: SinkFile, source: Path) -> bool:
+        """Land a small file by hard link; False (nothing done) when the target is taken or the
+        file system cannot link: then the put goes :meth:`_put_in_steps`."""
+        self._prepare_dir(rel, target)
+        if _inspect(rel, target, directory_is_error=True) is not None:
+            return False
+        if not self._link(source, tmp):
+            return False
+        try:
+            if self._settings.verify:
+                with _open_binary(tmp, "rb") as fh:
+                    h = hashlib.sha256()
+                    landed: tuple[int, str | None] = _hash_some(fh, h, HASH_STEP), h.hexdigest()
+            else:
+                landed = tmp.stat().st_size, None
+            self._check(file, rel, landed)
+            self._publish(tmp, target, file.sha256)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return True
+
+    async def _put_in_steps(self, file: SinkFile, rel: str, target: Path, tmp: Path) -> PutOutcome:
         try:
             await self._run(self._prepare_dir, rel, target)
             held = await self._run(partial(_inspect, directory_is_error=True), rel, target)
@@ -257,7 +292,6 @@ class LocalFsSink:
         except OSError as exc:
             raise _io_error(exc, f"cannot prepare {rel!r}") from exc
 
-        tmp = target.with_name(f".{target.name}.lakeferry-tmp-{secrets.token_hex(6)}")
         try:
             try:
                 landed: tuple[int, str | None] | None = None

@@ -13,15 +13,35 @@ workspace (name or GUID), ``base_path = "<lakehouse>.Lakehouse/Files/<folder>"``
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from lakeferry.api import hookimpl
+from lakeferry.api import PluginContext, hookimpl
 from lakeferry_onelake.settings import OneLakeSinkSettings
-from lakeferry_onelake.sink import OneLakeSink
+
+if TYPE_CHECKING:
+    from lakeferry_onelake.sink import OneLakeSink
 
 __all__ = ["OneLakeSink", "OneLakeSinkSettings"]
 
 
+# Imported on first use, not with the plugin: the Azure SDK costs ~35 MiB.
+_LAZY = {"OneLakeSink": "sink"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
+def _build(settings: OneLakeSinkSettings, context: PluginContext) -> OneLakeSink:
+    from lakeferry_onelake.sink import OneLakeSink
+
+    return OneLakeSink(settings, context)
+
+
 @hookimpl
 def lakeferry_register_sinks(register: Callable[..., None]) -> None:
-    register("onelake", OneLakeSink, OneLakeSinkSettings)
+    register("onelake", _build, OneLakeSinkSettings)

@@ -1,22 +1,45 @@
 """lakeferry example plugin ``sftp``: a downloader for ``sftp://user@host:port/path`` URLs.
 
 The model for a site team's protocol plugin: it imports only :mod:`lakeferry.api`, registers
-itself by entry point (``sftp = "lakeferry_sftp"`` in the ``lakeferry`` group), runs every
-blocking library call (paramiko) in a worker thread, streams in chunks, resumes, classifies
-every failure as transient or permanent, and connects through the core's SSRF guard. See
-:class:`~lakeferry_sftp.downloader.SftpDownloader` and :mod:`lakeferry_sftp.session`.
+itself by entry point (``sftp = "lakeferry_sftp"`` in the ``lakeferry`` group) without
+importing its library (the settings are in :mod:`lakeferry_sftp.settings`, paramiko is imported
+when the downloader is built), runs every blocking library call in a worker thread, streams in
+chunks, resumes, classifies every failure as transient or permanent, and connects through the
+core's SSRF guard. See :class:`~lakeferry_sftp.downloader.SftpDownloader` and
+:mod:`lakeferry_sftp.session`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from lakeferry.api import hookimpl
-from lakeferry_sftp.downloader import SftpDownloader, SftpDownloaderSettings
+from lakeferry.api import PluginContext, hookimpl
+from lakeferry_sftp.settings import SftpDownloaderSettings
+
+if TYPE_CHECKING:
+    from lakeferry_sftp.downloader import SftpDownloader
 
 __all__ = ["SftpDownloader", "SftpDownloaderSettings"]
 
 
+# Imported on first use, not with the plugin: paramiko costs ~17 MiB.
+_LAZY = {"SftpDownloader": "downloader"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
+def _build(settings: SftpDownloaderSettings, context: PluginContext) -> SftpDownloader:
+    from lakeferry_sftp.downloader import SftpDownloader
+
+    return SftpDownloader(settings, context)
+
+
 @hookimpl
 def lakeferry_register_downloaders(register: Callable[..., None]) -> None:
-    register("sftp", ("sftp",), SftpDownloader, SftpDownloaderSettings)
+    register("sftp", ("sftp",), _build, SftpDownloaderSettings)

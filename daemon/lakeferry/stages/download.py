@@ -102,7 +102,8 @@ class DownloadStage:
             return
         due = due_ms(record.headers)
         if due is not None:
-            p.metrics.retry_lateness.observe(max(0.0, time.time() - due / 1000))
+            lateness = max(0.0, time.time() - due / 1000)
+            p.metrics.retry_lateness.labels(record.topic).observe(lateness)
         try:
             outcome = await self._download(task)
         except PipelineError as error:

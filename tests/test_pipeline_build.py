@@ -1,0 +1,59 @@
+"""A process builds only the components its stages use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lakeferry.bus import open_bus
+from lakeferry.config import parse_config
+from lakeferry.metrics import Metrics
+from lakeferry.pipeline import NotBuilt, Pipeline
+from lakeferry.registry import load_registry
+
+
+def config(tmp_path: Path) -> Any:
+    data = {
+        "daemon": {"state_dir": str(tmp_path / "state")},
+        "bus": {"kind": "embedded", "embedded": {"path": str(tmp_path / "bus.sqlite")}},
+        "cache": {"kind": "localfs", "path": str(tmp_path / "cache")},
+        "sink": {"kind": "localfs", "root": str(tmp_path / "sink")},
+        "inventory": {"kind": "delta", "inventory_uri": str(tmp_path / "i"),
+                      "events_uri": str(tmp_path / "e")},
+        "sources": [{"kind": "spool", "path": str(tmp_path / "spool")}],
+    }  # fmt: skip
+    return parse_config(data, load_registry(), env={})
+
+
+@pytest.mark.parametrize(
+    ("stages", "built", "absent"),
+    [
+        (("download",), {"cache"}, {"sink", "inventory"}),
+        (("upload",), {"cache", "sink"}, {"inventory"}),
+        (("results",), {"inventory"}, {"cache", "sink"}),
+        (("ingest",), {"inventory"}, {"cache", "sink"}),
+        (("ingest", "download", "upload", "results"), {"cache", "sink", "inventory"}, set()),
+    ],
+)
+async def test_components_follow_the_stages(
+    tmp_path: Path, stages: tuple[str, ...], built: set[str], absent: set[str]
+) -> None:
+    cfg = config(tmp_path)
+    bus = await open_bus(cfg)
+    try:
+        pipeline = Pipeline.build(cfg, load_registry(), bus, Metrics(), stages)
+        for component in built:
+            assert pipeline.has(component), component
+        for component in absent:
+            assert not pipeline.has(component), component
+            assert isinstance(getattr(pipeline, component), NotBuilt)
+            with pytest.raises(RuntimeError, match=f"the {component} is not built"):
+                getattr(pipeline, component).usage()
+        assert bool(pipeline.downloaders) == ("download" in stages)
+        assert bool(pipeline.sources) == ("ingest" in stages)
+        pipeline.apply_live(cfg)  # a reload touches only what exists
+        await pipeline.aclose()
+    finally:
+        await bus.aclose()
