@@ -77,6 +77,8 @@ class Result:
     peak_rss_mib: float = 0.0
     """The largest peak RSS of the tool's processes."""
     rss_by_process: dict[str, float] = field(default_factory=dict)
+    peak_anon_mib: float = 0.0
+    """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -179,6 +181,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
 
 
+def anon_mib(pid: int) -> float:
+    """Anonymous memory (heap, buffers) of ``pid`` now: RSS without mapped files such as
+    shared libraries, whose pages other processes share and the kernel can drop."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -252,6 +263,12 @@ KAFKA_WORKERS = {
 cores): Python work spreads over both cores, and each process holds only its own stage."""
 
 
+def settle() -> None:
+    """Write back what earlier runs left dirty, so its writeback does not slow the next run."""
+    os.sync()
+    time.sleep(1)
+
+
 def run_lakeferry(
     scenario: str,
     bus: str,
@@ -261,6 +278,7 @@ def run_lakeferry(
     profile: bool = False,
 ) -> Result:
     shutil.rmtree(state, ignore_errors=True)
+    settle()
     data = harness.config_dict(
         state, metrics_port=harness.free_port(), kafka=kafka,
         namespace=f"bench{int(time.time() * 1000)}.", shutdown_grace="60s",
@@ -297,6 +315,7 @@ def run_lakeferry(
     started = time.time()
     harness.cli(config, "submit", "--file", str(events), "--quiet", check=True, timeout=600)
     total = len(urls)
+    anon = dict.fromkeys(daemons, 0.0)
     while True:
         rows = read_inventory(state)
         if len(rows) >= total:
@@ -304,6 +323,7 @@ def run_lakeferry(
         for name, daemon in daemons.items():
             if not daemon.alive():
                 raise RuntimeError(f"{name} died:\n{daemon.tail()}")
+            anon[name] = max(anon[name], anon_mib(daemon.pid))
         time.sleep(0.5)
     cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
     rss = {name: peak_rss_mib(d.pid) for name, d in daemons.items()}
@@ -312,11 +332,14 @@ def run_lakeferry(
         print(profiler.stop())
     for daemon in daemons.values():
         daemon.terminate(120)
+    # From the first event's creation (not from starting the submit command, whose interpreter
+    # start-up is no part of the pipeline) to the last inventory commit.
+    started = min(r["event_created_at"] for r in rows).timestamp()
     last = max(r["committed_at"] for r in rows).timestamp()
     latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
     return Result(
         scenario, f"lakeferry ({bus})", total, last - started, sum(s for _, s in urls),
-        latencies, cpu, max(rss.values()), rss,
+        latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
     )  # fmt: skip
 
 
@@ -340,6 +363,7 @@ def run_aria2c(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
     out.mkdir(parents=True)
     listing = out / "urls.txt"
     listing.write_text("".join(f"{u}\n  out={i}.bin\n" for i, (u, _) in enumerate(urls)))
+    settle()
     started = time.monotonic()
     proc = subprocess.Popen(
         ["aria2c", "-q", "-j", "50", "-x", "1", "--file-allocation=none", "--allow-overwrite=true",
@@ -361,14 +385,27 @@ def run_aria2c(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
     )
 
 
-def run_curl(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
+def run_curl(
+    scenario: str, urls: list[tuple[str, int]], out: Path, *, fsync: bool = False
+) -> Result:
+    """``curl`` one file at a time; with ``fsync``, each file is also forced to disk before the
+    next starts (what lakeferry does before it records a file as landed)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    settle()
     started = time.monotonic()
     for i, (url, _) in enumerate(urls):
-        subprocess.run(["curl", "-sSf", "-o", str(out / f"{i}.bin"), url], check=True)
+        path = out / f"{i}.bin"
+        subprocess.run(["curl", "-sSf", "-o", str(path), url], check=True)
+        if fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     seconds = time.monotonic() - started
-    return Result(scenario, "curl (one at a time)", len(urls), seconds, sum(s for _, s in urls))
+    tool = "curl, then fsync" if fsync else "curl (one at a time)"
+    return Result(scenario, tool, len(urls), seconds, sum(s for _, s in urls))
 
 
 def run_old_design(
@@ -687,8 +724,8 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             f"## {scenario}",
             "",
             "| tool | files | files/s | MB/s | p50 s | p95 s | p99 s | CPU per file | "
-            "peak RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "peak RSS MiB | peak anon MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             cpu = r.cpu_seconds / r.files if r.files and r.cpu_seconds else None
@@ -698,7 +735,8 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             lines.append(
                 f"| {r.tool} | {r.files:,} | {r.files_per_s:,.1f} | {r.mb_per_s:,.1f} | "
                 f"{fmt(r.pct(50))} | {fmt(r.pct(95))} | {fmt(r.pct(99))} | "
-                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {rss} |"
+                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {rss} | "
+                f"{f'{r.peak_anon_mib:.0f}' if r.peak_anon_mib else '-'} |"
             )
         lines.append("")
     retries = [r for r in results if r.scenario == "retry"]
@@ -739,6 +777,12 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         if curl and ours:
             ratios.append(
                 f"- large: lakeferry ({bus}) ÷ curl MB/s = {ours.mb_per_s / curl.mb_per_s:.2f}"
+            )
+        durable = by.get(("large", "curl, then fsync"))
+        if durable and ours:
+            ratios.append(
+                f"- large: lakeferry ({bus}) ÷ (curl, then fsync) MB/s = "
+                f"{ours.mb_per_s / durable.mb_per_s:.2f}"
             )
     old = next((r for r in results if r.tool.startswith("old design")), None)
     for bus in ("embedded", "kafka"):
@@ -824,6 +868,7 @@ def main() -> int:
                 results.append(run_aria2c(scenario, urls, work / "aria2c"))
             else:
                 results.append(run_curl(scenario, urls, work / "curl"))
+                results.append(run_curl(scenario, urls, work / "curl", fsync=True))
             print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k != "latencies"}))
             for bus in buses:
                 results.append(

@@ -356,8 +356,9 @@ async def test_enospc_is_cache_full_and_leaves_nothing(
     monkeypatch.setattr(LocalFsPendingFile, "_write_sync", full)
     pending = await cache.create("k")
     pending.set_validator('"v"')
+    await pending.write(b"x" * MiB)  # written in a worker thread: its error surfaces next
     with pytest.raises(TransientError) as caught:
-        await pending.write(b"x" * MiB)
+        await pending.commit(expected_sha256=None, expected_size=MiB)
     assert caught.value.reason == "cache_full"
     await pending.abort(keep_partial=keep_partial_after(caught.value))
     assert leftovers(cache) == []

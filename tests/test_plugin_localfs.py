@@ -27,6 +27,7 @@ from lakeferry_localfs import (
     LocalFsSink,
     LocalFsSinkSettings,
 )
+from lakeferry_localfs.cache import WRITE_BATCH
 from lakeferry_localfs.sink import XATTR
 
 MiB = 2**20
@@ -142,6 +143,7 @@ async def test_abort_removes_the_part_file(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
     pending = await cache.create("k")
     await pending.write(b"x" * MiB)
+    await pending._settle()  # the batch is on disk
     assert len(parts(cache)) == 1
     await pending.abort()
     assert parts(cache) == []
@@ -203,7 +205,9 @@ async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path:
     await put_in_cache(cache, "meta-only", b"m" * 10)
     await put_in_cache(cache, "data-only", b"d" * 10)
     crashed = await cache.create("crashed")  # a download in progress when the process died
-    await crashed.write(b"c" * (300 * 1024))
+    await crashed.write(b"c" * (WRITE_BATCH + 1))
+    await crashed._settle()  # the batch is on disk
+    assert crashed._fh is not None
     crashed._fh.close()  # the process died: its file (and the lock on it) is gone
     cache.local_path("meta-only").unlink()
     data_only = cache.local_path("data-only")
@@ -607,13 +611,15 @@ async def test_a_waiting_download_sees_room_freed_by_another_process(tmp_path: P
 async def test_start_up_leaves_other_processes_parts_alone(tmp_path: Path) -> None:
     writer = make_cache(tmp_path)
     pending = await writer.create("busy")
-    await pending.write(b"y" * 300_000)  # more than a write batch: the part file is on disk
+    await pending.write(b"y" * 300_000)
+    await pending.write(b"y" * WRITE_BATCH)  # more than a write batch: the part file is written
+    await pending._settle()
     parts_before = sorted(p.name for p in (tmp_path / "cache").rglob("*.part"))
     assert len(parts_before) == 1
     make_cache(tmp_path)  # another worker starts and scans: the part is locked, so it stays
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*.part")) == parts_before
-    entry = await pending.commit(expected_sha256=None, expected_size=300_000)
-    assert entry.size == 300_000
+    entry = await pending.commit(expected_sha256=None, expected_size=300_000 + WRITE_BATCH)
+    assert entry.size == 300_000 + WRITE_BATCH
     # A part whose writer died (no lock held any more) is an orphan and goes.
     orphan = tmp_path / "cache" / "ab" / ("ab" + "0" * 62 + ".deadbeef0000.part")
     orphan.parent.mkdir(exist_ok=True)

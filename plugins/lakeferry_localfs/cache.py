@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -62,6 +63,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import msgspec
+import outcome
 import trio
 
 from lakeferry.api import (
@@ -81,7 +83,9 @@ from lakeferry_localfs.quota import QuotaGate
 MiB = 2**20
 GiB = 2**30
 READ_CHUNK = 1 * MiB
-WRITE_BATCH = 256 * 1024
+WRITE_BATCH = 1 * MiB
+"""Bytes a download buffers before they are written. One batch may be writing while the next
+fills, so a download holds at most two: 2 MiB."""
 IO_THREADS = 16
 """Worker threads one cache may keep busy at once (file writes, reads, renames, unlinks)."""
 
@@ -184,6 +188,9 @@ class LocalFsPendingFile:
         """Bytes completely written to the part file (and hashed)."""
         self._validator = validator
         self._finished = False
+        self._writing: trio.Event | None = None
+        """Set when the batch being written in a worker thread is done (None: none is)."""
+        self._written_outcome: outcome.Outcome[None] | None = None
 
     @property
     def bytes_written(self) -> int:
@@ -218,6 +225,7 @@ class LocalFsPendingFile:
     async def restart(self) -> None:
         if self._finished:
             raise RuntimeError("restart after commit or abort")
+        await self._settle()
         self._buffer.clear()
         self._buffered = 0
 
@@ -235,13 +243,44 @@ class LocalFsPendingFile:
         self._validator = None
 
     async def _flush(self) -> None:
+        """Hand the buffered bytes to a worker thread and return while it writes them, so the
+        download keeps reading: the network and the disk work at the same time. Waits first
+        for the batch before (one write in flight per file, in order)."""
+        await self._settle()
         if not self._buffer:
             return
         data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
+        limiter = self._cache.limiter
+        await limiter.acquire_on_behalf_of(self)
+        done = self._writing = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[None]) -> None:  # in the worker thread
+            def finish() -> None:
+                self._written_outcome = result
+                limiter.release_on_behalf_of(self)
+                done.set()
+
+            with contextlib.suppress(trio.RunFinishedError):  # nobody is waiting any more
+                token.run_sync_soon(finish)
+
+        trio.lowlevel.start_thread_soon(functools.partial(self._write_sync, data), deliver)
+
+    async def _settle(self) -> None:
+        """Wait for the batch being written (if any) and raise its error. Shielded: the file
+        is never left to a worker thread still writing it."""
+        done = self._writing
+        if done is None:
+            return
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        self._writing = None
+        result, self._written_outcome = self._written_outcome, None
+        assert result is not None
         try:
-            await self._cache.run_sync(self._write_sync, data)
+            result.unwrap()
         except OSError as exc:
             raise _io_error(exc, "cannot write to the cache") from exc
 
@@ -263,6 +302,11 @@ class LocalFsPendingFile:
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         if self._finished:
             raise RuntimeError("commit after commit or abort")
+        try:
+            await self._settle()
+        except PipelineError:
+            await self.abort()
+            raise
         data = b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
@@ -290,10 +334,14 @@ class LocalFsPendingFile:
             return
         self._finished = True
         with trio.CancelScope(shield=True):
+            with contextlib.suppress(PipelineError):
+                await self._settle()  # what it wrote counts (or, failing, does not) below
             if keep_partial and self._validator is not None:
                 # What was received is worth keeping too; on a full disk, what is on disk.
                 with contextlib.suppress(PipelineError):
                     await self._flush()
+                with contextlib.suppress(PipelineError):
+                    await self._settle()
                 if self._flushed > 0 and self._fh is not None:
                     kept = _Kept(self._key, self._validator, self._flushed, time.time())
                     if await self._cache.keep(self._name, self._part, self._fh, kept):
@@ -347,6 +395,11 @@ class LocalFsCache:
 
     def _new_part(self, name: str) -> Path:
         return self._root / name[:2] / f"{name}.{secrets.token_hex(6)}.part"
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        """Bounds the worker threads this cache keeps busy."""
+        return self._limiter
 
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking ``fn(*args)`` in a worker thread under this cache's limiter."""

@@ -298,7 +298,10 @@ class LocalFsSink:
                 source = file.cache.local_path(file.key) if self._settings.link else None
                 if source is not None and await self._run(self._link, source, tmp):
                     if self._settings.verify:
-                        landed = await self._sha256(tmp)
+                        async with trio.open_nursery() as nursery:
+                            if self._settings.fsync:  # the disk writes while the CPU hashes
+                                nursery.start_soon(self._run, _fsync_path, tmp)
+                            landed = await self._sha256(tmp)
                     else:
                         landed = (await self._run(os.stat, tmp)).st_size, None
                 if landed is None:

@@ -1,7 +1,9 @@
 """Collects handler items into batches and flushes each batch once, with retry.
 
 Handlers call :meth:`Batcher.add` and wait until their batch is written; one flusher task
-closes a batch when it reaches ``max_items`` or ``max_wait`` after its first item. A failed
+closes a batch when it reaches ``max_items``, or ``max_wait`` after its first item, or when no
+item arrived for ``QUIET`` seconds: a trickle is written at once (latency), a stream fills its
+batches (throughput). A failed
 flush is retried in place with backoff while the handlers wait, so a slow or failing table
 pushes back on the consumer instead of piling items up.
 """
@@ -20,6 +22,8 @@ log = get_logger("batcher")
 
 T = TypeVar("T")
 BACKOFF_MAX = 30.0
+QUIET = 0.02
+"""A batch that got no new item for this long is closed (if ``max_wait`` is not shorter)."""
 
 
 @dataclass
@@ -59,13 +63,22 @@ class Batcher(Generic[T]):
         """The flusher; run it in the nursery of the stage that calls :meth:`add`."""
         while True:
             await self._has_items.wait()
-            with trio.move_on_after(self._max_wait()):
-                await self._full.wait()
+            await self._collect(self._batch)
             batch, self._batch = self._batch, _Batch()
             self._has_items = trio.Event()
             self._full = trio.Event()
             await self._flush_with_retry(batch.items)
             batch.done.set()
+
+    async def _collect(self, batch: _Batch[T]) -> None:
+        """Wait until ``batch`` is full, old (``max_wait``) or quiet (``QUIET``)."""
+        deadline = trio.current_time() + self._max_wait()
+        while not self._full.is_set():
+            seen = len(batch.items)
+            with trio.move_on_at(min(deadline, trio.current_time() + QUIET)):
+                await self._full.wait()
+            if len(batch.items) == seen or trio.current_time() >= deadline:
+                return
 
     async def _flush_with_retry(self, items: Sequence[T]) -> None:
         delay = 0.5
