@@ -78,6 +78,8 @@ class Result:
     """The largest peak RSS of the tool's processes."""
     rss_by_process: dict[str, float] = field(default_factory=dict)
     peak_anon_mib: float = 0.0
+    cpu_elsewhere: dict[str, float] = field(default_factory=dict)
+    """CPU seconds the run cost the origin and the broker."""
     """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -163,6 +165,11 @@ http {{
                 continue
             return
         raise RuntimeError("nginx did not start")
+
+    def worker_pid(self) -> int:
+        """The pid of nginx's one worker process (it serves every request)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(children[0]) if children else self.proc.pid
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -269,6 +276,18 @@ def settle() -> None:
     time.sleep(1)
 
 
+def rows_committed(scrape: str) -> float:
+    """``lakeferry_delta_rows_total{table="inventory"}`` in a scrape."""
+    for line in scrape.splitlines():
+        if line.startswith('lakeferry_delta_rows_total{table="inventory"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+ELSEWHERE: dict[str, int] = {}
+"""Other processes whose CPU a run costs too: ``{"kafka broker": pid, "nginx": pid}``."""
+
+
 def run_lakeferry(
     scenario: str,
     bus: str,
@@ -290,8 +309,10 @@ def run_lakeferry(
     data["sources"] = []
     workers = KAFKA_WORKERS if kafka else {"all": None}
     configs: dict[str, Path] = {}
+    scrape_urls: dict[str, str] = {}
     for name in workers:
         data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        scrape_urls[name] = f"http://{data['metrics']['listen']}/metrics"
         data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         configs[name] = harness.write_config(state / f"lakeferry-{name}.toml", data)
     config = next(iter(configs.values()))
@@ -306,6 +327,8 @@ def run_lakeferry(
         for name, d in (daemons.items() if profile else ())
     }
     cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
+    others = {k: v for k, v in ELSEWHERE.items() if kafka or k != "kafka broker"}
+    others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
     events = state / "events.jsonl"
     events.write_text(
         "".join(
@@ -316,22 +339,33 @@ def run_lakeferry(
     harness.cli(config, "submit", "--file", str(events), "--quiet", check=True, timeout=600)
     total = len(urls)
     anon = dict.fromkeys(daemons, 0.0)
+    results_url = scrape_urls["results" if "results" in scrape_urls else "all"]
     while True:
-        rows = read_inventory(state)
-        if len(rows) >= total:
+        # The row count from the results process's metrics: reading the table here would
+        # take CPU from the processes being measured.
+        committed = rows_committed(urllib.request.urlopen(results_url).read().decode())
+        if committed >= total:
             break
         for name, daemon in daemons.items():
             if not daemon.alive():
                 raise RuntimeError(f"{name} died:\n{daemon.tail()}")
             anon[name] = max(anon[name], anon_mib(daemon.pid))
-        time.sleep(0.5)
+        if profile:
+            print(f"{committed:6.0f} landed; in flight: " + ", ".join(
+                in_flight(urllib.request.urlopen(url).read().decode())
+                for url in scrape_urls.values()
+            ))  # fmt: skip
+        time.sleep(0.5 if profile else 0.2)
     cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
+    elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
     rss = {name: peak_rss_mib(d.pid) for name, d in daemons.items()}
     for name, profiler in profilers.items():
         print(f"== {name}: {cpu_split(daemons[name].pid)}")
+        print(stage_durations(urllib.request.urlopen(scrape_urls[name]).read().decode()))
         print(profiler.stop())
     for daemon in daemons.values():
         daemon.terminate(120)
+    rows = read_inventory(state)
     # From the first event's creation (not from starting the submit command, whose interpreter
     # start-up is no part of the pipeline) to the last inventory commit.
     started = min(r["event_created_at"] for r in rows).timestamp()
@@ -340,6 +374,7 @@ def run_lakeferry(
     return Result(
         scenario, f"lakeferry ({bus})", total, last - started, sum(s for _, s in urls),
         latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
+        cpu_elsewhere=elsewhere,
     )  # fmt: skip
 
 
@@ -565,6 +600,48 @@ def run_retry(bus: str, events: int, state: Path, kafka: str | None, nginx: Ngin
     return result
 
 
+def in_flight(scrape: str) -> str:
+    """Messages in flight per stage, and consumer lag per topic, in a scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    parts = []
+    lag: dict[str, float] = {}
+    for family in text_string_to_metric_families(scrape):
+        for sample in family.samples:
+            if sample.name == "lakeferry_stage_in_flight":
+                parts.append(f"{sample.labels['stage']} {sample.value:.0f}")
+            elif sample.name == "lakeferry_stage_messages_total":
+                parts.append(f"({sample.labels['stage']} done {sample.value:.0f})")
+            elif sample.name == "lakeferry_consumer_lag":
+                topic = sample.labels["topic"].rsplit(".", 2)[-2:]
+                key = ".".join(topic)
+                lag[key] = lag.get(key, 0.0) + sample.value
+    parts += [f"lag {k} {v:.0f}" for k, v in lag.items() if v]
+    return " ".join(parts)
+
+
+def stage_durations(scrape: str) -> str:
+    """Mean time per message of each stage in a scrape (handling, from fetch to done)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(scrape):
+        if family.name != "lakeferry_stage_duration_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "?")
+            if sample.name.endswith("_sum"):
+                sums[stage] = sums.get(stage, 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                counts[stage] = counts.get(stage, 0.0) + sample.value
+    return "stage mean: " + ", ".join(
+        f"{stage} {sums[stage] / counts[stage] * 1000:.1f} ms × {counts[stage]:.0f}"
+        for stage in sums
+        if counts.get(stage)
+    )
+
+
 def lateness_by_rung(scrape: str) -> dict[str, dict[str, float]]:
     """p50/p95/max-bucket of each rung's lateness histogram (as Prometheus's histogram_quantile
     interpolates inside a bucket)."""
@@ -693,6 +770,13 @@ def target_rows(results: list[Result]) -> list[str]:
     return rows
 
 
+def elsewhere(r: Result) -> str:
+    """CPU per file of the origin and the broker during a run."""
+    if not r.cpu_elsewhere or not r.files:
+        return "-"
+    return ", ".join(f"{name} {v / r.files * 1000:.2f} ms" for name, v in r.cpu_elsewhere.items())
+
+
 def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -724,8 +808,8 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             f"## {scenario}",
             "",
             "| tool | files | files/s | MB/s | p50 s | p95 s | p99 s | CPU per file | "
-            "peak RSS MiB | peak anon MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "CPU per file elsewhere | peak RSS MiB | peak anon MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             cpu = r.cpu_seconds / r.files if r.files and r.cpu_seconds else None
@@ -735,7 +819,7 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             lines.append(
                 f"| {r.tool} | {r.files:,} | {r.files_per_s:,.1f} | {r.mb_per_s:,.1f} | "
                 f"{fmt(r.pct(50))} | {fmt(r.pct(95))} | {fmt(r.pct(99))} | "
-                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {rss} | "
+                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {elsewhere(r)} | {rss} | "
                 f"{f'{r.peak_anon_mib:.0f}' if r.peak_anon_mib else '-'} |"
             )
         lines.append("")
@@ -852,6 +936,7 @@ def main() -> int:
     work = ROOT / "var" / "bench"
     plan = make_files(work / "www", scale)
     nginx = Nginx(work / "www", work / "nginx")
+    ELSEWHERE["nginx"] = nginx.worker_pid()
     buses = [b for b in args.buses.split(",") if b]
     scenarios = [s for s in args.scenarios.split(",") if s]
     broker = None
@@ -860,6 +945,8 @@ def main() -> int:
         if "kafka" in buses:
             kafka_tool.ensure_dist(quiet=True)
             broker = kafka_tool.start(harness.free_port(), workdir=work / "kafka")
+            assert broker.pid is not None
+            ELSEWHERE["kafka broker"] = broker.pid
         for scenario in ("small", "medium", "large"):
             if scenario not in scenarios:
                 continue
