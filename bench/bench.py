@@ -79,6 +79,7 @@ class Result:
     rss_by_process: dict[str, float] = field(default_factory=dict)
     peak_anon_mib: float = 0.0
     cpu_elsewhere: dict[str, float] = field(default_factory=dict)
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
     """CPU seconds the run cost the origin and the broker."""
     """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -288,6 +289,37 @@ ELSEWHERE: dict[str, int] = {}
 """Other processes whose CPU a run costs too: ``{"kafka broker": pid, "nginx": pid}``."""
 
 
+def start_lakeferry(
+    state: Path, data: dict[str, Any], kafka: str | None
+) -> tuple[Path, dict[str, harness.DaemonProcess], dict[str, str]]:
+    """Start lakeferry on ``data``: one process, or one per stage on Kafka. Returns a config
+    for the CLI, the processes and their metrics URLs."""
+    workers = KAFKA_WORKERS if kafka else {"all": None}
+    configs: dict[str, Path] = {}
+    scrape_urls: dict[str, str] = {}
+    for name in workers:
+        data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        scrape_urls[name] = f"http://{data['metrics']['listen']}/metrics"
+        data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        configs[name] = harness.write_config(state / f"lakeferry-{name}.toml", data)
+    config = next(iter(configs.values()))
+    if kafka:
+        harness.cli(config, "topics", "ensure", check=True)
+    daemons = {
+        name: harness.DaemonProcess(configs[name], state / f"{name}.log", stages=stages).start()
+        for name, stages in workers.items()
+    }
+    return config, daemons, scrape_urls
+
+
+def wait_for_rows(url: str, total: int, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while rows_committed(urllib.request.urlopen(url).read().decode()) < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {total} inventory rows after {timeout:g} s")
+        time.sleep(0.2)
+
+
 def run_lakeferry(
     scenario: str,
     bus: str,
@@ -307,21 +339,7 @@ def run_lakeferry(
     data["results"]["batch_wait"] = "200ms"
     data["ingest"]["concurrency"] = 64
     data["sources"] = []
-    workers = KAFKA_WORKERS if kafka else {"all": None}
-    configs: dict[str, Path] = {}
-    scrape_urls: dict[str, str] = {}
-    for name in workers:
-        data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-        scrape_urls[name] = f"http://{data['metrics']['listen']}/metrics"
-        data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-        configs[name] = harness.write_config(state / f"lakeferry-{name}.toml", data)
-    config = next(iter(configs.values()))
-    if kafka:
-        harness.cli(config, "topics", "ensure", check=True)
-    daemons = {
-        name: harness.DaemonProcess(configs[name], state / f"{name}.log", stages=stages).start()
-        for name, stages in workers.items()
-    }
+    config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
     profilers = {
         name: Profiler(d.pid, state.parent / f"profile-{scenario}-{bus}-{name}.txt")
         for name, d in (daemons.items() if profile else ())
@@ -356,7 +374,8 @@ def run_lakeferry(
                 for url in scrape_urls.values()
             ))  # fmt: skip
         time.sleep(0.5 if profile else 0.2)
-    cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
+    cpu_by = {name: cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items()}
+    cpu = sum(cpu_by.values())
     elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
     rss = {name: peak_rss_mib(d.pid) for name, d in daemons.items()}
     for name, profiler in profilers.items():
@@ -374,7 +393,7 @@ def run_lakeferry(
     return Result(
         scenario, f"lakeferry ({bus})", total, last - started, sum(s for _, s in urls),
         latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
-        cpu_elsewhere=elsewhere,
+        cpu_elsewhere=elsewhere, cpu_by_process=cpu_by,
     )  # fmt: skip
 
 
@@ -508,46 +527,45 @@ def run_latency(
     state: Path,
     kafka: str | None,
 ) -> Result:
-    """A steady offered load: ``rate`` events/s for ``seconds``, submitted as they are created."""
+    """A steady offered load: ``rate`` events/s for ``seconds``, dropped into a spool folder in
+    0.25 s slices, each event stamped ``created_at`` when written (the spool's polling counts)."""
     shutil.rmtree(state, ignore_errors=True)
+    settle()
     data = harness.config_dict(
-        state,
-        metrics_port=harness.free_port(),
-        kafka=kafka,
+        state, metrics_port=harness.free_port(), kafka=kafka,
         namespace=f"lat{int(time.time() * 1000)}.",
-    )
-    data["sources"] = []
-    data["results"]["batch_wait"] = "100ms"
-    config = harness.write_config(state / "lakeferry.toml", data)
-    if kafka:
-        harness.cli(config, "topics", "ensure", check=True)
-    daemon = harness.DaemonProcess(config, state / "daemon.log").start()
-    n = min(len(urls), int(rate * seconds))
+    )  # fmt: skip
     spool = state / "spool-in"
-    spool.mkdir()
+    spool.mkdir(parents=True)
+    data["sources"] = [{"kind": "spool", "path": str(spool), "poll_interval": "50ms"}]
+    data["results"]["batch_wait"] = "100ms"
+    _config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
+    n = min(len(urls), int(rate * seconds))
     started = time.monotonic()
-    # Submit in 0.25 s slices at the offered rate (each slice's events created when submitted).
     slice_s = 0.25
     per = max(1, int(rate * slice_s))
     i = 0
     while i < n:
         chunk = urls[i : i + per]
-        f = spool / f"{i}.jsonl"
-        f.write_text(
+        now = dt.datetime.now(dt.UTC).isoformat()
+        tmp = spool / f"{i}.jsonl.tmp"
+        tmp.write_text(
             "".join(
-                json.dumps({"id": f"lat-{i + k}", "url": u}) + "\n"
+                json.dumps({"id": f"lat-{i + k}", "url": u, "created_at": now}) + "\n"
                 for k, (u, _) in enumerate(chunk)
             )
         )
-        harness.cli(config, "submit", "--file", str(f), "--quiet", check=True)
+        tmp.rename(spool / f"{i}.jsonl")
         i += len(chunk)
         time.sleep(max(0.0, started + (i / rate) - time.monotonic()))
-    while len(read_inventory(state)) < n:
-        time.sleep(0.5)
+    wait_for_rows(scrape_urls["results" if "results" in scrape_urls else "all"], n)
+    for daemon in daemons.values():
+        daemon.terminate(120)
     rows = read_inventory(state)
-    daemon.terminate(120)
+    first = min(r["event_created_at"] for r in rows).timestamp()
+    last = max(r["committed_at"] for r in rows).timestamp()
     latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
-    return Result("latency", f"lakeferry ({bus})", n, time.monotonic() - started, 0, latencies)
+    return Result("latency", f"lakeferry ({bus})", n, last - first, 0, latencies)
 
 
 RETRY_LADDER = ("1s", "2s", "4s", "8s")
@@ -814,12 +832,21 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         for r in rows:
             cpu = r.cpu_seconds / r.files if r.files and r.cpu_seconds else None
             rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "-"
+            cpu_text = fmt(cpu * 1000, " ms") if cpu else "-"
+            if len(r.cpu_by_process) > 1:
+                cpu_text += (
+                    " ("
+                    + ", ".join(
+                        f"{k} {v / r.files * 1000:.2f}" for k, v in r.cpu_by_process.items()
+                    )
+                    + ")"
+                )
             if len(r.rss_by_process) > 1:
                 rss += " (" + ", ".join(f"{k} {v:.0f}" for k, v in r.rss_by_process.items()) + ")"
             lines.append(
                 f"| {r.tool} | {r.files:,} | {r.files_per_s:,.1f} | {r.mb_per_s:,.1f} | "
                 f"{fmt(r.pct(50))} | {fmt(r.pct(95))} | {fmt(r.pct(99))} | "
-                f"{fmt(cpu * 1000, ' ms') if cpu else '-'} | {elsewhere(r)} | {rss} | "
+                f"{cpu_text} | {elsewhere(r)} | {rss} | "
                 f"{f'{r.peak_anon_mib:.0f}' if r.peak_anon_mib else '-'} |"
             )
         lines.append("")
