@@ -920,7 +920,10 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         lines += [analysis.read_text().rstrip(), ""]
     out.write_text("\n".join(lines))
     (ROOT / "var" / "bench" / "results.json").write_text(
-        json.dumps([asdict(r) for r in results], indent=1)
+        json.dumps(
+            {"quick": quick, "scale": asdict(scale), "results": [asdict(r) for r in results]},
+            indent=1,
+        )
     )
     chart(results, out.with_suffix(".png"))
 
@@ -931,12 +934,15 @@ def chart(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    labels = [f"{r.scenario}\n{r.tool}" for r in results if r.scenario in ("small", "medium")]
-    values = [r.files_per_s for r in results if r.scenario in ("small", "medium")]
-    left.barh(labels, values)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
+    small = [r for r in results if r.scenario == "small"]
+    left.barh([r.tool for r in small], [r.files_per_s for r in small])
     left.set_xlabel("files/s")
-    left.set_title("throughput (small, medium)")
+    left.set_title("small files (64 KiB)")
+    big = [r for r in results if r.scenario in ("medium", "large")]
+    middle.barh([f"{r.scenario}: {r.tool}" for r in big], [r.mb_per_s for r in big])
+    middle.set_xlabel("MB/s")
+    middle.set_title("medium (16 MiB) and large (1 GiB) files")
     lat = [r for r in results if r.scenario == "latency" and r.latencies]
     if lat:
         right.boxplot(
@@ -958,7 +964,19 @@ def main() -> int:
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
     )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report again from var/bench/results.json (after editing analysis.md)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((ROOT / "var" / "bench" / "results.json").read_text())
+        write_report(
+            [Result(**r) for r in saved["results"]], Scale(**saved["scale"]), saved["quick"],
+            Path(args.out),
+        )  # fmt: skip
+        return 0
     scale = QUICK if args.quick else FULL
     work = ROOT / "var" / "bench"
     plan = make_files(work / "www", scale)
