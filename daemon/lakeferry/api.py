@@ -43,6 +43,7 @@ from lakeferry.registry import (
     RegisterInventory,
     RegisterSink,
     RegisterSource,
+    lazy_exports,
 )
 from lakeferry.units import ByteSize, Duration
 from lakeferry.urls import redact_url
@@ -84,6 +85,7 @@ __all__ = [
     "guard_from_settings",
     "hookimpl",
     "is_public",
+    "lazy_exports",
     "parse_ip_literal",
     "redact_url",
     "render_destination",

@@ -16,11 +16,12 @@ are mistakes in the set of plugins, not in one of them.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 import importlib.util
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal, Protocol
@@ -368,3 +369,20 @@ def _collect_isolated(
 
 def _with(info: PluginInfo, **changes: Any) -> PluginInfo:
     return dataclasses.replace(info, **changes)
+
+
+def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for a plugin package: ``names`` maps each exported name
+    to the submodule that defines it, imported on first access. Registering a plugin then loads
+    none of the libraries its components need until one is built::
+
+        __getattr__ = lazy_exports(__name__, {"MySink": "sink"})
+    """
+
+    def __getattr__(name: str) -> Any:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+    return __getattr__

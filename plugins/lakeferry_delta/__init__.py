@@ -9,11 +9,10 @@ a schedule (:mod:`lakeferry_delta.maintenance`).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import PluginContext, hookimpl, lazy_exports
 from lakeferry_delta.settings import DeltaSettings
 
 if TYPE_CHECKING:
@@ -29,17 +28,14 @@ __all__ = [
 ]
 
 # Imported on first use, not with the plugin: deltalake and pyarrow cost ~46 MiB.
-_LAZY = {
-    "DeltaInventory": "inventory",
-    "ConflictingTransactions": "table",
-    "REASON_CONFLICT": "table",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "DeltaInventory": "inventory",
+        "ConflictingTransactions": "table",
+        "REASON_CONFLICT": "table",
+    },
+)
 
 
 def _build(settings: DeltaSettings, context: PluginContext) -> DeltaInventory:

@@ -53,11 +53,10 @@ instance wait before another takes them over.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import PluginContext, hookimpl, lazy_exports
 from lakeferry_eventhub.settings import EventHubSourceSettings
 
 if TYPE_CHECKING:
@@ -67,13 +66,7 @@ __all__ = ["EventHubSource", "EventHubSourceSettings", "lakeferry_register_sourc
 
 
 # Imported on first use, not with the plugin: azure-eventhub costs ~39 MiB.
-_LAZY = {"EventHubSource": "source"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_exports(__name__, {"EventHubSource": "source"})
 
 
 def _build(settings: EventHubSourceSettings, context: PluginContext) -> EventHubSource:

@@ -13,11 +13,10 @@ workspace (name or GUID), ``base_path = "<lakehouse>.Lakehouse/Files/<folder>"``
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import PluginContext, hookimpl, lazy_exports
 from lakeferry_onelake.settings import OneLakeSinkSettings
 
 if TYPE_CHECKING:
@@ -27,13 +26,7 @@ __all__ = ["OneLakeSink", "OneLakeSinkSettings"]
 
 
 # Imported on first use, not with the plugin: the Azure SDK costs ~35 MiB.
-_LAZY = {"OneLakeSink": "sink"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_exports(__name__, {"OneLakeSink": "sink"})
 
 
 def _build(settings: OneLakeSinkSettings, context: PluginContext) -> OneLakeSink:

@@ -11,11 +11,10 @@ core's SSRF guard. See :class:`~lakeferry_sftp.downloader.SftpDownloader` and
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import PluginContext, hookimpl, lazy_exports
 from lakeferry_sftp.settings import SftpDownloaderSettings
 
 if TYPE_CHECKING:
@@ -25,13 +24,7 @@ __all__ = ["SftpDownloader", "SftpDownloaderSettings"]
 
 
 # Imported on first use, not with the plugin: paramiko costs ~17 MiB.
-_LAZY = {"SftpDownloader": "downloader"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_exports(__name__, {"SftpDownloader": "downloader"})
 
 
 def _build(settings: SftpDownloaderSettings, context: PluginContext) -> SftpDownloader:
