@@ -32,7 +32,9 @@ fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that
 
 Resource handling: blocking file operations run in worker threads behind one limiter per cache;
 writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
-thread hop each. The part file is opened by the first batch written, and the last batch is
+thread hop each, and a full batch is written and hashed in a worker thread while the download
+fills the next one (one batch in flight per file; a write error surfaces at the next write or
+at commit). The part file is opened by the first batch written, and the last batch is
 written, hashed and published in the same call, so a file smaller than a batch costs one hop in
 all (thread hops, not bytes, are what small files spend their time on). Metadata work on a
 local disk takes microseconds, less than a hop, so a lookup (a ``stat`` and the read of a tiny
