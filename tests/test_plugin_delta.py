@@ -334,3 +334,26 @@ def test_reading_starts_no_arrow_cpp_threads(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["0"]  # unnamed threads started by the reads
+
+
+async def test_the_table_object_is_reopened_every_reopen_every_calls(tmp_path: Path) -> None:
+    # An open DeltaTable keeps native memory per commit it has seen; a daemon that runs for
+    # months reopens it now and then (lakeferry_delta.table.REOPEN_EVERY).
+    from lakeferry_delta.table import REOPEN_EVERY
+
+    handle = DeltaTableHandle(
+        str(tmp_path / "t"),
+        TableLayout(INVENTORY_SCHEMA, InventoryRow, "committed_date", "committed_at"),
+        storage_options={},
+        partition_by_date=False,
+        logger=logging.getLogger("test"),
+        setting="inventory.inventory_uri",
+    )
+    seen: list[Any] = []  # the table objects themselves (kept alive: no address reuse)
+    with trio.fail_after(TIMEOUT):
+        for _ in range(REOPEN_EVERY * 2):
+            seen.append(await handle.run(lambda table: table))
+    first, second = seen[0], seen[REOPEN_EVERY]
+    assert all(table is first for table in seen[:REOPEN_EVERY])
+    assert all(table is second for table in seen[REOPEN_EVERY:])
+    assert second is not first

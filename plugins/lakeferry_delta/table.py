@@ -5,6 +5,12 @@ threads, so every call on a table runs in ``trio.to_thread.run_sync`` under the 
 ``CapacityLimiter(1)``. The object is created on first use and kept: reopening a table replays
 its log, while ``update_incremental`` only reads the commits that are new (and a commit through
 the object advances it by itself). Reusing it is what keeps a small commit near 15 ms.
+
+It is dropped and reopened every ``REOPEN_EVERY`` calls, though: an open ``DeltaTable`` keeps
+native memory for every commit it has seen (anonymous memory grew 94 → 183 MiB over 1,000
+small commits through one object, and stayed at 79 to 98 MiB when it was reopened every 100), so a
+daemon that runs for months would grow without bound. One reopen costs a log replay from the
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from lakeferry_delta.schema import TableLayout
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+REOPEN_EVERY = 100
+"""Calls on one ``DeltaTable`` object before it is reopened (see the module docstring)."""
 
 REASON_CONFLICT = "inventory_conflict"
 REASON_UNAVAILABLE = "inventory_unavailable"
@@ -75,6 +84,7 @@ class DeltaTableHandle:
         self._setting = setting
         self._limiter = trio.CapacityLimiter(1)
         self._table: DeltaTable | None = None
+        self._uses = 0
         self.date_partitioned = partition_by_date
         """Whether the table has the date column (known for sure once the table is open)."""
 
@@ -123,14 +133,21 @@ class DeltaTableHandle:
     def _call(self, operation: Callable[[Any], T]) -> T:
         if self._table is None:
             self._table = self._open()
-        return operation(self._table)
+        return self._use(operation, self._table)
 
     def _call_if_exists(self, operation: Callable[[Any], T]) -> T | None:
         if self._table is None:
             if not DeltaTable.is_deltatable(self.uri, storage_options=self.storage_options):
                 return None
             self._table = self._open()
-        return operation(self._table)
+        return self._use(operation, self._table)
+
+    def _use(self, operation: Callable[[Any], T], table: Any) -> T:
+        self._uses += 1
+        if self._uses >= REOPEN_EVERY:  # the next call opens it afresh
+            self._uses = 0
+            self._table = None
+        return operation(table)
 
     def _open(self) -> Any:
         options = self.storage_options
