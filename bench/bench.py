@@ -312,6 +312,21 @@ def start_lakeferry(
     return config, daemons, scrape_urls
 
 
+def stop_and_time(
+    daemons: dict[str, harness.DaemonProcess], state: Path
+) -> tuple[float, list[float]]:
+    """Stop the run's processes; then, from its inventory: seconds from the first event's
+    creation (not from starting a command, whose interpreter start-up is no part of the
+    pipeline) to the last commit, and each row's latency (created -> committed)."""
+    for daemon in daemons.values():
+        daemon.terminate(120)
+    rows = read_inventory(state)
+    first = min(r["event_created_at"] for r in rows).timestamp()
+    last = max(r["committed_at"] for r in rows).timestamp()
+    latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
+    return last - first, latencies
+
+
 def wait_for_rows(url: str, total: int, timeout: float = 1800) -> None:
     deadline = time.monotonic() + timeout
     while rows_committed(urllib.request.urlopen(url).read().decode()) < total:
@@ -353,7 +368,6 @@ def run_lakeferry(
             json.dumps({"id": f"{scenario}-{i}", "url": u}) + "\n" for i, (u, _) in enumerate(urls)
         )
     )
-    started = time.time()
     harness.cli(config, "submit", "--file", str(events), "--quiet", check=True, timeout=600)
     total = len(urls)
     anon = dict.fromkeys(daemons, 0.0)
@@ -382,16 +396,9 @@ def run_lakeferry(
         print(f"== {name}: {cpu_split(daemons[name].pid)}")
         print(stage_durations(urllib.request.urlopen(scrape_urls[name]).read().decode()))
         print(profiler.stop())
-    for daemon in daemons.values():
-        daemon.terminate(120)
-    rows = read_inventory(state)
-    # From the first event's creation (not from starting the submit command, whose interpreter
-    # start-up is no part of the pipeline) to the last inventory commit.
-    started = min(r["event_created_at"] for r in rows).timestamp()
-    last = max(r["committed_at"] for r in rows).timestamp()
-    latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
+    seconds, latencies = stop_and_time(daemons, state)
     return Result(
-        scenario, f"lakeferry ({bus})", total, last - started, sum(s for _, s in urls),
+        scenario, f"lakeferry ({bus})", total, seconds, sum(s for _, s in urls),
         latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
         cpu_elsewhere=elsewhere, cpu_by_process=cpu_by,
     )  # fmt: skip
@@ -559,13 +566,8 @@ def run_latency(
         i += len(chunk)
         time.sleep(max(0.0, started + (i / rate) - time.monotonic()))
     wait_for_rows(scrape_urls["results" if "results" in scrape_urls else "all"], n)
-    for daemon in daemons.values():
-        daemon.terminate(120)
-    rows = read_inventory(state)
-    first = min(r["event_created_at"] for r in rows).timestamp()
-    last = max(r["committed_at"] for r in rows).timestamp()
-    latencies = [(r["committed_at"] - r["event_created_at"]).total_seconds() for r in rows]
-    return Result("latency", f"lakeferry ({bus})", n, last - first, 0, latencies)
+    seconds, latencies = stop_and_time(daemons, state)
+    return Result("latency", f"lakeferry ({bus})", n, seconds, 0, latencies)
 
 
 RETRY_LADDER = ("1s", "2s", "4s", "8s")

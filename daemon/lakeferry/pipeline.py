@@ -143,13 +143,14 @@ class Pipeline:
         state_dir = Path(core.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
 
+        def uses(component: str) -> bool:
+            return bool(USED_BY[component] & set(stages))
+
         def make(component: Any, choice: Any) -> Any:
-            if not USED_BY[component] & set(stages):
+            if not uses(component):
                 return NotBuilt(component, stages)
             reg = registry.get(component, choice.kind)
             return reg.factory(choice.settings, plugin_context(state_dir, choice.kind))
-
-        uses = functools.partial(_uses, stages)
 
         pipeline = cls(
             config=config,
@@ -309,10 +310,6 @@ class Pipeline:
                     await closer.aclose()
                 except Exception:
                     log.exception("closing a component failed")
-
-
-def _uses(stages: Sequence[str], component: str) -> bool:
-    return bool(USED_BY[component] & set(stages))
 
 
 def plugin_context(state_dir: Path, kind: str) -> PluginContext:
