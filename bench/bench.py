@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import harness  # noqa: E402
 from kafka import kafka as kafka_tool  # noqa: E402
 
+from lakeferry.units import Duration  # noqa: E402
+
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
 
@@ -53,15 +55,16 @@ class Scale:
     latency_seconds: float
     old_poll: float
     retry_events: int
+    retry_ladder: tuple[str, ...]
 
 
 FULL = Scale(
     small=20_000, medium=500, large=4, large_size=GiB, latency_seconds=60, old_poll=60,
-    retry_events=500,
+    retry_events=500, retry_ladder=("1s", "2s", "4s", "8s"),
 )  # fmt: skip
 QUICK = Scale(
-    small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=12, old_poll=6,
-    retry_events=100,
+    small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
+    retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"),
 )  # fmt: skip
 
 
@@ -570,16 +573,14 @@ def run_latency(
     return Result("latency", f"lakeferry ({bus})", n, seconds, 0, latencies)
 
 
-RETRY_LADDER = ("1s", "2s", "4s", "8s")
-
-
-def run_retry(bus: str, events: int, state: Path, kafka: str | None, nginx: Nginx) -> Result:
-    """Retry lateness: ``events`` downloads that always get 503 climb the whole ladder and are
+def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Nginx) -> Result:
+    """Retry lateness: ``scale.retry_events`` downloads that always get 503 climb the whole ladder and are
     dead-lettered; each rung's lateness (taken at - due at) comes from the download workers'
     ``lakeferry_retry_lateness_seconds`` histogram."""
+    events = scale.retry_events
     shutil.rmtree(state, ignore_errors=True)
     data = harness.config_dict(
-        state, metrics_port=harness.free_port(), kafka=kafka, ladder=RETRY_LADDER,
+        state, metrics_port=harness.free_port(), kafka=kafka, ladder=scale.retry_ladder,
         namespace=f"retry{int(time.time() * 1000)}.",
     )  # fmt: skip
     data["sources"] = []
@@ -816,7 +817,7 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half the "
         f"small-file maximum; the old design polls every {scale.old_poll:g} s; "
         f"{scale.retry_events} always-failing downloads climb the ladder "
-        f"{' → '.join(RETRY_LADDER)}."
+        f"{' → '.join(scale.retry_ladder)}."
         + (" Quick-mode figures are indicative only." if quick else ""),
         "",
     ]
@@ -862,8 +863,7 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         ]
         for r in retries:
             for rung, figures in sorted(
-                r.rung_lateness.items(), key=lambda kv: RETRY_LADDER.index(kv[0].split("retry.")[-1])
-                if kv[0].split("retry.")[-1] in RETRY_LADDER else 99,
+                r.rung_lateness.items(), key=lambda kv: Duration.parse(kv[0].split("retry.")[-1])
             ):  # fmt: skip
                 ms = {q: figures.get(q) for q in ("p50", "p95")}
                 lines.append(
@@ -1048,7 +1048,7 @@ def main() -> int:
                 results.append(
                     run_retry(
                         bus,
-                        scale.retry_events,
+                        scale,
                         work / f"retry-{bus}",
                         broker.bootstrap if bus == "kafka" and broker else None,
                         nginx,
