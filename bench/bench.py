@@ -309,7 +309,9 @@ def start_lakeferry(
     if kafka:
         harness.cli(config, "topics", "ensure", check=True)
     daemons = {
-        name: harness.DaemonProcess(configs[name], state / f"{name}.log", stages=stages).start()
+        name: harness.DaemonProcess(
+            configs[name], state / f"{name}.log", stages=stages, instance=name
+        ).start()
         for name, stages in workers.items()
     }
     return config, daemons, scrape_urls

@@ -166,7 +166,9 @@ def drive(
     harness.cli(tool_config, "topics", "ensure", check=True)
 
     def start(name: str) -> harness.DaemonProcess:
-        daemon = harness.DaemonProcess(configs[name], state / f"{name}.log", stages=WORKERS[name])
+        daemon = harness.DaemonProcess(
+            configs[name], state / f"{name}.log", stages=WORKERS[name], instance=name
+        )
         return daemon.start(wait_ready=90)
 
     workers: dict[str, harness.DaemonProcess] = {}

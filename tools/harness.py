@@ -158,12 +158,14 @@ class DaemonProcess:
         log_path: Path,
         *,
         stages: str | None = None,
+        instance: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.env = env or {}
         self.log_path = log_path
         self.stages = stages
+        self.instance = instance
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.metrics_url = ""
@@ -172,6 +174,8 @@ class DaemonProcess:
         args = [sys.executable, "-m", "lakeferry", "run", "-c", str(self.config)]
         if self.stages:
             args += ["--stages", self.stages]
+        if self.instance:
+            args += ["--instance", self.instance]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

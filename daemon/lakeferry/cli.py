@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from lakeferry import __version__
-from lakeferry.errors import BusError, ConfigError, PipelineError
+from lakeferry.errors import BusError, ConfigError, PipelineError, StartRefused
 from lakeferry.registry import Registry, load_registry
 from lakeferry.units import Duration
 
@@ -72,7 +72,15 @@ def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
 # -- run / check-config / plugins ----------------------------------------------------------------
 
 
+def default_instance(stages: Sequence[str]) -> str:
+    """A process's instance name when none is given: its stages (``main`` for all of them)."""
+    from lakeferry.pipeline import STAGES
+
+    return "main" if tuple(stages) == STAGES else "+".join(stages)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from lakeferry.owner import claim_all, claims_for
     from lakeferry.pipeline import STAGES
     from lakeferry.supervisor import run_daemon
 
@@ -93,7 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 'use bus.kind = "kafka" to run stages as separate processes',
             )
         stages = tuple(s for s in STAGES if s in wanted)
-    return run_daemon(config, registry, stages)
+    instance = args.instance or os.environ.get("LAKEFERRY_INSTANCE") or default_instance(stages)
+    # Before anything else: a second daemon must not touch what the first one owns.
+    locks = claim_all(claims_for(config, instance))
+    try:
+        return run_daemon(config, registry, stages, instance)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -418,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the daemon"))
     run.add_argument("--stages", help="comma-separated subset: ingest,download,upload,results")
+    run.add_argument(
+        "--instance",
+        help="this worker's name among the processes of one VM (default: $LAKEFERRY_INSTANCE, "
+        "else its stages); on Kafka it is the worker's static group membership",
+    )
     run.set_defaults(fn=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file")
@@ -497,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BusError as exc:
         _err(f"bus error: {exc}")
+        return EXIT_USAGE
+    except StartRefused as exc:
+        _err(str(exc))
         return EXIT_USAGE
     except PipelineError as exc:  # a sink or inventory the tool needs is unavailable
         _err(f"{exc.reason}: {exc}")

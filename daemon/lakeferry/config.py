@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +46,9 @@ class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class DaemonConfig(_Section):
     state_dir: str = "var/lakeferry"
+    node: str = ""
+    """This machine's name among the VMs that share a Kafka cluster (default: the host name).
+    With the process's instance name it makes the static group membership of its consumers."""
     shutdown_grace: Duration = Duration(30)
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
@@ -195,6 +199,11 @@ class LoadedConfig(Struct, frozen=True):
     inventory: PluginChoice
     sources: list[PluginChoice]
     downloaders: dict[str, PluginChoice]
+
+    @property
+    def node(self) -> str:
+        """``daemon.node``, or the host name when it is not set."""
+        return self.core.daemon.node or socket.gethostname()
 
     @property
     def retry_topics(self) -> list[str]:

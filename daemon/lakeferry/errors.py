@@ -79,3 +79,9 @@ class BusError(LakeferryError):
 
 class StageCrashed(LakeferryError):
     """A stage crashed too often within the restart window; the process must end."""
+
+
+class StartRefused(LakeferryError):
+    """The daemon cannot start here and now as configured (its state folder is owned by another
+    process, a listen address is taken). The message names the problem and the fix; the process
+    exits 2, which the systemd units do not restart."""

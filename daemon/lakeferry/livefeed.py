@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from lakeferry import __version__
 from lakeferry.logs import get_logger
@@ -136,15 +136,18 @@ class LiveFeed:
         self._tick = trio.Event()
 
     async def run(
-        self, listen: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, _, port = listen.rpartition(":")
+        """Serve on ``listeners`` (bound by the caller, so a taken port refuses the start
+        before anything else happens: :func:`lakeferry.listen.open_listeners`)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._produce)
-            await nursery.start(
-                serve_websocket, self._serve, host.strip("[]") or "127.0.0.1", int(port), None
-            )
-            log.info("live feed listening", extra={"listen": listen})
+            server = WebSocketServer(self._serve, listeners)
+            await nursery.start(server.run)
+            log.info("live feed listening", extra={"listen": _addresses(listeners)})
             task_status.started()
 
     async def _produce(self) -> None:
@@ -163,3 +166,11 @@ class LiveFeed:
                 await ws.send_message(self._latest)
         except ConnectionClosed:
             return
+
+
+def _addresses(listeners: list[trio.SocketListener]) -> list[str]:
+    out = []
+    for listener in listeners:
+        host, port, *_ = listener.socket.getsockname()
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out

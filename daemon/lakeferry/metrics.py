@@ -14,6 +14,8 @@ import prometheus_client as prom
 from prometheus_client import CollectorRegistry
 
 from lakeferry import __version__
+from lakeferry.listen import refusal
+from lakeferry.listen import split as split_listen
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600, 7200)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -144,10 +146,11 @@ class Metrics:
         """Start the HTTP endpoint (a daemon thread of prometheus-client)."""
         if not listen:
             return
-        host, _, port = listen.rpartition(":")
-        server, _thread = prom.start_http_server(
-            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
-        )
+        host, port = split_listen(listen)
+        try:
+            server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise refusal("metrics.listen", listen, exc) from None
         self._server = server
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ import collections
 import signal
 import time
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 import trio
@@ -33,7 +33,8 @@ from lakeferry.bus import open_bus
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.bus.kafka import KafkaBus
 from lakeferry.config import LoadedConfig, diff, load_config
-from lakeferry.errors import ConfigError, StageCrashed
+from lakeferry.errors import ConfigError, StageCrashed, StartRefused
+from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
@@ -87,10 +88,12 @@ class Supervisor:
         registry: Registry,
         stages: tuple[str, ...] = STAGES,
         notifier: Notifier | None = None,
+        instance: str = "main",
     ) -> None:
         self.config = config
         self.registry = registry
         self.stages = stages
+        self.instance = instance
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
@@ -110,39 +113,44 @@ class Supervisor:
                 )
             else:
                 log.info("plugin not loaded", extra={"plugin": plugin.name, "why": plugin.status})
-        bus = await open_bus(cfg)
+        # Listen first: a port that is taken refuses the start at once (exit 2), before the
+        # bus is opened or anything is built.
+        self.metrics.serve(cfg.core.metrics.listen)
         try:
-            if isinstance(bus, KafkaBus):
-                bus.on_health = self._bus_health
-            await require_topics(cfg, bus)
-            self.metrics.bus_up.set(1)
-            self.metrics.serve(cfg.core.metrics.listen)
-            pipeline = self.pipeline = Pipeline.build(
-                cfg, self.registry, bus, self.metrics, self.stages
-            )
-            pipeline.export_stage_gauges(self.stages)
+            live = await open_listeners("live.listen", cfg.core.live.listen)
+            bus = await open_bus(cfg)
             try:
-                await self._run_stages(pipeline)
+                if isinstance(bus, KafkaBus):
+                    bus.on_health = self._bus_health
+                await require_topics(cfg, bus)
+                self.metrics.bus_up.set(1)
+                pipeline = self.pipeline = Pipeline.build(
+                    cfg, self.registry, bus, self.metrics, self.stages
+                )
+                pipeline.export_stage_gauges(self.stages)
+                try:
+                    await self._run_stages(pipeline, live)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await pipeline.aclose()
             finally:
                 with trio.CancelScope(shield=True):
-                    await pipeline.aclose()
+                    await bus.aclose()
         finally:
-            with trio.CancelScope(shield=True):
-                await bus.aclose()
             self.metrics.close()
         log.info("stopped")
         return 0
 
-    async def _run_stages(self, pipeline: Pipeline) -> None:
+    async def _run_stages(self, pipeline: Pipeline, live: list[trio.SocketListener]) -> None:
         async with trio.open_nursery() as root:
             root.start_soon(self._signals, root.cancel_scope)
             if pipeline.has("cache"):
                 root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
             root.start_soon(self._report_lag)
-            if self.config.core.live.listen:
+            if live:
                 feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors))
-                await root.start(feed.run, self.config.core.live.listen)
+                await root.start(feed.run, live)
             if "results" in self.stages:
                 root.start_soon(self._maintain_inventory)
             async with trio.open_nursery() as stages:
@@ -334,12 +342,18 @@ async def _sleep_unless_draining(p: Pipeline, seconds: float) -> None:
         await p.lifecycle.draining.wait()
 
 
-def run_daemon(config: LoadedConfig, registry: Registry, stages: tuple[str, ...]) -> int:
-    """Run the daemon until drained. Returns the process exit code."""
-    supervisor = Supervisor(config, registry, stages)
+def run_daemon(
+    config: LoadedConfig, registry: Registry, stages: tuple[str, ...], instance: str = "main"
+) -> int:
+    """Run the daemon until drained. Returns the process exit code; raises
+    :class:`StartRefused` (exit 2) when it cannot start here as configured."""
+    supervisor = Supervisor(config, registry, stages, instance=instance)
     try:
         return trio.run(supervisor.run)
     except BaseException as exc:
+        refused = _find(exc, StartRefused)
+        if refused is not None:
+            raise refused from None
         crashed = _find(exc, StageCrashed)
         if crashed is None:
             raise
@@ -347,7 +361,10 @@ def run_daemon(config: LoadedConfig, registry: Registry, stages: tuple[str, ...]
         return 3
 
 
-def _find(exc: BaseException, kind: type[StageCrashed]) -> StageCrashed | None:
+E = TypeVar("E", bound=BaseException)
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
     """``exc`` itself or the first ``kind`` inside nested exception groups."""
     if isinstance(exc, kind):
         return exc

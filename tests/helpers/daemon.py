@@ -50,7 +50,9 @@ class DaemonEnv:
         data["metrics"]["listen"] = f"127.0.0.1:{port}"
         data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         config = harness.write_config(self.root / f"{name}.toml", data)
-        daemon = harness.DaemonProcess(config, self.root / f"{name}.log", stages=stages)
+        daemon = harness.DaemonProcess(
+            config, self.root / f"{name}.log", stages=stages, instance=name
+        )
         self.daemons.append(daemon)
         return daemon.start(), port
 
