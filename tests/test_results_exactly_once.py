@@ -100,3 +100,97 @@ async def test_a_partition_handed_over_does_not_duplicate_rows(tmp_path: Path) -
     await member_b.flush([record(1, "handed"), record(2, "fresh")])
     rows = await inv.read_inventory()
     assert sorted(r.event_id for r in rows) == ["fresh", "handed"]
+
+
+class Interleaved:
+    """An inventory whose ``n``-th call (counting from 0) lets another writer commit first."""
+
+    CALLS = frozenset({"read_state", "transaction_versions", "landed_ids", "append"})
+
+    def __init__(self, inner: Any, n: int, other: Any) -> None:
+        self.inner, self.n, self.other, self.calls = inner, n, other, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.CALLS:
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.calls == self.n:
+                await self.other()
+            self.calls += 1
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+async def flush_until_done(stage: ResultsStage, items: list[Any]) -> None:
+    """What the batcher does: retry a failed flush (a conflict) until it goes through."""
+    from lakeferry.errors import TransientError
+
+    for _ in range(5):
+        try:
+            await stage.flush(items)
+            return
+        except TransientError:
+            continue
+    raise AssertionError("flush kept failing")
+
+
+async def test_another_writer_committing_between_any_two_calls_lands_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one bus both produced a result for every event: x sits at offsets 0 and
+    1 of one partition. Member A lands x (offset 0) at every possible moment of member B's
+    flush of offsets 1 and 2; x must be in the inventory once. (B read the landed ids and the
+    stored versions in two calls; A's commit between them let x in twice.)"""
+    for n in range(4):
+        root = tmp_path / f"n{n}"
+        inv = inventory(root)
+        member_a = ResultsStage(pipeline(inventory(root)))
+        member_b = ResultsStage(pipeline(inv))
+        await member_b.load()
+        await member_a.load()
+        member_b.on_assign([record(0, "x")[0].tp])
+
+        async def a_commits(a: ResultsStage = member_a) -> None:
+            await flush_until_done(a, [record(0, "x")])
+
+        member_b.p.inventory = Interleaved(inventory(root), n, a_commits)
+        await flush_until_done(member_b, [record(1, "x"), record(2, "y")])
+        if member_b.p.inventory.calls <= n:  # B never got that far: A commits afterwards
+            await a_commits()
+        ids = sorted(r.event_id for r in await inv.read_inventory())
+        assert ids == ["x", "y"], f"A committed before B's call {n}"
+
+
+async def test_two_writers_racing_on_one_application_id_write_one_row_per_id(
+    tmp_path: Path,
+) -> None:
+    """Two results stages, each in its own thread on its own table object, consume the same
+    partition (as two daemons on one embedded bus did) where every event sits twice; batches
+    of random sizes race. The table ends with one row per id."""
+    import random
+
+    import trio
+
+    ids = [f"e{i}" for i in range(120)]
+    stream = [record(offset, ids[offset // 2]) for offset in range(2 * len(ids))]
+    rng = random.Random(7)
+
+    async def member(stage: ResultsStage) -> None:
+        await stage.load()
+        position = 0
+        while position < len(stream):
+            size = rng.randint(1, 12)
+            await flush_until_done(stage, stream[position : position + size])
+            position += size
+            if rng.random() < 0.2:
+                stage.on_assign([stream[0][0].tp])  # a rebalance: re-read before the next batch
+
+    stages = [ResultsStage(pipeline(inventory(tmp_path))) for _ in range(2)]
+    async with trio.open_nursery() as nursery:
+        for stage in stages:
+            nursery.start_soon(member, stage)
+    rows = await inventory(tmp_path).read_inventory()
+    assert sorted(r.event_id for r in rows) == sorted(ids)

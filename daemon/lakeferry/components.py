@@ -246,14 +246,26 @@ class EventRow(NamedTuple):
     raw_json: str
 
 
+class InventoryState(NamedTuple):
+    """What the inventory holds, read at one version of the table."""
+
+    versions: dict[str, int]
+    """The last committed version stored for each application id asked for (absent: none)."""
+    landed: set[str]
+    """Every event id in the inventory."""
+
+
 class Inventory(Protocol):
     """The Delta inventory (one row per landed file) and the events table (every raw event)."""
 
-    async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
-        """The last committed version stored for each application id (absent: none)."""
+    async def read_state(self, app_ids: Sequence[str]) -> InventoryState:
+        """The stored versions of ``app_ids`` and the landed event ids, *at one table version*.
 
-    async def landed_ids(self) -> set[str]:
-        """Every event id already in the inventory."""
+        The results stage decides what to skip from both together: landed ids read earlier
+        than the versions would miss rows another writer committed in between, and the
+        version check at commit time (which only sees commits after the versions were read)
+        would let a second row for one of those ids through.
+        """
 
     async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
         """Append rows and record ``app_id -> version`` transactions in the same commit."""

@@ -6,9 +6,10 @@ The results stage consumes ``downloads.results``; for every partition it owns it
 application id (``group:topic:partition``) and the last offset it turned into rows. Each
 :meth:`DeltaInventory.append` writes the rows *and* ``txn(app_id, version=last offset)`` actions
 in one Delta commit, so the rows and the offsets they came from land together or not at all.
-After a restart or a rebalance the stage asks :meth:`DeltaInventory.transaction_versions` and
-skips every offset at or below the stored version. deltalake stores the versions but enforces
-nothing itself; the guarantees below come from this module plus Delta's optimistic concurrency.
+After a restart or a rebalance the stage asks :meth:`DeltaInventory.read_state` and skips every
+offset at or below the stored version, and every event id already landed (one event delivered
+twice by its source sits at two offsets). deltalake stores the versions but enforces nothing
+itself; the guarantees below come from this module plus Delta's optimistic concurrency.
 
 What holds with a concurrent writer (another results process):
 
@@ -19,7 +20,7 @@ What holds with a concurrent writer (another results process):
   checks close that gap:
 
   1. This object remembers, per application id, the version it last *learned*: from
-     ``transaction_versions`` or from its own successful commit. ``append`` refreshes the table
+     ``read_state`` or from its own successful commit. ``append`` refreshes the table
      and refuses (:class:`ConflictingTransactions`, nothing written) when the stored version is
      not the one it learned — someone else wrote that id since — or when the new version does
      not move past it.
@@ -28,11 +29,18 @@ What holds with a concurrent writer (another results process):
      transaction"), which becomes the same :class:`ConflictingTransactions`.
 
   On ``ConflictingTransactions`` (a TransientError with reason ``inventory_conflict``) the stage
-  re-reads the versions, drops rows at or below them, and appends the rest. Any other failure of
+  re-reads the state, drops rows at or below the versions and rows of landed ids, and appends
+  the rest. Any other failure of
   ``append`` may have committed or not (storage timeouts are ambiguous); the next ``append`` then
   finds a version it did not learn and raises ``ConflictingTransactions``, so the same recovery
-  covers it. An application id never read through ``transaction_versions`` is taken as learned
-  at ``append`` time (only check 2 applies).
+  covers it. An application id never read through ``read_state`` is taken as learned at
+  ``append`` time (only check 2 applies).
+- Event ids never land twice through one application id. ``read_state`` reads the landed ids
+  and the versions from *one* snapshot, so check 1 proves that nothing was committed for the
+  application id since the landed ids were read: a second result of an event that another
+  writer landed meanwhile is refused with its batch, re-read, and dropped. (Landed ids read
+  before the versions, in an earlier call, were how two daemons on one bus got one event id
+  twice into the inventory: the other daemon's commit fell between the two reads.)
 
 Empty input: ``append([], {})`` is a no-op; ``append([], {id: v})`` commits the transactions
 alone (a commit with no data files), so offsets that produced no rows still move forward.
@@ -48,7 +56,7 @@ from typing import Any
 
 from deltalake import CommitProperties, Transaction, write_deltalake
 
-from lakeferry.api import EventRow, InventoryRow, PluginContext
+from lakeferry.api import EventRow, InventoryRow, InventoryState, PluginContext
 from lakeferry_delta.credentials import storage_options_for
 from lakeferry_delta.maintenance import MaintenancePolicy, TableMaintainer
 from lakeferry_delta.schema import (
@@ -116,18 +124,34 @@ class DeltaInventory:
 
     # -- the inventory table ----------------------------------------------------------------
 
-    async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
-        def read(table: Any) -> dict[str, int]:
+    async def read_state(self, app_ids: Sequence[str]) -> InventoryState:
+        """Versions and landed ids from one snapshot (see :class:`lakeferry.api.Inventory`)."""
+
+        def read(table: Any) -> InventoryState:
             table.update_incremental()
-            found: dict[str, int] = {}
-            for app_id in app_ids:
-                version = table.transaction_version(app_id)
-                self._learned[app_id] = version
-                if version is not None:
-                    found[app_id] = version
-            return found
+            versions = self._learn(table, app_ids)
+            return InventoryState(versions, _event_ids(table))
 
         return await self._inventory.run(read)
+
+    async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
+        """The stored versions alone (for tools and tests; the stage uses :meth:`read_state`)."""
+
+        def read(table: Any) -> dict[str, int]:
+            table.update_incremental()
+            return self._learn(table, app_ids)
+
+        return await self._inventory.run(read)
+
+    def _learn(self, table: Any, app_ids: Sequence[str]) -> dict[str, int]:
+        """The stored versions of ``app_ids``, remembered as learned (in the worker thread)."""
+        found: dict[str, int] = {}
+        for app_id in app_ids:
+            version = table.transaction_version(app_id)
+            self._learned[app_id] = version
+            if version is not None:
+                found[app_id] = version
+        return found
 
     async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
         if not rows and not transactions:
@@ -160,12 +184,11 @@ class DeltaInventory:
         await handle.run(commit)
 
     async def landed_ids(self) -> set[str]:
-        """Reads the ``event_id`` column only (Parquet is columnar: the rest stays on disk)."""
+        """Every event id in the inventory."""
 
         def read(table: Any) -> set[str]:
             table.update_incremental()
-            column = read_columns(table, ["event_id"]).column("event_id")
-            return set(column.to_pylist())
+            return _event_ids(table)
 
         return await self._inventory.run(read)
 
@@ -209,3 +232,9 @@ class DeltaInventory:
     async def aclose(self) -> None:
         self._inventory.close()
         self._events.close()
+
+
+def _event_ids(table: Any) -> set[str]:
+    """The ``event_id`` column at the table's loaded version (Parquet is columnar: the other
+    columns stay on disk)."""
+    return set(read_columns(table, ["event_id"]).column("event_id").to_pylist())

@@ -8,9 +8,12 @@ they are already in the table even if the bus offset commit was lost. (A record 
 whose version is known is skipped as it arrives, which is what seeking past it would achieve.)
 
 Two results for one event id (a source that delivered an event twice) are recorded once: the
-stage keeps the set of landed event ids, loaded from the table at start and again when
-partitions are assigned or a commit failed (another member may have written in between); every
-topic is keyed by event id, so one id is always handled by one partition owner at a time.
+stage keeps the set of landed event ids; every topic is keyed by event id, so one id is always
+handled by one partition owner at a time. The landed ids and the stored versions are always
+read together, from one snapshot of the table (``Inventory.read_state``): at start, when
+partitions are assigned, when a partition is first seen and after a failed commit (another
+member may have written in between). The version check at commit time then proves that no
+other writer landed anything of these partitions since the landed ids were read.
 
 Phases of a batch: collect (until ``batch_rows`` or ``batch_wait``) → filter (skip by stored
 version, then by landed id) → write (one commit with rows + transactions) → release (handlers
@@ -81,19 +84,29 @@ class ResultsStage:
         )
         self.versions: dict[str, int] = {}
         self.landed: set[str] = set()
-        self._reload_landed = False
+        self._stale = False
+        """Re-read versions and landed ids before the next batch (they may have moved)."""
 
     def on_assign(self, tps: Sequence[TopicPartition]) -> None:
-        # Another member may have landed events of these partitions since we loaded the set.
-        self._reload_landed = True
+        # Another member may have landed events of these partitions since we read the state.
+        self._stale = True
 
     def on_revoke(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:
             self.versions.pop(app_id(self.group, tp), None)
 
     async def load(self) -> None:
-        self.landed = await self.p.inventory.landed_ids()
+        await self._read_state([])
         log.info("inventory loaded", extra={"landed": len(self.landed)})
+
+    async def _read_state(self, more: Sequence[str]) -> None:
+        """Versions of every known application id (and ``more``) and the landed ids, from one
+        snapshot; never one without the other (see the module docstring)."""
+        wanted = sorted(self.versions.keys() | set(more))
+        state = await self.p.inventory.read_state(wanted)
+        self.versions = {a: state.versions.get(a, -1) for a in wanted}
+        self.landed = state.landed
+        self._stale = False
 
     async def handle(self, record: Record) -> None:
         result = await self.p.decode_or_dead_letter(RESULT, record, "results")
@@ -109,14 +122,9 @@ class ResultsStage:
 
     async def flush(self, items: Sequence[tuple[Record, UploadResult]]) -> None:
         p = self.p
-        if self._reload_landed:
-            self.landed = await p.inventory.landed_ids()
-            self._reload_landed = False
-        unknown = sorted({app_id(self.group, r.tp) for r, _ in items} - self.versions.keys())
-        if unknown:
-            stored = await p.inventory.transaction_versions(unknown)
-            for a in unknown:
-                self.versions[a] = stored.get(a, -1)
+        unknown = {app_id(self.group, r.tp) for r, _ in items} - self.versions.keys()
+        if unknown or self._stale:
+            await self._read_state(sorted(unknown))
         rows: list[InventoryRow] = []
         txns: dict[str, int] = {}
         ids_in_batch: set[str] = set()
@@ -138,11 +146,9 @@ class ResultsStage:
         try:
             await p.inventory.append(rows, txns)
         except Exception:
-            # Maybe it committed after all, or another member did: re-read the stored
-            # versions before the batcher retries, so the retry skips what is there.
-            for a in txns:
-                self.versions.pop(a, None)
-            self._reload_landed = True
+            # Maybe it committed after all, or another member did: re-read the state before
+            # the batcher retries, so the retry skips what is there.
+            self._stale = True
             raise
         p.metrics.delta_commit.labels("inventory").observe(time.monotonic() - started)
         p.metrics.delta_rows.labels("inventory").inc(len(rows))
