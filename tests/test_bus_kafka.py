@@ -49,3 +49,70 @@ async def test_a_partition_paused_for_backpressure_is_fetched_again_after_a_reba
     await bus.aclose()
     await other.aclose()
     assert len(seen) == total
+
+
+def _fails(codes: list[int], result: object) -> Any:
+    """A blocking call that fails with each of ``codes`` in turn, then returns ``result``."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    calls: list[int] = []
+
+    def call() -> object:
+        calls.append(1)
+        if len(calls) <= len(codes):
+            raise KafkaException(KafkaError(codes[len(calls) - 1]))
+        return result
+
+    call.calls = calls  # type: ignore[attr-defined]
+    return call
+
+
+async def test_admin_calls_retry_what_the_cluster_raises_while_it_moves(
+    kafka_broker: Any,
+) -> None:
+    """Found under CPU load: reading watermarks right after creating a topic failed with
+    NOT_LEADER_FOR_PARTITION. Leader elections and metadata not yet everywhere are retried by
+    the bus, with backoff; a refusal is not, and retries end at ``operation_timeout``."""
+    from confluent_kafka import KafkaError
+
+    from lakeferry.errors import BusError
+
+    bus = await KafkaBus.open(kafka_broker.bootstrap, operation_timeout=2.0)
+    moving = _fails(
+        [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+         KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.COORDINATOR_LOAD_IN_PROGRESS],
+        "answer",
+    )  # fmt: skip
+    with trio.fail_after(30):
+        assert await bus._admin_call(moving, "watermarks") == "answer"
+        assert len(moving.calls) == 5
+        refused = _fails([KafkaError.TOPIC_AUTHORIZATION_FAILED], "never")
+        try:
+            await bus._admin_call(refused, "cannot read the end of t")
+        except BusError as exc:
+            assert "cannot read the end of t on" in str(exc)
+            assert "TOPIC_AUTHORIZATION_FAILED" in str(exc)
+        else:
+            raise AssertionError("a refusal was retried into success")
+        assert len(refused.calls) == 1
+        forever = _fails([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000, "never")
+        try:
+            await bus._admin_call(forever, "x")
+        except BusError as exc:
+            assert "NOT_LEADER_FOR_PARTITION" in str(exc)
+        else:
+            raise AssertionError("retries did not end")
+        assert 3 <= len(forever.calls) < 1000  # backed off, and gave up at the deadline
+    await bus.aclose()
+
+
+async def test_watermarks_of_a_topic_just_created_are_read(kafka_broker: Any) -> None:
+    """The case the contract suite hit under load, repeated on fresh topics."""
+    bus = await KafkaBus.open(kafka_broker.bootstrap)
+    with trio.fail_after(60):
+        for _ in range(5):
+            topic = f"fresh-{uuid.uuid4().hex[:8]}"
+            await bus.ensure_topics([TopicSpec(topic, 4)])
+            assert await bus.end_offsets(topic) == {0: 0, 1: 0, 2: 0, 3: 0}
+            assert await bus.committed(f"g-{uuid.uuid4().hex[:8]}", topic) == {}
+    await bus.aclose()

@@ -24,7 +24,10 @@ thread must never block. So:
   again), and a revoke clears the partition's buffer; nothing is delivered twice. (Rebalance
   callbacks run inside ``consume()`` and trio runs its callbacks in order, so records a poll
   returns after a rebalance always belong to the new assignment.)
-- admin work (topics, scans, committed offsets) runs in ``trio.to_thread`` with timeouts.
+- admin work (topics, scans, committed offsets) runs in ``trio.to_thread`` with timeouts; an
+  error the cluster raises while it moves (a leader election, metadata of a new topic not yet
+  everywhere) is retried with backoff for up to ``operation_timeout``, in the bus, so no caller
+  sees ``NOT_LEADER_FOR_PARTITION`` right after creating a topic.
 
 Resource handling: :meth:`KafkaBus.aclose` flushes the producer (bounded by
 ``operation_timeout``) and stops the threads; closing a consumer leaves the group in its thread
@@ -75,10 +78,38 @@ BUFFER_LOW = 200
 POLL_TIMEOUT = 0.05
 CONSUME_BATCH = 500
 HEALTH_CHECK_INTERVAL = 2.0
+ADMIN_RETRY_INITIAL = 0.1
+ADMIN_RETRY_MAX = 2.0
+"""Backoff between tries of an admin or metadata call that failed with a retriable error."""
+
+RETRIABLE = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,  # a leader election is under way
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,  # metadata of a new topic not everywhere yet
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+"""Codes retried even where librdkafka does not flag the error ``retriable()``."""
 
 KTP = KTopicPartition
 HealthCallback = Callable[[bool, str], None]
 """``on_health(up, detail)``: called on the trio thread when the brokers go away or return."""
+
+
+def retriable(exc: KafkaException) -> bool:
+    """Whether a failed call is worth trying again: the cluster is moving (leader elections,
+    metadata not ready, a coordinator loading), not refusing."""
+    err = exc.args[0] if exc.args else None
+    if not isinstance(err, KafkaError) or err.fatal():
+        return False
+    return bool(err.retriable()) or err.code() in RETRIABLE
 
 
 def _tp(tp: KTopicPartition) -> TopicPartition:
@@ -232,20 +263,30 @@ class KafkaBus:
 
     # -- admin -------------------------------------------------------------------------------
 
-    async def _admin_call(self, fn: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    async def _admin_call(self, fn: Callable[[], Any], what: str = "") -> Any:
+        """Run blocking ``fn`` in a worker thread; retry retriable errors (:func:`retriable`)
+        with backoff for up to ``operation_timeout``, then fail with :class:`BusError`."""
+        deadline = trio.current_time() + self.operation_timeout
+        delay = ADMIN_RETRY_INITIAL
+        while True:
+            try:
+                return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            except KafkaException as exc:
+                if not retriable(exc) or trio.current_time() + delay > deadline:
+                    what = what or getattr(fn, "__name__", "admin call")
+                    raise BusError(f"{what} on {self.bootstrap_servers}: {exc}") from exc
+                log.debug("retriable kafka error", extra={"call": what, "error": str(exc)})
+            await trio.sleep(delay)
+            delay = min(delay * 2, ADMIN_RETRY_MAX)
 
     async def list_topics(self) -> dict[str, int]:
         """Existing topics and their partition counts."""
 
         def work() -> dict[str, int]:
-            try:
-                meta = self._admin.list_topics(timeout=self.operation_timeout)
-            except KafkaException as exc:
-                raise BusError(f"cannot list topics on {self.bootstrap_servers}: {exc}") from exc
+            meta = self._admin.list_topics(timeout=self.operation_timeout)
             return {name: len(t.partitions) for name, t in meta.topics.items()}
 
-        result: dict[str, int] = await self._admin_call(work)
+        result: dict[str, int] = await self._admin_call(work, "cannot list topics")
         return result
 
     async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
@@ -276,10 +317,10 @@ class KafkaBus:
                     created.append(name)
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise BusError(f"cannot create topic {name}: {exc}") from exc
+                        raise
             return created
 
-        created: list[str] = await self._admin_call(work)
+        created: list[str] = await self._admin_call(work, "cannot create topics")
         return created
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -298,7 +339,7 @@ class KafkaBus:
                 out[resource.name] = {k: str(v.value) for k, v in entries.items()}
             return out
 
-        result: dict[str, dict[str, str]] = await self._admin_call(work)
+        result: dict[str, dict[str, str]] = await self._admin_call(work, "cannot describe topics")
         return result
 
     def _scan_client(self) -> confluent_kafka.Consumer:
@@ -328,7 +369,7 @@ class KafkaBus:
             finally:
                 client.close()
 
-        result: dict[int, int] = await self._admin_call(work)
+        result: dict[int, int] = await self._admin_call(work, f"cannot read the end of {topic}")
         return result
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
@@ -345,7 +386,9 @@ class KafkaBus:
             finally:
                 client.close()
 
-        result: dict[int, int] = await self._admin_call(work)
+        result: dict[int, int] = await self._admin_call(
+            work, f"cannot read {group}'s committed offsets of {topic}"
+        )
         return result
 
     async def scan(self, topic: str) -> AsyncIterator[Record]:
@@ -365,7 +408,7 @@ class KafkaBus:
                     [KTopicPartition(topic, p, starts[p]) for p in ends if ends[p] > starts[p]]
                 )
 
-            await self._admin_call(assign)
+            await self._admin_call(assign, f"cannot start a scan of {topic}")
             remaining = {p for p in ends if ends[p] > starts.get(p, 0)}
             deadline = time.monotonic() + max(30.0, self.operation_timeout)
             while remaining:
