@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import trio
 
 from lakeferry.bus.base import OutgoingRecord, TopicSpec
@@ -87,21 +88,12 @@ async def test_admin_calls_retry_what_the_cluster_raises_while_it_moves(
         assert await bus._admin_call(moving, "watermarks") == "answer"
         assert len(moving.calls) == 5
         refused = _fails([KafkaError.TOPIC_AUTHORIZATION_FAILED], "never")
-        try:
+        with pytest.raises(BusError, match=r"cannot read the end of t on .*AUTHORIZATION"):
             await bus._admin_call(refused, "cannot read the end of t")
-        except BusError as exc:
-            assert "cannot read the end of t on" in str(exc)
-            assert "TOPIC_AUTHORIZATION_FAILED" in str(exc)
-        else:
-            raise AssertionError("a refusal was retried into success")
         assert len(refused.calls) == 1
         forever = _fails([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000, "never")
-        try:
+        with pytest.raises(BusError, match="NOT_LEADER_FOR_PARTITION"):
             await bus._admin_call(forever, "x")
-        except BusError as exc:
-            assert "NOT_LEADER_FOR_PARTITION" in str(exc)
-        else:
-            raise AssertionError("retries did not end")
         assert 3 <= len(forever.calls) < 1000  # backed off, and gave up at the deadline
     await bus.aclose()
 
