@@ -32,6 +32,7 @@ from lakeferry.api import (
     Reason,
     TransientError,
 )
+from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.download import keep_partial_after
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
@@ -62,10 +63,12 @@ async def attempt(
 ) -> CacheEntry:
     """One download attempt exactly as the download stage makes it (resume, keep or discard)."""
     task = task_for(url, event_id=key, **event)
-    async with cache.reserve(task.event.size):
+    async with cache.reserve(task.event.size) as reservation:
         pending = await cache.create(key, resume=d.supports_resume)
         try:
-            await d.fetch(task, pending)
+            out = BoundedWriter(pending, reservation, task.event.size)
+            await out.cover_kept_bytes()
+            await d.fetch(task, out)
             return await pending.commit(
                 expected_sha256=task.event.sha256, expected_size=task.event.size
             )
@@ -483,3 +486,110 @@ def test_daemon_waits_out_a_full_cache_volume(
     for i, s in enumerate(sizes):
         assert (sink / f"full-{i}" / f"full-{i}.bin").read_bytes() == content(f"full-{i}.bin", s)
     assert daemon.terminate() == 0
+
+
+class CacheSampler:
+    """Samples the bytes of every file under a cache directory from a thread, as fast as it
+    can, and keeps the largest total seen (part files of running downloads included)."""
+
+    def __init__(self, root: Path) -> None:
+        import threading
+
+        self.root = root
+        self.largest = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        total = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:
+                    continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.largest = max(self.largest, self._total())
+            self.samples += 1
+
+    def __enter__(self) -> CacheSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_body_without_size_never_outgrows_the_cache_quota(
+    daemon_env: DaemonEnv, origin: Origin
+) -> None:
+    """Found with a 1 MB quota: an event without ``size`` whose URL sent 2 GiB went into the
+    cache (1.83 GB on disk when sampled) and landed. Now the reservation grows with the body
+    and the body is cut off ``too_large`` once it outgrows the whole quota; one the origin
+    announces is refused at once; the cache never holds more than the quota."""
+    env = daemon_env
+    quota = MiB
+    env.data["cache"].update({"quota": quota, "unknown_size_estimate": "256KiB"})
+    env.write()
+    events = [
+        {"id": "chunked-64m", "url": origin.file_url("c64.bin", 64 * MiB, route="chunked")},
+        {"id": "announced-64m", "url": origin.file_url("a64.bin", 64 * MiB)},
+        {"id": "fits", "url": origin.file_url("fits.bin", 900 * KiB)},
+        {"id": "fits-chunked", "url": origin.file_url("fc.bin", 700 * KiB, route="chunked")},
+    ]
+    cache = Path(env.data["cache"]["path"])
+    daemon = env.start()
+    with CacheSampler(cache) as sampler:
+        batch = env.submit_events(events)
+        wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 90, "every event to settle", 1)
+    code, counts = env.audit(batch)
+    assert (counts["landed"], counts["dead_lettered"], counts["lost"]) == (2, 2, 0)
+    found = letters(env)
+    assert {k: v["reason"] for k, v in found.items()} == {
+        "chunked-64m": "too_large",
+        "announced-64m": "too_large",
+    }
+    assert "quota" in found["chunked-64m"]["error"]
+    assert sampler.samples > 10
+    assert sampler.largest <= quota, f"the cache held {sampler.largest} bytes"
+    assert code == 0
+    assert daemon.terminate() == 0
+
+
+async def test_the_writer_cuts_a_body_off_before_its_bytes_reach_the_cache() -> None:
+    """Whatever a downloader plugin does, nothing past the event's size or the whole quota
+    reaches the cache file."""
+    from lakeferry.testing import MemoryCache
+
+    cache = MemoryCache(quota=10 * KiB)
+    async with cache.reserve(None) as reservation:
+        pending = await cache.create("sized")
+        out = BoundedWriter(pending, reservation, expected_size=3 * KiB)
+        await out.write(b"x" * (2 * KiB))
+        with pytest.raises(PermanentError) as caught:
+            await out.write(b"x" * (2 * KiB))
+        assert caught.value.reason == Reason.SIZE_MISMATCH
+        assert pending.bytes_written == 2 * KiB
+        with pytest.raises(PermanentError) as caught:
+            await out.expect_size(4 * KiB)
+        assert caught.value.reason == Reason.SIZE_MISMATCH
+
+        pending = await cache.create("unsized")
+        out = BoundedWriter(pending, reservation, expected_size=None)
+        for _ in range(10):
+            await out.write(b"y" * KiB)
+        assert reservation.size == 10 * KiB
+        with pytest.raises(PermanentError) as caught:
+            await out.write(b"y")
+        assert caught.value.reason == Reason.TOO_LARGE
+        assert pending.bytes_written == 10 * KiB
+        with pytest.raises(PermanentError) as caught:
+            await BoundedWriter(await cache.create("big"), reservation, None).expect_size(
+                10 * KiB + 1
+            )
+        assert caught.value.reason == Reason.TOO_LARGE

@@ -57,6 +57,7 @@ from lakeferry.metrics import Metrics
 from lakeferry.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES
 from lakeferry.pipeline import Pipeline
 from lakeferry.stages.ingest import BusIntake
+from lakeferry.testing import download_writer
 from lakeferry.urls import check_url
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
@@ -378,7 +379,7 @@ async def _fetch(url: str) -> tuple[PipelineError | None, list[str]]:
         pending = await cache.create("k")
         error = None
         try:
-            await d.fetch(task_for(url), pending)
+            await d.fetch(task_for(url), download_writer(pending))
         except PipelineError as exc:
             error = exc
         finally:

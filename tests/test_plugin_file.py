@@ -13,6 +13,7 @@ import pytest
 from helpers.plugins import plugin_context, task_for
 from lakeferry.api import ConfigError, PermanentError, Reason
 from lakeferry.registry import load_registry
+from lakeferry.testing import download_writer
 from lakeferry_file import FileDownloader, FileDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
@@ -44,7 +45,7 @@ async def fetch(tmp_path: Path, d: FileDownloader, url: str) -> tuple[bytes, int
     )
     pending = await cache.create("k")
     try:
-        await d.fetch(task_for(url), pending)
+        await d.fetch(task_for(url), download_writer(pending))
     except BaseException:
         await pending.abort()
         raise

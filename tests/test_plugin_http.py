@@ -21,6 +21,8 @@ from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
 from lakeferry.api import NetGuard, PermanentError, PipelineError, Reason, TransientError, is_public
 from lakeferry.registry import load_registry
+from lakeferry.stages.bounded import BoundedWriter
+from lakeferry.testing import download_writer
 from lakeferry.units import dec_hook
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_http.downloader import parse_retry_after
@@ -51,10 +53,10 @@ async def download(
 ) -> tuple[str, int]:
     """Fetch into the cache as the download stage does; (sha256, bytes) of the committed file."""
     task = task_for(url, event_id=key, **event)
-    async with cache.reserve(task.event.size):
+    async with cache.reserve(task.event.size) as reservation:
         pending = await cache.create(key)
         try:
-            await d.fetch(task, pending)
+            await d.fetch(task, BoundedWriter(pending, reservation, task.event.size))
             entry = await pending.commit(
                 expected_sha256=task.event.sha256, expected_size=task.event.size
             )
@@ -282,7 +284,7 @@ async def test_announced_size_over_max_is_refused_before_reading(
         task = task_for(origin.file_url("huge.bin", 50 * MiB))
         pending = await cache.create("k")
         with pytest.raises(PermanentError) as caught:
-            await d.fetch(task, pending)
+            await d.fetch(task, download_writer(pending))
         assert pending.bytes_written == 0
         await pending.abort()
     assert caught.value.reason == Reason.TOO_LARGE
@@ -294,7 +296,7 @@ async def test_body_over_max_is_refused_mid_stream(tmp_path: Path, origin: Origi
         task = task_for(origin.file_url("huge.bin", 8 * MiB, route="chunked"))
         pending = await cache.create("k")
         with pytest.raises(PermanentError) as caught:
-            await d.fetch(task, pending)
+            await d.fetch(task, download_writer(pending))
         assert 0 < pending.bytes_written <= MiB
         await pending.abort()
     assert caught.value.reason == Reason.TOO_LARGE

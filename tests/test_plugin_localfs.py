@@ -378,6 +378,92 @@ async def test_set_quota_wakes_waiters_and_fails_those_now_too_large(tmp_path: P
     assert cache.usage().quota == 1400
 
 
+async def test_unknown_size_reserves_the_estimate_but_never_more_than_the_quota(
+    tmp_path: Path,
+) -> None:
+    cache = make_cache(tmp_path, quota=1000, unknown_size_estimate=5000)
+    async with cache.reserve(None) as reservation:
+        assert (reservation.size, cache.reserved) == (1000, 1000)
+    small = make_cache(tmp_path / "small", quota=1000, unknown_size_estimate=100)
+    async with small.reserve(None) as reservation:
+        assert reservation.size == 100
+
+
+async def test_a_reservation_grows_when_there_is_room_and_never_past_the_quota(
+    tmp_path: Path,
+) -> None:
+    cache = make_cache(tmp_path, quota=1000, unknown_size_estimate=100)
+    async with cache.reserve(None) as reservation:
+        await reservation.grow(50)  # holds more already: nothing to do
+        await reservation.grow(600)
+        assert (reservation.size, cache.reserved) == (600, 600)
+        with pytest.raises(PermanentError) as caught:
+            await reservation.grow(1001)
+        assert caught.value.reason == Reason.TOO_LARGE
+        assert reservation.size == 600
+    assert cache.reserved == 0
+
+
+async def test_growth_waits_for_room_and_goes_before_new_reservations(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, quota=1000, unknown_size_estimate=100)
+    await put_in_cache(cache, "a", b"a" * 500)
+    order: list[str] = []
+    release = trio.Event()
+
+    async def growing() -> None:
+        async with cache.reserve(None) as reservation:
+            order.append("started")
+            await reservation.grow(550)  # 500 used + 100 held + 450 more > 1000
+            order.append("grown")
+            await release.wait()
+
+    async def newcomer() -> None:
+        async with cache.reserve(100):
+            order.append("newcomer")
+
+    async with trio.open_nursery() as nursery:
+        async with cache.reserve(100):
+            nursery.start_soon(growing)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(newcomer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["started"]
+            assert cache.waiting == 2
+        await trio.testing.wait_all_tasks_blocked()
+        # The growth still does not fit; the newcomer would (500 + 100 + 100), but waits.
+        assert order == ["started"]
+        await cache.remove("a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(order) == ["grown", "newcomer", "started"]  # admitted in one pass
+        release.set()
+    assert cache.reserved == 0
+
+
+async def test_downloads_that_all_wait_to_grow_do_not_wait_forever(tmp_path: Path) -> None:
+    """Two bodies of unknown size, each needing 700 of a 1000-byte quota: whichever would
+    complete the circle of waiters gives its bytes back (cache_full), the other finishes."""
+    cache = make_cache(tmp_path, quota=1000, unknown_size_estimate=400)
+    outcomes: dict[str, str] = {}
+
+    async def download(name: str) -> None:
+        try:
+            async with cache.reserve(None) as reservation:
+                await trio.testing.wait_all_tasks_blocked()  # both hold 400 now
+                await reservation.grow(700)
+                outcomes[name] = "grown"
+        except PermanentError as error:
+            outcomes[name] = error.reason
+        except Exception as error:
+            outcomes[name] = getattr(error, "reason", repr(error))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download, "one")
+            nursery.start_soon(download, "two")
+    assert sorted(outcomes.values()) == ["cache_full", "grown"]
+    assert (cache.reserved, cache.waiting) == (0, 0)
+
+
 # --- sink ----------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from helpers.plugins import plugin_context, task_for
 from helpers.sftp import SftpServer
 from lakeferry.api import ConfigError, IPAddress, PermanentError, Reason, TransientError
 from lakeferry.registry import load_registry
+from lakeferry.testing import download_writer
 from lakeferry.units import dec_hook
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 from lakeferry_sftp import SftpDownloader, SftpDownloaderSettings
@@ -62,7 +63,7 @@ async def fetch(
 ) -> tuple[bytes, list[int]]:
     c = cache(tmp_path)
     pending = await c.create("k")
-    writer = CountingWriter(pending)
+    writer = CountingWriter(download_writer(pending))
     try:
         await d.fetch(task_for(url, **event), writer)
     except BaseException:
@@ -166,13 +167,16 @@ async def test_resumes_from_the_offset(tmp_path: Path, sftp_server: SftpServer) 
     # The first attempt is cancelled after two chunks; its bytes are kept.
     first = await c.create("r")
     with trio.CancelScope() as scope:
-        await d.fetch(task_for(sftp_server.url("resume.bin")), CountingWriter(first, 2, scope))
+        await d.fetch(
+            task_for(sftp_server.url("resume.bin")),
+            CountingWriter(download_writer(first), 2, scope),
+        )
     assert scope.cancelled_caught
     assert first.validator is not None
     await first.abort(keep_partial=True)
     second = await c.create("r", resume=True)
     assert second.offset == 512 * 1024
-    writer = CountingWriter(second)
+    writer = CountingWriter(download_writer(second))
     await d.fetch(task_for(sftp_server.url("resume.bin")), writer)
     assert sum(writer.chunks) == len(data) - 512 * 1024, "only the rest was read"
     entry = await second.commit(
@@ -182,14 +186,17 @@ async def test_resumes_from_the_offset(tmp_path: Path, sftp_server: SftpServer) 
     # A file changed since (other mtime) restarts from zero.
     third = await c.create("s")
     with trio.CancelScope() as scope:
-        await d.fetch(task_for(sftp_server.url("resume.bin")), CountingWriter(third, 1, scope))
+        await d.fetch(
+            task_for(sftp_server.url("resume.bin")),
+            CountingWriter(download_writer(third), 1, scope),
+        )
     await third.abort(keep_partial=True)
     changed = os.urandom(MiB)
     path.write_bytes(changed)
     os.utime(path, (1_000_000_000, 1_000_000_000))
     fourth = await c.create("s", resume=True)
     assert fourth.offset == 256 * 1024
-    await d.fetch(task_for(sftp_server.url("resume.bin")), fourth)
+    await d.fetch(task_for(sftp_server.url("resume.bin")), download_writer(fourth))
     entry = await fourth.commit(
         expected_sha256=hashlib.sha256(changed).hexdigest(), expected_size=len(changed)
     )
@@ -203,7 +210,7 @@ async def test_cancellation_leaves_nothing_committed(
     d = downloader(tmp_path, sftp_server, chunk_size="512KiB")
     c = cache(tmp_path)
     pending = await c.create("c")
-    writer = CountingWriter(pending, 1, None)
+    writer = CountingWriter(download_writer(pending), 1, None)
     with trio.CancelScope() as scope:
         writer.scope = scope
         await d.fetch(task_for(sftp_server.url("cancel.bin")), writer)

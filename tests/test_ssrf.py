@@ -36,6 +36,7 @@ from lakeferry.api import (
     TransientError,
     parse_ip_literal,
 )
+from lakeferry.testing import download_writer
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
@@ -84,7 +85,7 @@ async def fetch_error(d: HttpDownloader, tmp_path: Path, url: str) -> PipelineEr
     pending = await cache.create("k")
     try:
         with pytest.raises(PipelineError) as caught:
-            await d.fetch(task_for(url), pending)
+            await d.fetch(task_for(url), download_writer(pending))
     finally:
         await pending.abort()
     return caught.value
@@ -304,7 +305,7 @@ async def test_name_is_resolved_once_and_the_checked_address_is_pinned(
         )
         pending = await cache.create("pinned")
         url = f"http://origin.example.test:{port}/files/pinned.bin?size=5000"
-        await d.fetch(task_for(url), pending)
+        await d.fetch(task_for(url), download_writer(pending))
         entry = await pending.commit(
             expected_sha256=sha256_of("pinned.bin", 5000), expected_size=None
         )
@@ -346,7 +347,10 @@ async def test_redirects_to_private_targets_are_refused_at_each_hop(
                 LocalFsCacheSettings(path=str(tmp_path / "cache2")), plugin_context(tmp_path)
             )
             pending = await cache.create("hop")
-            await d.fetch(task_for(origin.file_url("hop.bin", 100, route="redirect/2")), pending)
+            await d.fetch(
+                task_for(origin.file_url("hop.bin", 100, route="redirect/2")),
+                download_writer(pending),
+            )
             await pending.commit(expected_sha256=sha256_of("hop.bin", 100), expected_size=100)
         await trio.sleep(0.2)
         assert origin.count("/goto") - before == len(targets)  # every first hop was served

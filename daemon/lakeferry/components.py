@@ -104,14 +104,32 @@ class CacheWriter(Protocol):
     async def write(self, chunk: bytes) -> None: ...
 
 
+class DownloadWriter(CacheWriter, Protocol):
+    """The writer a downloader is handed: a :class:`CacheWriter` held to the cache's quota.
+
+    Every write is counted against the download's reservation, which grows as bytes arrive
+    (waiting for room like any other download); a body that outgrows the whole quota, or the
+    event's ``size``, is cut off with ``PermanentError`` (``too_large`` / ``size_mismatch``)
+    before its bytes reach the disk.
+    """
+
+    async def expect_size(self, size: int) -> None:
+        """The origin announced the file's total size (``Content-Length``, or a range's
+        total): reserve for it now. Raises ``PermanentError(too_large)`` when it exceeds the
+        whole quota and ``PermanentError(size_mismatch)`` when the event said otherwise;
+        otherwise waits until the quota has room. Optional: without it the reservation grows
+        as the bytes arrive."""
+
+
 class Downloader(Protocol):
-    """Fetches URLs of its schemes into a :class:`CacheWriter`, streaming, never whole in memory.
+    """Fetches URLs of its schemes into a :class:`DownloadWriter`, streaming, never whole in
+    memory.
 
     A downloader class that sets ``supports_resume = True`` may be given a writer with bytes
     kept from an earlier attempt (see :class:`CacheWriter`); any other always gets an empty one.
     """
 
-    async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
+    async def fetch(self, task: DownloadTask, out: DownloadWriter) -> None:
         """Write the whole body of ``task.event.url`` to ``out``.
 
         Raise TransientError/PermanentError for failures. Must honour trio cancellation.
@@ -151,17 +169,40 @@ class PendingFile(CacheWriter, Protocol):
         at least one byte is on disk); otherwise, and by default, delete them."""
 
 
+class Reservation(Protocol):
+    """Room one running download holds in the cache's quota (see :meth:`CacheBackend.reserve`)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes held now."""
+
+    async def grow(self, size: int) -> None:
+        """Hold ``size`` bytes in all (nothing to do when it holds that many already).
+
+        Waits for room like a new reservation, ahead of those (a running download frees its
+        room soonest by finishing). Raises ``PermanentError(too_large)`` when ``size`` exceeds
+        the whole quota, and ``TransientError(cache_full)`` when waiting could never end:
+        every byte of the quota is held by downloads that are themselves waiting to grow.
+        """
+
+
 class CacheBackend(Protocol):
-    """Local buffer between the download and upload stages, with a byte quota."""
+    """Local buffer between the download and upload stages, with a byte quota.
+
+    Bytes in the cache never exceed the quota: complete files and the reservations of running
+    downloads together. A download reserves before it starts and grows its reservation before
+    it writes past it (the download stage does this for every downloader).
+    """
 
     async def lookup(self, key: str) -> CacheEntry | None:
         """The complete, checksummed file under ``key``, if there is one."""
 
-    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
-        """Wait until the quota admits a file of this size (unknown: a default estimate).
+    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[Reservation]:
+        """Wait until the quota admits a file of this size (unknown: a default estimate, at
+        most the quota), and hold the room until the block ends.
 
-        A full cache makes the caller wait; it never fails it. Raises PermanentError only when
-        ``expected_size`` alone exceeds the quota.
+        A full cache makes the caller wait; it never fails it. Raises PermanentError
+        (``too_large``) only when ``expected_size`` alone exceeds the quota.
         """
 
     async def create(self, key: str, *, resume: bool = False) -> PendingFile:

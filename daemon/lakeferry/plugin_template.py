@@ -125,9 +125,9 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import trio
 from lakeferry.api import (
-    CacheWriter,
     ConfigError,
     DownloadTask,
+    DownloadWriter,
     Duration,
     NetGuard,
     PermanentError,
@@ -173,7 +173,7 @@ class __CLASS__Downloader:
         except ValueError as exc:
             raise ConfigError("downloaders.__NAME__", str(exc)) from exc
 
-    async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
+    async def fetch(self, task: DownloadTask, out: DownloadWriter) -> None:
         url = task.event.url
         shown = redact_url(url)  # never log or raise with secrets in the URL
         # The SSRF guard: refuses loopback, private, link-local... addresses in the URL's text.
@@ -181,6 +181,8 @@ class __CLASS__Downloader:
         # ``stream = await self._guard.connect_tcp(host, port, timeout=...)``.
         self._guard.check_url(url)
         received = 0
+        # TODO: when the origin announces the file's size, ``await out.expect_size(size)``
+        # first: the cache reserves it in one step, or refuses a file that can never fit.
         async with aclosing(await self._open(url, shown)) as chunks:  # closed even when cancelled
             while True:
                 with trio.move_on_after(self._settings.timeout) as waiting:

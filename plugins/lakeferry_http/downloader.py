@@ -55,8 +55,8 @@ import trio
 
 from lakeferry.api import (
     ByteSize,
-    CacheWriter,
     DownloadTask,
+    DownloadWriter,
     Duration,
     NetGuard,
     PermanentError,
@@ -286,7 +286,7 @@ class HttpDownloader:
     def backend(self) -> GuardedBackend:
         return self._backend
 
-    async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
+    async def fetch(self, task: DownloadTask, out: DownloadWriter) -> None:
         url = task.event.url
         shown = redact_url(url)
         self._guard.check_url(url)  # literal hosts and ports, before httpx parses the URL
@@ -317,7 +317,7 @@ class HttpDownloader:
         url: str,
         shown: str,
         expected_size: int | None,
-        out: CacheWriter,
+        out: DownloadWriter,
     ) -> bool:
         """One GET into ``out``; False when ``out`` was restarted and needs a plain request."""
         headers: dict[str, str] = {}
@@ -360,7 +360,7 @@ class HttpDownloader:
         expected_size: int | None,
         total: int | None,
         length: int | None,
-        out: CacheWriter,
+        out: DownloadWriter,
     ) -> None:
         """Stream the body after ``out.bytes_written`` kept bytes; ``total`` is the whole
         file's announced size, ``length`` this body's (None: unknown)."""
@@ -375,6 +375,8 @@ class HttpDownloader:
                 Reason.SIZE_MISMATCH,
                 f"GET {shown}: server announces {total} bytes, the event {expected_size}",
             )
+        if total is not None:
+            await out.expect_size(total)  # room for all of it, or too_large now
         start = received = out.bytes_written
         floor, window = s.min_throughput, s.min_throughput_window
         watching = floor > 0 and window > 0

@@ -82,7 +82,7 @@ from lakeferry.api import (
     Reason,
     TransientError,
 )
-from lakeferry_localfs.quota import QuotaGate
+from lakeferry_localfs.quota import QuotaGate, Reservation
 
 MiB = 2**20
 GiB = 2**30
@@ -109,7 +109,9 @@ class LocalFsCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     quota: ByteSize = ByteSize(20 * GiB)
     """Bytes the cache may hold, complete files and reservations together (live on SIGHUP)."""
     unknown_size_estimate: ByteSize = ByteSize(64 * MiB)
-    """What a download of unknown size reserves against the quota while it runs."""
+    """What a download of unknown size reserves when it starts (at most the quota); the
+    reservation grows as its bytes arrive, and the body is cut off ``too_large`` when it
+    outgrows the whole quota."""
     fsync: bool = False
     """Force each file to disk before publishing it (see the module docstring)."""
     partial_max_age: Duration = Duration(86400)
@@ -504,7 +506,7 @@ class LocalFsCache:
         await trio.lowlevel.checkpoint()
         return check()
 
-    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
+    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[Reservation]:
         return self._gate.reserve(expected_size)
 
     async def create(self, key: str, *, resume: bool = False) -> LocalFsPendingFile:

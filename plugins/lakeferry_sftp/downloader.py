@@ -57,9 +57,9 @@ import paramiko
 import trio
 
 from lakeferry.api import (
-    CacheWriter,
     ConfigError,
     DownloadTask,
+    DownloadWriter,
     NetGuard,
     PermanentError,
     PipelineError,
@@ -102,7 +102,7 @@ class SftpDownloader:
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
 
-    async def fetch(self, task: DownloadTask, out: CacheWriter) -> None:
+    async def fetch(self, task: DownloadTask, out: DownloadWriter) -> None:
         url = task.event.url
         shown = redact_url(url)
         host, port, username, path = self._parse(url, shown)
@@ -184,7 +184,7 @@ class SftpDownloader:
         path: str,
         shown: str,
         expected_size: int | None,
-        out: CacheWriter,
+        out: DownloadWriter,
     ) -> None:
         s = self._settings
         attrs = await self._call(session.client.stat, path)
@@ -201,6 +201,7 @@ class SftpDownloader:
                 Reason.SIZE_MISMATCH,
                 f"{shown}: the server has {size} bytes, the event says {expected_size}",
             )
+        await out.expect_size(size)  # room for all of it, or too_large now
         validator = f"{attrs.st_mtime}:{size}"
         if out.offset > 0 and (out.validator != validator or out.offset > size):
             await out.restart()  # the file changed since the kept bytes were read

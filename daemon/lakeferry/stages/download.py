@@ -1,7 +1,9 @@
 """The download stage: tasks from ``downloads.pending`` and the retry rungs into the cache.
 
 For each task: find the downloader for the URL's scheme, wait for cache quota, stream the body
-into the cache (sha256 on the fly, checked against the event's), then put a
+into the cache through a :class:`~lakeferry.stages.bounded.BoundedWriter` (the reservation
+grows with the body; nothing outgrows the quota or the event's size), sha256 on the fly,
+checked against the event's, then put a
 :class:`CachedFile` on ``downloads.cached``. A file already complete in the cache with the right
 checksum is not fetched again (a redelivered task is cheap).
 
@@ -39,6 +41,7 @@ from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
+from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.driver import seconds_until_ms
 from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.urls import check_url, redact_url
@@ -157,10 +160,12 @@ class DownloadStage:
                 resume = getattr(downloader, "supports_resume", False) is True
                 try:
                     with trio.fail_after(p.config.core.download.attempt_timeout):
-                        async with p.cache.reserve(event.size):
+                        async with p.cache.reserve(event.size) as reservation:
                             pending = await p.cache.create(key, resume=resume)
                             try:
-                                await downloader.fetch(task, pending)
+                                out = BoundedWriter(pending, reservation, event.size)
+                                await out.cover_kept_bytes()
+                                await downloader.fetch(task, out)
                                 entry = await pending.commit(
                                     expected_sha256=event.sha256, expected_size=event.size
                                 )

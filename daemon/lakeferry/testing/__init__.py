@@ -24,7 +24,7 @@ The pytest plugin :mod:`lakeferry.testing.plugin` (loaded automatically through 
 
 from lakeferry.testing.cache import CacheConformance
 from lakeferry.testing.downloader import DownloadCases, DownloaderConformance, RemoteFile
-from lakeferry.testing.memory import ChunkRecorder, MemoryCache, make_task
+from lakeferry.testing.memory import ChunkRecorder, MemoryCache, download_writer, make_task
 from lakeferry.testing.sink import SinkConformance
 
 __all__ = [
@@ -35,5 +35,6 @@ __all__ = [
     "MemoryCache",
     "RemoteFile",
     "SinkConformance",
+    "download_writer",
     "make_task",
 ]

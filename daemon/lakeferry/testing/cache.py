@@ -9,7 +9,8 @@ The checks: a file written in chunks, committed with its sha256 and size, is fou
 also after a cancelled write, leaves nothing and frees the quota; ``remove`` deletes (twice is
 fine) and ``open`` of a removed file raises FileNotFoundError; a reservation waits while the
 quota is used up and is admitted once a file is removed; a file larger than the whole quota is
-refused at once.
+refused at once; a reservation grows (waiting while the quota is used up) but never past the
+whole quota.
 """
 
 from __future__ import annotations
@@ -188,5 +189,35 @@ class CacheConformance:
             with pytest.raises(PermanentError), trio.fail_after(5):
                 async with cache.reserve(self.quota + 1):
                     pass
+        finally:
+            await cache.aclose()
+
+    async def test_a_reservation_grows_but_never_past_the_quota(
+        self, make_cache: Callable[[int], CacheBackend]
+    ) -> None:
+        quota = 100 * KiB
+        cache = make_cache(quota)
+        try:
+            await self._store(cache, "first", body(60 * KiB))
+            grown = trio.Event()
+
+            async def download() -> None:
+                async with cache.reserve(10 * KiB) as reservation:
+                    assert reservation.size >= 10 * KiB
+                    await reservation.grow(70 * KiB)
+                    assert reservation.size == 70 * KiB
+                    grown.set()
+                    with pytest.raises(PermanentError) as info:
+                        await reservation.grow(quota + 1)
+                    assert info.value.reason == Reason.TOO_LARGE
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(download)
+                with trio.move_on_after(self.wait):
+                    await grown.wait()
+                assert not grown.is_set(), "grew past the quota: 60 KiB used + 70 KiB"
+                await cache.remove("first")
+                with trio.fail_after(10):
+                    await grown.wait()
         finally:
             await cache.aclose()

@@ -21,7 +21,9 @@ from lakeferry.api import (
     CacheEntry,
     CacheUsage,
     DownloadTask,
+    DownloadWriter,
     Event,
+    PendingFile,
     PermanentError,
     Reason,
     SinkFile,
@@ -51,6 +53,8 @@ class ChunkRecorder:
         self._validator: str | None = None
         self.chunks = 0
         self.max_chunk = 0
+        self.announced: list[int] = []
+        """Sizes the downloader announced through ``expect_size``."""
         self.on_write = on_write
 
     @property
@@ -83,8 +87,47 @@ class ChunkRecorder:
         if self.on_write is not None:
             self.on_write(self)
 
+    async def expect_size(self, size: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.announced.append(size)
+
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+class Unlimited:
+    """A :class:`lakeferry.api.Reservation` with no quota behind it."""
+
+    size = 2**62
+
+    async def grow(self, size: int) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def download_writer(pending: PendingFile, expected_size: int | None = None) -> DownloadWriter:
+    """``pending`` as a downloader gets it from the download stage (held to ``expected_size``;
+    no quota). For tests that feed a downloader a real cache file."""
+    from lakeferry.stages.bounded import BoundedWriter
+
+    return BoundedWriter(pending, Unlimited(), expected_size)
+
+
+class MemoryReservation:
+    """A :class:`lakeferry.api.Reservation` that only refuses what exceeds the whole quota."""
+
+    def __init__(self, cache: MemoryCache, size: int) -> None:
+        self._cache = cache
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def grow(self, size: int) -> None:
+        await trio.lowlevel.checkpoint()
+        if size > self._cache.quota:
+            raise PermanentError(Reason.TOO_LARGE, f"{size} bytes exceed the quota")
+        self._size = max(self._size, size)
 
 
 class MemoryPendingFile(ChunkRecorder):
@@ -173,12 +216,12 @@ class MemoryCache:
         return None if data is None else CacheEntry(key, len(data), sha256_hex(data))
 
     @asynccontextmanager
-    async def _admit(self) -> AsyncIterator[None]:
+    async def _admit(self, size: int) -> AsyncIterator[MemoryReservation]:
         await trio.lowlevel.checkpoint()
-        yield
+        yield MemoryReservation(self, size)
 
-    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[None]:
-        return self._admit()
+    def reserve(self, expected_size: int | None) -> AbstractAsyncContextManager[MemoryReservation]:
+        return self._admit(min(expected_size or 0, self.quota))
 
     async def create(self, key: str, *, resume: bool = False) -> MemoryPendingFile:
         await trio.lowlevel.checkpoint()
