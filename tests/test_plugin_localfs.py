@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import msgspec
@@ -14,11 +15,14 @@ import trio.testing
 
 from helpers.plugins import plugin_context
 from lakeferry.api import (
+    STAGING,
+    STALE_TEMPORARY,
     ConfigError,
     Event,
     PermanentError,
     Reason,
     SinkFile,
+    SinkItem,
 )
 from lakeferry.units import dec_hook
 from lakeferry_localfs import (
@@ -38,9 +42,11 @@ def make_cache(tmp_path: Path, **settings: object) -> LocalFsCache:
     return LocalFsCache(config, plugin_context(tmp_path))
 
 
-def make_sink(tmp_path: Path, root: Path | None = None, **settings: object) -> LocalFsSink:
+def make_sink(
+    tmp_path: Path, root: Path | None = None, owner: str = "main", **settings: object
+) -> LocalFsSink:
     config = LocalFsSinkSettings(root=str(root or tmp_path / "sink"), **settings)  # type: ignore[arg-type]
-    return LocalFsSink(config, plugin_context(tmp_path))
+    return LocalFsSink(config, plugin_context(tmp_path, owner))
 
 
 def sha(data: bytes) -> str:
@@ -547,9 +553,7 @@ async def test_put_copies_across_file_systems(tmp_path: Path) -> None:
         assert await sink.put(file, "x.bin", EVENT) == ("x.bin", False)  # EXDEV: copied
         assert (root / "x.bin").read_bytes() == data
     finally:
-        for path in sorted(root.rglob("*"), reverse=True):
-            path.unlink()
-        root.rmdir()
+        shutil.rmtree(root)
 
 
 @pytest.mark.parametrize("existing", [b"different content!", b"different size"])
@@ -712,3 +716,85 @@ async def test_start_up_leaves_other_processes_parts_alone(tmp_path: Path) -> No
     orphan.write_bytes(b"z")
     make_cache(tmp_path)
     assert not orphan.exists()
+
+
+# --- sink: temporary files -----------------------------------------------------------------------
+
+
+async def test_temporary_files_live_in_the_owners_staging_folder(tmp_path: Path) -> None:
+    """Found after kill -9: files like .g01678.bin.lakeferry-tmp-62bf6ac28463 stayed beside
+    landed files. A put's temporary file is now in <root>/.lakeferry-tmp/<owner>/, and the
+    owner's next start sweeps that folder."""
+    cache = make_cache(tmp_path)
+    sink = make_sink(tmp_path, owner="vm1.upload-1", link=False)
+    seen: list[Path] = []
+    file = await cached_file(cache, "k", b"z" * 5000)
+    original = sink._copy
+
+    async def spy(file: SinkFile, tmp: Path) -> tuple[int, str]:
+        seen.append(tmp)
+        return await original(file, tmp)
+
+    sink._copy = spy  # type: ignore[method-assign]
+    await sink.put(file, "d/f.bin", EVENT)
+    [tmp] = seen
+    assert tmp.parent == sink.root / STAGING / "vm1.upload-1"
+    assert not tmp.exists()
+    assert sorted(p.name for p in (sink.root / "d").iterdir()) == ["f.bin"]
+
+
+async def test_a_sink_sweeps_what_its_owner_left_and_what_is_stale(tmp_path: Path) -> None:
+    import time as _time
+
+    cache = make_cache(tmp_path)
+    first = make_sink(tmp_path, owner="vm1.upload-1")
+    await first.put(await cached_file(cache, "k", b"a" * 100), "a.bin", EVENT)
+    staging = first.root / STAGING
+    # What a put killed mid-way leaves, for this owner and two others.
+    (staging / "vm1.upload-1").mkdir(parents=True, exist_ok=True)
+    (staging / "vm1.upload-1" / "1111-a.bin").write_bytes(b"partial")
+    (staging / "vm1.upload-1" / "2222-b.bin").write_bytes(b"partial")
+    (staging / "vm2.upload-1").mkdir()
+    (staging / "vm2.upload-1" / "3333-c.bin").write_bytes(b"in flight elsewhere")
+    (staging / "gone.upload-9").mkdir()
+    abandoned = staging / "gone.upload-9" / "4444-d.bin"
+    abandoned.write_bytes(b"from a machine that never came back")
+    old = _time.time() - STALE_TEMPORARY - 60
+    os.utime(abandoned, (old, old))
+
+    walked = [item async for item in first.walk()]
+    assert sorted(walked) == sorted(
+        [
+            SinkItem("a.bin", False),
+            SinkItem(f"{STAGING}/vm1.upload-1/1111-a.bin", True),
+            SinkItem(f"{STAGING}/vm1.upload-1/2222-b.bin", True),
+            SinkItem(f"{STAGING}/vm2.upload-1/3333-c.bin", True),
+            SinkItem(f"{STAGING}/gone.upload-9/4444-d.bin", True),
+        ]
+    )
+    restarted = make_sink(tmp_path, owner="vm1.upload-1")
+    assert await restarted.sweep() == 3
+    left = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    assert left == ["vm2.upload-1/3333-c.bin"]
+    assert not (staging / "gone.upload-9").exists()
+    assert (first.root / "a.bin").read_bytes() == b"a" * 100
+    assert await restarted.sweep() == 0
+
+
+async def test_walk_flags_an_older_releases_temporary_files(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    (sink.root / "d").mkdir()
+    (sink.root / "d" / "f.bin").write_bytes(b"landed")
+    (sink.root / "d" / ".f.bin.lakeferry-tmp-62bf6ac28463").write_bytes(b"left")
+    assert sorted([item async for item in sink.walk()]) == [
+        SinkItem("d/.f.bin.lakeferry-tmp-62bf6ac28463", True),
+        SinkItem("d/f.bin", False),
+    ]
+
+
+async def test_the_staging_folder_is_not_a_destination(tmp_path: Path) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    file = await cached_file(cache, "k", b"x")
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(file, f"{STAGING}/main/evil.bin", EVENT)
+    assert caught.value.reason == Reason.INVALID_PATH

@@ -36,6 +36,7 @@ from lakeferry.api import (
     PermanentError,
     Reason,
     SinkFile,
+    SinkItem,
     TransientError,
 )
 from lakeferry.registry import load_registry
@@ -635,3 +636,114 @@ async def test_a_onelake_sink_builds_without_network(tmp_path: Path) -> None:
         sink.where == "https://onelake.dfs.fabric.microsoft.com/My Workspace/Sales.Lakehouse/Files"
     )
     await sink.aclose()
+
+
+_KILLED_PUT = """
+import json, logging, sys
+from pathlib import Path
+import trio
+from lakeferry.api import Event, PluginContext, SinkFile
+from lakeferry_onelake import OneLakeSink, OneLakeSinkSettings
+import msgspec
+from lakeferry.units import dec_hook
+
+class Stalling:
+    # A cache whose file yields one chunk, then never another: the put hangs mid-stream.
+    async def _chunks(self):
+        yield b"x" * 65536
+        await trio.sleep_forever()
+    def open(self, key):
+        from contextlib import asynccontextmanager
+        @asynccontextmanager
+        async def opened():
+            yield self._chunks()
+        return opened()
+    def local_path(self, key):
+        return None
+
+async def main():
+    settings = msgspec.convert(json.loads(sys.argv[1]), OneLakeSinkSettings, dec_hook=dec_hook)
+    context = PluginContext(state_dir=Path(sys.argv[2]), logger=logging.getLogger(),
+                            owner="vm1.upload-1")
+    sink = OneLakeSink(settings, context)
+    event = Event(id="big", url="https://origin.example/big.bin")
+    await sink.put(SinkFile(Stalling(), "k", 3 << 20, "0" * 64), "d/big.bin", event)
+
+trio.run(main)
+"""
+
+
+def _temporaries(emulator: Any) -> list[str]:
+    service = DataLakeServiceClient(emulator.account_url(), credential=SAS)
+    try:
+        names = [p.name for p in service.get_file_system_client("landing").get_paths()]
+    except Exception:  # the filesystem is not created yet
+        return []
+    finally:
+        service.close()
+    return [n for n in names if ".lakeferry-tmp-" in n]
+
+
+async def test_a_put_killed_mid_way_is_swept_by_the_owners_next_start(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    """Found after kill -9: temporary files stayed in the lake beside landed ones, and
+    nothing ever removed them. The owner's next start deletes them, without listing the lake;
+    another owner's start leaves them alone (its own puts may be under way)."""
+    import json
+    import signal
+    import sys
+
+    state = tmp_path / "state"
+    values = {
+        "account_url": dfs_emulator.account_url(), "filesystem": "landing",
+        "credential": "sas", "create_filesystem": True, "max_single_request_retries": 0,
+        "timeout": "5s",
+    }  # fmt: skip
+    script = tmp_path / "put.py"
+    script.write_text(_KILLED_PUT)
+    put = await trio.lowlevel.open_process(
+        [sys.executable, str(script), json.dumps(values), str(state)]
+    )
+    try:
+        with trio.fail_after(60):
+            while not _temporaries(dfs_emulator):
+                assert put.poll() is None, "the put ended on its own"
+                await trio.sleep(0.05)
+    finally:
+        put.send_signal(signal.SIGKILL)
+        await put.wait()
+    [left] = _temporaries(dfs_emulator)
+    assert left.startswith("d/.big.bin.lakeferry-tmp-")
+
+    cache = MemoryCache()
+    other = OneLakeSink(emulator_settings(dfs_emulator), plugin_context(state, "vm2.upload-1"))
+    try:
+        assert await other.sweep() == 0
+        assert [i async for i in other.walk()] == [SinkItem(left, True)]
+    finally:
+        await other.aclose()
+    owner = OneLakeSink(emulator_settings(dfs_emulator), plugin_context(state, "vm1.upload-1"))
+    try:
+        assert await owner.sweep() == 1
+        assert _temporaries(dfs_emulator) == []
+        await owner.put(cache.add("k", b"v"), "d/v.bin", event())
+        assert [i async for i in owner.walk()] == [SinkItem("d/v.bin", False)]
+        assert await owner.sweep() == 0  # the journal was cleared
+    finally:
+        await owner.aclose()
+
+
+async def test_a_leftover_that_could_not_be_deleted_is_swept_after_a_restart(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    cache = MemoryCache()
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        dfs_emulator.fail_next(1, status=503, ops=["flush"])
+        dfs_emulator.fail_next(1, status=503, ops=["delete"])  # the cleanup fails too
+        with pytest.raises(TransientError):
+            await sink.put(cache.add("k", b"w"), "o/w.bin", event())
+    assert len(tmp_files(dfs_emulator.files("landing"))) == 1
+    async with open_sink(tmp_path, dfs_emulator) as restarted:  # stopped before a retry
+        assert await restarted.sweep() == 1
+    assert tmp_files(dfs_emulator.files("landing")) == []

@@ -139,3 +139,20 @@ def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: 
     finally:
         shutil.rmtree(venv, ignore_errors=True)
         shutil.rmtree(package, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["cache", "sink"])
+def test_the_generated_cache_and_sink_pass_their_kits(tmp_path: Path, kind: str) -> None:
+    """The templates follow the protocols as they are now (a cache's reservation grows, a
+    sink keeps its temporary files in its owner's staging folder and lists its files)."""
+    lakeferry("plugin", "new", "toy", "--kind", kind, "--dir", str(tmp_path))
+    package = tmp_path / "lakeferry-toy"
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+         str(package / "pyproject.toml"), str(package / "tests")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )  # fmt: skip
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert " passed" in tests.stdout
+    assert "failed" not in tests.stdout

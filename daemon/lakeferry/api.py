@@ -26,6 +26,7 @@ from lakeferry.components import (
     Reservation,
     Sink,
     SinkFile,
+    SinkItem,
     Source,
 )
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
@@ -39,7 +40,7 @@ from lakeferry.netguard import (
     is_public,
     parse_ip_literal,
 )
-from lakeferry.paths import render_destination, safe_relative_path
+from lakeferry.paths import STAGING, STALE_TEMPORARY, render_destination, safe_relative_path
 from lakeferry.registry import (
     RegisterCache,
     RegisterDownloader,
@@ -52,6 +53,8 @@ from lakeferry.units import ByteSize, Duration
 from lakeferry.urls import redact_url
 
 __all__ = [
+    "STAGING",
+    "STALE_TEMPORARY",
     "ByteSize",
     "CacheBackend",
     "CacheEntry",
@@ -86,6 +89,7 @@ __all__ = [
     "Resolver",
     "Sink",
     "SinkFile",
+    "SinkItem",
     "Source",
     "TransientError",
     "guard_from_settings",

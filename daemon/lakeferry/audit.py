@@ -14,6 +14,12 @@ listed in a file of submitted events — must be in exactly one of these states:
 ``duplicate_rows`` counts inventory rows beyond the first per event id; ``checksum_mismatches``
 counts landed files whose sink copy or inventory row disagree with each other or with the
 event; ``missing_in_sink`` counts inventory rows whose file is not in the sink.
+
+The sink is listed too (``Sink.walk``): ``temp_files`` counts temporary files of puts (in
+progress, or left by a killed process and not yet swept), ``unrecorded_in_sink`` files no
+inventory row names (a file landed for an event the inventory does not know). While events are
+in flight both can be legitimately non-zero (a put under way, a landed file whose row is not
+committed yet), so they fail the audit only once nothing is in flight: after a drain.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from lakeferry.config import LoadedConfig
 from lakeferry.dlq import current_letters, purged_keys
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, decode_event
 
+SHOWN = 50
+"""Ids and paths listed by name (the counts are complete)."""
+
 
 @dataclass
 class AuditReport:
@@ -44,17 +53,28 @@ class AuditReport:
     duplicate_rows: int = 0
     checksum_mismatches: int = 0
     missing_in_sink: int = 0
+    temp_files: int = 0
+    unrecorded_in_sink: int = 0
     lost_ids: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        drained = self.in_flight == 0
+        litter = self.temp_files or self.unrecorded_in_sink
         return not (
-            self.lost or self.duplicate_rows or self.checksum_mismatches or self.missing_in_sink
+            self.lost
+            or self.duplicate_rows
+            or self.checksum_mismatches
+            or self.missing_in_sink
+            or (litter and drained)
         )
 
     def counts(self) -> dict[str, int]:
         data = asdict(self)
-        data.pop("lost_ids")
+        for listing in ("lost_ids", "unrecorded", "temporary"):
+            data.pop(listing)
         return data
 
 
@@ -179,6 +199,18 @@ async def audit(
             elif held.sha256 != first.sha256 or held.size != first.size:
                 report.checksum_mismatches += 1
 
+    if verify_sink:
+        recorded = {row.destination for row in rows}
+        async for item in sink.walk():
+            if item.temporary:
+                report.temp_files += 1
+                if len(report.temporary) < SHOWN:
+                    report.temporary.append(item.destination)
+            elif item.destination not in recorded:
+                report.unrecorded_in_sink += 1
+                if len(report.unrecorded) < SHOWN:
+                    report.unrecorded.append(item.destination)
+
     report.events = len(events)
     report.landed = len(landed)
     report.dead_lettered = len(dead - landed)
@@ -186,5 +218,5 @@ async def audit(
     report.in_flight = len(in_flight - landed - dead - purged)
     lost = events - landed - dead - purged - in_flight
     report.lost = len(lost)
-    report.lost_ids = sorted(lost)[:50]
+    report.lost_ids = sorted(lost)[:SHOWN]
     return report

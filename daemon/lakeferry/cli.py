@@ -416,6 +416,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{key:>20}: {value}")
         if report.lost_ids:
             print(f"{'lost ids':>20}: {', '.join(report.lost_ids)}")
+        if report.unrecorded:
+            print(f"{'unrecorded files':>20}: {', '.join(report.unrecorded)}")
+        if report.temporary:
+            print(f"{'temporary files':>20}: {', '.join(report.temporary)}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -503,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument(
         "--events", action="append", help="JSONL file of submitted events to include (repeatable)"
     )
-    aud.add_argument("--no-verify-sink", action="store_true", help="skip hashing sink files")
+    aud.add_argument(
+        "--no-verify-sink", action="store_true", help="skip hashing and listing the sink's files"
+    )
     aud.set_defaults(fn=cmd_audit)
     return parser
 

@@ -34,6 +34,12 @@ class PluginContext:
     logger: logging.Logger
     """The logger to use (structured JSON when the daemon runs)."""
 
+    owner: str = "main"
+    """This process's stable name among every process that uses the same cache, sink or table
+    (``<node>.<instance>``: the machine's name and the worker's ``--instance``); the same after
+    a restart, never used by two live processes at once. A sink keeps its temporary files under
+    it, so that it can sweep what an earlier run of the same process left behind."""
+
     extra: dict[str, Any] = field(default_factory=dict)
     """Reserved for later use by the core."""
 
@@ -246,15 +252,38 @@ class PutOutcome(NamedTuple):
     """True when an identical file (same size and sha256) was already there."""
 
 
+class SinkItem(NamedTuple):
+    """One file a sink holds (:meth:`Sink.walk`)."""
+
+    destination: str
+    """As a put returned it (:attr:`PutOutcome.destination`) and ``stat`` takes it."""
+    temporary: bool
+    """A temporary file of a put: in progress, or left behind by a process that died."""
+
+
 class Sink(Protocol):
     def destination(self, event: Event, *, now: dt.datetime) -> str:
         """The safe relative destination of ``event``; PermanentError(invalid_path) if none."""
 
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
-        """Land the file atomically; skip when an identical file is already there."""
+        """Land the file atomically; skip when an identical file is already there.
+
+        Temporary files live under the sink's staging folder (:data:`lakeferry.paths.STAGING`,
+        one folder per :attr:`PluginContext.owner`), never beside landed files.
+        """
 
     async def stat(self, destination: str) -> CacheEntry | None:
         """Size and sha256 of what the sink holds at ``destination`` (None when absent)."""
+
+    async def sweep(self) -> int:
+        """Delete the temporary files an earlier run of this process (the same ``owner``) left
+        behind — it was killed in the middle of puts — and any other owner's older than
+        :data:`lakeferry.paths.STALE_TEMPORARY`; return how many. The upload stage calls it
+        once, before its first put."""
+
+    def walk(self) -> AsyncIterator[SinkItem]:
+        """Every file the sink holds, for ``lakeferry audit`` (landed files that no inventory
+        row names, temporary files left behind)."""
 
     async def aclose(self) -> None: ...
 

@@ -20,6 +20,14 @@ from lakeferry.urls import filename_of
 
 MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
+STAGING = ".lakeferry-tmp"
+"""The folder at a sink's root that holds the temporary files of puts, one sub-folder per
+process (:attr:`lakeferry.api.PluginContext.owner`): never beside landed files, where lake
+readers would see them, and swept by the process that left them after a crash. Destinations
+cannot start with it."""
+STALE_TEMPORARY = 86400.0
+"""Seconds after which any process's temporary file is taken as abandoned (its process is
+gone for good) and swept."""
 # Bidirectional overrides and zero-width characters make a name display as something else.
 _DECEPTIVE = {
     "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d",
@@ -49,6 +57,8 @@ def safe_relative_path(path: str) -> str:
     if len(norm) >= 2 and norm[1] == ":" and norm[0].isalpha():
         raise _invalid(path, "drive letter")
     parts = norm.split("/")
+    if parts[0] == STAGING:
+        raise _invalid(path, f"{STAGING}/ is reserved for the sink's temporary files")
     for part in parts:
         if part in ("", ".", ".."):
             raise _invalid(path, f"path component {part!r}")

@@ -8,6 +8,7 @@ It also owns the one way of dead-lettering a message, so every DLQ record has th
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,8 @@ class Pipeline:
     active: dict[str, ActiveCount] = field(default_factory=dict)
     _retired: list[Downloader] = field(default_factory=list)
     errors: RecentErrors = field(default_factory=RecentErrors)
+    owner: str = "main"
+    """This process's stable name (:attr:`PluginContext.owner`)."""
 
     def has(self, component: str) -> bool:
         """Whether this process built ``component`` (``"cache"``, ``"sink"``, ``"inventory"``)."""
@@ -138,10 +141,12 @@ class Pipeline:
         bus: Bus,
         metrics: Metrics,
         stages: Sequence[str] = STAGES,
+        instance: str = "main",
     ) -> Pipeline:
         core = config.core
         state_dir = Path(core.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        owner = owner_name(config.node, instance)
 
         def uses(component: str) -> bool:
             return bool(USED_BY[component] & set(stages))
@@ -150,7 +155,7 @@ class Pipeline:
             if not uses(component):
                 return NotBuilt(component, stages)
             reg = registry.get(component, choice.kind)
-            return reg.factory(choice.settings, plugin_context(state_dir, choice.kind))
+            return reg.factory(choice.settings, plugin_context(state_dir, choice.kind, owner))
 
         pipeline = cls(
             config=config,
@@ -163,10 +168,11 @@ class Pipeline:
             sink=make("sink", config.sink),
             inventory=make("inventory", config.inventory),
             downloaders=(
-                build_downloaders(config, registry, state_dir) if uses("downloader") else {}
+                build_downloaders(config, registry, state_dir, owner) if uses("downloader") else {}
             ),
             sources=[make("source", s) for s in config.sources] if uses("source") else [],
             ladder=RetryLadder(core.retry.topics, core.retry.delays),
+            owner=owner,
         )
         pipeline.limiters = {
             "ingest": trio.CapacityLimiter(core.ingest.concurrency),
@@ -203,7 +209,7 @@ class Pipeline:
             # Downloads in flight finish with the downloaders they started with; those are
             # closed at shutdown. New downloads use the new settings.
             self._retired.extend(self.downloaders.values())
-            self.downloaders = build_downloaders(new, self.registry, self.state_dir)
+            self.downloaders = build_downloaders(new, self.registry, self.state_dir, self.owner)
         # Cache, sink, inventory and sources keep the choices they started with (restart).
         self.config = msgspec.structs.replace(self.config, core=core, downloaders=new.downloaders)
 
@@ -312,18 +318,23 @@ class Pipeline:
                     log.exception("closing a component failed")
 
 
-def plugin_context(state_dir: Path, kind: str) -> PluginContext:
-    return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"))
+def plugin_context(state_dir: Path, kind: str, owner: str = "main") -> PluginContext:
+    return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"), owner=owner)
+
+
+def owner_name(node: str, instance: str) -> str:
+    """A process's stable name for components (:attr:`PluginContext.owner`), file-name safe."""
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", f"{node}.{instance}")
 
 
 def build_downloaders(
-    config: LoadedConfig, registry: Registry, state_dir: Path
+    config: LoadedConfig, registry: Registry, state_dir: Path, owner: str = "main"
 ) -> dict[str, Downloader]:
     """One downloader per configured kind, indexed by every URL scheme it serves."""
     downloaders: dict[str, Downloader] = {}
     for kind, choice in config.downloaders.items():
         reg = registry.get("downloader", kind)
-        instance = reg.factory(choice.settings, plugin_context(state_dir, kind))
+        instance = reg.factory(choice.settings, plugin_context(state_dir, kind, owner))
         for scheme in reg.schemes:
             downloaders[scheme] = instance
     return downloaders

@@ -356,6 +356,25 @@ class __CLASS__PendingFile:
         self._parts.clear()
 
 
+class _Reservation:
+    """Room one running download holds (a :class:`lakeferry.api.Reservation`)."""
+
+    def __init__(self, cache: __CLASS__Cache, size: int) -> None:
+        self._cache = cache
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def grow(self, size: int) -> None:
+        if size <= self._size:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._cache.admit(size - self._size, size)
+        self._size = size
+
+
 class __CLASS__Cache:
     """The ``__NAME__`` :class:`lakeferry.api.CacheBackend`."""
 
@@ -381,24 +400,31 @@ class __CLASS__Cache:
         return CacheEntry(key, len(data), hashlib.sha256(data).hexdigest())
 
     @asynccontextmanager
-    async def reserve(self, expected_size: int | None) -> AsyncIterator[None]:
+    async def reserve(self, expected_size: int | None) -> AsyncIterator[_Reservation]:
         if expected_size is None:  # an estimate, never more than the whole quota
             need = min(int(self._settings.unknown_size_estimate), self._quota)
         else:
             need = expected_size
-        if need > self._quota:
-            raise PermanentError(Reason.TOO_LARGE, f"{need} bytes exceed the quota {self._quota}")
+        await self.admit(need, need)
+        reservation = _Reservation(self, need)
+        try:
+            yield reservation
+        finally:
+            self._reserved -= reservation.size
+            await self._wake()
+
+    async def admit(self, need: int, total: int) -> None:
+        """Wait until ``need`` more bytes fit; a file of ``total`` bytes must fit at all."""
+        if total > self._quota:
+            raise PermanentError(Reason.TOO_LARGE, f"{total} bytes exceed the quota {self._quota}")
+        # TODO: growth ahead of new reservations, and a way out when every holder waits to
+        # grow (see lakeferry_localfs.quota for both).
         async with self._room:
             while self._used + self._reserved + need > self._quota and (
                 self._used or self._reserved
             ):
                 await self._room.wait()  # a full cache makes downloads wait, never fail
             self._reserved += need
-        try:
-            yield
-        finally:
-            self._reserved -= need
-            await self._wake()
 
     async def _wake(self) -> None:
         with trio.CancelScope(shield=True):
@@ -477,8 +503,9 @@ class Test__CLASS__Cache(CacheConformance):
 _SINK = '''\
 """The ``__NAME__`` sink: lands cached files atomically and idempotently.
 
-TODO: this toy lands files in a local directory (``root``): it writes a temporary file, checks
-its size and sha256, then renames it into place. Replace the storage calls with the real
+TODO: this toy lands files in a local directory (``root``): it writes a temporary file (in this
+process's staging folder, which its next start sweeps), checks its size and sha256, then
+renames it into place. Replace the storage calls with the real
 service's (upload to a temporary name, verify, rename); keep the rules: skip a destination that
 already holds the same bytes, never leave a partial file visible, refuse unsafe paths.
 """
@@ -489,11 +516,13 @@ import datetime as dt
 import hashlib
 import os
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import trio
 from lakeferry.api import (
+    STAGING,
     CacheEntry,
     Event,
     PermanentError,
@@ -501,6 +530,7 @@ from lakeferry.api import (
     PutOutcome,
     Reason,
     SinkFile,
+    SinkItem,
     render_destination,
     safe_relative_path,
 )
@@ -528,6 +558,9 @@ class __CLASS__Sink:
         self._settings = settings
         self._root = Path(settings.root)
         self._root.mkdir(parents=True, exist_ok=True)
+        # Temporary files of puts: in this process's own staging folder, never beside landed
+        # files, so that its next start can sweep what a kill left behind.
+        self._staging = self._root / STAGING / context.owner
 
     def destination(self, event: Event, *, now: dt.datetime) -> str:
         return render_destination(self._settings.path_template, event, now)
@@ -542,8 +575,13 @@ class __CLASS__Sink:
         if held is not None and (held.size, held.sha256) == (file.size, file.sha256):
             return PutOutcome(rel, skipped=True)
         target = self._root / rel
-        tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
-        await trio.to_thread.run_sync(lambda: target.parent.mkdir(parents=True, exist_ok=True))
+        tmp = self._staging / secrets.token_hex(8)
+
+        def prepare() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._staging.mkdir(parents=True, exist_ok=True)
+
+        await trio.to_thread.run_sync(prepare)
         digest, size = hashlib.sha256(), 0
         try:
             with tmp.open("xb") as out:
@@ -560,6 +598,26 @@ class __CLASS__Sink:
         finally:
             tmp.unlink(missing_ok=True)
         return PutOutcome(rel, skipped=False)
+
+    async def sweep(self) -> int:
+        def sweep() -> int:  # TODO: also other owners' temporary files older than a day
+            left = list(self._staging.iterdir()) if self._staging.exists() else []
+            for path in left:
+                path.unlink(missing_ok=True)
+            return len(left)
+
+        return await trio.to_thread.run_sync(sweep)
+
+    async def walk(self) -> AsyncIterator[SinkItem]:
+        def listing() -> list[SinkItem]:
+            items = []
+            for path in sorted(p for p in self._root.rglob("*") if p.is_file()):
+                rel = path.relative_to(self._root).as_posix()
+                items.append(SinkItem(rel, rel.startswith(STAGING + "/")))
+            return items
+
+        for item in await trio.to_thread.run_sync(listing):
+            yield item
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -125,7 +125,7 @@ class Supervisor:
                 await require_topics(cfg, bus)
                 self.metrics.bus_up.set(1)
                 pipeline = self.pipeline = Pipeline.build(
-                    cfg, self.registry, bus, self.metrics, self.stages
+                    cfg, self.registry, bus, self.metrics, self.stages, self.instance
                 )
                 pipeline.export_stage_gauges(self.stages)
                 try:

@@ -1,8 +1,12 @@
 """The ``localfs`` sink: lands cached files in a directory tree, atomically and idempotently.
 
-A put writes ``.<name>.lakeferry-tmp-<random>`` beside the target, checks it, and renames it over
-the target with ``os.replace``, so a reader sees the old file or the new one, never a partial
-one. The temporary file is a hard link to the cached file when ``link`` is on and both are on one
+A put writes a temporary file in the staging folder, checks it, and renames it over the
+target with ``os.replace``, so a reader sees the old file or the new one, never a partial one.
+The staging folder is ``<root>/.lakeferry-tmp/<owner>/`` (:data:`lakeferry.api.STAGING`, one
+folder per process): temporary files are never beside landed ones, where lake readers would see
+them, and a process killed in the middle of a put finds what it left in its own folder at its
+next start (:meth:`LocalFsSink.sweep`; the root is one file system, so the rename stays atomic).
+The temporary file is a hard link to the cached file when ``link`` is on and both are on one
 file system (moving a large file costs no I/O: the disk is the limit for large files); otherwise
 the bytes are copied from the cache's stream.
 
@@ -28,13 +32,15 @@ PermanentError (``checksum_mismatch``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar, cast
@@ -43,6 +49,8 @@ import msgspec
 import trio
 
 from lakeferry.api import (
+    STAGING,
+    STALE_TEMPORARY,
     CacheEntry,
     ConfigError,
     Event,
@@ -52,6 +60,7 @@ from lakeferry.api import (
     PutOutcome,
     Reason,
     SinkFile,
+    SinkItem,
     TransientError,
     render_destination,
     safe_relative_path,
@@ -67,6 +76,7 @@ IO_THREADS = 8
 _LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 _NOT_A_PATH = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+_LEGACY_TEMPORARY = ".lakeferry-tmp-"
 
 T = TypeVar("T")
 
@@ -192,6 +202,8 @@ class LocalFsSink:
             render_destination(settings.path_template, sample, dt.datetime.now(dt.UTC))
         except PermanentError as exc:
             raise ConfigError("sink.path_template", str(exc)) from exc
+        self._staging = self._root / STAGING
+        self._mine = self._staging / context.owner
 
     @property
     def root(self) -> Path:
@@ -243,9 +255,59 @@ class LocalFsSink:
             raise _io_error(exc, f"cannot read {rel!r}") from exc
         return CacheEntry(rel, size, digest)
 
+    async def sweep(self) -> int:
+        return await self._run(self._sweep)
+
+    def _sweep(self) -> int:
+        """Delete everything in this process's staging folder (an earlier run of it died in
+        the middle of puts) and other owners' files older than STALE_TEMPORARY."""
+        removed = 0
+        oldest = time.time() - STALE_TEMPORARY
+        try:
+            owners = list(os.scandir(self._staging))
+        except FileNotFoundError:
+            return 0
+        for owner in owners:
+            if not owner.is_dir(follow_symlinks=False):
+                continue
+            mine = owner.path == str(self._mine)
+            for item in os.scandir(owner.path):
+                try:
+                    if mine or item.stat(follow_symlinks=False).st_mtime < oldest:
+                        os.unlink(item.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+            if not mine:
+                with contextlib.suppress(OSError):  # not empty: still in use
+                    os.rmdir(owner.path)
+        if removed:
+            self._log.warning(
+                "removed temporary files left by an interrupted put",
+                extra={"sink": str(self._root), "files": removed},
+            )
+        return removed
+
+    async def walk(self) -> AsyncIterator[SinkItem]:
+        for item in await self._run(self._walk):
+            yield item
+
+    def _walk(self) -> list[SinkItem]:
+        items: list[SinkItem] = []
+        for folder, dirs, files in os.walk(self._root):
+            rel_folder = os.path.relpath(folder, self._root)
+            staged = rel_folder == STAGING or rel_folder.startswith(STAGING + os.sep)
+            dirs.sort()
+            for name in sorted(files):
+                rel = name if rel_folder == "." else f"{rel_folder}/{name}"
+                # An older release left ".<name>.lakeferry-tmp-<hex>" beside the target.
+                legacy = name.startswith(".") and _LEGACY_TEMPORARY in name
+                items.append(SinkItem(rel.replace(os.sep, "/"), staged or legacy))
+        return items
+
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
         rel, target = self._target(destination)
-        tmp = target.with_name(f".{target.name}.lakeferry-tmp-{secrets.token_hex(6)}")
+        tmp = self._mine / f"{secrets.token_hex(8)}-{target.name[:80]}"
         source = file.cache.local_path(file.key) if self._settings.link else None
         if source is not None and file.size <= HASH_STEP:
             # The usual case, in one worker-thread call: no file at the target, the cached file
@@ -319,6 +381,7 @@ class LocalFsSink:
     # -- the steps of a put, each run in a worker thread unless async -----------------------
 
     def _prepare_dir(self, rel: str, target: Path) -> None:
+        self._mine.mkdir(parents=True, exist_ok=True)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:

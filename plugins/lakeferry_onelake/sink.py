@@ -7,7 +7,9 @@ thread (its aio client is asyncio and cannot run under trio):
    cached file is left alone: the put reports ``skipped`` (idempotency; a redelivered upload
    costs one HEAD request).
 2. Create ``.<name>.lakeferry-tmp-<uuid>`` in the target's directory (parent directories are
-   created by the service) with the metadata ``lakeferry_sha256`` and ``lakeferry_event_id``.
+   created by the service, so the rename below needs no request of its own) with the metadata
+   ``lakeferry_sha256`` and ``lakeferry_event_id``, after writing its path down in this
+   process's journal of temporary files (:mod:`lakeferry_onelake.temporaries`).
    The SDK's ``flush_data`` takes no metadata, so it is set here, as the SDK's own
    ``upload_data`` does; flush and rename keep it.
 3. Stream the cached file into it, one ``append_data`` per ``chunk_size`` bytes (never the whole
@@ -18,10 +20,12 @@ thread (its aio client is asyncio and cannot run under trio):
 5. Read the target's properties again and check size and checksum metadata.
 
 Temporary files: a failed put deletes its temporary file (best effort, shielded from
-cancellation, for at most 10 s). One that cannot be deleted (the sink is down, the process is
-killed) stays as ``.<name>.lakeferry-tmp-<32 hex>`` beside the target; later successful puts of
-this sink retry the deletions they know of, and anything older than a day with that pattern is
-safe to delete (a lifecycle rule, or ``azcopy remove --include-pattern '.*.lakeferry-tmp-*'``).
+cancellation, for at most 10 s); one that cannot be deleted (the sink is down) is retried by
+later successful puts. One left by a killed process is in that process's journal (in the state
+folder, named after :attr:`lakeferry.api.PluginContext.owner`), and its next start deletes it
+before the first put (:meth:`OneLakeSink.sweep`) — no listing of the lake needed. A process that
+never comes back leaves its leftovers to ``lakeferry audit`` (``temp_files``) and to a
+lifecycle rule or ``azcopy remove --include-pattern '.*.lakeferry-tmp-*'``.
 
 ``stat`` reads the properties: size and the ``lakeferry_sha256`` metadata; for a file landed by
 something else, without that metadata, it downloads and hashes the file.
@@ -41,7 +45,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -68,6 +72,7 @@ from lakeferry.api import (
     PutOutcome,
     Reason,
     SinkFile,
+    SinkItem,
     TransientError,
     render_destination,
     safe_relative_path,
@@ -75,10 +80,12 @@ from lakeferry.api import (
 from lakeferry_onelake.credentials import build_credential
 from lakeferry_onelake.errors import FILESYSTEM_MISSING, SINK_CONFLICT, classify, error_code
 from lakeferry_onelake.settings import PERCENT_ESCAPE, OneLakeSinkSettings, check_base_path
+from lakeferry_onelake.temporaries import TemporaryJournal
 
 META_SHA256 = "lakeferry_sha256"
 META_EVENT_ID = "lakeferry_event_id"
 TMP_MARK = ".lakeferry-tmp-"
+"""Marks a temporary file's name (``walk`` reports such files as temporary)."""
 ORPHANS_PER_PUT = 4
 """Leftover temporary files a successful put tries to delete."""
 CLEANUP_TIMEOUT = 10.0
@@ -163,6 +170,9 @@ class OneLakeSink:
         self._filesystem_checked = not settings.create_filesystem
         self._filesystem_lock = trio.Lock()
         self._orphans: set[str] = set()
+        self._journal = TemporaryJournal(
+            context.state_dir / "onelake" / f"temporaries-{context.owner}.txt"
+        )
 
     @property
     def where(self) -> str:
@@ -273,6 +283,7 @@ class OneLakeSink:
         tmp = _tmp_name(path)
         tmp_client = self._file(tmp)
         metadata = {META_SHA256: file.sha256, META_EVENT_ID: _event_id_metadata(event.id)}
+        self._journal.begin(tmp)  # before it exists: a kill from here on leaves it listed
         try:
             await self._call(f"create {tmp!r}", tmp_client.create_file, metadata=metadata)
             size = await self._stream(file, tmp_client, rel)
@@ -280,6 +291,7 @@ class OneLakeSink:
             await self._call(
                 f"rename to {rel!r}", tmp_client.rename_file, f"{self._settings.filesystem}/{path}"
             )
+            self._journal.end(tmp)
         except BaseException:
             # Shielded so a cancelled put cleans up too, but bounded: a sink that does not
             # answer must not hold up a shutdown (the file is then left for a later put).
@@ -346,6 +358,54 @@ class OneLakeSink:
                 f"sha256 {file.sha256} (a concurrent writer?)",
             )
 
+    async def sweep(self) -> int:
+        leftovers = self._journal.leftovers()
+        if not leftovers:
+            return 0
+        await self._ensure_filesystem()
+        removed = 0
+        for tmp in leftovers:
+            removed += await self._call(f"delete {tmp!r}", self._delete_if_there, tmp)
+        self._journal.clear()
+        if removed:
+            self._log.warning(
+                "removed temporary files left by an interrupted put",
+                extra={"sink": self.where, "files": removed},
+            )
+        return removed
+
+    def _delete_if_there(self, tmp: str) -> int:
+        """In a worker thread: 1 when ``tmp`` existed and is deleted now, else 0."""
+        try:
+            self._file(tmp).delete_file()
+        except ResourceNotFoundError as exc:
+            if error_code(exc) in FILESYSTEM_MISSING:
+                raise
+            return 0
+        return 1
+
+    async def walk(self) -> AsyncIterator[SinkItem]:
+        await self._ensure_filesystem()
+        for item in await self._call(f"list {self.where!r}", self._walk):
+            yield item
+
+    def _walk(self) -> list[SinkItem]:
+        prefix = f"{self._base}/" if self._base else ""
+        items: list[SinkItem] = []
+        try:
+            paths = list(self._fs.get_paths(path=self._base or None, recursive=True))
+        except ResourceNotFoundError as exc:
+            if error_code(exc) in FILESYSTEM_MISSING:
+                raise
+            return []  # nothing landed yet
+        for entry in paths:
+            if entry.is_directory or not entry.name.startswith(prefix):
+                continue
+            rel = entry.name[len(prefix) :]
+            name = rel.rpartition("/")[2]
+            items.append(SinkItem(rel, name.startswith(".") and TMP_MARK in name))
+        return items
+
     async def _delete_quietly(self, tmp: str) -> bool:
         """Delete a temporary file; False (and remembered for later) when that fails."""
 
@@ -363,6 +423,7 @@ class OneLakeSink:
             )
             return False
         self._orphans.discard(tmp)
+        self._journal.end(tmp)
         return True
 
     async def _delete_orphans(self) -> None:

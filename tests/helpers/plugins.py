@@ -16,5 +16,7 @@ def task_for(url: str, event_id: str = "ev-1", **event_fields: Any) -> DownloadT
     return DownloadTask(event=Event(id=event_id, url=url, **event_fields), received_at=T0)
 
 
-def plugin_context(state_dir: Path) -> PluginContext:
-    return PluginContext(state_dir=state_dir, logger=logging.getLogger("lakeferry.test.plugins"))
+def plugin_context(state_dir: Path, owner: str = "main") -> PluginContext:
+    return PluginContext(
+        state_dir=state_dir, logger=logging.getLogger("lakeferry.test.plugins"), owner=owner
+    )

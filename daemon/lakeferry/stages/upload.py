@@ -201,9 +201,11 @@ class UploadStage:
 async def run_upload(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Consume ``downloads.cached`` until drained."""
+    """Sweep the sink's temporary files an earlier run left, then consume
+    ``downloads.cached`` until drained."""
     p = pipeline
     stage = UploadStage(p)
+    await sweep_sink(p)
     await run_consuming_stage(
         p,
         name="upload",
@@ -213,3 +215,19 @@ async def run_upload(
         active=p.active["upload"],
         task_status=task_status,
     )
+
+
+SWEEP_TIMEOUT = 60.0
+
+
+async def sweep_sink(p: Pipeline) -> None:
+    """Before the first put: remove what a put of this process's last run left behind (it was
+    killed mid-put). A sink that cannot be swept now is not a reason to stop: it is logged and
+    swept at the next start (``lakeferry audit`` reports temporary files meanwhile)."""
+    with trio.move_on_after(SWEEP_TIMEOUT) as scope:
+        try:
+            await p.sink.sweep()
+        except Exception as exc:
+            log.warning("cannot sweep the sink's temporary files", extra={"error": str(exc)})
+    if scope.cancelled_caught:
+        log.warning("sweeping the sink's temporary files took too long; skipped this time")

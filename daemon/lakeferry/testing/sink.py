@@ -9,7 +9,9 @@ is ``skipped``; different bytes replace it; a put cancelled half way leaves the 
 it was (absent, or the old file): puts are atomic; cached bytes that do not match their
 checksum are ``PermanentError(checksum_mismatch)`` and land nothing; a cached file that is gone
 is ``PermanentError(cache_missing)``; unsafe destinations (``..``, absolute) are
-``PermanentError(invalid_path)`` both from ``destination`` and from ``put``.
+``PermanentError(invalid_path)`` both from ``destination`` and from ``put``; ``walk`` lists
+landed files by their destination and no temporary file once the puts are over (a cancelled
+one included); ``sweep`` leaves landed files alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from lakeferry.api import Event, PermanentError, Reason, Sink, SinkFile
+from lakeferry.api import Event, PermanentError, Reason, Sink, SinkFile, SinkItem
 from lakeferry.testing.cache import body
 from lakeferry.testing.memory import T0, MemoryCache
 
@@ -152,5 +154,26 @@ class SinkConformance:
             with pytest.raises(PermanentError) as info:
                 await sink.put(file, unsafe, event())
             assert info.value.reason == Reason.INVALID_PATH
+        finally:
+            await sink.aclose()
+
+    async def test_walk_lists_landed_files_and_no_temporaries(
+        self, make_sink: Callable[[], Sink]
+    ) -> None:
+        sink = make_sink()
+        try:
+            cache = MemoryCache()
+            first, _ = await self._land(sink, cache.add("a", body(10 * KiB, "a")), "w/a.bin")
+            second, _ = await self._land(sink, cache.add("b", body(10 * KiB, "b")), "w/b/c.bin")
+            scope = trio.CancelScope()
+            cache.on_read = lambda key, chunks: scope.cancel() if chunks >= 2 else None
+            with scope:  # a put cancelled half way cleans up after itself
+                await self._land(sink, cache.add("c", body(self.size, "c")), "w/cancelled.bin")
+            with trio.fail_after(60):
+                items = sorted([item async for item in sink.walk()])
+            assert items == sorted([SinkItem(first, False), SinkItem(second, False)])
+            with trio.fail_after(60):
+                assert await sink.sweep() == 0
+                assert sorted([item async for item in sink.walk()]) == items
         finally:
             await sink.aclose()
