@@ -26,6 +26,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -140,6 +141,11 @@ def outcome(fn: Callable[..., T], *args: Any) -> tuple[Any, PermanentError | Non
 # --- raw events through the real intake ----------------------------------------------------------
 
 
+TEMPLATE = "{event.id}/{filename}"
+"""The sink's path template the intake renders destinations with."""
+T0 = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+
+
 class IntakePipeline:
     """What :class:`BusIntake` uses of a :class:`Pipeline`: topics, producer, metrics, DLQ."""
 
@@ -155,8 +161,13 @@ class _Core:
     topics = TopicsConfig()
 
 
+class _SinkChoice:
+    settings = SimpleNamespace(path_template=TEMPLATE)
+
+
 class _Config:
     core = _Core()
+    sink = _SinkChoice()
 
 
 async def _intake(batch: list[bytes]) -> tuple[list[Event], list[DeadLetter]]:
@@ -194,7 +205,17 @@ def test_any_bytes_become_an_event_or_a_malformed_letter(batch: list[bytes]) -> 
     assert len(events) + len(letters) == len(batch)
     good = [raw for raw in batch if _decodes(raw)]
     bad = [raw for raw in batch if not _decodes(raw)]
-    assert Counter(e.id for e in events) == Counter(decode_event(raw).id for raw in good)
+    # A good event whose id renders no safe destination is refused at ingest, with its task.
+    unsafe = [x for x in letters if x.reason == Reason.INVALID_PATH]
+    malformed = [x for x in letters if x.reason != Reason.INVALID_PATH]
+    assert Counter(e.id for e in events) + Counter(
+        x.task.event.id for x in unsafe if x.task is not None
+    ) == Counter(decode_event(raw).id for raw in good)
+    for letter in unsafe:
+        assert letter.task is not None
+        _, error = outcome(render_destination, TEMPLATE, letter.task.event, T0)
+        assert error is not None
+    letters = malformed
     assert Counter(letter.raw for letter in letters) == Counter(bad)
     for letter in letters:
         assert (letter.reason, letter.stage, letter.task) == (Reason.MALFORMED, "ingest", None)

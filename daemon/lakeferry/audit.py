@@ -5,7 +5,8 @@ listed in a file of submitted events — must be in exactly one of these states:
 
 - ``landed``: in the inventory (exactly one row) and the sink holds the file with that size
   and sha256 (and the event's own sha256, when it gave one);
-- ``dead_lettered``: a current (not replayed or purged) DLQ letter;
+- ``dead_lettered``: a current (not replayed or purged) DLQ letter (``duplicate_id`` letters are
+  not counted: they are second files under an id whose state is its first event's);
 - ``in_flight``: a record for it sits at or after its consumer group's committed offset on one
   of the pipeline's topics, so the daemon will still process it;
 - ``purged``: an operator purged its DLQ letter (``lakeferry dlq purge``);
@@ -36,6 +37,7 @@ from lakeferry.bus.base import Bus
 from lakeferry.components import Inventory, InventoryRow, Sink
 from lakeferry.config import LoadedConfig
 from lakeferry.dlq import current_letters, purged_keys
+from lakeferry.ledger import is_duplicate_key
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, decode_event
 
 SHOWN = 50
@@ -173,9 +175,10 @@ async def audit(
 
     for row in await inventory.read_events():
         events.add(row.event_id)
-    letters = await current_letters(bus, topics.dlq)
+    # A duplicate_id letter is a second file under an id whose state is its first event's.
+    letters = [x for x in await current_letters(bus, topics.dlq) if not is_duplicate_key(x.key)]
     dead = {letter.event_id or letter.key for letter in letters}
-    purged = await purged_keys(bus, topics.dlq)
+    purged = {k for k in await purged_keys(bus, topics.dlq) if not is_duplicate_key(k)}
     events |= dead | purged
 
     rows = await inventory.read_inventory()

@@ -131,6 +131,15 @@ class ResultsConfig(_Section):
     batch_wait: Duration = Duration(0.5)
 
 
+class LedgerConfig(_Section):
+    """``[ledger]``: the id ledger in the state folder (:mod:`lakeferry.ledger`)."""
+
+    window: Duration = Duration(86400)
+    """How long an event id is remembered: bound to what it first named (a later event with
+    the id and another URL, path or sha256 is dead-lettered ``duplicate_id``) and known as
+    landed (not fetched again). About 200 bytes of disk per id in the window."""
+
+
 class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9464"
     """``host:port``; an empty string disables the endpoint."""
@@ -171,6 +180,7 @@ class Config(_Section):
     download: DownloadConfig = msgspec.field(default_factory=DownloadConfig)
     upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
     results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
+    ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     commit: CommitConfig = msgspec.field(default_factory=CommitConfig)
@@ -402,6 +412,7 @@ LIVE_KEYS = frozenset(
         "retry.delays",
         "commit.interval",
         "cache.quota",
+        "ledger.window",
     }
 )
 

@@ -31,6 +31,7 @@ class Reason(enum.StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     SIZE_MISMATCH = "size_mismatch"
     INVALID_PATH = "invalid_path"
+    DUPLICATE_ID = "duplicate_id"
     RETRIES_EXHAUSTED = "retries_exhausted"
     SINK_REJECTED = "sink_rejected"
     CACHE_MISSING = "cache_missing"

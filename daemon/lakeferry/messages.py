@@ -77,6 +77,13 @@ class DownloadTask(Struct, kw_only=True, frozen=True, tag="download"):
     history: tuple[Attempt, ...] = ()
     replays: NonNegative = 0
     """How often an operator replayed this task from the DLQ (each replay resets ``attempt``)."""
+    destination: str | None = None
+    """Where the file lands, rendered and checked at ingest (before any byte is fetched) from
+    the event's ``path`` or the sink's ``path_template``. None in tasks written before it
+    existed, or for a sink without a ``path_template``: then the upload stage renders it."""
+    origin: str | None = None
+    """Where the raw event came from (``events.raw/2/15``, ``spool:/dir/f.jsonl:12``,
+    ``kafka:topic/0/15`` ...): one intake record, one row in the events table."""
     v: int = SCHEMA_VERSION
 
 

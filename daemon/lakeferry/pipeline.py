@@ -28,6 +28,7 @@ from lakeferry.components import (
 )
 from lakeferry.config import LoadedConfig
 from lakeferry.errors import Reason
+from lakeferry.ledger import LEDGER_FILE, IdLedger
 from lakeferry.livefeed import RecentErrors
 from lakeferry.logs import get_logger
 from lakeferry.messages import DLQ, DeadLetter, DownloadTask, TopicCodec, utcnow
@@ -53,6 +54,7 @@ USED_BY: dict[str, frozenset[str]] = {
     "inventory": frozenset({"ingest", "results"}),  # ingest records the events table
     "source": frozenset({"ingest"}),
     "downloader": frozenset({"download"}),
+    "ledger": frozenset({"download", "upload"}),
 }
 """Which stages use each kind of component. A process builds only what its stages use, so a
 download worker never loads the sink's or the inventory's libraries (nor needs their
@@ -111,6 +113,7 @@ class Pipeline:
     downloaders: dict[str, Downloader]
     sources: list[Source]
     ladder: RetryLadder
+    ledger: IdLedger
     limiters: dict[str, trio.CapacityLimiter] = field(default_factory=dict)
     active: dict[str, ActiveCount] = field(default_factory=dict)
     _retired: list[Downloader] = field(default_factory=list)
@@ -171,6 +174,9 @@ class Pipeline:
                 build_downloaders(config, registry, state_dir, owner) if uses("downloader") else {}
             ),
             sources=[make("source", s) for s in config.sources] if uses("source") else [],
+            ledger=IdLedger(state_dir / LEDGER_FILE)
+            if uses("ledger")
+            else NotBuilt("ledger", stages),  # type: ignore[arg-type]
             ladder=RetryLadder(core.retry.topics, core.retry.delays),
             owner=owner,
         )
@@ -303,11 +309,12 @@ class Pipeline:
             return None
 
     async def aclose(self) -> None:
-        closers: list[Downloader | Sink | CacheBackend | Inventory] = [
+        closers: list[Downloader | Sink | CacheBackend | Inventory | IdLedger] = [
             *{id(d): d for d in [*self.downloaders.values(), *self._retired]}.values(),
             self.sink,
             self.cache,
             self.inventory,
+            self.ledger,
         ]
         for closer in closers:
             with trio.move_on_after(5) as scope:

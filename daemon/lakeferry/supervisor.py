@@ -52,6 +52,7 @@ log = get_logger("supervisor")
 BUS_MAINTENANCE_INTERVAL = 600.0
 INVENTORY_MAINTENANCE_INTERVAL = 60.0
 LAG_INTERVAL = 10.0
+LEDGER_MAINTENANCE_INTERVAL = 600.0
 
 
 class StageFn(Protocol):
@@ -153,6 +154,8 @@ class Supervisor:
                 await root.start(feed.run, live)
             if "results" in self.stages:
                 root.start_soon(self._maintain_inventory)
+            if pipeline.has("ledger"):
+                root.start_soon(self._maintain_ledger)
             async with trio.open_nursery() as stages:
                 for name in self.stages:
                     await stages.start(self._supervise, name, STAGE_FUNCTIONS[name])
@@ -326,6 +329,19 @@ class Supervisor:
                 await inventory.maintain()
             except Exception:
                 log.exception("inventory maintenance failed; will try again")
+
+    async def _maintain_ledger(self) -> None:
+        """Forget ids bound longer ago than ``ledger.window`` (read live: SIGHUP may change it)."""
+        assert self.pipeline is not None
+        while True:
+            try:
+                forgotten = await self.pipeline.ledger.prune(self.config.core.ledger.window)
+            except Exception:
+                log.exception("id ledger maintenance failed; will try again")
+            else:
+                if forgotten:
+                    log.info("id ledger pruned", extra={"forgotten": forgotten})
+            await trio.sleep(LEDGER_MAINTENANCE_INTERVAL)
 
     async def _report_cache(self) -> None:
         assert self.pipeline is not None

@@ -37,8 +37,10 @@ import trio
 
 from lakeferry.bus.base import Record
 from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.groupcommit import BatchFailed
+from lakeferry.ledger import duplicate_key, fingerprint
 from lakeferry.logs import get_logger
-from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, utcnow
+from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, Event, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter
@@ -68,6 +70,20 @@ def cache_key(event_id: str) -> str:
     return event_id
 
 
+def duplicate_id(event: Event, first_url: str, first_path: str | None, when: str) -> PermanentError:
+    """The letter's error for a second file under one id: both URLs (redacted), both paths."""
+
+    def named(url: str, path: str | None) -> str:
+        return redact_url(url) + (f" (path {path!r})" if path else "")
+
+    return PermanentError(
+        Reason.DUPLICATE_ID,
+        f"event id {event.id!r} already names {named(first_url, first_path)} ({when}); this "
+        f"event names {named(event.url, event.path)}. An id names one file: send this one "
+        "under its own id.",
+    )
+
+
 class KeyLocks:
     """One trio.Lock per key, dropped when nobody holds or waits for it."""
 
@@ -89,13 +105,48 @@ class KeyLocks:
                 del self._locks[key]
 
 
+class Claim:
+    """The first task of an event id among those this process is handling right now."""
+
+    __slots__ = ("bound", "fingerprint", "holders")
+
+    def __init__(self, print_: bytes) -> None:
+        self.fingerprint = print_
+        self.holders = 1
+        self.bound = trio.Event()
+        """Set once a task with this fingerprint asked the ledger (it binds the id first)."""
+
+
 class DownloadStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         self.locks = KeyLocks()
+        self.claims: dict[str, Claim] = {}
+        """Event id -> the first of its tasks in flight here, claimed in fetch order."""
 
     def gate(self, record: Record) -> float:
         return seconds_until_ms(due_ms(record.headers))
+
+    def dispatch(self, record: Record) -> None:
+        """In fetch order: the first task of an id in flight claims it, so that of two events
+        with one id the earlier one (by bus order) is the one a later one is checked against,
+        however the handlers happen to be scheduled."""
+        try:
+            event = DOWNLOAD.decode(record.value).event
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # the handler dead-letters it
+        claim = self.claims.get(event.id)
+        if claim is None:
+            self.claims[event.id] = Claim(fingerprint(event))
+        else:
+            claim.holders += 1
+
+    def _release(self, event_id: str) -> None:
+        claim = self.claims.get(event_id)
+        if claim is not None:
+            claim.holders -= 1
+            if claim.holders <= 0:
+                del self.claims[event_id]
 
     async def handle(self, record: Record) -> None:
         p = self.p
@@ -103,16 +154,46 @@ class DownloadStage:
         task = await p.decode_or_dead_letter(DOWNLOAD, record, "download")
         if task is None:
             return
-        due = due_ms(record.headers)
-        if due is not None:
-            lateness = max(0.0, time.time() - due / 1000)
-            p.metrics.retry_lateness.labels(record.topic).observe(lateness)
         try:
-            outcome = await self._download(task)
-        except PipelineError as error:
-            await self._failed(task, error, record.topic)
-            outcome = "failed"
+            due = due_ms(record.headers)
+            if due is not None:
+                lateness = max(0.0, time.time() - due / 1000)
+                p.metrics.retry_lateness.labels(record.topic).observe(lateness)
+            try:
+                outcome = await self._check_id(task)
+                if outcome is None:
+                    outcome = await self._download(task)
+            except PipelineError as error:
+                await self._failed(task, error, record.topic)
+                outcome = "failed"
+        finally:
+            self._release(task.event.id)
         p.finished("download", outcome, time.monotonic() - started, task.event.id, task.attempt)
+
+    async def _check_id(self, task: DownloadTask) -> str | None:
+        """Before any byte is fetched: is the id bound to another file (PermanentError
+        ``duplicate_id``), or did its file land already (``"landed_before"``: nothing to do)?
+        None: go ahead."""
+        event = task.event
+        mine = fingerprint(event)
+        claim = self.claims.get(event.id)
+        if claim is not None and claim.fingerprint != mine:
+            # An earlier task of this id (by bus order) names another file: it binds first,
+            # whichever handler the scheduler happens to start first.
+            await claim.bound.wait()
+        try:
+            bound = await self.p.ledger.bind(event)
+        except BatchFailed as exc:
+            raise TransientError(Reason.INTERNAL, f"id ledger: {exc}") from exc
+        finally:
+            if claim is not None and claim.fingerprint == mine:
+                claim.bound.set()
+        if bound.fingerprint != mine:
+            since = dt.datetime.fromtimestamp(bound.bound_ms / 1000, dt.UTC)
+            raise duplicate_id(event, bound.url, bound.path, f"since {since:%Y-%m-%dT%H:%M:%SZ}")
+        if bound.landed:
+            return "landed_before"
+        return None
 
     async def _download(self, task: DownloadTask) -> str:
         p = self.p
@@ -231,9 +312,12 @@ class DownloadStage:
                 error=str(error), url=task.event.url,
             )  # fmt: skip
         if not transient:
+            # A second file under a used id has its own key: it must not replace the letter
+            # of the event that owns the id.
+            key = duplicate_key(task.event) if error.reason == Reason.DUPLICATE_ID else None
             await p.dead_letter(
                 stage="download", reason=error.reason, error=str(error),
-                origin_topic=topic, task=failed,
+                origin_topic=topic, task=failed, key=key,
             )  # fmt: skip
             return
         rung = p.ladder.rung_for(failures)
@@ -270,5 +354,6 @@ async def run_download(
         limiter=p.limiters["download"],
         active=p.active["download"],
         gate=stage.gate,
+        dispatch=stage.dispatch,
         task_status=task_status,
     )

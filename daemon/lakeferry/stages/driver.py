@@ -40,6 +40,9 @@ log = get_logger("stage")
 Handler = Callable[[Record], Awaitable[None]]
 Gate = Callable[[Record], float]
 """Seconds until ``record`` may be processed (<= 0: now)."""
+Dispatch = Callable[[Record], None]
+"""Called for each record about to be handled, in fetch order (offset order within a
+partition), before its handler starts: handlers themselves start in no guaranteed order."""
 
 FINAL_COMMIT_TIMEOUT = 10.0
 
@@ -76,6 +79,7 @@ class StageDriver:
         commit_interval: Callable[[], float],
         gate: Gate | None = None,
         active: ActiveCount | None = None,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.name = name
         self.consumer = consumer
@@ -84,6 +88,7 @@ class StageDriver:
         self.lifecycle = lifecycle
         self.commit_interval = commit_interval
         self.gate = gate
+        self.dispatch = dispatch
         self.active = active if active is not None else ActiveCount()
         self.tracker = OffsetTracker()
         self._paused_until: dict[TopicPartition, float] = {}
@@ -141,6 +146,8 @@ class StageDriver:
                     self.limiter.release_on_behalf_of(token)
                     self._hold(record, wait, timers)
                     continue
+            if self.dispatch is not None:
+                self.dispatch(record)
             ticket = self.tracker.track(record.tp, record.offset)
             workers.start_soon(self._process, record, ticket, token)
 

@@ -26,9 +26,10 @@ import trio
 
 from lakeferry.bus.base import OutgoingRecord, Record
 from lakeferry.components import RawEvent
-from lakeferry.errors import Reason
+from lakeferry.errors import PermanentError, Reason
 from lakeferry.logs import get_logger
 from lakeferry.messages import DOWNLOAD, DownloadTask, decode_event, utcnow
+from lakeferry.paths import render_destination
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.stages.events import run_events_recorder
 from lakeferry.stages.runner import run_consuming_stage
@@ -53,6 +54,13 @@ def malformed_key(raw: bytes) -> bytes:
     return b"malformed:" + hashlib.sha256(raw).hexdigest()[:32].encode()
 
 
+def path_template(pipeline: Pipeline) -> str | None:
+    """The sink's ``path_template`` setting, which destinations are rendered with at ingest;
+    None for a sink without one (its ``destination()`` then runs at upload)."""
+    template = getattr(pipeline.config.sink.settings, "path_template", None)
+    return template if isinstance(template, str) else None
+
+
 class BusIntake:
     """The :class:`~lakeferry.components.Intake` every source publishes through."""
 
@@ -64,13 +72,14 @@ class BusIntake:
         topics = p.config.core.topics
         received = utcnow()
         started = time.monotonic()
+        template = path_template(p)
         out: list[OutgoingRecord] = []
-        malformed = 0
+        refused: list[str] = []
         for raw in events:
             try:
                 event = decode_event(raw.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                malformed += 1
+                refused.append(Reason.MALFORMED)
                 out.append(
                     p.dead_letter_record(
                         stage="ingest",
@@ -89,7 +98,21 @@ class BusIntake:
                 event = msgspec.structs.replace(
                     event, created_at=event.created_at.replace(tzinfo=received.tzinfo)
                 )
-            task = DownloadTask(event=event, received_at=received)
+            task = DownloadTask(event=event, received_at=received, origin=raw.origin)
+            if template is not None:
+                # Before any byte is fetched: a destination that cannot be rendered or is
+                # unsafe is refused here, not after the whole file was downloaded.
+                try:
+                    destination = render_destination(template, event, received)
+                except PermanentError as error:
+                    refused.append(error.reason)
+                    letter = p.dead_letter_record(
+                        stage="ingest", reason=error.reason, error=str(error),
+                        origin_topic=topics.intake, task=task, source=raw.origin,
+                    )  # fmt: skip
+                    out.append(letter)
+                    continue
+                task = msgspec.structs.replace(task, destination=destination)
             out.append(
                 OutgoingRecord(
                     topics.pending,
@@ -101,13 +124,16 @@ class BusIntake:
         if out:
             await p.producer.send_many(out)
         elapsed = time.monotonic() - started
-        for _ in range(len(out) - malformed):
+        for _ in range(len(out) - len(refused)):
             p.metrics.message_done("ingest", "published", elapsed)
-        for _ in range(malformed):
-            p.metrics.message_done("ingest", "malformed", elapsed)
-            p.metrics.dead_lettered("ingest", Reason.MALFORMED)
-        if malformed:
-            log.warning("malformed events dead-lettered", extra={"count": malformed})
+        for reason in refused:
+            p.metrics.message_done("ingest", reason, elapsed)
+            p.metrics.dead_lettered("ingest", reason)
+        if refused:
+            log.warning(
+                "events dead-lettered at ingest",
+                extra={"count": len(refused), "reasons": sorted(set(refused))},
+            )
 
 
 async def run_ingest(

@@ -12,7 +12,7 @@ import trio
 
 from lakeferry.bus.base import TopicPartition
 from lakeferry.pipeline import Pipeline
-from lakeferry.stages.driver import ActiveCount, Gate, Handler, StageDriver
+from lakeferry.stages.driver import ActiveCount, Dispatch, Gate, Handler, StageDriver
 
 Background = Callable[[], Awaitable[None]]
 
@@ -26,6 +26,7 @@ async def run_consuming_stage(
     limiter: trio.CapacityLimiter,
     active: ActiveCount | None = None,
     gate: Gate | None = None,
+    dispatch: Dispatch | None = None,
     on_assign: Callable[[Sequence[TopicPartition]], None] | None = None,
     on_revoke: Callable[[Sequence[TopicPartition]], object] | None = None,
     background: Sequence[Background] = (),
@@ -55,6 +56,7 @@ async def run_consuming_stage(
         commit_interval=lambda: p.config.core.commit.interval,
         gate=gate,
         active=active,
+        dispatch=dispatch,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -27,6 +27,7 @@ import trio
 from lakeferry.bus.base import Record
 from lakeferry.components import PutOutcome, SinkFile
 from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.groupcommit import BatchFailed
 from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, CachedFile, UploadResult, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
@@ -105,7 +106,9 @@ class UploadStage:
         p = self.p
         event = cached.task.event
         try:
-            destination = p.sink.destination(event, now=utcnow())
+            # Rendered and checked at ingest; older tasks and sinks without a path template
+            # are rendered here.
+            destination = cached.task.destination or p.sink.destination(event, now=utcnow())
         except PermanentError as error:
             await self._dead(cached, error, topic)
             return "failed"
@@ -152,6 +155,12 @@ class UploadStage:
             results, RESULT.encode(result), key=event_key(event.id),
             headers=task_headers(cached.task, results),
         )  # fmt: skip
+        try:  # the result is on the bus: the file counts as landed from here on
+            await p.ledger.land(event)
+        except BatchFailed as exc:  # only a fetch saved the next time, nothing lost
+            log.warning(
+                "cannot record a landed id", extra={"event_id": event.id, "error": str(exc)}
+            )
         await p.cache.remove(cached.cache_key)
         if not outcome.skipped:
             p.metrics.bytes_moved("upload", cached.size)
