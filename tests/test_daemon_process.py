@@ -42,7 +42,8 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
     code, counts = env.audit(first, second)
     assert counts == {
         "events": 400, "landed": 400, "dead_lettered": 0, "purged": 0, "in_flight": 0, "lost": 0,
-        "duplicate_rows": 0, "checksum_mismatches": 0, "missing_in_sink": 0, "temp_files": 0,
+        "duplicate_rows": 0, "duplicate_event_rows": 0, "checksum_mismatches": 0,
+        "missing_in_sink": 0, "temp_files": 0,
         "unrecorded_in_sink": 0,
     }  # fmt: skip
     assert code == 0

@@ -56,7 +56,8 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
     code, counts = env.audit(batch)
     assert counts == {
         "events": 240, "landed": 240, "dead_lettered": 0, "purged": 0, "in_flight": 0,
-        "lost": 0, "duplicate_rows": 0, "checksum_mismatches": 0, "missing_in_sink": 0,
+        "lost": 0, "duplicate_rows": 0, "duplicate_event_rows": 0, "checksum_mismatches": 0,
+        "missing_in_sink": 0,
         "temp_files": 0, "unrecorded_in_sink": 0,
     }  # fmt: skip
     assert code == 0

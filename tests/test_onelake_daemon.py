@@ -83,7 +83,8 @@ def test_a_503_storm_mid_run_lands_everything_exactly_once(
     code, counts = env.audit(first_file, second_file)
     assert counts == {
         "events": 150, "landed": 150, "dead_lettered": 0, "purged": 0, "in_flight": 0, "lost": 0,
-        "duplicate_rows": 0, "checksum_mismatches": 0, "missing_in_sink": 0, "temp_files": 0,
+        "duplicate_rows": 0, "duplicate_event_rows": 0, "checksum_mismatches": 0,
+        "missing_in_sink": 0, "temp_files": 0,
         "unrecorded_in_sink": 0,
     }  # fmt: skip
     assert code == 0

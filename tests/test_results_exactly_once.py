@@ -96,7 +96,7 @@ async def test_a_partition_handed_over_does_not_duplicate_rows(tmp_path: Path) -
     member_a = ResultsStage(pipeline(inv))
     await member_a.load()
     await member_a.flush([record(0, "handed")])
-    member_b.on_assign([record(0, "handed")[0].tp])  # the rebalance gives B the partition
+    member_b.once.on_assign([record(0, "handed")[0].tp])  # the rebalance gives B the partition
     await member_b.flush([record(1, "handed"), record(2, "fresh")])
     rows = await inv.read_inventory()
     assert sorted(r.event_id for r in rows) == ["fresh", "handed"]
@@ -106,6 +106,7 @@ class Interleaved:
     """An inventory whose ``n``-th call (counting from 0) lets another writer commit first."""
 
     CALLS = frozenset({"read_state", "transaction_versions", "landed_ids", "append"})
+    """Every inventory call the results stage makes, now and as it was."""
 
     def __init__(self, inner: Any, n: int, other: Any) -> None:
         self.inner, self.n, self.other, self.calls = inner, n, other, 0
@@ -151,7 +152,7 @@ async def test_another_writer_committing_between_any_two_calls_lands_nothing_twi
         member_b = ResultsStage(pipeline(inv))
         await member_b.load()
         await member_a.load()
-        member_b.on_assign([record(0, "x")[0].tp])
+        member_b.once.on_assign([record(0, "x")[0].tp])
 
         async def a_commits(a: ResultsStage = member_a) -> None:
             await flush_until_done(a, [record(0, "x")])
@@ -186,7 +187,9 @@ async def test_two_writers_racing_on_one_application_id_write_one_row_per_id(
             await flush_until_done(stage, stream[position : position + size])
             position += size
             if rng.random() < 0.2:
-                stage.on_assign([stream[0][0].tp])  # a rebalance: re-read before the next batch
+                stage.once.on_assign(
+                    [stream[0][0].tp]
+                )  # a rebalance: re-read before the next batch
 
     stages = [ResultsStage(pipeline(inventory(tmp_path))) for _ in range(2)]
     async with trio.open_nursery() as nursery:
@@ -194,3 +197,89 @@ async def test_two_writers_racing_on_one_application_id_write_one_row_per_id(
             nursery.start_soon(member, stage)
     rows = await inventory(tmp_path).read_inventory()
     assert sorted(r.event_id for r in rows) == sorted(ids)
+
+
+# --- the events table: one row per intake record ---------------------------------------------
+
+
+def pending(offset: int, event_id: str, origin: str | None, attempt: int = 0) -> Record:
+    from lakeferry.messages import DOWNLOAD
+
+    task = DownloadTask(
+        event=Event(id=event_id, url=f"https://h/{event_id}", created_at=T),
+        received_at=T, attempt=attempt, origin=origin,
+    )  # fmt: skip
+    return Record("downloads.pending", 0, offset, event_id.encode(), DOWNLOAD.encode(task), {}, 0)
+
+
+def events_pipeline(inv: Any) -> Any:
+    from lakeferry.config import IngestConfig
+
+    p = pipeline(inv)
+    p.config.core.ingest = IngestConfig()
+    return p
+
+
+async def recorded(inv: Any) -> list[str]:
+    return sorted(row.origin for row in await inv.read_events())
+
+
+async def test_the_events_table_gets_one_row_per_intake_record(tmp_path: Path) -> None:
+    """Found: every restart or redelivery added the same raw event again (two daemons on one
+    bus wrote 1,200 rows for 300 ids). Redelivered pending records are skipped by offset,
+    a second publish of one intake record by its origin; retries and replays are no rows."""
+    from lakeferry.stages.events import EventsRecorder
+
+    inv = inventory(tmp_path)
+    first = EventsRecorder(events_pipeline(inv))
+    await first.once.load()
+    batch = [pending(i, f"e{i}", f"events.raw/0/{i}") for i in range(4)]
+    await first.flush([(r, _row(r)) for r in batch])
+    # Restart that lost the offset commit: the same records again, plus the ingest stage's
+    # second publish of intake record 2 (it crashed before committing), a retry and a new one.
+    again = [
+        *batch,
+        pending(4, "e2", "events.raw/0/2"),
+        pending(5, "e1", "events.raw/0/1", attempt=1),
+        pending(6, "e5", "events.raw/0/5"),
+    ]
+    restarted = EventsRecorder(events_pipeline(inventory(tmp_path)))
+    await restarted.once.load()
+    await restarted.flush([(r, _row(r)) for r in again])
+    assert await recorded(inv) == [f"events.raw/0/{i}" for i in (0, 1, 2, 3, 5)]
+    versions = await inv._events.versions(["lakeferry.events:downloads.pending:0"])
+    assert versions == {"lakeferry.events:downloads.pending:0": 6}
+
+
+async def test_two_recorders_racing_write_one_row_per_intake_record(tmp_path: Path) -> None:
+    """Two daemons on one bus: both recorders consume every pending record, where each intake
+    record was published twice (by both daemons' ingest stages)."""
+    import random
+
+    import trio
+
+    from lakeferry.stages.events import EventsRecorder
+
+    stream = [pending(o, f"e{o // 2}", f"events.raw/0/{o // 2}") for o in range(160)]
+    rng = random.Random(11)
+
+    async def member(recorder: EventsRecorder) -> None:
+        await recorder.once.load()
+        position = 0
+        while position < len(stream):
+            size = rng.randint(1, 15)
+            chunk = stream[position : position + size]
+            await flush_until_done(recorder, [(r, _row(r)) for r in chunk])  # type: ignore[arg-type]
+            position += size
+
+    recorders = [EventsRecorder(events_pipeline(inventory(tmp_path))) for _ in range(2)]
+    async with trio.open_nursery() as nursery:
+        for recorder in recorders:
+            nursery.start_soon(member, recorder)
+    assert await recorded(inventory(tmp_path)) == sorted(f"events.raw/0/{i}" for i in range(80))
+
+
+def _row(record: Record) -> Any:
+    from lakeferry.stages.events import event_row
+
+    return event_row(record, record.value)

@@ -18,7 +18,6 @@ from lakeferry.components import (
     Intake,
     Inventory,
     InventoryRow,
-    InventoryState,
     PendingFile,
     PluginContext,
     PutOutcome,
@@ -28,6 +27,7 @@ from lakeferry.components import (
     SinkFile,
     SinkItem,
     Source,
+    TableState,
 )
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
 from lakeferry.hookspecs import hookimpl
@@ -71,7 +71,6 @@ __all__ = [
     "Intake",
     "Inventory",
     "InventoryRow",
-    "InventoryState",
     "NetGuard",
     "PendingFile",
     "PermanentError",
@@ -91,6 +90,7 @@ __all__ = [
     "SinkFile",
     "SinkItem",
     "Source",
+    "TableState",
     "TransientError",
     "guard_from_settings",
     "hookimpl",

@@ -12,7 +12,8 @@ listed in a file of submitted events — must be in exactly one of these states:
 - ``purged``: an operator purged its DLQ letter (``lakeferry dlq purge``);
 - otherwise ``lost``.
 
-``duplicate_rows`` counts inventory rows beyond the first per event id; ``checksum_mismatches``
+``duplicate_rows`` counts inventory rows beyond the first per event id, ``duplicate_event_rows``
+events-table rows beyond the first per intake record (``origin``); ``checksum_mismatches``
 counts landed files whose sink copy or inventory row disagree with each other or with the
 event; ``missing_in_sink`` counts inventory rows whose file is not in the sink.
 
@@ -53,6 +54,7 @@ class AuditReport:
     in_flight: int = 0
     lost: int = 0
     duplicate_rows: int = 0
+    duplicate_event_rows: int = 0
     checksum_mismatches: int = 0
     missing_in_sink: int = 0
     temp_files: int = 0
@@ -68,6 +70,7 @@ class AuditReport:
         return not (
             self.lost
             or self.duplicate_rows
+            or self.duplicate_event_rows
             or self.checksum_mismatches
             or self.missing_in_sink
             or (litter and drained)
@@ -173,8 +176,10 @@ async def audit(
         if event.sha256:
             expected_sha[event.id] = event.sha256
 
+    origins: collections.Counter[str] = collections.Counter()
     for row in await inventory.read_events():
         events.add(row.event_id)
+        origins[row.origin] += 1
     # A duplicate_id letter is a second file under an id whose state is its first event's.
     letters = [x for x in await current_letters(bus, topics.dlq) if not is_duplicate_key(x.key)]
     dead = {letter.event_id or letter.key for letter in letters}
@@ -185,6 +190,7 @@ async def audit(
     per_id = collections.Counter(row.event_id for row in rows)
     report = AuditReport()
     report.duplicate_rows = sum(n - 1 for n in per_id.values())
+    report.duplicate_event_rows = sum(n - 1 for n in origins.values())
     landed = set(per_id)
     events |= landed
     first_rows: dict[str, InventoryRow] = {}

@@ -316,19 +316,19 @@ class EventRow(NamedTuple):
     raw_json: str
 
 
-class InventoryState(NamedTuple):
-    """What the inventory holds, read at one version of the table."""
+class TableState(NamedTuple):
+    """What a table holds, read at one version of it."""
 
     versions: dict[str, int]
     """The last committed version stored for each application id asked for (absent: none)."""
-    landed: set[str]
-    """Every event id in the inventory."""
+    keys: set[str]
+    """Every key in the table: the event ids of the inventory, the origins of the events."""
 
 
 class Inventory(Protocol):
     """The Delta inventory (one row per landed file) and the events table (every raw event)."""
 
-    async def read_state(self, app_ids: Sequence[str]) -> InventoryState:
+    async def read_state(self, app_ids: Sequence[str]) -> TableState:
         """The stored versions of ``app_ids`` and the landed event ids, *at one table version*.
 
         The results stage decides what to skip from both together: landed ids read earlier
@@ -337,10 +337,14 @@ class Inventory(Protocol):
         would let a second row for one of those ids through.
         """
 
+    async def read_events_state(self, app_ids: Sequence[str]) -> TableState:
+        """The same for the events table: stored versions and the ``origin`` of every row."""
+
     async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
         """Append rows and record ``app_id -> version`` transactions in the same commit."""
 
-    async def append_events(self, rows: Sequence[EventRow]) -> None: ...
+    async def append_events(self, rows: Sequence[EventRow], transactions: dict[str, int]) -> None:
+        """Like :meth:`append`, for the events table (one row per intake record)."""
 
     async def read_inventory(self) -> list[InventoryRow]: ...
 

@@ -42,9 +42,13 @@ What holds with a concurrent writer (another results process):
   before the versions, in an earlier call, were how two daemons on one bus got one event id
   twice into the inventory: the other daemon's commit fell between the two reads.)
 
+The events table is written the same way (``append_events`` with transactions of the events
+recorder's partitions, ``read_events_state`` with the ``origin`` of every row as its keys): one
+row per intake record, however often a record is redelivered.
+
 Empty input: ``append([], {})`` is a no-op; ``append([], {id: v})`` commits the transactions
 alone (a commit with no data files), so offsets that produced no rows still move forward.
-``append_events([])`` is a no-op. Each non-empty call is exactly one commit: callers batch.
+The same holds for ``append_events``. Each non-empty call is exactly one commit: callers batch.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from typing import Any
 
 from deltalake import CommitProperties, Transaction, write_deltalake
 
-from lakeferry.api import EventRow, InventoryRow, InventoryState, PluginContext
+from lakeferry.api import EventRow, InventoryRow, PluginContext, TableState
 from lakeferry_delta.credentials import storage_options_for
 from lakeferry_delta.maintenance import MaintenancePolicy, TableMaintainer
 from lakeferry_delta.schema import (
@@ -71,6 +75,88 @@ from lakeferry_delta.settings import DeltaSettings
 from lakeferry_delta.table import ConflictingTransactions, DeltaTableHandle
 
 _UNKNOWN = object()
+
+
+class _TransactionalTable:
+    """One table written exactly once: rows and application transactions in one commit, with
+    the checks of the module docstring. ``key`` is the column that identifies a row (read back
+    by :meth:`read_state`)."""
+
+    def __init__(self, handle: DeltaTableHandle, key: str) -> None:
+        self.handle = handle
+        self.key = key
+        # app_id -> the stored version this process last learned (None: none stored).
+        # Only touched inside the table's worker calls, which run one at a time.
+        self._learned: dict[str, int | None] = {}
+
+    async def read_state(self, app_ids: Sequence[str]) -> TableState:
+        def read(table: Any) -> TableState:
+            table.update_incremental()
+            versions = self._learn(table, app_ids)
+            return TableState(versions, _column(table, self.key))
+
+        return await self.handle.run(read)
+
+    async def versions(self, app_ids: Sequence[str]) -> dict[str, int]:
+        def read(table: Any) -> dict[str, int]:
+            table.update_incremental()
+            return self._learn(table, app_ids)
+
+        return await self.handle.run(read)
+
+    async def keys(self) -> set[str]:
+        def read(table: Any) -> set[str]:
+            table.update_incremental()
+            return _column(table, self.key)
+
+        return await self.handle.run(read)
+
+    def _learn(self, table: Any, app_ids: Sequence[str]) -> dict[str, int]:
+        """The stored versions of ``app_ids``, remembered as learned (in the worker thread)."""
+        found: dict[str, int] = {}
+        for app_id in app_ids:
+            version = table.transaction_version(app_id)
+            self._learned[app_id] = version
+            if version is not None:
+                found[app_id] = version
+        return found
+
+    async def append(self, rows: Sequence[Any], transactions: dict[str, int]) -> None:
+        if not rows and not transactions:
+            return
+        handle = self.handle
+
+        def commit(table: Any) -> None:
+            table.update_incremental()
+            for app_id, version in transactions.items():
+                stored = table.transaction_version(app_id)
+                learned = self._learned.get(app_id, _UNKNOWN)
+                if learned is not _UNKNOWN and learned != stored:
+                    raise ConflictingTransactions(
+                        f"{app_id}: stored version is {stored}, this process last saw {learned}"
+                    )
+                if stored is not None and version <= stored:
+                    raise ConflictingTransactions(
+                        f"{app_id}: version {version} is not past the stored version {stored}"
+                    )
+            data = to_arrow(handle.layout, rows, with_date=handle.date_partitioned)
+            now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            properties = CommitProperties(
+                app_transactions=[
+                    Transaction(app_id, version, now_ms) for app_id, version in transactions.items()
+                ]
+            )
+            write_deltalake(table, data, mode="append", commit_properties=properties)
+            self._learned.update(transactions)
+
+        await handle.run(commit)
+
+    async def read_all(self, row_type: Any) -> list[Any]:
+        def read(table: Any) -> list[Any]:
+            table.update_incremental()
+            return from_arrow(row_type, read_columns(table, row_type._fields))
+
+        return await self.handle.run(read)
 
 
 class DeltaInventory:
@@ -94,19 +180,20 @@ class DeltaInventory:
     ) -> None:
         self._logger = context.logger
         policy = MaintenancePolicy.from_settings(settings, "inventory")
-        self._inventory = self._table(
-            settings, settings.inventory_uri, INVENTORY_LAYOUT, "inventory.inventory_uri"
+        self._inventory = _TransactionalTable(
+            self._table(
+                settings, settings.inventory_uri, INVENTORY_LAYOUT, "inventory.inventory_uri"
+            ),
+            "event_id",
         )
-        self._events = self._table(
-            settings, settings.events_uri, EVENTS_LAYOUT, "inventory.events_uri"
+        self._events = _TransactionalTable(
+            self._table(settings, settings.events_uri, EVENTS_LAYOUT, "inventory.events_uri"),
+            "origin",
         )
         self._maintainers = [
-            TableMaintainer(handle, policy, logger=context.logger, clock=clock)
-            for handle in (self._inventory, self._events)
+            TableMaintainer(table.handle, policy, logger=context.logger, clock=clock)
+            for table in (self._inventory, self._events)
         ]
-        # app_id -> the stored version this process last learned (None: none stored).
-        # Only touched inside the inventory table's worker calls, which run one at a time.
-        self._learned: dict[str, int | None] = {}
 
     def _table(
         self, settings: DeltaSettings, uri: str, layout: TableLayout, setting: str
@@ -124,105 +211,39 @@ class DeltaInventory:
 
     # -- the inventory table ----------------------------------------------------------------
 
-    async def read_state(self, app_ids: Sequence[str]) -> InventoryState:
+    async def read_state(self, app_ids: Sequence[str]) -> TableState:
         """Versions and landed ids from one snapshot (see :class:`lakeferry.api.Inventory`)."""
-
-        def read(table: Any) -> InventoryState:
-            table.update_incremental()
-            versions = self._learn(table, app_ids)
-            return InventoryState(versions, _event_ids(table))
-
-        return await self._inventory.run(read)
+        return await self._inventory.read_state(app_ids)
 
     async def transaction_versions(self, app_ids: Sequence[str]) -> dict[str, int]:
         """The stored versions alone (for tools and tests; the stage uses :meth:`read_state`)."""
-
-        def read(table: Any) -> dict[str, int]:
-            table.update_incremental()
-            return self._learn(table, app_ids)
-
-        return await self._inventory.run(read)
-
-    def _learn(self, table: Any, app_ids: Sequence[str]) -> dict[str, int]:
-        """The stored versions of ``app_ids``, remembered as learned (in the worker thread)."""
-        found: dict[str, int] = {}
-        for app_id in app_ids:
-            version = table.transaction_version(app_id)
-            self._learned[app_id] = version
-            if version is not None:
-                found[app_id] = version
-        return found
+        return await self._inventory.versions(app_ids)
 
     async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
-        if not rows and not transactions:
-            return
-        handle = self._inventory
-
-        def commit(table: Any) -> None:
-            table.update_incremental()
-            for app_id, version in transactions.items():
-                stored = table.transaction_version(app_id)
-                learned = self._learned.get(app_id, _UNKNOWN)
-                if learned is not _UNKNOWN and learned != stored:
-                    raise ConflictingTransactions(
-                        f"{app_id}: stored version is {stored}, this process last saw {learned}"
-                    )
-                if stored is not None and version <= stored:
-                    raise ConflictingTransactions(
-                        f"{app_id}: version {version} is not past the stored version {stored}"
-                    )
-            data = to_arrow(INVENTORY_LAYOUT, rows, with_date=handle.date_partitioned)
-            now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-            properties = CommitProperties(
-                app_transactions=[
-                    Transaction(app_id, version, now_ms) for app_id, version in transactions.items()
-                ]
-            )
-            write_deltalake(table, data, mode="append", commit_properties=properties)
-            self._learned.update(transactions)
-
-        await handle.run(commit)
+        await self._inventory.append(rows, transactions)
 
     async def landed_ids(self) -> set[str]:
         """Every event id in the inventory."""
-
-        def read(table: Any) -> set[str]:
-            table.update_incremental()
-            return _event_ids(table)
-
-        return await self._inventory.run(read)
+        return await self._inventory.keys()
 
     async def read_inventory(self) -> list[InventoryRow]:
         """Every row, in no particular order (Delta keeps none across files)."""
-
-        def read(table: Any) -> list[InventoryRow]:
-            table.update_incremental()
-            return from_arrow(InventoryRow, read_columns(table, InventoryRow._fields))
-
-        return await self._inventory.run(read)
+        return await self._inventory.read_all(InventoryRow)
 
     # -- the events table -------------------------------------------------------------------
 
-    async def append_events(self, rows: Sequence[EventRow]) -> None:
-        if not rows:
-            return
-        handle = self._events
+    async def read_events_state(self, app_ids: Sequence[str]) -> TableState:
+        """Versions and recorded origins from one snapshot."""
+        return await self._events.read_state(app_ids)
 
-        def commit(table: Any) -> None:
-            # No refresh needed: an append on an older snapshot is retried by deltalake.
-            data = to_arrow(EVENTS_LAYOUT, rows, with_date=handle.date_partitioned)
-            write_deltalake(table, data, mode="append")
-
-        await handle.run(commit)
+    async def append_events(
+        self, rows: Sequence[EventRow], transactions: dict[str, int] | None = None
+    ) -> None:
+        await self._events.append(rows, transactions or {})
 
     async def read_events(self) -> list[EventRow]:
         """Every row, in no particular order."""
-
-        def read(table: Any) -> list[EventRow]:
-            table.update_incremental()
-            return from_arrow(EventRow, read_columns(table, EventRow._fields))
-
-        return await self._events.run(read)
+        return await self._events.read_all(EventRow)
 
     async def maintain(self) -> None:
         """Compaction, checkpoints and vacuum when due (:mod:`lakeferry_delta.maintenance`)."""
@@ -230,11 +251,11 @@ class DeltaInventory:
             await maintainer.maintain()
 
     async def aclose(self) -> None:
-        self._inventory.close()
-        self._events.close()
+        self._inventory.handle.close()
+        self._events.handle.close()
 
 
-def _event_ids(table: Any) -> set[str]:
-    """The ``event_id`` column at the table's loaded version (Parquet is columnar: the other
+def _column(table: Any, name: str) -> set[str]:
+    """One column's values at the table's loaded version (Parquet is columnar: the other
     columns stay on disk)."""
-    return set(read_columns(table, ["event_id"]).column("event_id").to_pylist())
+    return set(read_columns(table, [name]).column(name).to_pylist())
