@@ -112,3 +112,50 @@ def test_topics_ensure_reports_and_the_daemon_refuses_missing_topics(kafka_env: 
     assert ".nope" in daemon.tail()
     listing = env.cli("topics", "list")
     assert "missing" in listing.stdout
+
+
+def test_a_restarted_worker_takes_its_partitions_back_at_once(
+    kafka_env: DaemonEnv, origin: Origin
+) -> None:
+    """Found: after kill -9 and a restart, a worker did nothing for ~40 s: the group waited
+    for the dead member's session to expire (librdkafka's 45 s default). A restarted worker
+    rejoins under its static membership (its --instance) and works again at once. The session
+    timeout here is 60 s: a worker that waited for it could not pass."""
+    import copy
+
+    env = kafka_env
+    env.data["bus"]["kafka"]["consumer"]["session.timeout.ms"] = 60_000
+    env.write()
+    for name in ("ingest-1", "upload-1", "results-1"):
+        env.start_worker(name.split("-")[0], name)
+    data = copy.deepcopy(env.data)
+    port = harness.free_port()
+    data["metrics"]["listen"] = f"127.0.0.1:{port}"
+    data["live"]["listen"] = ""
+    config = harness.write_config(env.root / "download-1.toml", data)
+
+    def download_worker() -> Any:
+        daemon = harness.DaemonProcess(
+            config, env.root / "download-1.log", stages="download", instance="download-1"
+        )
+        env.daemons.append(daemon)
+        return daemon
+
+    def downloaded() -> float:
+        metrics = harness.scrape(port)
+        return harness.metric_sum(metrics, "lakeferry_stage_messages_total", stage="download")
+
+    worker = download_worker().start()
+    first = env.submit_events(events(origin, "before", 20))
+    wait_until(lambda: settled(env, 20, first), 90, "the first batch to land", interval=0.5)
+    worker.kill()
+    started = time.monotonic()
+    worker = download_worker().start()
+    second = env.submit_events(events(origin, "after", 20))
+    wait_until(lambda: downloaded() >= 20, 50, "the restarted worker to download", 0.1)
+    working_again = time.monotonic() - started
+    print(f"restarted download worker working again after {working_again:.1f}s")
+    wait_until(lambda: settled(env, 40, first, second), 90, "the second batch to land", 0.5)
+    code, counts = env.audit(first, second)
+    assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
+    assert code == 0

@@ -38,7 +38,7 @@ from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
-from lakeferry.pipeline import STAGES, Pipeline
+from lakeferry.pipeline import STAGES, Pipeline, owner_name
 from lakeferry.registry import Registry
 from lakeferry.stages.download import run_download
 from lakeferry.stages.ingest import run_ingest
@@ -119,7 +119,7 @@ class Supervisor:
         self.metrics.serve(cfg.core.metrics.listen)
         try:
             live = await open_listeners("live.listen", cfg.core.live.listen)
-            bus = await open_bus(cfg)
+            bus = await open_bus(cfg, member=owner_name(cfg.node, self.instance))
             try:
                 if isinstance(bus, KafkaBus):
                     bus.on_health = self._bus_health

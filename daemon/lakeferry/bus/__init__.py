@@ -43,8 +43,9 @@ def kafka_topic_config(config: LoadedConfig, topic: str) -> dict[str, str]:
     }
 
 
-async def open_bus(config: LoadedConfig) -> Bus:
-    """Open the bus the config names."""
+async def open_bus(config: LoadedConfig, member: str | None = None) -> Bus:
+    """Open the bus the config names. ``member`` (``<node>.<instance>``) is the daemon's stable
+    name, its consumers' static group membership on Kafka; tools pass none."""
     cfg = config.core.bus
     if cfg.kind == "kafka":
         from lakeferry.bus.kafka import KafkaBus
@@ -59,6 +60,7 @@ async def open_bus(config: LoadedConfig) -> Bus:
             replication_factor=k.replication_factor,
             topic_config=lambda topic: kafka_topic_config(config, topic),
             operation_timeout=k.operation_timeout,
+            member=member,
         )
     from lakeferry.bus.embedded import EmbeddedBus
 

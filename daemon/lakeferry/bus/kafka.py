@@ -145,8 +145,12 @@ class KafkaBus:
         replication_factor: int = 1,
         topic_config: Callable[[str], dict[str, str]] | None = None,
         operation_timeout: float = 10.0,
+        member: str | None = None,
     ) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        self.member = member
+        """This process's stable name (``<node>.<instance>``): the static group membership of
+        its consumers (``group.instance.id``). None for tools, which join no group."""
         self.bootstrap_servers = bootstrap_servers
         self._client = {
             "bootstrap.servers": bootstrap_servers,
@@ -251,15 +255,23 @@ class KafkaBus:
         return member
 
     def _consumer_config(self, group: str) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             **self._client,
             "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # A member joining or leaving moves only the partitions that must move; the others
+            # keep flowing (an eager rebalance stops every member of the group).
+            "partition.assignment.strategy": "cooperative-sticky",
             "error_cb": self._error_cb,
-            **self._consumer_conf,
         }
+        if self.member is not None:
+            # Static membership: a member that restarts under the same name (a crash, a
+            # deploy) takes its partitions back at once instead of the group waiting for the
+            # old session to expire. One group per stage, so the name is unique in its group.
+            config["group.instance.id"] = self.member
+        return {**config, **self._consumer_conf}
 
     # -- admin -------------------------------------------------------------------------------
 
