@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import trio
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.table import TableOptimizer
 
 import lakeferry_delta.maintenance
@@ -415,3 +415,45 @@ async def test_date_partitioned_tables_are_compacted_per_partition(tmp_path: Pat
         assert live_files(DeltaTable(str(tmp_path / "inventory"))) == 2  # one per day
         assert len(await inventory.read_inventory()) == 60
         assert await inventory.transaction_versions(["p"]) == {"p": 59}
+
+
+def untracked(path: Path) -> list[str]:
+    """Parquet files in a table's folder that its log does not name."""
+    named = set(DeltaTable(str(path)).file_uris())
+    found = {str(p) for p in path.glob("*.parquet")}
+    return sorted(p for p in found if p not in named and f"file://{p}" not in named)
+
+
+async def test_vacuum_deletes_the_parquet_file_of_a_refused_commit(tmp_path: Path) -> None:
+    """A results process frozen mid-commit past its session timeout is overtaken; when it
+    resumes, deltalake writes its Parquet file and then refuses the commit (another commit
+    stored the same application id). The log never names that file: a full vacuum deletes it
+    once it is older than the retention (younger, it may be another writer's commit under
+    way)."""
+    from deltalake import CommitProperties, Transaction
+
+    from lakeferry_delta.schema import INVENTORY_LAYOUT, to_arrow
+
+    clock = Clock()
+    inventory = make(tmp_path, clock, compact_every=0.0)
+    with trio.fail_after(TIMEOUT):
+        await inventory.append([inventory_row(0)], {"g:t:0": 0})
+        frozen = DeltaTable(str(tmp_path / "inventory"))  # read the table, then "froze"
+        await make(tmp_path, clock).append([inventory_row(1)], {"g:t:0": 1})  # the new owner
+        data = to_arrow(INVENTORY_LAYOUT, [inventory_row(1)], with_date=False)
+
+        with pytest.raises(CommitFailedError, match=r"(?i)concurrent transaction"):
+            write_deltalake(
+                frozen, data, mode="append",
+                commit_properties=CommitProperties(app_transactions=[Transaction("g:t:0", 1)]),
+            )  # fmt: skip
+        [orphan] = untracked(tmp_path / "inventory")
+        await inventory.maintain()  # young: kept
+        assert untracked(tmp_path / "inventory") == [orphan]
+        clock.advance(24 * HOUR)
+        # The test's stand-in for "a week later": no retention, enforcement off on purpose.
+        eager = make(tmp_path, clock, compact_every=0.0, vacuum_retention=0.0,
+                     vacuum_enforce_retention=False)  # fmt: skip
+        await eager.maintain()
+        assert untracked(tmp_path / "inventory") == []
+        assert sorted(r.event_id for r in await eager.read_inventory()) == ["ev-0", "ev-1"]

@@ -41,11 +41,14 @@ The steps
   (default 100) as part of the commit, whoever commits. This step is the net under it: when
   ``_last_checkpoint`` is ``checkpoint_every_commits`` or more versions behind (a writer died
   between its commit and its checkpoint, or a lower figure is wanted), it writes one.
-- Vacuum (lite: the remove tombstones of the log, no listing), due ``vacuum_every`` after the
-  last claim, at once on a table never vacuumed. Deletes files removed longer than
-  ``vacuum_retention`` ago; with ``vacuum_enforce_retention`` (the default) never less than the
-  table's ``delta.deletedFileRetentionDuration`` (default 7 days, deltalake's safety minimum): a
-  shorter setting falls back to the table's with a warning.
+- Vacuum (full: a listing of the table's folder), due ``vacuum_every`` after the last claim, at
+  once on a table never vacuumed. Deletes files the log no longer names — removed by a
+  compaction, or never named at all: the Parquet file of a commit that was refused (a writer
+  frozen mid-commit, overtaken by another, wrote its file and lost the commit) — once they are
+  older than ``vacuum_retention``; with ``vacuum_enforce_retention`` (the default) never less
+  than the table's ``delta.deletedFileRetentionDuration`` (default 7 days, deltalake's safety
+  minimum): a shorter setting falls back to the table's with a warning. The retention is also
+  what keeps a file another writer is committing right now (written, not yet in the log) safe.
 
 Error handling: a step that fails is logged and left for the next call; the other steps and
 the other table still run. ``maintain`` itself does not raise for storage trouble.
@@ -271,7 +274,7 @@ class TableMaintainer:
                     retention_hours=hours,
                     dry_run=False,
                     enforce_retention_duration=policy.vacuum_enforce_retention,
-                    full=False,
+                    full=True,
                     keep_versions=None,
                 )
             )
@@ -291,7 +294,7 @@ class TableMaintainer:
                 retention_hours=None,
                 dry_run=False,
                 enforce_retention_duration=True,
-                full=False,
+                full=True,
                 keep_versions=None,
             )
         )
