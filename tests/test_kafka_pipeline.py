@@ -6,7 +6,9 @@ duplicated or mismatched.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from helpers.daemon import DaemonEnv, harness, origin_events, wait_until
@@ -159,3 +161,48 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
     code, counts = env.audit(first, second)
     assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
     assert code == 0
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_results_writer_frozen_mid_commit_is_overtaken_and_its_commit_refused(
+    kafka_env: DaemonEnv, origin: Origin
+) -> None:
+    """A results process frozen (SIGSTOP) after its checks and right before its Delta commit,
+    for longer than the session timeout: the other member takes its partitions and records
+    them; on SIGCONT the frozen commit is refused (another commit stored the same application
+    ids), and no row is written twice. Its Parquet file stays behind, untracked, for the
+    vacuum (tests/test_plugin_delta_maintenance.py)."""
+    import os
+    import signal
+
+    from deltalake import DeltaTable
+
+    env = kafka_env
+    for name in ("ingest-1", "download-1", "upload-1"):
+        env.start_worker(name.split("-")[0], name)
+    frozen, _ = env.start_worker(
+        "results", "results-1", env={"LAKEFERRY_FAILPOINTS": "delta.inventory.commit=stop@2"}
+    )
+    env.start_worker("results", "results-2")
+    batch = env.submit_events(events(origin, "frz", 200))
+    wait_until(lambda: process_state(frozen.pid) == "T", 90, "results-1 to freeze mid-commit")
+    # Frozen past the session timeout (6 s here): results-2 records everything meanwhile.
+    wait_until(lambda: settled(env, 200, batch), 120, "results-2 to land everything", 1)
+    os.kill(frozen.pid, signal.SIGCONT)
+    refused = frozen.wait_for_log("batch write failed; retrying", timeout=60)
+    assert "concurrent" in json.dumps(refused).lower()
+    code, counts = env.audit(batch)
+    assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (200, 0, 0)
+    assert code == 0
+    inventory = Path(env.data["inventory"]["inventory_uri"])
+    named = {
+        Path(uri.removeprefix("file://")).name for uri in DeltaTable(str(inventory)).file_uris()
+    }
+    written = {p.name for p in inventory.glob("*.parquet")}
+    assert written - named  # the refused commit's file: untracked, for the vacuum
+    assert frozen.alive()
+    assert frozen.terminate() == 0

@@ -30,6 +30,7 @@ from lakeferry.components import (
     TableState,
 )
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
+from lakeferry.failpoints import failpoint
 from lakeferry.hookspecs import hookimpl
 from lakeferry.messages import DownloadTask, Event
 from lakeferry.netguard import (
@@ -92,6 +93,7 @@ __all__ = [
     "Source",
     "TableState",
     "TransientError",
+    "failpoint",
     "guard_from_settings",
     "hookimpl",
     "is_public",

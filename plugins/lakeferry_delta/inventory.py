@@ -60,7 +60,7 @@ from typing import Any
 
 from deltalake import CommitProperties, Transaction, write_deltalake
 
-from lakeferry.api import EventRow, InventoryRow, PluginContext, TableState
+from lakeferry.api import EventRow, InventoryRow, PluginContext, TableState, failpoint
 from lakeferry_delta.credentials import storage_options_for
 from lakeferry_delta.maintenance import MaintenancePolicy, TableMaintainer
 from lakeferry_delta.schema import (
@@ -82,7 +82,8 @@ class _TransactionalTable:
     the checks of the module docstring. ``key`` is the column that identifies a row (read back
     by :meth:`read_state`)."""
 
-    def __init__(self, handle: DeltaTableHandle, key: str) -> None:
+    def __init__(self, name: str, handle: DeltaTableHandle, key: str) -> None:
+        self.name = name
         self.handle = handle
         self.key = key
         # app_id -> the stored version this process last learned (None: none stored).
@@ -146,6 +147,7 @@ class _TransactionalTable:
                     Transaction(app_id, version, now_ms) for app_id, version in transactions.items()
                 ]
             )
+            failpoint(f"delta.{self.name}.commit")  # crash tests freeze the process here
             write_deltalake(table, data, mode="append", commit_properties=properties)
             self._learned.update(transactions)
 
@@ -181,12 +183,14 @@ class DeltaInventory:
         self._logger = context.logger
         policy = MaintenancePolicy.from_settings(settings, "inventory")
         self._inventory = _TransactionalTable(
+            "inventory",
             self._table(
                 settings, settings.inventory_uri, INVENTORY_LAYOUT, "inventory.inventory_uri"
             ),
             "event_id",
         )
         self._events = _TransactionalTable(
+            "events",
             self._table(settings, settings.events_uri, EVENTS_LAYOUT, "inventory.events_uri"),
             "origin",
         )

@@ -40,9 +40,11 @@ class DaemonEnv:
         self.daemons.append(daemon)
         return daemon.start()
 
-    def start_worker(self, stages: str, name: str) -> tuple[Any, int]:
-        """One more ``lakeferry run --stages`` process with its own config file, metrics port
-        and log; returns the daemon and its metrics port."""
+    def start_worker(
+        self, stages: str, name: str, env: dict[str, str] | None = None
+    ) -> tuple[Any, int]:
+        """One more ``lakeferry run --stages`` process (``--instance name``) with its own config
+        file, metrics port and log; returns the daemon and its metrics port."""
         import copy
 
         port = harness.free_port()
@@ -51,7 +53,7 @@ class DaemonEnv:
         data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         config = harness.write_config(self.root / f"{name}.toml", data)
         daemon = harness.DaemonProcess(
-            config, self.root / f"{name}.log", stages=stages, instance=name
+            config, self.root / f"{name}.log", stages=stages, instance=name, env=env
         )
         self.daemons.append(daemon)
         return daemon.start(), port
