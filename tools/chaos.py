@@ -1,13 +1,17 @@
 """``make chaos``: the pipeline on Kafka as separate processes, under faults, must lose nothing.
 
 A driver starts Apache Kafka, the DFS emulator (the OneLake sink) and a fault-injecting origin;
-runs ingest, 2 download, 2 upload and results workers as separate ``lakeferry run --stages``
-processes with a cache quota small enough to force backpressure; submits a few thousand events;
-and while they flow it SIGKILLs a random worker every few seconds (restarting it), restarts the
-broker once, and turns the sink into a 503 storm for a while. At the end ``lakeferry audit
---json`` must report 0 lost, 0 duplicate inventory rows, 0 checksum mismatches; nothing may be
-left in the cache or as temporary files in the sink; and every event must have landed or be in
-the DLQ with the reason its URL asked the origin to produce. The figures are printed.
+runs ingest, 2 download, 2 upload and 2 results workers as separate ``lakeferry run --stages``
+processes with a cache quota small enough to force backpressure; submits a few thousand events
+(some of them bodies without ``size`` larger than the whole cache quota); and while they flow
+it SIGKILLs a random worker every few seconds (restarting it), restarts the broker once, turns
+the sink into a 503 storm for a while, freezes a results worker in the middle of a Delta commit
+(a failpoint) for longer than the session timeout, and tries to start a second process under a
+running worker's instance. At the end ``lakeferry audit --json`` must report 0 lost, 0 duplicate
+inventory or events-table rows, 0 checksum mismatches, 0 temporary files and 0 unrecorded files
+in the sink; nothing may be left in the cache; the second process must have been refused (exit
+2); and every event must have landed or be in the DLQ with the reason its URL asked the origin
+to produce. The figures are printed.
 
 ``--quick`` is the reduced run that ``make test`` includes (tests/test_chaos.py).
 """
@@ -19,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -40,7 +45,12 @@ WORKERS = {
     "upload-1": "upload",
     "upload-2": "upload",
     "results-1": "results",
+    "results-2": "results",
 }
+FROZEN = "results-1"
+"""The worker that freezes itself in the middle of a Delta commit (a failpoint)."""
+FREEZE_FOR = 10.0
+"""Seconds a frozen worker stays frozen: past the session timeout (6 s in these configs)."""
 WORKSPACE = "Chaos"
 BASE = "Lake.Lakehouse/Files/landing"
 ACCOUNT_KEY_ENV = "LAKEFERRY_ONELAKE_ACCOUNT_KEY"
@@ -67,6 +77,8 @@ class Figures:
     broker_restarts: int = 0
     broker_down_seconds: float = 0.0
     storm_seconds: float = 0.0
+    freezes: int = 0
+    second_daemon: str = "not tried"
     elapsed: float = 0.0
 
 
@@ -78,8 +90,8 @@ def build_events(
     expect: dict[str, str] = {}
     for i in range(n):
         kind = rng.choices(
-            ["good", "flaky", "slow", "missing", "truncated", "badsum"],
-            weights=[70, 12, 6, 5, 4, 3],
+            ["good", "flaky", "slow", "missing", "truncated", "badsum", "oversize"],
+            weights=[70, 12, 6, 5, 4, 3, 1],
         )[0]
         name = f"{kind}-{i}.bin"
         size = rng.randint(2_000, 120_000)
@@ -101,10 +113,14 @@ def build_events(
         elif kind == "truncated":  # always cut short: transient until the ladder is exhausted
             event["url"] = origin.file_url(name, size, route="truncated")
             expect[event_id] = "retries_exhausted"
-        else:
+        elif kind == "badsum":
             event["url"] = origin.file_url(name, size)
             event["sha256"] = "f" * 64
             expect[event_id] = "checksum_mismatch"
+        else:  # no size, a body larger than the whole cache quota (1 MB), announced or not
+            route = rng.choice(["chunked", "files"])
+            event["url"] = origin.file_url(name, rng.randint(2, 4) << 20, route=route)
+            expect[event_id] = "too_large"
         events.append(event)
     return events, expect
 
@@ -165,10 +181,16 @@ def drive(
     tool_config = configs["ingest-1"]
     harness.cli(tool_config, "topics", "ensure", check=True)
 
+    freeze_at = rng.randint(2, 6)
+
     def start(name: str) -> harness.DaemonProcess:
+        # The frozen worker stops itself at its n-th inventory commit, after the checks and
+        # right before the commit (each restart arms it again).
+        env = {"LAKEFERRY_FAILPOINTS": f"delta.inventory.commit=stop@{freeze_at}"}
         daemon = harness.DaemonProcess(
-            configs[name], state / f"{name}.log", stages=WORKERS[name], instance=name
-        )
+            configs[name], state / f"{name}.log", stages=WORKERS[name], instance=name,
+            env=env if name == FROZEN else None,
+        )  # fmt: skip
         return daemon.start(wait_ready=90)
 
     workers: dict[str, harness.DaemonProcess] = {}
@@ -198,6 +220,9 @@ def chaos_loop(
     print(f"chaos: {plan.events} events submitted; workers {', '.join(WORKERS)}")
 
     control = dfs_emulator.RemoteControl(dfs.url)
+    figures.second_daemon = second_daemon(tool_config.parent / "download-1.toml")
+    print(f"chaos: a second process under instance download-1: {figures.second_daemon}")
+    frozen_since: float | None = None
     next_kill = started + rng.uniform(*plan.kill_every)
     broker_at, storm_at = started + 8, started + 16
     broker_done = storm_done = False
@@ -219,9 +244,19 @@ def chaos_loop(
             control.storm(status=503, seconds=plan.storm_seconds, retry_after=1)
             figures.storm_seconds += plan.storm_seconds
             storm_done = True
+        frozen = workers[FROZEN]
+        if frozen.alive() and process_state(frozen.pid) == "T":
+            if frozen_since is None:
+                frozen_since = now
+                print(f"chaos: {FROZEN} froze in the middle of a commit")
+            elif now - frozen_since >= FREEZE_FOR:
+                frozen.signal(signal.SIGCONT)
+                figures.freezes += 1
+                frozen_since = None
+                print(f"chaos: {FROZEN} resumed after {FREEZE_FOR:.0f}s")
         busy = now < storm_at + plan.storm_seconds + 10  # the scripted faults, then let it settle
         if busy and now >= next_kill:
-            victim = rng.choice(list(WORKERS))
+            victim = rng.choice([name for name in WORKERS if name != FROZEN or not frozen_since])
             workers[victim].kill()
             figures.kills[victim] += 1
             time.sleep(rng.uniform(0.2, 1.0))
@@ -235,10 +270,14 @@ def chaos_loop(
                 f"{counts['dead_lettered']} in flight {counts['in_flight']} lost {counts['lost']}"
             )
             settled = counts["landed"] + counts["dead_lettered"] >= plan.events
-            if settled and counts["in_flight"] == 0 and broker_done and storm_done and not busy:
+            quiet = frozen_since is None and not busy
+            if settled and counts["in_flight"] == 0 and broker_done and storm_done and quiet:
                 break
         time.sleep(0.2)
     figures.elapsed = time.monotonic() - started
+    for worker in workers.values():  # a worker still frozen could not drain
+        if worker.alive() and process_state(worker.pid) == "T":
+            worker.signal(signal.SIGCONT)
     exits = {name: w.terminate(timeout=90) if w.alive() else -1 for name, w in workers.items()}
     return report(plan, state, figures, tool_config, events_file, expect, exits, dfs, data)
 
@@ -249,9 +288,16 @@ def report(
 ) -> int:  # fmt: skip
     code, counts = audit(config, events_file)
     problems: list[str] = []
-    for key in ("lost", "duplicate_rows", "checksum_mismatches", "missing_in_sink", "in_flight"):
+    for key in (
+        "lost", "duplicate_rows", "duplicate_event_rows", "checksum_mismatches",
+        "missing_in_sink", "in_flight", "temp_files", "unrecorded_in_sink",
+    ):  # fmt: skip
         if counts[key]:
             problems.append(f"{key}: {counts[key]}")
+    if not figures.second_daemon.startswith("refused"):
+        problems.append(
+            f"a second process under a running worker's instance: {figures.second_daemon}"
+        )
     letters = json.loads(harness.cli(config, "dlq", "list", "--json").stdout or "[]")
     reasons = {x["event_id"]: x["reason"] for x in letters if x["event_id"]}
     wrong = [
@@ -267,9 +313,6 @@ def report(
     left = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
     if left:
         problems.append(f"{len(left)} file(s) left in the cache, e.g. {left[0].name}")
-    temps = [p for p in dfs.files(WORKSPACE) if ".lakeferry-tmp-" in p]
-    if temps:
-        problems.append(f"{len(temps)} temporary file(s) left in the sink")
     bad_exits = {k: v for k, v in exits.items() if v != 0}
     if bad_exits:
         problems.append(f"workers did not drain cleanly: {bad_exits}")
@@ -280,12 +323,33 @@ def report(
         f"broker restarts       {figures.broker_restarts} ({figures.broker_down_seconds:.0f}s down)"
     )
     print(f"sink 503 storm        {figures.storm_seconds:.0f}s")
+    print(f"frozen mid-commit     {figures.freezes} ({FROZEN}, {FREEZE_FOR:.0f}s each)")
+    print(f"second process        {figures.second_daemon}")
     print(f"elapsed               {figures.elapsed:.0f}s")
     print(f"final audit           {json.dumps(counts)}")
     for problem in problems:
         print(f"PROBLEM: {problem}")
     print("chaos: PASSED" if not problems and code == 0 else "chaos: FAILED")
     return 0 if not problems and code == 0 else 1
+
+
+def process_state(pid: int) -> str:
+    """``R``, ``S``, ``T`` (stopped) ... from /proc (``?`` when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "?"
+
+
+def second_daemon(config: Path) -> str:
+    """Start a process under a running worker's instance: it must exit 2 at once."""
+    result = harness.cli(config, "run", "--stages", "download", "--instance", "download-1",
+                         timeout=120)  # fmt: skip
+    line = (result.stderr.strip().splitlines() or ["(nothing)"])[-1]
+    if result.returncode == 2 and "owns instance 'download-1'" in line:
+        return f"refused (exit 2: {line})"
+    return f"NOT refused (exit {result.returncode}: {line})"
 
 
 def main() -> int:
