@@ -27,11 +27,10 @@ ids its own workers saw.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +38,7 @@ import trio
 
 from lakeferry.groupcommit import GroupCommit
 from lakeferry.messages import Event
+from lakeferry.sqlitetx import write_transaction
 from lakeferry.urls import redact_url
 
 LEDGER_FILE = "ids.sqlite"
@@ -101,18 +101,6 @@ class _Request(NamedTuple):
     path: str | None
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 class IdLedger:
     """The ledger of one state folder (see the module docstring).
 
@@ -131,7 +119,7 @@ class IdLedger:
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        with _transaction(self._conn):
+        with write_transaction(self._conn):
             for statement in _SCHEMA:
                 self._conn.execute(statement)
         self._limiter = trio.CapacityLimiter(1)
@@ -156,7 +144,7 @@ class IdLedger:
         now_ms = time.time_ns() // 1_000_000
         conn = self._conn
         out: list[Binding | None] = []
-        with _transaction(conn):
+        with write_transaction(conn):
             for r in requests:
                 conn.execute(
                     "INSERT OR IGNORE INTO ids (id, fingerprint, url, path, bound_ms, landed)"
@@ -182,7 +170,7 @@ class IdLedger:
         oldest = time.time_ns() // 1_000_000 - int(window * 1000)
 
         def work() -> int:
-            with _transaction(self._conn):
+            with write_transaction(self._conn):
                 return self._conn.execute("DELETE FROM ids WHERE bound_ms < ?", (oldest,)).rowcount
 
         return await trio.to_thread.run_sync(work, limiter=self._limiter)

@@ -54,14 +54,13 @@ Error handling:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sqlite3
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -80,6 +79,7 @@ from lakeferry.bus.base import (
     TopicSpec,
 )
 from lakeferry.errors import BusError
+from lakeferry.sqlitetx import write_transaction
 
 __all__ = ["EmbeddedBus", "EmbeddedConsumer", "EmbeddedProducer"]
 
@@ -148,20 +148,6 @@ _Row = tuple[str, bytes | None, bytes, bytes | None]
 _NO_END: Final = 2**63 - 1
 
 
-@contextlib.contextmanager
-def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    # IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades to a
-    # writer gets SQLITE_BUSY at once (no busy wait) when another process wrote meanwhile.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -171,7 +157,7 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise BusError(f"embedded bus {path}: cannot use WAL mode (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        with _write_transaction(conn):
+        with write_transaction(conn):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise BusError(
@@ -330,7 +316,7 @@ class EmbeddedBus:
         missing = [s for s in specs if self._partition_count(conn, s.name) is None]
         if not missing:
             return
-        with _write_transaction(conn):
+        with write_transaction(conn):
             created = self._create_in_transaction(conn, missing)
         self._partitions.update(created)
 
@@ -415,7 +401,7 @@ class EmbeddedBus:
             return
         now_ms = time.time_ns() // 1_000_000
         created: dict[str, int] = {}
-        with _write_transaction(conn):
+        with write_transaction(conn):
             next_offsets: dict[tuple[str, int], int] = {}
             values: list[tuple[Any, ...]] = []
             for topic, key, value, headers in rows:
@@ -494,7 +480,7 @@ class EmbeddedBus:
     def _store_offsets(
         self, conn: sqlite3.Connection, group: str, offsets: list[tuple[TopicPartition, int]]
     ) -> None:
-        with _write_transaction(conn):
+        with write_transaction(conn):
             conn.executemany(
                 'INSERT INTO group_offsets ("group", topic, "partition", next_offset)'
                 ' VALUES (?, ?, ?, ?) ON CONFLICT ("group", topic, "partition")'
@@ -575,7 +561,7 @@ class EmbeddedBus:
             partitions = conn.execute('SELECT topic, "partition" FROM log_ends').fetchall()
             deleted = 0
             for topic, partition in partitions:
-                with _write_transaction(conn):
+                with write_transaction(conn):
                     if keep_uncommitted:
                         (bound,) = conn.execute(
                             _SELECT_LOWEST_COMMIT,
@@ -609,7 +595,7 @@ class EmbeddedBus:
             ]
             deleted = 0
             for partition in partitions:
-                with _write_transaction(conn):
+                with write_transaction(conn):
                     deleted += conn.execute(
                         """DELETE FROM records
                         WHERE topic = ?1 AND "partition" = ?2 AND key IS NOT NULL
