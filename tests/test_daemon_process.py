@@ -127,6 +127,13 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     assert env.metric("lakeferry_stage_capacity", stage="download") == 7
     assert env.metric("lakeferry_reloads_total", result="refused") == 1
     assert env.metric("lakeferry_reloads_total", result="applied") == 1
+    # A file a restart would refuse is refused by a reload too, with the same key
+    # (check-config: tests/test_check_config.py), also for a setting that needs a restart.
+    env.write(good.replace('path_template = "{event.id}/{filename}"', 'path_template = "{x}"'))
+    daemon.signal(signal.SIGHUP)
+    refused = daemon.wait_for_log("reload refused; keeping the running configuration", count=2)
+    assert refused["error"].startswith("sink.path_template:")
+    assert env.metric("lakeferry_reloads_total", result="refused") == 2
 
     # Still working after the refused reload, at the new concurrency (and the 4 KiB limit).
     env.write(good)

@@ -112,8 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.file)
-    print(f"{args.file}: ok (bus {config.core.bus.kind}, sink {config.sink.kind}, "
+    """Everything a start and a reload check, without opening the bus or the network."""
+    from lakeferry.pipeline import check_components
+
+    path = args.file or args.config
+    registry = _registry(path)
+    config = _load(path, registry)
+    trio.run(check_components, config, registry)
+    print(f"{path}: ok (bus {config.core.bus.kind}, sink {config.sink.kind}, "
           f"cache {config.cache.kind}, inventory {config.inventory.kind}, "
           f"{len(config.sources)} source(s))")  # fmt: skip
     return EXIT_OK
@@ -444,8 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(fn=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file")
-    check.add_argument("file")
+    check = with_config(
+        sub.add_parser(
+            "check-config",
+            help="check a config file as a start would, without opening the bus or the network",
+        )
+    )
+    check.add_argument("file", nargs="?", help="the config file (same as -c)")
     check.set_defaults(fn=cmd_check_config)
 
     plugins = sub.add_parser(

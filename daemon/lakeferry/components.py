@@ -40,6 +40,11 @@ class PluginContext:
     a restart, never used by two live processes at once. A sink keeps its temporary files under
     it, so that it can sweep what an earlier run of the same process left behind."""
 
+    check_only: bool = False
+    """The factory is called to validate the configuration (``lakeferry check-config``, a
+    reload): raise ``ConfigError`` for anything wrong, as at a real start, but create nothing
+    (no folders, no files) and connect to nothing. The component is closed right after."""
+
     extra: dict[str, Any] = field(default_factory=dict)
     """Reserved for later use by the core."""
 

@@ -32,6 +32,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from lakeferry.errors import ConfigError
+from lakeferry.paths import check_template
 from lakeferry.registry import ComponentKind, Registry, load_registry
 from lakeferry.units import Duration, dec_hook
 
@@ -304,8 +305,13 @@ def _validate_core(core: Config) -> None:
         raise ConfigError("topics", f"topic names must differ; repeated: {', '.join(dupes)}")
     _validate_plugins(core.plugins)
     for key, listen in (("metrics.listen", core.metrics.listen), ("live.listen", core.live.listen)):
-        if listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
+        if not listen:
+            continue
+        if not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
             raise ConfigError(key, f"expected host:port, got {listen!r}")
+        port = int(listen.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            raise ConfigError(key, f"port {port} of {listen!r} is not between 1 and 65535")
 
 
 def _validate_plugins(plugins: PluginsConfig) -> None:
@@ -348,11 +354,18 @@ def parse_config(
             known = ", ".join(sorted(registry.kinds("downloader")))
             raise ConfigError(key, f"unknown downloader kind {kind!r} (known: {known})")
         downloaders[kind] = _plugin(registry, "downloader", {"kind": kind, **settings}, key)
+    sink = _plugin(registry, "sink", core.sink, "sink")
+    template = getattr(sink.settings, "path_template", None)
+    if isinstance(template, str):  # the ingest stage renders destinations with it
+        try:
+            check_template(template)
+        except ValueError as exc:
+            raise ConfigError("sink.path_template", str(exc)) from None
     return LoadedConfig(
         path=path,
         core=core,
         cache=_plugin(registry, "cache", core.cache, "cache"),
-        sink=_plugin(registry, "sink", core.sink, "sink"),
+        sink=sink,
         inventory=_plugin(registry, "inventory", core.inventory, "inventory"),
         sources=sources,
         downloaders=downloaders,

@@ -128,15 +128,10 @@ def render_destination(template: str, event: Event, now: dt.datetime) -> str:
 
 
 def check_template(template: str) -> None:
-    """Raise ValueError when ``template`` cannot render for a typical event."""
+    """Raise ValueError when ``template`` cannot render a safe destination for a typical event
+    (an unknown field, a bad format, an absolute or escaping result)."""
     sample = Event(id="sample-id", url="https://example.org/a/file.bin", metadata={})
     try:
-        _FORMATTER.format(
-            template,
-            event=_EventView(sample),
-            date=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
-            filename="file.bin",
-            id="sample-id",
-        )
-    except (KeyError, IndexError, AttributeError, ValueError) as exc:
-        raise ValueError(f"path template {template!r} does not render: {exc!r}") from exc
+        render_destination(template, sample, dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
+    except PermanentError as exc:
+        raise ValueError(str(exc)) from None

@@ -26,14 +26,14 @@ from lakeferry.components import (
     Sink,
     Source,
 )
-from lakeferry.config import LoadedConfig
-from lakeferry.errors import Reason
+from lakeferry.config import LoadedConfig, PluginChoice
+from lakeferry.errors import ConfigError, Reason
 from lakeferry.ledger import LEDGER_FILE, IdLedger
 from lakeferry.livefeed import RecentErrors
 from lakeferry.logs import get_logger
 from lakeferry.messages import DLQ, DeadLetter, DownloadTask, TopicCodec, utcnow
 from lakeferry.metrics import Metrics
-from lakeferry.registry import Registry
+from lakeferry.registry import ComponentKind, Registry
 from lakeferry.retry import (
     ATTEMPT_HEADER,
     FIRST_ERROR_HEADER,
@@ -154,11 +154,11 @@ class Pipeline:
         def uses(component: str) -> bool:
             return bool(USED_BY[component] & set(stages))
 
-        def make(component: Any, choice: Any) -> Any:
+        def make(component: ComponentKind, choice: PluginChoice, section: str) -> Any:
             if not uses(component):
                 return NotBuilt(component, stages)
-            reg = registry.get(component, choice.kind)
-            return reg.factory(choice.settings, plugin_context(state_dir, choice.kind, owner))
+            context = plugin_context(state_dir, choice.kind, owner)
+            return build_component(registry, component, choice, section, context)
 
         pipeline = cls(
             config=config,
@@ -167,13 +167,15 @@ class Pipeline:
             producer=bus.producer(),
             metrics=metrics,
             lifecycle=Lifecycle(shutdown_grace=core.daemon.shutdown_grace),
-            cache=make("cache", config.cache),
-            sink=make("sink", config.sink),
-            inventory=make("inventory", config.inventory),
+            cache=make("cache", config.cache, "cache"),
+            sink=make("sink", config.sink, "sink"),
+            inventory=make("inventory", config.inventory, "inventory"),
             downloaders=(
                 build_downloaders(config, registry, state_dir, owner) if uses("downloader") else {}
             ),
-            sources=[make("source", s) for s in config.sources] if uses("source") else [],
+            sources=[make("source", s, f"sources[{i}]") for i, s in enumerate(config.sources)]
+            if uses("source")
+            else [],
             ledger=IdLedger(state_dir / LEDGER_FILE)
             if uses("ledger")
             else NotBuilt("ledger", stages),  # type: ignore[arg-type]
@@ -325,8 +327,32 @@ class Pipeline:
                     log.exception("closing a component failed")
 
 
-def plugin_context(state_dir: Path, kind: str, owner: str = "main") -> PluginContext:
-    return PluginContext(state_dir=state_dir, logger=get_logger(f"plugin.{kind}"), owner=owner)
+def plugin_context(
+    state_dir: Path, kind: str, owner: str = "main", *, check_only: bool = False
+) -> PluginContext:
+    return PluginContext(
+        state_dir=state_dir, logger=get_logger(f"plugin.{kind}"), owner=owner,
+        check_only=check_only,
+    )  # fmt: skip
+
+
+def build_component(
+    registry: Registry,
+    component: ComponentKind,
+    choice: PluginChoice,
+    section: str,
+    context: PluginContext,
+) -> Any:
+    """The one way a component is built from its config section: the plugin's factory with
+    its settings; a ConfigError it raises names the key under ``section`` (``cache.path``)."""
+    reg = registry.get(component, choice.kind)
+    try:
+        return reg.factory(choice.settings, context)
+    except ConfigError as exc:
+        if exc.key == section or exc.key.startswith((f"{section}.", f"{section}[")):
+            raise
+        key = f"{section}.{exc.key}" if exc.key else section
+        raise ConfigError(key, exc.problem) from None
 
 
 def owner_name(node: str, instance: str) -> str:
@@ -340,11 +366,32 @@ def build_downloaders(
     """One downloader per configured kind, indexed by every URL scheme it serves."""
     downloaders: dict[str, Downloader] = {}
     for kind, choice in config.downloaders.items():
-        reg = registry.get("downloader", kind)
-        instance = reg.factory(choice.settings, plugin_context(state_dir, kind, owner))
-        for scheme in reg.schemes:
+        context = plugin_context(state_dir, kind, owner)
+        instance = build_component(registry, "downloader", choice, f"downloaders.{kind}", context)
+        for scheme in registry.get("downloader", kind).schemes:
             downloaders[scheme] = instance
     return downloaders
+
+
+async def check_components(config: LoadedConfig, registry: Registry) -> None:
+    """Build every component the config selects the way a start does, in check-only mode
+    (:attr:`PluginContext.check_only`: validate, create nothing, connect to nothing), and close
+    them: ``lakeferry check-config`` and a reload refuse what a start would refuse."""
+    state_dir = Path(config.core.daemon.state_dir)
+    sections: list[tuple[ComponentKind, PluginChoice, str]] = [
+        ("cache", config.cache, "cache"),
+        ("sink", config.sink, "sink"),
+        ("inventory", config.inventory, "inventory"),
+        *[("source", s, f"sources[{i}]") for i, s in enumerate(config.sources)],
+        *[("downloader", d, f"downloaders.{k}") for k, d in config.downloaders.items()],
+    ]
+    for component, choice, section in sections:
+        context = plugin_context(state_dir, choice.kind, check_only=True)
+        built = build_component(registry, component, choice, section, context)
+        close = getattr(built, "aclose", None)  # sources have nothing to close
+        if close is not None:
+            with trio.CancelScope(shield=True):
+                await close()
 
 
 def _active_of(count: ActiveCount) -> float:

@@ -38,7 +38,7 @@ from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
-from lakeferry.pipeline import STAGES, Pipeline, owner_name
+from lakeferry.pipeline import STAGES, Pipeline, check_components, owner_name
 from lakeferry.registry import Registry
 from lakeferry.stages.download import run_download
 from lakeferry.stages.ingest import run_ingest
@@ -114,8 +114,10 @@ class Supervisor:
                 )
             else:
                 log.info("plugin not loaded", extra={"plugin": plugin.name, "why": plugin.status})
-        # Listen first: a port that is taken refuses the start at once (exit 2), before the
-        # bus is opened or anything is built.
+        # Every component's settings are checked before anything is opened (as check-config
+        # does), then the listen addresses: a bad file or a taken port refuses the start at once
+        # (exit 2), before the bus is opened or anything is built.
+        await check_components(cfg, self.registry)
         self.metrics.serve(cfg.core.metrics.listen)
         try:
             live = await open_listeners("live.listen", cfg.core.live.listen)
@@ -212,7 +214,7 @@ class Supervisor:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self.reload()
+                    await self.reload()
                     continue
                 if self.pipeline.lifecycle.draining.is_set():
                     log.warning("second stop signal: cancelling in-flight work now")
@@ -228,12 +230,15 @@ class Supervisor:
                 # Stages have the grace to finish; commits and flushes get a little more.
                 root.deadline = min(root.deadline, trio.current_time() + grace + 15)
 
-    def reload(self) -> bool:
-        """Re-read the config file and apply what can change live. False when refused."""
+    async def reload(self) -> bool:
+        """Re-read the config file and apply what can change live. False when refused: the
+        new file is checked as ``lakeferry check-config`` checks it (every component built in
+        check-only mode), so a file a restart would refuse is refused now."""
         assert self.pipeline is not None
         self.notifier.reloading()
         try:
             new = load_config(self.config.path, self.registry)
+            await check_components(new, self.registry)
             live, restart = diff(self.config, new)
             self.pipeline.apply_live(new)
         except Exception as exc:

@@ -82,6 +82,7 @@ from lakeferry.api import (
     Reason,
     TransientError,
 )
+from lakeferry_localfs.folder import ready_folder
 from lakeferry_localfs.quota import QuotaGate, Reservation
 
 MiB = 2**20
@@ -379,8 +380,10 @@ class LocalFsCache:
         """File name -> size of every complete entry, for quota accounting."""
         self._kept: dict[str, dict[Path, int]] = {}
         """File name -> {part file: size} of the partials kept for resuming (used bytes too)."""
+        ready_folder("cache.path", settings.path, check_only=context.check_only)
+        if context.check_only:
+            return
         try:
-            self._root.mkdir(parents=True, exist_ok=True)
             self._scan()
         except OSError as exc:
             raise ConfigError("cache.path", f"cannot use {str(self._root)!r}: {exc}") from exc

@@ -65,6 +65,7 @@ from lakeferry.api import (
     render_destination,
     safe_relative_path,
 )
+from lakeferry_localfs.folder import ready_folder
 
 XATTR = "user.lakeferry.sha256"
 HASH_CHUNK = 1024 * 1024
@@ -191,12 +192,7 @@ class LocalFsSink:
         self._settings = settings
         self._log = context.logger
         self._limiter = trio.CapacityLimiter(IO_THREADS)
-        root = Path(settings.root).expanduser()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            self._root = root.resolve(strict=True)
-        except OSError as exc:
-            raise ConfigError("sink.root", f"cannot use {settings.root!r}: {exc}") from exc
+        self._root = ready_folder("sink.root", settings.root, check_only=context.check_only)
         sample = Event(id="sample-id", url="https://example.org/a/file.bin")
         try:
             render_destination(settings.path_template, sample, dt.datetime.now(dt.UTC))
