@@ -609,7 +609,9 @@ def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Ngi
     started = time.monotonic()
     harness.cli(config, "submit", "--file", str(listing), "--quiet", check=True)
     while True:
-        letters = json.loads(harness.cli(config, "dlq", "list", "--json").stdout or "[]")
+        letters = [
+            json.loads(x) for x in harness.cli(config, "dlq", "list", "--json").stdout.splitlines()
+        ]
         if len(letters) >= events:
             break
         if time.monotonic() - started > 300:

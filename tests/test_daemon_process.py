@@ -162,10 +162,7 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
     wait_until(
         lambda: "not_found" in env.cli("dlq", "list").stdout, 30, "the 404 to be dead-lettered"
     )
-    listing = env.cli("dlq", "list", "--json")
-    import json
-
-    letters = json.loads(listing.stdout)
+    letters = env.letters()
     assert [(x["event_id"], x["reason"], x["stage"]) for x in letters] == [
         (ids[1], "not_found", "download")
     ]
@@ -180,7 +177,7 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
         30,
         "the replay to fail again",
     )
-    shown = json.loads(env.cli("dlq", "show", ids[1]).stdout)
+    shown = env.shown(ids[1])
     assert shown["letter"]["task"]["replays"] == 1
     assert shown["letter"]["task"]["attempt"] == 1
     purge = env.cli("dlq", "purge", "--url", "cli-gone", "--yes")
@@ -240,7 +237,7 @@ def test_spool_folder_events_land_and_bad_lines_are_dead_lettered(
     code, counts = env.audit()
     assert code == 0
     assert (counts["dead_lettered"], counts["lost"], counts["duplicate_rows"]) == (2, 0, 0)
-    letters = json.loads(env.cli("dlq", "list", "--json").stdout)
+    letters = env.letters()
     assert sorted(x["reason"] for x in letters) == ["malformed", "malformed"]
     assert any(x["key"] == "spool-bad" for x in letters)
     assert all(x["source"].startswith("spool:") for x in letters)

@@ -416,7 +416,7 @@ async def test_real_full_disk_is_transient_and_publishes_nothing(
 
 
 def letters(env: DaemonEnv) -> dict[str, dict[str, Any]]:
-    return {x["key"]: x for x in json.loads(env.cli("dlq", "list", "--json").stdout)}
+    return {x["key"]: x for x in env.letters()}
 
 
 def test_daemon_resumes_and_retries_a_checksum_mismatch_once(
@@ -442,7 +442,7 @@ def test_daemon_resumes_and_retries_a_checksum_mismatch_once(
     # The mismatch: retried once (it might have been a file replaced mid-download), then final.
     letter = letters(env)["mismatch"]
     assert (letter["reason"], letter["stage"]) == ("checksum_mismatch", "download")
-    shown = json.loads(env.cli("dlq", "show", "mismatch").stdout)
+    shown = env.shown("mismatch")
     history = shown["letter"]["task"]["history"]
     assert [h["reason"] for h in history] == ["checksum_mismatch", "checksum_mismatch"]
     assert origin.count("/files/daemon-wrong.bin") == 2

@@ -10,7 +10,6 @@ destinations are rendered and checked at ingest, and a landed id is skipped befo
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ T = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 
 
 def letters(env: DaemonEnv) -> dict[str, dict[str, Any]]:
-    return {x["key"]: x for x in json.loads(env.cli("dlq", "list", "--json").stdout)}
+    return {x["key"]: x for x in env.letters()}
 
 
 def settle(env: DaemonEnv, *batches: Path) -> dict[str, int]:
@@ -131,7 +130,7 @@ def test_destinations_are_checked_at_ingest_before_any_byte_is_fetched(
         "..": ("invalid_path", "ingest"),
     }
     assert origin.count("/files/up.bin") == origin.count("/files/dots.bin") == 0
-    shown = json.loads(env.cli("dlq", "show", "up").stdout)
+    shown = env.shown("up")
     assert shown["letter"]["task"]["event"]["path"] == "../x"  # the whole event, for a replay
     assert daemon.terminate() == 0
 

@@ -466,7 +466,7 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     wait_until(
         lambda: env.audit(events_file)[1]["in_flight"] == 0, 60, "hostile events to settle", 1
     )
-    letters = json.loads(env.cli("dlq", "list", "--json").stdout)
+    letters = env.letters()
     by_key = {x["key"]: x["reason"] for x in letters}  # keyed by event id when readable
     assert {k: by_key.get(k) for k in expected} == {k: r for k, (_, r) in expected.items()}
     raw_keys = [x["key"] for x in letters if x["key"].startswith("malformed:")]

@@ -13,7 +13,6 @@ any attempt to connect to one into a test failure before a socket exists.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -402,7 +401,7 @@ def test_daemon_dead_letters_blocked_urls(daemon_env: DaemonEnv, origin: Origin)
         wait_until(
             lambda: env.audit(batch)[1]["in_flight"] == 0, 60, "every event to settle", interval=1
         )
-        letters = json.loads(env.cli("dlq", "list", "--json").stdout)
+        letters = env.letters()
         assert {x["event_id"]: x["reason"] for x in letters} == dict.fromkeys(blocked, "blocked")
         assert all(x["stage"] == "download" for x in letters)
         code, counts = env.audit(batch)

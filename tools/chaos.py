@@ -298,7 +298,10 @@ def report(
         problems.append(
             f"a second process under a running worker's instance: {figures.second_daemon}"
         )
-    letters = json.loads(harness.cli(config, "dlq", "list", "--json").stdout or "[]")
+    letters = [
+        json.loads(line)
+        for line in harness.cli(config, "dlq", "list", "--json").stdout.splitlines()
+    ]
     reasons = {x["event_id"]: x["reason"] for x in letters if x["event_id"]}
     wrong = [
         f"{eid}: expected {want}, got {reasons.get(eid, 'landed?')}"

@@ -9,7 +9,6 @@ Exit codes: 0 success, 1 a check failed (audit found a problem), 2 bad usage or 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -24,7 +23,6 @@ import trio
 from lakeferry import __version__
 from lakeferry.errors import BusError, ConfigError, PipelineError, StartRefused
 from lakeferry.registry import Registry, load_registry
-from lakeferry.units import Duration
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
@@ -248,93 +246,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # -- dlq -----------------------------------------------------------------------------------------
 
 
-def _filter(args: argparse.Namespace) -> Any:
-    from lakeferry.dlq import LetterFilter
-
-    return LetterFilter(
-        reasons=frozenset(args.reason or ()),
-        stage=args.stage,
-        older_than=Duration.parse(args.older_than) if args.older_than else None,
-        newer_than=Duration.parse(args.newer_than) if args.newer_than else None,
-        url_contains=args.url,
-        keys=frozenset(getattr(args, "ids", None) or ()),
-    )
-
-
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from lakeferry import dlq
-    from lakeferry.messages import to_builtins
-    from lakeferry.urls import redact_url
+    from lakeferry import dlqcmd
 
     config = _load(args.config)
-    topics = config.core.topics
-    flt = _filter(args)
-
-    async def main(bus: Any) -> int:
-        letters = dlq.select(await dlq.current_letters(bus, topics.dlq), flt)
-        if args.action == "list":
-            if args.json:
-                print(json.dumps([_letter_summary(item, redact_url) for item in letters], indent=2))
-            else:
-                by_reason: dict[str, int] = {}
-                for item in letters:
-                    s = _letter_summary(item, redact_url)
-                    by_reason[s["reason"]] = by_reason.get(s["reason"], 0) + 1
-                    print(f"{s['dead_at']}  {s['reason']:<18} {s['stage']:<8} {s['attempts']}  "
-                          f"{s['key']}  {s['url'] or s['source'] or ''}")  # fmt: skip
-                summary = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
-                print(f"{len(letters)} letter(s)" + (f" ({summary})" if summary else ""))
-            return EXIT_OK
-        if args.action == "show":
-            for item in letters:
-                data = to_builtins(item.letter)
-                if item.letter.raw is not None:
-                    data["raw"] = item.letter.raw.decode(errors="replace")
-                if data.get("task"):  # query strings are secrets (SAS tokens, signatures)
-                    data["task"]["event"]["url"] = redact_url(data["task"]["event"]["url"])
-                where = {"key": item.key, "partition": item.record.partition}
-                where["offset"] = item.record.offset
-                print(json.dumps({**where, "letter": data}, indent=2))
-            return EXIT_OK
-        if not letters:
-            print("no matching letters")
-            return EXIT_OK
-        if not args.yes and (args.action == "purge" or len(letters) > 1) and sys.stdin.isatty():
-            answer = input(f"{args.action} {len(letters)} letter(s)? [y/N] ")  # noqa: ASYNC250
-            if answer.strip().lower() not in ("y", "yes"):
-                print("aborted")
-                return EXIT_FAILED
-        by = getpass.getuser()
-        if args.action == "purge":
-            n = await dlq.purge(bus, letters, dlq_topic=topics.dlq, by=by)
-            print(f"purged {n} letter(s)")
-            return EXIT_OK
-        with _progress(len(letters), "replaying", args.quiet or len(letters) < 50) as progress:
-            task = progress.add_task("replay", total=len(letters))
-            n = await dlq.replay(
-                bus, letters, dlq_topic=topics.dlq, pending_topic=topics.pending,
-                intake_topic=topics.intake, by=by,
-                progress=lambda k: progress.advance(task, k),
-            )  # fmt: skip
-        print(f"replayed {n} letter(s) to {topics.pending}")
-        return EXIT_OK
-
-    return _with_bus(config, main)
-
-
-def _letter_summary(item: Any, redact: Callable[[str], str]) -> dict[str, Any]:
-    letter = item.letter
-    return {
-        "key": item.key,
-        "event_id": item.event_id,
-        "reason": letter.reason,
-        "stage": letter.stage,
-        "error": letter.error,
-        "dead_at": letter.dead_at.isoformat(timespec="seconds"),
-        "attempts": len(letter.attempts),
-        "url": redact(item.url) if item.url else None,
-        "source": letter.source,
-    }
+    try:
+        result: int = _with_bus(config, lambda bus: dlqcmd.run(args, bus, config.core.topics))
+    except dlqcmd.Refused as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return result
 
 
 # -- top -----------------------------------------------------------------------------------------
@@ -479,25 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--quiet", "-q", action="store_true")
     submit.set_defaults(fn=cmd_submit)
 
-    dlq = sub.add_parser("dlq", help="inspect and handle dead letters")
-    dsub = dlq.add_subparsers(dest="action", required=True)
-    for action, text in (
-        ("list", "list current letters"),
-        ("show", "show letters in full"),
-        ("replay", "send letters back to downloads.pending with a fresh attempt count"),
-        ("purge", "retire letters without replaying"),
-    ):
-        p = with_config(dsub.add_parser(action, help=text))
-        p.add_argument("ids", nargs="*", help="event ids (DLQ keys) to act on")
-        p.add_argument("--reason", action="append", help="only this reason (repeatable)")
-        p.add_argument("--stage", help="only letters from this stage")
-        p.add_argument("--older-than", help="only letters older than this (e.g. 1h)")
-        p.add_argument("--newer-than", help="only letters newer than this (e.g. 30m)")
-        p.add_argument("--url", help="only letters whose URL contains this text")
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--yes", "-y", action="store_true", help="do not ask")
-        p.add_argument("--quiet", "-q", action="store_true")
-        p.set_defaults(fn=cmd_dlq)
+    from lakeferry import dlqcmd
+
+    dlqcmd.add_parser(sub, with_config, cmd_dlq)
 
     top = with_config(sub.add_parser("top", help="live view of a running daemon (q quits)"))
     top.add_argument("--url", help="live feed URL (default: ws://<live.listen>/ of the config)")
@@ -546,7 +451,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        if not _closed_pipe(exc):
+            raise
+        # The reader went away (`lakeferry dlq show | head -1`): stop quietly, and keep the
+        # interpreter's last flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     return code
+
+
+def _closed_pipe(exc: BaseException) -> bool:
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_closed_pipe(inner) for inner in exc.exceptions)
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

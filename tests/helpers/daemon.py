@@ -61,6 +61,23 @@ class DaemonEnv:
     def cli(self, *args: str, **kwargs: Any) -> Any:
         return harness.cli(self.config, *args, **kwargs)
 
+    def letters(self, *args: str) -> list[dict[str, Any]]:
+        """``lakeferry dlq list --json`` (JSON Lines), parsed."""
+        import json
+
+        result = self.cli("dlq", "list", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def shown(self, key: str) -> dict[str, Any]:
+        """``lakeferry dlq show KEY --json``: the one letter under ``key``."""
+        import json
+
+        result = self.cli("dlq", "show", key, "--json")
+        assert result.returncode == 0, result.stderr
+        [line] = result.stdout.splitlines()
+        return json.loads(line)  # type: ignore[no-any-return]
+
     def metrics(self) -> dict[str, float]:
         return harness.scrape(self.metrics_port)  # type: ignore[no-any-return]
 
