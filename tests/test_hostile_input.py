@@ -52,7 +52,7 @@ from lakeferry.api import (
     safe_relative_path,
 )
 from lakeferry.bus.embedded import EmbeddedBus
-from lakeferry.config import TopicsConfig
+from lakeferry.config import IngestConfig, TopicsConfig
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, decode_event
 from lakeferry.metrics import Metrics
 from lakeferry.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES
@@ -151,6 +151,8 @@ class IntakePipeline:
 
     dead_letter_record = Pipeline.dead_letter_record
 
+    registry = None
+
     def __init__(self, bus: EmbeddedBus) -> None:
         self.config = _Config()
         self.producer = bus.producer()
@@ -159,6 +161,7 @@ class IntakePipeline:
 
 class _Core:
     topics = TopicsConfig()
+    ingest = IngestConfig()
 
 
 class _SinkChoice:
@@ -168,6 +171,7 @@ class _SinkChoice:
 class _Config:
     core = _Core()
     sink = _SinkChoice()
+    downloaders: dict[str, Any] = {}  # no scheme check: any URL that parses passes
 
 
 async def _intake(batch: list[bytes]) -> tuple[list[Event], list[DeadLetter]]:
@@ -205,16 +209,19 @@ def test_any_bytes_become_an_event_or_a_malformed_letter(batch: list[bytes]) -> 
     assert len(events) + len(letters) == len(batch)
     good = [raw for raw in batch if _decodes(raw)]
     bad = [raw for raw in batch if not _decodes(raw)]
-    # A good event whose id renders no safe destination is refused at ingest, with its task.
-    unsafe = [x for x in letters if x.reason == Reason.INVALID_PATH]
-    malformed = [x for x in letters if x.reason != Reason.INVALID_PATH]
+    # A good event whose URL does not parse, or whose id renders no safe destination, is
+    # refused at ingest with its task; one that does not decode, with its raw bytes.
+    unsafe = [x for x in letters if x.task is not None]
+    malformed = [x for x in letters if x.task is None]
     assert Counter(e.id for e in events) + Counter(
         x.task.event.id for x in unsafe if x.task is not None
     ) == Counter(decode_event(raw).id for raw in good)
     for letter in unsafe:
         assert letter.task is not None
-        _, error = outcome(render_destination, TEMPLATE, letter.task.event, T0)
-        assert error is not None
+        assert letter.reason in (Reason.INVALID_PATH, Reason.MALFORMED)
+        _, url_error = outcome(check_url, letter.task.event.url)
+        _, path_error = outcome(render_destination, TEMPLATE, letter.task.event, T0)
+        assert url_error is not None or path_error is not None
     letters = malformed
     assert Counter(letter.raw for letter in letters) == Counter(bad)
     for letter in letters:
@@ -478,3 +485,15 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     assert daemon.alive()
     assert env.metric("lakeferry_stage_restarts_total") == 0  # no stage crashed
     assert daemon.terminate() == 0
+
+
+def test_an_event_over_the_size_limit_is_a_malformed_letter_with_its_head() -> None:
+    """One limit for every way in (``ingest.max_event_bytes``): a source that hands the
+    intake a larger event gets it dead-lettered, its first bytes kept for the operator."""
+    raw = json.dumps({"id": "huge", "url": "https://e/f", "metadata": {"x": "y" * (2 << 20)}})
+    events, letters = trio.run(_intake, [raw.encode()])
+    assert events == []
+    [letter] = letters
+    assert (letter.reason, letter.task) == (Reason.MALFORMED, None)
+    assert "larger than ingest.max_event_bytes (1048576 bytes)" in letter.error
+    assert letter.raw == raw.encode()[: 1 << 20]

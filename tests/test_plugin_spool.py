@@ -57,8 +57,11 @@ def settings_for(tmp_path: Path, **overrides: Any) -> SpoolSettings:
     return SpoolSettings(**values)
 
 
-def make_source(tmp_path: Path, **overrides: Any) -> SpoolSource:
-    context = PluginContext(state_dir=tmp_path / "state", logger=logging.getLogger("test.spool"))
+def make_source(tmp_path: Path, max_event_bytes: int = 1 << 20, **overrides: Any) -> SpoolSource:
+    context = PluginContext(
+        state_dir=tmp_path / "state", logger=logging.getLogger("test.spool"),
+        max_event_bytes=max_event_bytes,
+    )  # fmt: skip
     return SpoolSource(settings_for(tmp_path, **overrides), context)
 
 
@@ -95,12 +98,11 @@ def test_registers_the_spool_kind(tmp_path: Path) -> None:
     [(kind, factory, settings_type)] = calls
     assert kind == "spool"
     settings = msgspec.convert(
-        {"path": str(tmp_path), "poll_interval": "250ms", "max_line_bytes": "64KiB"},
+        {"path": str(tmp_path), "poll_interval": "250ms"},
         settings_type,
         dec_hook=dec_hook,
     )
     assert settings.poll_interval == 0.25
-    assert settings.max_line_bytes == 65536
     assert (settings.pattern, settings.batch_lines, settings.done_dir) == ("*.jsonl", 500, "")
     context = PluginContext(state_dir=tmp_path, logger=logging.getLogger("test"))
     source = factory(settings, context)
@@ -298,7 +300,7 @@ async def test_an_overlong_line_is_cut_and_skipped_past(tmp_path: Path) -> None:
     intake = RecordingIntake()
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            await nursery.start(make_source(tmp_path, max_line_bytes=100).run, intake)
+            await nursery.start(make_source(tmp_path, max_event_bytes=100).run, intake)
             await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
             nursery.cancel_scope.cancel(reason="test over")
     assert [(e.data, e.origin.rsplit(":", 1)[1]) for e in intake.events] == [

@@ -34,10 +34,9 @@ import origin as origin_mod
 
 from lakeferry.audit import audit
 from lakeferry.bus import open_bus
-from lakeferry.components import PluginContext
 from lakeferry.config import load_config
 from lakeferry.dlq import current_letters
-from lakeferry.logs import get_logger
+from lakeferry.pipeline import build_component, plugin_context
 from lakeferry.registry import load_registry
 
 
@@ -106,9 +105,10 @@ async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
     registry = load_registry()
     config = load_config(config_path, registry)
     bus = await open_bus(config)
-    ctx = PluginContext(state_dir=Path(config.core.daemon.state_dir), logger=get_logger("demo"))
-    inventory = registry.get("inventory", "delta").factory(config.inventory.settings, ctx)
-    sink = registry.get("sink", config.sink.kind).factory(config.sink.settings, ctx)
+    inventory = build_component(
+        registry, "inventory", config.inventory, "inventory", plugin_context(config, "demo")
+    )
+    sink = build_component(registry, "sink", config.sink, "sink", plugin_context(config, "demo"))
     try:
         report = await audit(config, bus, inventory, sink, verify_sink=False)
         letters = await current_letters(bus, config.core.topics.dlq)

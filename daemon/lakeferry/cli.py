@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,46 +190,29 @@ def _progress(total: int, label: str, quiet: bool) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from lakeferry import submitcmd
+    from lakeferry.admission import admission
     from lakeferry.bus.base import OutgoingRecord
-    from lakeferry.messages import EVENT, Event, utcnow
 
-    config = _load(args.config)
+    registry = _registry(args.config)
+    config = _load(args.config, registry)
     topic = config.core.topics.intake
-    lines: list[bytes] = []
-    if args.file:
-        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-        with source:
-            lines.extend(line.strip() for line in source if line.strip())
-    for url in args.urls:
-        event = Event(
-            id=args.id if args.id and len(args.urls) == 1 else str(uuid.uuid4()),
-            url=url,
-            path=args.path,
-            sha256=args.sha256,
-            created_at=utcnow(),
-        )
-        lines.append(EVENT.encode(event))
-    if not lines:
-        _err("nothing to submit: give URLs or --file")
+    try:
+        events = submitcmd.events_of(args)
+        submitcmd.check(admission(config, registry), events)
+    except submitcmd.Refused as exc:
+        _err(str(exc))
         return EXIT_USAGE
-
-    def key_of(raw: bytes) -> bytes | None:
-        # The daemon validates every line; this only picks a partition key, and a line it
-        # cannot read (too deeply nested, a lone surrogate in the id) simply gets none.
-        try:
-            data = json.loads(raw)
-            ident = data.get("id") if isinstance(data, dict) else None
-            return ident.encode() if isinstance(ident, str) else None
-        except (ValueError, RecursionError):  # UnicodeError is a ValueError
-            return None
+    lines = [raw for _, raw in events]
 
     async def send(bus: Any) -> int:
         producer = bus.producer()
         with _progress(len(lines), "submitting", args.quiet or len(lines) < 2) as progress:
             task = progress.add_task("submit", total=len(lines))
-            for start in range(0, len(lines), args.batch):
-                chunk = lines[start : start + args.batch]
-                await producer.send_many([OutgoingRecord(topic, raw, key_of(raw)) for raw in chunk])
+            for start in range(0, len(lines), max(1, args.batch)):
+                chunk = lines[start : start + max(1, args.batch)]
+                records = [OutgoingRecord(topic, raw, submitcmd.key_of(raw)) for raw in chunk]
+                await producer.send_many(records)
                 progress.advance(task, len(chunk))
         return len(lines)
 
@@ -311,8 +293,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from lakeferry.audit import audit, submitted_ids
-    from lakeferry.components import PluginContext
-    from lakeferry.logs import get_logger
+    from lakeferry.pipeline import build_component, plugin_context
 
     registry = _registry(args.config)
     config = _load(args.config, registry)
@@ -321,13 +302,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         submitted |= submitted_ids(Path(events_file))
 
     async def main(bus: Any) -> Any:
-        ctx = PluginContext(
-            state_dir=Path(config.core.daemon.state_dir), logger=get_logger("audit")
-        )
-        inventory = registry.get("inventory", config.inventory.kind).factory(
-            config.inventory.settings, ctx
-        )
-        sink = registry.get("sink", config.sink.kind).factory(config.sink.settings, ctx)
+        context = plugin_context(config, "audit")
+        inventory = build_component(registry, "inventory", config.inventory, "inventory", context)
+        sink = build_component(registry, "sink", config.sink, "sink", context)
         try:
             return await audit(config, bus, inventory, sink, submitted=submitted,
                                verify_sink=not args.no_verify_sink)  # fmt: skip
@@ -390,15 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(fn=cmd_plugins)
     add_plugin_parser(sub)
 
-    submit = with_config(sub.add_parser("submit", help="submit events (URLs or a JSONL file)"))
-    submit.add_argument("urls", nargs="*", metavar="URL")
-    submit.add_argument("--file", "-f", help="JSONL file of events ('-' for stdin)")
-    submit.add_argument("--id", help="event id (one URL only; default: a new UUID)")
-    submit.add_argument("--path", help="destination path relative to the sink root")
-    submit.add_argument("--sha256", help="expected sha256 of the file")
-    submit.add_argument("--batch", type=int, default=500)
-    submit.add_argument("--quiet", "-q", action="store_true")
-    submit.set_defaults(fn=cmd_submit)
+    from lakeferry import submitcmd
+
+    submitcmd.add_parser(sub, with_config, cmd_submit)
 
     from lakeferry import dlqcmd
 

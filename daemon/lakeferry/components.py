@@ -40,6 +40,11 @@ class PluginContext:
     a restart, never used by two live processes at once. A sink keeps its temporary files under
     it, so that it can sweep what an earlier run of the same process left behind."""
 
+    max_event_bytes: int = 1 << 20
+    """The largest raw event the intake accepts (``ingest.max_event_bytes``): a source that
+    reads lines or messages need not hold more than this of one (larger ones are
+    dead-lettered ``malformed``)."""
+
     check_only: bool = False
     """The factory is called to validate the configuration (``lakeferry check-config``, a
     reload): raise ``ConfigError`` for anything wrong, as at a real start, but create nothing

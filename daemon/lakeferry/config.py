@@ -34,7 +34,7 @@ from msgspec import Meta, Struct
 from lakeferry.errors import ConfigError
 from lakeferry.paths import check_template
 from lakeferry.registry import ComponentKind, Registry, load_registry
-from lakeferry.units import Duration, dec_hook
+from lakeferry.units import ByteSize, Duration, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
 Positive = Annotated[int, Meta(ge=1)]
@@ -109,6 +109,9 @@ class RetryConfig(_Section):
 
 class IngestConfig(_Section):
     concurrency: Concurrency = 4
+    max_event_bytes: ByteSize = ByteSize(1 << 20)
+    """The largest raw event accepted, from any source and from ``lakeferry submit``; a larger
+    one is dead-lettered ``malformed`` (submit refuses it)."""
     events_table: bool = True
     events_batch_rows: Positive = 1000
     events_batch_wait: Duration = Duration(1)

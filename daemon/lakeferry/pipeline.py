@@ -157,7 +157,7 @@ class Pipeline:
         def make(component: ComponentKind, choice: PluginChoice, section: str) -> Any:
             if not uses(component):
                 return NotBuilt(component, stages)
-            context = plugin_context(state_dir, choice.kind, owner)
+            context = plugin_context(config, choice.kind, owner)
             return build_component(registry, component, choice, section, context)
 
         pipeline = cls(
@@ -328,11 +328,13 @@ class Pipeline:
 
 
 def plugin_context(
-    state_dir: Path, kind: str, owner: str = "main", *, check_only: bool = False
+    config: LoadedConfig, kind: str, owner: str = "main", *, check_only: bool = False
 ) -> PluginContext:
+    """What a component of ``kind`` is told about the daemon that builds it."""
     return PluginContext(
-        state_dir=state_dir, logger=get_logger(f"plugin.{kind}"), owner=owner,
-        check_only=check_only,
+        state_dir=Path(config.core.daemon.state_dir), logger=get_logger(f"plugin.{kind}"),
+        owner=owner, check_only=check_only,
+        max_event_bytes=int(config.core.ingest.max_event_bytes),
     )  # fmt: skip
 
 
@@ -366,7 +368,7 @@ def build_downloaders(
     """One downloader per configured kind, indexed by every URL scheme it serves."""
     downloaders: dict[str, Downloader] = {}
     for kind, choice in config.downloaders.items():
-        context = plugin_context(state_dir, kind, owner)
+        context = plugin_context(config, kind, owner)
         instance = build_component(registry, "downloader", choice, f"downloaders.{kind}", context)
         for scheme in registry.get("downloader", kind).schemes:
             downloaders[scheme] = instance
@@ -377,7 +379,6 @@ async def check_components(config: LoadedConfig, registry: Registry) -> None:
     """Build every component the config selects the way a start does, in check-only mode
     (:attr:`PluginContext.check_only`: validate, create nothing, connect to nothing), and close
     them: ``lakeferry check-config`` and a reload refuse what a start would refuse."""
-    state_dir = Path(config.core.daemon.state_dir)
     sections: list[tuple[ComponentKind, PluginChoice, str]] = [
         ("cache", config.cache, "cache"),
         ("sink", config.sink, "sink"),
@@ -386,7 +387,7 @@ async def check_components(config: LoadedConfig, registry: Registry) -> None:
         *[("downloader", d, f"downloaders.{k}") for k, d in config.downloaders.items()],
     ]
     for component, choice, section in sections:
-        context = plugin_context(state_dir, choice.kind, check_only=True)
+        context = plugin_context(config, choice.kind, check_only=True)
         built = build_component(registry, component, choice, section, context)
         close = getattr(built, "aclose", None)  # sources have nothing to close
         if close is not None:

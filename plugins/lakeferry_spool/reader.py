@@ -20,7 +20,7 @@ class Line(NamedTuple):
     data: bytes
     """Without the line ending; at most ``max_line_bytes`` long."""
     cut: bool
-    """True when the line was longer than ``max_line_bytes`` and was cut."""
+    """True when the line was longer than the limit (``ingest.max_event_bytes``) and was cut."""
 
 
 class Batch(NamedTuple):

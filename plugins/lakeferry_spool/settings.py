@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from lakeferry.api import ByteSize, Duration
+from lakeferry.api import Duration
 
 
 class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -27,6 +27,3 @@ class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Events handed to the intake per ``publish`` call (and per progress checkpoint)."""
     done_dir: str = ""
     """Where finished files are moved; empty: ``<path>/done``. Best on the same filesystem."""
-    max_line_bytes: ByteSize = ByteSize(1 << 20)
-    """A longer line is cut to this many bytes (it then fails to decode and lands in the DLQ
-    with reason ``malformed``); the rest of it is skipped. Bounds memory per line."""

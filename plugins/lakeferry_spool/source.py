@@ -54,8 +54,10 @@ class SpoolSource:
     publishes that batch again later; downstream deduplicates by event id. The progress sidecar
     (:mod:`lakeferry_spool.progress`) limits the repeat to the batch that was in flight.
 
-    Resource handling: at most one file is open at a time, and only one batch of lines (each at
-    most ``max_line_bytes``) is in memory. All file-system calls run in worker threads.
+    Resource handling: at most one file is open at a time, and only one batch of lines is in
+    memory, each at most ``ingest.max_event_bytes`` (:attr:`PluginContext.max_event_bytes`): a
+    longer line is cut there, so the intake dead-letters it ``malformed``. All file-system calls
+    run in worker threads.
 
     Error handling: a file that cannot be opened or read (permissions, I/O error) is logged and
     tried again at the next scan, resuming where it stopped; so is a file that cannot be moved
@@ -70,6 +72,7 @@ class SpoolSource:
         if os.path.abspath(self.done_dir) == os.path.abspath(self.directory):
             raise ConfigError("done_dir", "must not be the spool folder itself")
         self._settings = settings
+        self._max_line_bytes = context.max_event_bytes
         self._logger = context.logger
         self._progress = ProgressStore(self.done_dir / PROGRESS_DIR)
         # Progress of files not yet moved, also kept here in case a sidecar cannot be written.
@@ -98,7 +101,7 @@ class SpoolSource:
     async def _spool_file(self, name: str, intake: Intake) -> bool:
         """Publish what is left of one file and move it; False when it has to wait."""
         path = self.directory / name
-        reader = LineReader(path, max_line_bytes=self._settings.max_line_bytes)
+        reader = LineReader(path, max_line_bytes=self._max_line_bytes)
         try:
             identity = await _file_io(reader.open)
             progress = await _file_io(self._resume_point, name, identity)
@@ -135,7 +138,7 @@ class SpoolSource:
     def _warn_cut(self, path: Path, lines: list[Line]) -> None:
         for line in lines:
             if line.cut:
-                limit = self._settings.max_line_bytes
+                limit = self._max_line_bytes
                 self._logger.warning(
                     "%s:%d: line longer than %d bytes, cut", path, line.number, limit
                 )

@@ -24,12 +24,11 @@ from collections.abc import Sequence
 import msgspec
 import trio
 
+from lakeferry.admission import Refusal, admission
 from lakeferry.bus.base import OutgoingRecord, Record
 from lakeferry.components import RawEvent
-from lakeferry.errors import PermanentError, Reason
 from lakeferry.logs import get_logger
-from lakeferry.messages import DOWNLOAD, DownloadTask, decode_event, utcnow
-from lakeferry.paths import render_destination
+from lakeferry.messages import DOWNLOAD, DownloadTask, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.stages.events import run_events_recorder
 from lakeferry.stages.runner import run_consuming_stage
@@ -54,15 +53,9 @@ def malformed_key(raw: bytes) -> bytes:
     return b"malformed:" + hashlib.sha256(raw).hexdigest()[:32].encode()
 
 
-def path_template(pipeline: Pipeline) -> str | None:
-    """The sink's ``path_template`` setting, which destinations are rendered with at ingest;
-    None for a sink without one (its ``destination()`` then runs at upload)."""
-    template = getattr(pipeline.config.sink.settings, "path_template", None)
-    return template if isinstance(template, str) else None
-
-
 class BusIntake:
-    """The :class:`~lakeferry.components.Intake` every source publishes through."""
+    """The :class:`~lakeferry.components.Intake` every source publishes through: the rules of
+    :mod:`lakeferry.admission`, the same ``lakeferry submit`` applies."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
@@ -72,25 +65,20 @@ class BusIntake:
         topics = p.config.core.topics
         received = utcnow()
         started = time.monotonic()
-        template = path_template(p)
+        rules = admission(p.config, p.registry)  # read live: a reload may change the limit
         out: list[OutgoingRecord] = []
         refused: list[str] = []
         for raw in events:
             try:
-                event = decode_event(raw.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                refused.append(Reason.MALFORMED)
-                out.append(
-                    p.dead_letter_record(
-                        stage="ingest",
-                        reason=Reason.MALFORMED,
-                        error=str(exc),
-                        origin_topic=topics.intake,
-                        raw=raw.data,
-                        source=raw.origin,
-                        key=malformed_key(raw.data),
-                    )
-                )
+                event = rules.decode(raw.data)
+            except Refusal as refusal:
+                refused.append(refusal.reason)
+                letter = p.dead_letter_record(
+                    stage="ingest", reason=refusal.reason, error=str(refusal),
+                    origin_topic=topics.intake, raw=raw.data[: rules.max_event_bytes],
+                    source=raw.origin, key=malformed_key(raw.data),
+                )  # fmt: skip
+                out.append(letter)
                 continue
             if event.created_at is None:
                 event = msgspec.structs.replace(event, created_at=received)
@@ -99,19 +87,19 @@ class BusIntake:
                     event, created_at=event.created_at.replace(tzinfo=received.tzinfo)
                 )
             task = DownloadTask(event=event, received_at=received, origin=raw.origin)
-            if template is not None:
-                # Before any byte is fetched: a destination that cannot be rendered or is
-                # unsafe is refused here, not after the whole file was downloaded.
-                try:
-                    destination = render_destination(template, event, received)
-                except PermanentError as error:
-                    refused.append(error.reason)
-                    letter = p.dead_letter_record(
-                        stage="ingest", reason=error.reason, error=str(error),
-                        origin_topic=topics.intake, task=task, source=raw.origin,
-                    )  # fmt: skip
-                    out.append(letter)
-                    continue
+            # Before any byte is fetched: a URL no downloader serves, or a destination that
+            # cannot be rendered or is unsafe, is refused here, not after the download.
+            try:
+                destination = rules.check(event, received)
+            except Refusal as refusal:
+                refused.append(refusal.reason)
+                letter = p.dead_letter_record(
+                    stage="ingest", reason=refusal.reason, error=str(refusal),
+                    origin_topic=topics.intake, task=task, source=raw.origin,
+                )  # fmt: skip
+                out.append(letter)
+                continue
+            if destination is not None:
                 task = msgspec.structs.replace(task, destination=destination)
             out.append(
                 OutgoingRecord(
