@@ -3,7 +3,9 @@
 1. Start a local HTTP origin serving generated files: good ones, some 404, some that fail with
    503 a few times before succeeding, some whose announced sha256 is wrong.
 2. Start ``lakeferry run`` on a generated config with a short retry ladder.
-3. Submit ~1,000 events (and a few malformed lines) with ``lakeferry submit --file``.
+3. Submit ~1,000 events with ``lakeferry submit --file``, and drop a producer's file with a few
+   malformed lines into the spool folder (submit refuses bad events itself; a source's bad lines
+   end up in the DLQ).
 4. Wait until every event has landed or is dead-lettered, print a summary, stop the daemon
    with SIGTERM, and print ``lakeferry audit --json`` as the last line.
 
@@ -93,12 +95,18 @@ def build_events(
         size = 4096
         name = f"badsum-{i}.bin"
         add("badsum", i, origin.file_url(name, size), size, name, "0" * 64, "checksum_mismatch")
-    for i in range(args.malformed):
-        lines.append(
-            b'{"id": "demo-malformed-%d", "url": 42}' % i if i % 2 else b"this is not json %d" % i
-        )
     rng.shuffle(lines)
     return lines, expect
+
+
+def drop_in_spool(spool: Path, lines: list[bytes]) -> None:
+    """A producer's file in the spool folder (written elsewhere, then renamed in)."""
+    if not lines:
+        return
+    spool.mkdir(parents=True, exist_ok=True)
+    staging = spool / ".producer.jsonl.partial"
+    staging.write_bytes(b"\n".join(lines) + b"\n")
+    staging.rename(spool / "producer.jsonl")
 
 
 async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
@@ -207,18 +215,23 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
         lines, expect = build_events(origin, args)
         events_file = state / "events.jsonl"
         events_file.write_bytes(b"\n".join(lines) + b"\n")
+        malformed = [
+            b'{"id": "demo-malformed-%d", "url": 42}' % i if i % 2 else b"this is not json %d" % i
+            for i in range(args.malformed)
+        ]
         daemon = harness.DaemonProcess(config, state / "daemon.log")
         daemon.start()
         print(f"daemon running (pid {daemon.pid}), metrics on 127.0.0.1:{metrics_port}")
         try:
             started = time.time()
-            if azure is not None:
-                send_with_progress(azure, lines)
+            if azure is not None:  # the event hub is the source: bad lines go there too
+                send_with_progress(azure, [*lines, *malformed])
             else:
                 submitted = harness.cli(config, "submit", "--file", str(events_file), timeout=120)
                 sys.stderr.write(submitted.stderr)
                 if submitted.returncode != 0:
                     return 1, "submit failed"
+                drop_in_spool(Path(data["sources"][0]["path"]), malformed)
             expected_total = len(expect) + args.malformed
             deadline = time.monotonic() + args.timeout
             report, letters, rows = trio.run(snapshot, config)
@@ -244,7 +257,7 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
     span = max((r.committed_at.timestamp() for r in rows), default=started) - started
     retries = harness.metric_sum(metrics, "lakeferry_retries_total")
     print("\n== lakeferry demo summary ==")
-    print(f"events submitted      {len(lines)} ({args.malformed} malformed lines)")
+    print(f"events submitted      {len(lines)} (and {args.malformed} malformed lines)")
     print(f"landed                {len(rows)}")
     print(f"dead-lettered         {sum(by_reason.values())}  "
           + ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())))  # fmt: skip
