@@ -42,7 +42,9 @@ def test_default_config_is_valid(registry: Registry) -> None:
     assert cfg.core.retry.delays == [300, 600, 1200, 2400]
     assert cfg.cache.kind == "localfs"
     assert cfg.cache.settings.quota == 20 * 2**30
-    assert cfg.core.daemon.state_dir == "var/lakeferry"
+    # Relative to the file's folder (etc/): the checkout's var/lakeferry.
+    assert cfg.core.daemon.state_dir == str(DEFAULT.resolve().parents[1] / "var" / "lakeferry")
+    assert cfg.core.bus.embedded.path == cfg.core.daemon.state_dir + "/bus.sqlite"
     assert {"http", "file"} <= cfg.downloaders.keys()
 
 

@@ -41,7 +41,7 @@ async def test_components_follow_the_stages(
     tmp_path: Path, stages: tuple[str, ...], built: set[str], absent: set[str]
 ) -> None:
     cfg = config(tmp_path)
-    bus = await open_bus(cfg)
+    bus = await open_bus(cfg, create=True)
     try:
         pipeline = Pipeline.build(cfg, load_registry(), bus, Metrics(), stages)
         for component in built:

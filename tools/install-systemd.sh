@@ -129,7 +129,7 @@ install_private() {  # SOURCE TARGET [sed expression]: root:lakeferry 0640, only
 # State paths default to the StateDirectory, so the CLI (`sudo -u lakeferry lakeferry dlq
 # list`) finds the same bus without LAKEFERRY_STATE in its environment.
 install_private "$CONFIG_SRC" "$ETC/lakeferry.toml" \
-    's|\${LAKEFERRY_STATE:-var/lakeferry[a-z-]*}|${LAKEFERRY_STATE:-/var/lib/lakeferry}|g'
+    's|\${LAKEFERRY_STATE:-\(\.\./\)\{0,1\}var/lakeferry[a-z-]*}|${LAKEFERRY_STATE:-/var/lib/lakeferry}|g'
 install_private "$SRC/systemd/lakeferry.env" "$ETC/lakeferry.env"
 
 # 5. systemd -------------------------------------------------------------------------------

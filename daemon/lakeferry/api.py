@@ -50,7 +50,7 @@ from lakeferry.registry import (
     RegisterSource,
     lazy_exports,
 )
-from lakeferry.units import ByteSize, Duration
+from lakeferry.units import ByteSize, Duration, LocalPath, LocalPathOrUri
 from lakeferry.urls import redact_url
 
 __all__ = [
@@ -72,6 +72,8 @@ __all__ = [
     "Intake",
     "Inventory",
     "InventoryRow",
+    "LocalPath",
+    "LocalPathOrUri",
     "NetGuard",
     "PendingFile",
     "PermanentError",

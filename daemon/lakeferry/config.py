@@ -10,7 +10,8 @@ Loading happens in three steps, each of which names the offending key when it fa
    ``[downloaders.<kind>]``) are validated against the settings type the plugin registered for
    its ``kind``; an unknown kind is refused with the kinds that are known.
 
-Paths are used as written: relative paths are relative to the daemon's working directory.
+Paths (settings typed :data:`~lakeferry.units.LocalPath`, plugin settings included): a relative
+one is relative to the config file's folder, whatever the working directory.
 
 The ``[plugins]`` section is the exception to that order: it decides which plugins load, and
 plugin sections can only be validated once they have, so :func:`load_plugins` reads it from
@@ -21,10 +22,12 @@ needs a restart.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import socket
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +37,7 @@ from msgspec import Meta, Struct
 from lakeferry.errors import ConfigError
 from lakeferry.paths import check_template
 from lakeferry.registry import ComponentKind, Registry, load_registry
-from lakeferry.units import ByteSize, Duration, dec_hook
+from lakeferry.units import ByteSize, Duration, LocalPath, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
 Positive = Annotated[int, Meta(ge=1)]
@@ -46,7 +49,7 @@ class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class DaemonConfig(_Section):
-    state_dir: str = "var/lakeferry"
+    state_dir: LocalPath = "var/lakeferry"
     node: str = ""
     """This machine's name among the VMs that share a Kafka cluster (default: the host name).
     With the process's instance name it makes the static group membership of its consumers."""
@@ -60,7 +63,8 @@ class DaemonConfig(_Section):
 
 
 class EmbeddedBusConfig(_Section):
-    path: str = "var/lakeferry/bus.sqlite"
+    path: LocalPath = ""
+    """The SQLite file; empty: ``bus.sqlite`` in ``daemon.state_dir``."""
     poll_interval: Duration = Duration(0.05)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     retention: Duration = Duration(7 * 86400)
@@ -228,6 +232,9 @@ class LoadedConfig(Struct, frozen=True):
         return [t.intake, t.pending, t.cached, t.results, t.dlq, *self.core.retry.topics]
 
 
+_BASE: contextvars.ContextVar[Path] = contextvars.ContextVar("config_base", default=Path("."))
+"""The folder relative paths of the config being parsed are relative to."""
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -273,6 +280,53 @@ def _convert(data: Any, type_: type[Any], prefix: str) -> Any:
         raise ConfigError(key, problem) from None
 
 
+def resolve_paths(value: Any, base: Path) -> Any:
+    """``value`` (a settings Struct) with every :data:`~lakeferry.units.LocalPath` field made
+    absolute against ``base`` (the config file's folder), nested sections and lists too."""
+    if not isinstance(value, Struct):
+        return value
+    hints = typing.get_type_hints(type(value), include_extras=True)
+    changes: dict[str, Any] = {}
+    for name in value.__struct_fields__:
+        current = getattr(value, name)
+        marker = _path_marker(hints.get(name))
+        if marker is not None and isinstance(current, str):
+            changes[name] = _resolve(current, base, marker)
+        elif isinstance(current, list) and current:
+            item = (
+                _path_marker(typing.get_args(hints.get(name))[0])
+                if typing.get_args(hints.get(name))
+                else None
+            )
+            if item is not None:
+                changes[name] = [
+                    _resolve(v, base, item) if isinstance(v, str) else v for v in current
+                ]
+        elif isinstance(current, Struct):
+            changes[name] = resolve_paths(current, base)
+    return msgspec.structs.replace(value, **changes) if changes else value
+
+
+def _path_marker(hint: Any) -> str | None:
+    if typing.get_origin(hint) is not typing.Annotated:
+        return None
+    for meta in typing.get_args(hint)[1:]:
+        extra = getattr(meta, "extra", None) or {}
+        marker = extra.get("lakeferry")
+        if marker in ("local_path", "local_path_or_uri"):
+            return str(marker)
+    return None
+
+
+def _resolve(value: str, base: Path, marker: str) -> str:
+    if not value or (marker == "local_path_or_uri" and "://" in value):
+        return value
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    return os.path.normpath(base / expanded)
+
+
 def _plugin(
     registry: Registry, component: ComponentKind, section: dict[str, Any], key: str
 ) -> PluginChoice:
@@ -289,7 +343,7 @@ def _plugin(
         reg = registry.get(component, kind)
     except ConfigError as exc:
         raise ConfigError(f"{key}.kind", exc.problem) from None
-    return PluginChoice(kind, _convert(data, reg.settings_type, key))
+    return PluginChoice(kind, resolve_paths(_convert(data, reg.settings_type, key), _BASE.get()))
 
 
 def _validate_core(core: Config) -> None:
@@ -339,7 +393,22 @@ def parse_config(
 ) -> LoadedConfig:
     """Validate already-parsed TOML data."""
     resolved = _resolve_env(data, "", dict(os.environ) if env is None else env)
-    core: Config = _convert(resolved, Config, "")
+    base = Path.cwd() if path == "<memory>" else Path(path).absolute().parent
+    token = _BASE.set(base)
+    try:
+        return _parse(resolved, registry, path)
+    finally:
+        _BASE.reset(token)
+
+
+def _parse(resolved: dict[str, Any], registry: Registry, path: str) -> LoadedConfig:
+    core: Config = resolve_paths(_convert(resolved, Config, ""), _BASE.get())
+    if not core.bus.embedded.path:
+        bus_file = os.path.join(core.daemon.state_dir, "bus.sqlite")
+        embedded = msgspec.structs.replace(core.bus.embedded, path=bus_file)
+        core = msgspec.structs.replace(
+            core, bus=msgspec.structs.replace(core.bus, embedded=embedded)
+        )
     _validate_core(core)
     for name in ("cache", "sink", "inventory"):
         if not getattr(core, name):
@@ -416,6 +485,7 @@ LIVE_KEYS = frozenset(
         "daemon.log_level",
         "daemon.shutdown_grace",
         "ingest.concurrency",
+        "ingest.max_event_bytes",
         "download.concurrency",
         "download.attempt_timeout",
         "upload.concurrency",

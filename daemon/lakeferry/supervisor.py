@@ -121,7 +121,7 @@ class Supervisor:
         self.metrics.serve(cfg.core.metrics.listen)
         try:
             live = await open_listeners("live.listen", cfg.core.live.listen)
-            bus = await open_bus(cfg, member=owner_name(cfg.node, self.instance))
+            bus = await open_bus(cfg, member=owner_name(cfg.node, self.instance), create=True)
             try:
                 if isinstance(bus, KafkaBus):
                     bus.on_health = self._bus_health

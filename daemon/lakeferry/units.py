@@ -1,13 +1,18 @@
-"""Durations (``"250ms"``, ``"5m"``) and byte sizes (``"20GiB"``) as config value types.
+"""Config value types: durations (``"250ms"``, ``"5m"``), byte sizes (``"20GiB"``), local paths.
 
-Both are plain ``float``/``int`` subclasses so code uses them as numbers (seconds, bytes);
-:func:`dec_hook` teaches msgspec to parse them from strings or numbers.
+Durations and sizes are plain ``float``/``int`` subclasses so code uses them as numbers
+(seconds, bytes); :func:`dec_hook` teaches msgspec to parse them from strings or numbers.
+:data:`LocalPath` marks a setting that names a file or folder on this machine: a relative one
+is relative to the folder of the config file it is in (the daemon resolves it when it loads the
+file, defaults included), as nginx and systemd read theirs.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -83,3 +88,9 @@ def dec_hook(type_: type, value: Any) -> Any:
     if type_ is ByteSize:
         return ByteSize.parse(value)
     raise NotImplementedError(f"unsupported type {type_!r}")
+
+
+LocalPath = Annotated[str, Meta(extra={"lakeferry": "local_path"})]
+"""A file or folder on this machine; relative: to the config file's folder (``""``: unset)."""
+LocalPathOrUri = Annotated[str, Meta(extra={"lakeferry": "local_path_or_uri"})]
+"""A :data:`LocalPath`, or a URI (``abfss://...``), which is left as it is."""

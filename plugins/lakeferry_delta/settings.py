@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from lakeferry.api import Duration
+from lakeferry.api import Duration, LocalPathOrUri
 
 Credential = Literal[
     "default", "managed_identity", "service_principal", "sas", "account_key", "emulator", "none"
@@ -39,8 +39,8 @@ class DeltaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     0 turns that step off.
     """
 
-    inventory_uri: str
-    events_uri: str
+    inventory_uri: LocalPathOrUri
+    events_uri: LocalPathOrUri
     storage_options: dict[str, str] = {}
     partition_by_date: bool = False
 

@@ -76,6 +76,7 @@ from lakeferry.api import (
     CacheUsage,
     ConfigError,
     Duration,
+    LocalPath,
     PermanentError,
     PipelineError,
     PluginContext,
@@ -105,7 +106,7 @@ T = TypeVar("T")
 class LocalFsCacheSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[cache]`` with ``kind = "localfs"``."""
 
-    path: str
+    path: LocalPath
     """The cache directory (created if missing). The cache owns it: keep other files out."""
     quota: ByteSize = ByteSize(20 * GiB)
     """Bytes the cache may hold, complete files and reservations together (live on SIGHUP)."""

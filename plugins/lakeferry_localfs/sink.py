@@ -54,6 +54,7 @@ from lakeferry.api import (
     CacheEntry,
     ConfigError,
     Event,
+    LocalPath,
     PermanentError,
     PipelineError,
     PluginContext,
@@ -85,7 +86,7 @@ T = TypeVar("T")
 class LocalFsSinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[sink]`` with ``kind = "localfs"``."""
 
-    root: str
+    root: LocalPath
     """The directory files land under (created if missing)."""
     path_template: str = "{event.id}/{filename}"
     """Destination for events without a ``path``; fields as in :func:`render_destination`."""

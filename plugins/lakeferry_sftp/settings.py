@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from lakeferry.api import ByteSize, Duration
+from lakeferry.api import ByteSize, Duration, LocalPath
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -23,7 +23,7 @@ class SftpDownloaderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only
     when the downloader is built; empty: every download fails as ``auth_failed``."""
     private_key_passphrase_env: str = ""
     """Environment variable holding the key's passphrase, for an encrypted key."""
-    known_hosts_file: str = "~/.ssh/known_hosts"
+    known_hosts_file: LocalPath = "~/.ssh/known_hosts"
     """Host keys (OpenSSH format) servers must present; a host not listed is refused. Read at
     every connection, so entries added later apply at once."""
     connect_timeout: Duration = Duration(10)

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from lakeferry.api import Duration
+from lakeferry.api import Duration, LocalPath
 
 
 class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -17,7 +17,7 @@ class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     and rename it into ``path`` when it is complete: a file is read as soon as it is seen.
     """
 
-    path: str
+    path: LocalPath
     """The folder watched (created when missing). Only its top level is scanned."""
     pattern: str = "*.jsonl"
     """Which file names are events (``fnmatch``, case-sensitive)."""
@@ -25,5 +25,5 @@ class SpoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How long to wait between scans when the last scan found nothing to do."""
     batch_lines: Annotated[int, Meta(ge=1)] = 500
     """Events handed to the intake per ``publish`` call (and per progress checkpoint)."""
-    done_dir: str = ""
+    done_dir: LocalPath = ""
     """Where finished files are moved; empty: ``<path>/done``. Best on the same filesystem."""

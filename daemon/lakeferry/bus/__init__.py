@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
+
 from lakeferry.bus.base import (
     Bus,
     Consumer,
@@ -14,6 +16,7 @@ from lakeferry.bus.base import (
     TopicSpec,
 )
 from lakeferry.config import LoadedConfig
+from lakeferry.errors import BusError
 
 __all__ = [
     "Bus",
@@ -43,9 +46,13 @@ def kafka_topic_config(config: LoadedConfig, topic: str) -> dict[str, str]:
     }
 
 
-async def open_bus(config: LoadedConfig, member: str | None = None) -> Bus:
+async def open_bus(config: LoadedConfig, member: str | None = None, *, create: bool = False) -> Bus:
     """Open the bus the config names. ``member`` (``<node>.<instance>``) is the daemon's stable
-    name, its consumers' static group membership on Kafka; tools pass none."""
+    name, its consumers' static group membership on Kafka; tools pass none.
+
+    Only the daemon creates an embedded bus (``create``): a tool pointed at a config whose bus
+    does not exist would otherwise write to a new file no daemon reads. It gets a
+    :class:`BusError` naming the path instead."""
     cfg = config.core.bus
     if cfg.kind == "kafka":
         from lakeferry.bus.kafka import KafkaBus
@@ -64,7 +71,13 @@ async def open_bus(config: LoadedConfig, member: str | None = None) -> Bus:
         )
     from lakeferry.bus.embedded import EmbeddedBus
 
-    Path(cfg.embedded.path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(cfg.embedded.path)
+    if not create and not await trio.Path(path).exists():
+        raise BusError(
+            f"no bus at {path} — is a daemon configured with this file? (relative paths in a "
+            f"config are relative to its folder; a daemon creates the bus when it first starts)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
     return await EmbeddedBus.open(
         cfg.embedded.path,
         default_partitions=cfg.partitions,
