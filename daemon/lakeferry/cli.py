@@ -53,12 +53,24 @@ def _load(path: str, registry: Registry | None = None) -> Any:
     return load_config(path, registry or _registry(path))
 
 
-def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
+def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]], needs: Sequence[str] = ()) -> T:
+    """Run ``fn(bus)`` on the config's bus (never creating an embedded one). ``needs``: topics
+    the command uses; a Kafka cluster that does not answer, or lacks one of them, ends the
+    command with one line saying so (within ``bus.kafka.operation_timeout``)."""
     from lakeferry.bus import open_bus
 
     async def main() -> T:
         bus = await open_bus(config)
         try:
+            if bus.kind != "embedded":
+                existing = await bus.list_topics()  # also: does the cluster answer at all
+                missing = [t for t in needs if t not in existing]
+                if missing:
+                    raise BusError(
+                        f"topic {', '.join(missing)} missing on kafka at "
+                        f"{config.core.bus.kafka.bootstrap_servers}; create the topics with "
+                        f"`lakeferry topics ensure -c {config.path}`"
+                    )
             return await fn(bus)
         finally:
             await bus.aclose()
@@ -216,7 +228,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 progress.advance(task, len(chunk))
         return len(lines)
 
-    count = _with_bus(config, send)
+    count = _with_bus(config, send, needs=[topic])
     if not args.quiet:
         print(f"submitted {count} event(s) to {topic}", file=sys.stderr)
     if args.urls and not args.file:
@@ -233,7 +245,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     try:
-        result: int = _with_bus(config, lambda bus: dlqcmd.run(args, bus, config.core.topics))
+        topics = config.core.topics
+        needs = (
+            [topics.dlq, topics.pending, topics.intake] if args.action == "replay" else [topics.dlq]
+        )
+        result: int = _with_bus(config, lambda bus: dlqcmd.run(args, bus, topics), needs)
     except dlqcmd.Refused as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -312,7 +328,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             await inventory.aclose()
             await sink.aclose()
 
-    report = _with_bus(config, main)
+    report = _with_bus(config, main, needs=config.all_topics())
     if args.json:
         print(json.dumps(report.counts()))
     else:

@@ -112,6 +112,15 @@ def retriable(exc: KafkaException) -> bool:
     return bool(err.retriable()) or err.code() in RETRIABLE
 
 
+def unreachable(exc: KafkaException) -> bool:
+    """Whether a failed call means no broker answered (as opposed to one refusing)."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() in (
+        KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+    )  # fmt: skip
+
+
 def _tp(tp: KTopicPartition) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
@@ -286,6 +295,12 @@ class KafkaBus:
             except KafkaException as exc:
                 if not retriable(exc) or trio.current_time() + delay > deadline:
                     what = what or getattr(fn, "__name__", "admin call")
+                    if unreachable(exc):
+                        raise BusError(
+                            f"kafka unreachable at {self.bootstrap_servers} ({what}: "
+                            f"{exc.args[0].str()}); is the broker up, and is "
+                            "bus.kafka.bootstrap_servers right?"
+                        ) from exc
                     raise BusError(f"{what} on {self.bootstrap_servers}: {exc}") from exc
                 log.debug("retriable kafka error", extra={"call": what, "error": str(exc)})
             await trio.sleep(delay)
