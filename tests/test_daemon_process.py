@@ -135,6 +135,13 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     assert refused["error"].startswith("sink.path_template:")
     assert env.metric("lakeferry_reloads_total", result="refused") == 2
 
+    # Pending a restart means "differs from what runs": reverting bus.partitions clears it.
+    env.write(good.replace("partitions = 8", "partitions = 4"))
+    daemon.signal(signal.SIGHUP)
+    reverted = daemon.wait_for_log("reloaded", count=2)
+    assert (reverted["applied"], reverted["needs_restart"]) == ([], [])
+    assert env.metric("lakeferry_config_restart_pending") == 0
+
     # Still working after the refused reload, at the new concurrency (and the 4 KiB limit).
     env.write(good)
     small = [{"id": f"hup-{i}", "url": origin.file_url(f"h{i}.bin", 1000 + i)} for i in range(30)]

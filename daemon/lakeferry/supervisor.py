@@ -92,6 +92,8 @@ class Supervisor:
         instance: str = "main",
     ) -> None:
         self.config = config
+        self.started = config
+        """The configuration this process started with (what keys that need a restart run)."""
         self.registry = registry
         self.stages = stages
         self.instance = instance
@@ -239,7 +241,10 @@ class Supervisor:
         try:
             new = load_config(self.config.path, self.registry)
             await check_components(new, self.registry)
-            live, restart = diff(self.config, new)
+            live, _ = diff(self.config, new)
+            # Pending a restart: what differs from what this process really runs, i.e. from
+            # the file it started with (a change reverted is no longer pending).
+            _, restart = diff(self.started, new)
             self.pipeline.apply_live(new)
         except Exception as exc:
             # Whatever went wrong, a reload never takes the daemon down.
@@ -254,8 +259,8 @@ class Supervisor:
         logs.set_level(new.core.daemon.log_level)
         self.config = msgspec.structs.replace(self.config, core=new.core)
         self.metrics.reloads.labels("applied").inc()
+        self.metrics.restart_pending.set(1 if restart else 0)
         if restart:
-            self.metrics.restart_pending.set(1)
             log.warning("reloaded; these settings need a restart", extra={"keys": restart})
         log.info("reloaded", extra={"applied": live, "needs_restart": restart})
         self.notifier.ready()
