@@ -245,3 +245,61 @@ def test_required_plugin_failing_stops_start_up(tmp_path: Path) -> None:
     assert "boom at import" in out.stderr
     ok = _cli("check-config", str(_config_with(tmp_path, 'block = ["broken"]')), pythonpath=dist)
     assert ok.returncode == 0, ok.stderr
+
+
+def _rival_http(root: Path) -> Path:
+    """A site's distribution whose plugin is named ``http`` like the built-in one, and serves
+    the ``https`` scheme with a downloader of its own."""
+    (root / "acme_http_plugin.py").write_text(
+        "from lakeferry.api import hookimpl\n"
+        "import msgspec\n\n"
+        "class Settings(msgspec.Struct):\n    pass\n\n"
+        "@hookimpl\n"
+        "def lakeferry_register_downloaders(register):\n"
+        '    register("acme", ["http", "https"], lambda s, c: object(), Settings)\n'
+    )
+    info = root / "lakeferry_http-9.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lakeferry-http\nVersion: 9.0\n")
+    (info / "entry_points.txt").write_text("[lakeferry]\nhttp = acme_http_plugin\n")
+    return root
+
+
+def test_a_plugin_named_like_a_built_in_is_reported_and_can_be_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a site plugin named like a built-in (``lakeferry plugin new http``) was silently
+    ignored, rc 0."""
+    monkeypatch.syspath_prepend(str(_rival_http(tmp_path)))
+    registry = load_registry()
+    http = [p for p in registry.plugins if p.name == "http"]
+    assert [p.distribution for p in http] == ["lakeferry"]  # the built-in, by default
+    [shadowed] = [p for p in registry.skipped if p.name == "http"]
+    assert (shadowed.status, shadowed.distribution) == ("shadowed", "lakeferry-http")
+    assert shadowed.error.endswith('block = ["lakeferry:http"]')
+    chosen = load_registry(block=["lakeferry:http"])
+    assert [p.distribution for p in chosen.plugins if p.name == "http"] == ["lakeferry-http"]
+    assert chosen.get("downloader", "acme").schemes == ("http", "https")
+    assert [(p.name, p.status) for p in chosen.skipped] == [("http", "blocked")]
+
+
+def test_plugins_command_and_start_warn_about_a_shadowed_plugin(tmp_path: Path) -> None:
+    (tmp_path / "dist").mkdir()
+    dist = _rival_http(tmp_path / "dist")
+    listed = _cli("plugins", pythonpath=dist)
+    line = next(x for x in listed.stdout.splitlines() if "lakeferry-http 9.0" in x)
+    assert line.startswith("http")
+    assert line.endswith("SHADOWED")
+    assert 'block = ["lakeferry:http"]' in listed.stdout
+
+    from helpers.daemon import harness
+
+    data = harness.config_dict(tmp_path / "state", metrics_port=harness.free_port())
+    config = harness.write_config(tmp_path / "lakeferry.toml", data)
+    daemon = harness.DaemonProcess(config, tmp_path / "daemon.log", env={"PYTHONPATH": str(dist)})
+    daemon.start()
+    try:
+        warned = daemon.wait_for_log("plugin not loaded: another plugin has its name")
+        assert (warned["level"], warned["distribution"]) == ("warning", "lakeferry-http")
+    finally:
+        assert daemon.terminate() == 0

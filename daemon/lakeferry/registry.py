@@ -91,7 +91,9 @@ class Registration:
     schemes: tuple[str, ...] = ()
 
 
-PluginStatus = Literal["loaded", "blocked", "not_allowed", "failed"]
+PluginStatus = Literal["loaded", "blocked", "not_allowed", "failed", "shadowed"]
+BUILT_IN = "lakeferry"
+"""The distribution of the built-in plugins."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,27 @@ def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
     return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
 
 
+def _ordered(
+    entry_points: Iterable[importlib.metadata.EntryPoint],
+) -> list[importlib.metadata.EntryPoint]:
+    """By name, the built-in distribution first among equal names, each (name, distribution)
+    once (a distribution found twice on ``sys.path`` is one)."""
+    unique: dict[tuple[str, str], importlib.metadata.EntryPoint] = {}
+    for ep in entry_points:
+        dist = ep.dist.name if ep.dist is not None else "?"
+        unique.setdefault((ep.name, dist), ep)
+    return [unique[k] for k in sorted(unique, key=lambda k: (k[0], k[1] != BUILT_IN, k[1]))]
+
+
+def _shadowed(info: PluginInfo, winner: PluginInfo) -> str:
+    return (
+        f"plugin name {info.name!r} is also provided by {winner.distribution} "
+        f"{winner.version}, which is loaded; this one ({info.distribution} {info.version}) is "
+        f"not. To load this one instead, block the other: [plugins] block = "
+        f'["{winner.distribution}:{info.name}"]'
+    )
+
+
 def _module_path(module: str, loaded: object | None = None) -> str:
     """The file of a plugin module; found without importing it (top-level modules only)."""
     if loaded is not None:
@@ -275,9 +298,10 @@ def load_registry(
 
     def admitted(info: PluginInfo) -> bool:
         status: PluginStatus | None = None
-        if info.name in blocked:
+        qualified = f"{info.distribution}:{info.name}"
+        if info.name in blocked or qualified in blocked:
             status = "blocked"
-        elif allowed and info.name not in allowed:
+        elif allowed and info.name not in allowed and qualified not in allowed:
             status = "not_allowed"
         if status is None:
             return True
@@ -291,11 +315,8 @@ def load_registry(
             raise _required_error(info.name, f"failed to load:\n{trace}")
         skipped.append(_with(info, status="failed", error=trace))
 
-    seen: set[str] = set()
-    for ep in sorted(_entry_points(), key=lambda e: e.name):
-        if ep.name in seen:
-            continue  # the same distribution found twice on sys.path
-        seen.add(ep.name)
+    loaded_names: dict[str, PluginInfo] = {}
+    for ep in _ordered(_entry_points()):
         dist = ep.dist
         info = PluginInfo(
             name=ep.name,
@@ -306,6 +327,14 @@ def load_registry(
         if not admitted(info):
             skipped[-1] = _with(skipped[-1], path=_module_path(ep.module))
             continue
+        winner = loaded_names.get(ep.name)
+        if winner is not None:
+            # Two distributions name a plugin alike: the first admitted one loads (built-ins
+            # first); the other is reported, with how to choose it instead.
+            skipped.append(_with(info, status="shadowed", path=_module_path(ep.module),
+                                 error=_shadowed(info, winner)))  # fmt: skip
+            continue
+        loaded_names[ep.name] = info
         try:
             module = ep.load()
             if pm.is_registered(module):

@@ -114,6 +114,12 @@ class Supervisor:
                         "traceback": plugin.error,
                     },
                 )
+            elif plugin.status == "shadowed":
+                log.warning(
+                    "plugin not loaded: another plugin has its name",
+                    extra={"plugin": plugin.name, "distribution": plugin.distribution,
+                           "why": plugin.error},
+                )  # fmt: skip
             else:
                 log.info("plugin not loaded", extra={"plugin": plugin.name, "why": plugin.status})
         # Every component's settings are checked before anything is opened (as check-config
