@@ -468,8 +468,15 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     events_file = env.root / "hostile.jsonl"
     events_file.write_bytes(b"\n".join(lines) + b"\n")
     daemon = env.start()
+    # `lakeferry submit` refuses such a file itself, naming the first bad line...
     result = env.cli("submit", "--file", str(events_file), "--quiet")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2
+    assert "(nothing sent; 12 of 14 events refused)" in result.stderr
+    # ...so it reaches the daemon the way a producer's file would: through the spool.
+    spool = Path(env.data["sources"][0]["path"])
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / ".hostile.partial").write_bytes(events_file.read_bytes())
+    (spool / ".hostile.partial").rename(spool / "hostile.jsonl")
     wait_until(
         lambda: env.audit(events_file)[1]["in_flight"] == 0, 60, "hostile events to settle", 1
     )

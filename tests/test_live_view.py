@@ -94,3 +94,54 @@ def test_top_in_a_real_terminal(daemon_env: DaemonEnv) -> None:
         wait_until(lambda: "EXITED=0" in screen(), 10, "top to exit on q")
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
+
+
+def test_rungs_show_in_delay_order_with_the_running_delays() -> None:
+    """Found: rungs were sorted by topic name (retry.10m before retry.5m) and kept the names of
+    delays a reload had changed."""
+    snapshot = {
+        **SNAPSHOT,
+        "retries": {"retry.5m": 7, "retry.10m": 2},
+        "rungs": [
+            {"topic": "retry.5m", "delay": 1.0, "count": 7},
+            {"topic": "retry.10m", "delay": 2.0, "count": 2},
+            {"topic": "retry.20m", "delay": 0.25, "count": 0},
+        ],
+    }
+    console = Console(record=True, width=140, color_system=None)
+    console.print(render(snapshot, "ws://x", interactive=False))
+    text = console.export_text()
+    rows = [line.replace("│", " ").split() for line in text.splitlines() if "retry." in line]
+    assert [row[:3] for row in rows] == [
+        ["250ms", "retry.20m", "0"], ["1s", "retry.5m", "7"], ["2s", "retry.10m", "2"],
+    ]  # fmt: skip
+    assert "q quits" not in text
+
+
+def test_top_without_a_daemon_says_why_in_one_line(daemon_env: DaemonEnv) -> None:
+    env = daemon_env
+    result = env.cli("top", "--once")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    listen = env.data["live"]["listen"]
+    assert result.stderr == (
+        f"lakeferry: cannot reach the live feed at ws://{listen}/: connection refused (nothing "
+        f"listens there); no daemon runs on {env.state} (start it: lakeferry run -c "
+        f"{env.config})\n"
+    )
+
+
+def test_top_once_prints_a_snapshot_without_key_help(daemon_env: DaemonEnv) -> None:
+    env = daemon_env
+    env.start()
+    result = env.cli("top", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "bus embedded up" in result.stdout
+    assert "q quits" not in result.stdout
+    rows = [
+        line.replace("│", " ").split()[:2]
+        for line in result.stdout.splitlines()
+        if "retry." in line
+    ]
+    assert rows == [["200ms", "retry.200ms"], ["400ms", "retry.400ms"],
+                    ["800ms", "retry.800ms"], ["1.6s", "retry.1600ms"]]  # fmt: skip

@@ -412,3 +412,40 @@ def test_daemon_dead_letters_blocked_urls(daemon_env: DaemonEnv, origin: Origin)
         assert (trap.accepted, trap_v4.accepted) == (0, 0)
         assert origin.count("/files/x") == 0
         assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "http://127.0.0.1:8080/x",
+            "127.0.0.1 is a loopback address, refused against SSRF; to allow it, add "
+            '"127.0.0.1/32" to downloaders.http.allow_networks or "127.0.0.1:8080" to '
+            "downloaders.http.allow_hosts",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254 is a link-local address (cloud metadata lives there), refused "
+            'against SSRF; to allow it, add "169.254.169.254/32" to '
+            'downloaders.http.allow_networks or "169.254.169.254:80" to '
+            "downloaders.http.allow_hosts",
+        ),
+        (
+            "http://[::ffff:10.1.2.3]/x",
+            "::ffff:a01:203 is the IPv4-mapped form of 10.1.2.3, a private address, refused "
+            'against SSRF; to allow it, add "10.1.2.3/32" to downloaders.http.allow_networks or '
+            '"[::ffff:10.1.2.3]:80" to downloaders.http.allow_hosts',
+        ),
+    ],
+)
+def test_a_refusal_names_the_rule_and_the_setting_that_opens_it(url: str, message: str) -> None:
+    """Found: ``127.0.0.1 is 127.0.0.1: a blocked network``, which named neither."""
+    from lakeferry.netguard import guard_from_settings
+
+    guard = guard_from_settings("downloaders.http", [], [])
+    with pytest.raises(PermanentError) as caught:
+        guard.check_url(url)
+    assert (caught.value.reason, str(caught.value)) == (Reason.BLOCKED, message)
+    # ...and the setting it names opens it.
+    opened = guard_from_settings("downloaders.http", [message.split('"')[1]], [])
+    opened.check_url(url)

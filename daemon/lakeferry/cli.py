@@ -260,19 +260,34 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from lakeferry.top import run_top
+    from lakeferry.owner import owners
+    from lakeferry.top import Unreachable, run_top
 
     url = args.url
+    state_dir = None
     if not url:
         config = _load(args.config)
         listen = config.core.live.listen
         if not listen:
             raise ConfigError("live.listen", "the live feed is disabled in this config")
         url = f"ws://{listen}/"
+        state_dir = Path(config.core.daemon.state_dir)
     try:
         return trio.run(lambda: run_top(url, once=args.once))
     except KeyboardInterrupt:
         return EXIT_OK
+    except Unreachable as exc:
+        message = str(exc)
+        if state_dir is not None:
+            running = owners(state_dir)
+            message += (
+                f"; a daemon (pid {', '.join(map(str, running))}) owns {state_dir}: is its "
+                "live.listen this one?"
+                if running
+                else f"; no daemon runs on {state_dir} (start it: lakeferry run -c {args.config})"
+            )
+        _err(message)
+        return EXIT_USAGE
 
 
 # -- topics --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
      "stages": {"download": {"rate": 41.0, "done": 1234, "in_flight": 50, "capacity": 50,
                              "lag": 17}, ...},
      "retries": {"retry.5m": 3, ...}, "dlq": {"not_found": 2, ...},
+     "rungs": [{"topic": "retry.5m", "delay": 300.0, "count": 3}, ...],  (by delay)
      "cache": {"bytes": ..., "files": ..., "quota": ...},
      "errors": [{"at": ..., "stage": ..., "event_id": ..., "reason": ..., "error": ...,
                  "url": "https://host/path?<redacted>"}, ...]}
@@ -106,6 +107,14 @@ class Snapshotter:
                 "lag": int(lag[stage]),
             }
         retries = {lb["rung"]: int(v) for lb, v in samples(registry, "lakeferry_retries_total")}
+        # The ladder as it runs now (a reload may have changed the delays), in delay order.
+        rungs = sorted(
+            (
+                {"topic": topic, "delay": delay, "count": retries.get(topic, 0)}
+                for topic, delay in zip(p.ladder.topics, p.ladder.delays, strict=True)
+            ),
+            key=lambda rung: rung["delay"],
+        )
         dlq: collections.Counter[str] = collections.Counter()
         for labels, value in samples(registry, "lakeferry_dlq_total"):
             dlq[labels["reason"]] += int(value)
@@ -121,6 +130,7 @@ class Snapshotter:
             "bus": {"kind": p.bus.kind, "up": bool(up)},
             "stages": stages,
             "retries": retries,
+            "rungs": rungs,
             "dlq": dict(dlq),
             "cache": cache,  # empty in a process whose stages use no cache
             "errors": list(self.errors.items),

@@ -218,12 +218,36 @@ def _same_address(a: IPAddress, b: IPAddress) -> bool:
     return plain(a) == plain(b)
 
 
-def _blocked(what: str) -> PermanentError:
-    return PermanentError(
-        Reason.BLOCKED,
-        f"{what}: a blocked network (loopback, private, link-local, reserved; "
-        "see allow_networks / allow_hosts)",
-    )
+def rule_of(ip: IPAddress) -> str:
+    """Which rule of the SSRF policy refuses ``ip`` (for messages)."""
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    if mapped is not None:
+        return f"the IPv4-mapped form of {mapped}, {rule_of(mapped)}"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address (cloud metadata lives there)"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "a carrier-grade NAT address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved address"
+    return "an address the policy refuses"
+
+
+def _network_of(ip: IPAddress) -> str:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    if mapped is not None:
+        return f"{mapped}/32"
+    return f"{ip}/32" if isinstance(ip, ipaddress.IPv4Address) else f"{ip}/128"
+
+
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 
 
 class NetGuard:
@@ -239,7 +263,10 @@ class NetGuard:
         allow_networks: Iterable[str] = (),
         allow_hosts: Iterable[str] = (),
         resolver: Resolver | None = None,
+        section: str = "",
     ) -> None:
+        self.section = section
+        """The settings section of the allow-lists (``downloaders.http``), for messages."""
         self.allow_networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n.strip(), strict=False) for n in allow_networks
         )
@@ -291,7 +318,26 @@ class NetGuard:
             return
         addresses: list[IPAddress] = [address] if address is not None else list(_LOOPBACK)
         if not any(self.allows_address(ip) for ip in addresses):
-            raise _blocked(f"{host} is {_listing(addresses)}")
+            raise self._blocked(host, port, addresses)
+
+    def _blocked(self, host: str, port: int, addresses: Sequence[IPAddress]) -> PermanentError:
+        """The refusal: which address, by which rule, and the setting that would allow it."""
+        first = addresses[0]
+        named = host.strip("[]") if parse_ip_literal(host) is None else None
+        what = f"{named} resolves to {_listing(addresses)}" if named else str(first)
+        if named and len(addresses) > 1:
+            what += f", of which {first} is"
+        else:
+            what += " is"
+        section = f"{self.section}." if self.section else ""
+        bare = host.strip("[]")
+        host_port = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+        return PermanentError(
+            Reason.BLOCKED,
+            f"{what} {rule_of(first)}, refused against SSRF; to allow it, add "
+            f'"{_network_of(first)}" to {section}allow_networks or "{host_port}" to '
+            f"{section}allow_hosts",
+        )
 
     # -- resolving and connecting -------------------------------------------------------------
 
@@ -318,7 +364,7 @@ class NetGuard:
             return list(addresses)
         allowed = [ip for ip in addresses if self.allows_address(ip)]
         if not allowed:
-            raise _blocked(f"{host} resolves to {_listing(addresses)}")
+            raise self._blocked(host, port, addresses)
         return allowed
 
     async def _lookup(
@@ -345,9 +391,13 @@ class NetGuard:
         try:
             ip = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else str(peer))
         except (ValueError, IndexError):
-            raise _blocked(f"{host}: connected to an unknown address {peer!r}") from None
+            raise PermanentError(
+                Reason.BLOCKED, f"{host}: connected to an unknown address {peer!r}"
+            ) from None
         if not any(_same_address(ip, a) for a in allowed):
-            raise _blocked(f"{host}: connected to {ip}, which was not checked")
+            raise PermanentError(
+                Reason.BLOCKED, f"{host}: connected to {ip}, which was not checked"
+            )
 
     async def connect_tcp(
         self,
@@ -400,6 +450,6 @@ def guard_from_settings(
     except ValueError as exc:
         raise ConfigError(f"{section}.allow_networks", str(exc)) from exc
     try:
-        return NetGuard(allow_networks=allow_networks, allow_hosts=allow_hosts)
+        return NetGuard(allow_networks=allow_networks, allow_hosts=allow_hosts, section=section)
     except ValueError as exc:
         raise ConfigError(f"{section}.allow_hosts", str(exc)) from exc

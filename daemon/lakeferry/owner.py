@@ -112,3 +112,24 @@ def claim_all(claims: Sequence[Claim]) -> list[OwnerLock]:
                 lock.release()
         raise
     return taken
+
+
+def owners(state_dir: Path) -> list[int]:
+    """The pids of the live daemons that own locks in ``state_dir`` (none: no daemon runs
+    on it). Tests each lock without taking it for more than an instant."""
+    found: list[int] = []
+    for path in sorted(state_dir.glob("lakeferry*.lock")):
+        try:
+            fh = path.open("r", encoding="ascii")
+        except OSError:
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = fh.read().strip()
+                if pid.isdigit():
+                    found.append(int(pid))
+            else:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return found

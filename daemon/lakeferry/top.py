@@ -38,14 +38,23 @@ def _bar(used: float, total: float, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def render(snapshot: dict[str, Any], source: str = "") -> RenderableType:
-    """One screen for one snapshot."""
+def _delay(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+
+
+def render(
+    snapshot: dict[str, Any], source: str = "", *, interactive: bool = True
+) -> RenderableType:
+    """One screen for one snapshot (``interactive``: with the key help)."""
     bus = snapshot.get("bus", {})
     state = "[green]up[/]" if bus.get("up", True) else "[bold red]DOWN[/]"
     header = Text.from_markup(
         f"[bold]lakeferry[/] {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-        f"bus {bus.get('kind', '?')} {state}  {snapshot.get('at', '')}  {source}   "
-        "[dim]q quits[/]"
+        f"bus {bus.get('kind', '?')} {state}  {snapshot.get('at', '')}  {source}"
+        + ("   [dim]q quits[/]" if interactive else "")
     )
     stages = Table(title="stages", expand=True, title_justify="left")
     for column in ("stage", "files/s", "done", "in flight", "capacity", "", "lag"):
@@ -60,10 +69,16 @@ def render(snapshot: dict[str, Any], source: str = "") -> RenderableType:
     side.add_column()
     side.add_column()
     retries = Table(title="retries by rung", title_justify="left")
+    retries.add_column("after")
     retries.add_column("rung")
     retries.add_column("count", justify="right")
-    for rung, count in sorted(snapshot.get("retries", {}).items()):
-        retries.add_row(rung, str(count))
+    rungs = snapshot.get("rungs")
+    if rungs is None:  # a daemon older than the rungs list: topic names only
+        rungs = [{"topic": t, "delay": None, "count": c}
+                 for t, c in sorted(snapshot.get("retries", {}).items())]  # fmt: skip
+    for rung in sorted(rungs, key=lambda r: (r["delay"] is None, r["delay"] or 0)):
+        delay = _delay(rung["delay"]) if rung["delay"] is not None else ""
+        retries.add_row(delay, rung["topic"], str(rung["count"]))
     dlq = Table(title="dead letters by reason", title_justify="left")
     dlq.add_column("reason")
     dlq.add_column("count", justify="right")
@@ -113,11 +128,13 @@ async def _wait_for_quit(cancel: trio.CancelScope) -> None:
 
 
 async def run_top(url: str, *, once: bool = False, console: Console | None = None) -> int:
-    console = console or Console()
+    if console is None:
+        # Printed into a pipe or a file (--once in a script): wide enough not to cut names.
+        console = Console() if sys.stdout.isatty() else Console(width=140)
     try:
         async with open_websocket_url(url) as ws:
             if once:
-                console.print(render(json.loads(await ws.get_message()), url))
+                console.print(render(json.loads(await ws.get_message()), url, interactive=False))
                 return 0
             with (
                 _cbreak() as interactive,
@@ -131,9 +148,35 @@ async def run_top(url: str, *, once: bool = False, console: Console | None = Non
                         snapshot = json.loads(await ws.get_message())
                         live.update(render(snapshot, url), refresh=True)
     except (OSError, HandshakeError) as exc:
-        console.print(f"[red]cannot reach the live feed at {url}: {exc}[/]")
-        return 2
+        raise Unreachable(f"cannot reach the live feed at {url}: {why_unreachable(exc)}") from None
     except ConnectionClosed:
         console.print("the daemon closed the live feed")
         return 0
     return 0
+
+
+class Unreachable(Exception):
+    """The live feed did not answer (the message says how)."""
+
+
+def why_unreachable(exc: BaseException) -> str:
+    """What went wrong connecting to the feed, in words an operator can act on."""
+    if _caused_by(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, HandshakeError):
+        return f"something answered, but not a lakeferry live feed ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kind):
+            return True
+        if isinstance(exc, BaseExceptionGroup) and any(
+            _caused_by(inner, kind) for inner in exc.exceptions
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
