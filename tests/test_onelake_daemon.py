@@ -98,5 +98,20 @@ def test_a_503_storm_mid_run_lands_everything_exactly_once(
     leftovers = [p for p in files if ".lakeferry-tmp-" in p]
     assert leftovers == []
     assert {p: (f["size"], f["sha256"]) for p, f in files.items()} == expected
+
+    # What the person on call reads: the failure with its text, once per kind and 10 s (not
+    # once per upload slot and backoff), the breaker opening with the last error, and closing.
+    logs = daemon.logs()
+    failed = [e for e in logs if e.get("msg") == "upload failed, retrying in place"]
+    warned = [e for e in failed if e["level"] == "warning"]
+    assert warned
+    assert "503" in warned[0]["error"]
+    assert len(warned) < len(failed) or len(failed) == 1
+    opened = [e for e in logs if e.get("msg", "").startswith("sink circuit breaker open")]
+    closed = [e for e in logs if e.get("msg", "").startswith("sink circuit breaker closed")]
+    assert opened
+    assert closed
+    assert opened[0]["level"] == "warning"
+    assert "503" in opened[0]["last_error"]
     assert all(f["metadata"]["lakeferry_sha256"] == f["sha256"] for f in files.values())
     assert daemon.terminate() == 0

@@ -70,3 +70,29 @@ def configure(level: str, fmt: str = "json") -> None:
 
 def set_level(level: str) -> None:
     logging.getLogger(ROOT).setLevel(level.upper())
+
+
+class Throttled:
+    """Warnings that need attention, at most one per key every ``every`` seconds.
+
+    A sink that fails makes every upload slot fail at once, again at each backoff: the first
+    failure of a kind is a warning with its error text, the repeats within ``every`` seconds are
+    counted and go to debug, and the next warning says how many there were (``repeats``).
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._last: dict[str, float] = {}
+        self._repeats: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, extra: dict[str, Any]) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every:
+            self._repeats[key] = self._repeats.get(key, 0) + 1
+            self._logger.debug(msg, extra=extra)
+            return
+        self._last[key] = now
+        repeats = self._repeats.pop(key, 0)
+        self._logger.warning(msg, extra={**extra, "repeats": repeats} if repeats else extra)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 
 import msgspec
 import trio
@@ -28,7 +29,7 @@ from lakeferry.bus.base import Record
 from lakeferry.components import PutOutcome, SinkFile
 from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
 from lakeferry.groupcommit import BatchFailed
-from lakeferry.logs import get_logger
+from lakeferry.logs import Throttled, get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, CachedFile, UploadResult, utcnow
 from lakeferry.pipeline import Pipeline, event_key, task_headers
 from lakeferry.stages.download import KeyLocks
@@ -44,9 +45,13 @@ class CircuitBreaker:
     the sink and its outcome closes the breaker or opens it again.
     """
 
-    def __init__(self, failures: int, cooldown: float) -> None:
+    def __init__(
+        self, failures: int, cooldown: float, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         self.threshold = failures
         self.cooldown = cooldown
+        self.on_change = on_change
+        """Called with True when the breaker opens, False when it closes (not on re-opens)."""
         self._consecutive = 0
         self._open_until: float | None = None
         self._probing = False
@@ -75,21 +80,28 @@ class CircuitBreaker:
             self._open_until = None
             self._probing = False
             self._notify()
+            if self.on_change is not None:
+                self.on_change(False)
 
     def failure(self) -> None:
         self._consecutive += 1
         if self._probing or self._consecutive >= self.threshold:
+            opened = self._open_until is None and not self._probing
             self._probing = False
             self._open_until = trio.current_time() + self.cooldown
             self._notify()
+            if opened and self.on_change is not None:
+                self.on_change(True)
 
 
 class UploadStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         cfg = pipeline.config.core.upload
-        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown)
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown, self._breaker)
         self.locks = KeyLocks()
+        self.failures = Throttled(log)
+        self._last_error = ""
 
     async def handle(self, record: Record) -> None:
         p = self.p
@@ -125,13 +137,16 @@ class UploadStage:
                 await self._dead(cached, error, topic)
                 return "failed"
             except TransientError as error:
+                self._last_error = f"{error.reason}: {error}"
                 self.breaker.failure()
                 p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
                 wait = max(delay, error.retry_after or 0.0)
-                log.info(
+                self.failures.warning(
+                    error.reason,
                     "upload failed, retrying in place",
-                    extra={"event_id": event.id, "reason": error.reason, "wait": round(wait, 3)},
-                )
+                    {"event_id": event.id, "reason": error.reason, "error": str(error)[:500],
+                     "wait": round(wait, 3)},
+                )  # fmt: skip
                 await trio.sleep(wait * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, cfg.backoff_max)
                 continue
@@ -165,6 +180,16 @@ class UploadStage:
         if not outcome.skipped:
             p.metrics.bytes_moved("upload", cached.size)
         return "skipped" if outcome.skipped else "uploaded"
+
+    def _breaker(self, opened: bool) -> None:
+        if opened:
+            log.warning(
+                "sink circuit breaker open: uploads wait, then one probes the sink",
+                extra={"failures": self.breaker.threshold, "cooldown": self.breaker.cooldown,
+                       "last_error": self._last_error[:500]},
+            )  # fmt: skip
+        else:
+            log.warning("sink circuit breaker closed: the sink answers again")
 
     async def _put(self, cached: CachedFile, destination: str) -> PutOutcome | None:
         """Land the file; None when neither the cache nor the sink has it any more."""
