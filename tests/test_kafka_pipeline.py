@@ -63,6 +63,15 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
         "temp_files": 0, "unrecorded_in_sink": 0,
     }  # fmt: skip
     assert code == 0
+    # The surviving download worker's cache gauges tell the truth about the shared cache
+    # (the upload workers emptied it), not what it counted itself.
+    survivor = "download-2"  # download-1 was the victim
+    wait_until(
+        lambda: harness.scrape(ports[survivor]).get("lakeferry_cache_files") == 0
+        and harness.scrape(ports[survivor]).get("lakeferry_cache_bytes") == 0,
+        30,
+        "the download worker's cache gauges to read the emptied cache",
+    )
     for daemon in env.daemons:
         if daemon.alive():
             assert daemon.terminate() == 0

@@ -798,3 +798,18 @@ async def test_the_staging_folder_is_not_a_destination(tmp_path: Path) -> None:
     with pytest.raises(PermanentError) as caught:
         await sink.put(file, f"{STAGING}/main/evil.bin", EVENT)
     assert caught.value.reason == Reason.INVALID_PATH
+
+
+async def test_refresh_reads_what_other_processes_did(tmp_path: Path) -> None:
+    """Found in stage-per-process mode: a download worker's cache gauge stayed at 7.34 MB with
+    20 files while the upload workers had emptied the folder."""
+    downloader = make_cache(tmp_path, quota=10_000)
+    uploader = make_cache(tmp_path, quota=10_000)  # the same folder, another process
+    await put_in_cache(downloader, "a", b"a" * 3000)
+    await put_in_cache(downloader, "b", b"b" * 2000)
+    assert (await uploader.refresh())[:2] == (5000, 2)
+    await uploader.remove("a")
+    await uploader.remove("b")
+    assert downloader.usage()[:2] == (5000, 2)  # what it counted alone
+    assert (await downloader.refresh())[:2] == (0, 0)
+    assert downloader.usage()[:2] == (0, 0)

@@ -235,7 +235,14 @@ class CacheBackend(Protocol):
     async def remove(self, key: str) -> None:
         """Delete the file (no error when already gone) and release its quota."""
 
-    def usage(self) -> CacheUsage: ...
+    def usage(self) -> CacheUsage:
+        """What this process knows the cache holds (its own writes and removals since the
+        last :meth:`refresh`)."""
+
+    async def refresh(self) -> CacheUsage:
+        """What the cache holds now, read from its storage: other processes that share it
+        (download and upload workers of one VM) add and remove files too. Called every few
+        seconds, for the ``lakeferry_cache_*`` gauges and the quota."""
 
     def set_quota(self, quota: int) -> None:
         """Change the byte quota live (SIGHUP)."""

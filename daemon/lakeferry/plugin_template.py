@@ -452,6 +452,10 @@ class __CLASS__Cache:
     def usage(self) -> CacheUsage:
         return CacheUsage(self._used, len(self._files), self._quota)
 
+    async def refresh(self) -> CacheUsage:
+        await trio.lowlevel.checkpoint()  # TODO: re-read what other processes changed
+        return self.usage()
+
     def set_quota(self, quota: int) -> None:
         self._quota = quota
 

@@ -53,6 +53,7 @@ BUS_MAINTENANCE_INTERVAL = 600.0
 INVENTORY_MAINTENANCE_INTERVAL = 60.0
 LAG_INTERVAL = 10.0
 LEDGER_MAINTENANCE_INTERVAL = 600.0
+CACHE_REPORT_INTERVAL = 2.0
 
 
 class StageFn(Protocol):
@@ -360,13 +361,20 @@ class Supervisor:
             await trio.sleep(LEDGER_MAINTENANCE_INTERVAL)
 
     async def _report_cache(self) -> None:
+        """The cache gauges, from the cache's storage every few seconds (download and upload
+        workers of a VM share the cache: what one process counted alone would drift)."""
         assert self.pipeline is not None
+        cache = self.pipeline.cache
         while True:
-            usage = self.pipeline.cache.usage()
+            try:
+                usage = await cache.refresh()
+            except Exception as exc:
+                log.warning("cannot read the cache's usage", extra={"error": str(exc)})
+                usage = cache.usage()
             self.metrics.cache_bytes.set(usage.bytes)
             self.metrics.cache_files.set(usage.files)
             self.metrics.cache_quota.set(usage.quota)
-            await trio.sleep(1)
+            await trio.sleep(CACHE_REPORT_INTERVAL)
 
 
 async def _sleep_unless_draining(p: Pipeline, seconds: float) -> None:

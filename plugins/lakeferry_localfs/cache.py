@@ -727,6 +727,11 @@ class LocalFsCache:
     def usage(self) -> CacheUsage:
         return CacheUsage(bytes=self._gate.used, files=len(self._entries), quota=self._gate.quota)
 
+    async def refresh(self) -> CacheUsage:
+        self._gate.used = await self._refresh_usage()
+        self._gate.admit()  # another process may have freed room
+        return self.usage()
+
     @property
     def kept_bytes(self) -> int:
         """Bytes of the partial files kept for resuming (counted as used)."""

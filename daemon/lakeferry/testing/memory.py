@@ -248,6 +248,10 @@ class MemoryCache:
     def usage(self) -> CacheUsage:
         return CacheUsage(sum(map(len, self.files.values())), len(self.files), self.quota)
 
+    async def refresh(self) -> CacheUsage:
+        await trio.lowlevel.checkpoint()
+        return self.usage()
+
     def set_quota(self, quota: int) -> None:
         self.quota = quota
 
