@@ -30,10 +30,14 @@ KAFKA      := tools/kafka/kafka.py
 
 install: $(STAMP)
 
+# setuptools warns on every editable install that a folder named like a package in the working
+# directory could shadow it; there is none here (the packages live in daemon/ and plugins/).
+QUIET_PIP := PYTHONWARNINGS="ignore:Editable installation"
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(QUIET_PIP) $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -78,7 +82,7 @@ BENCH_VENV := .venv-bench
 bench: kafka-dist
 	sh bench/deps.sh
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(QUIET_PIP) $(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BENCH_VENV)/bin/python bench/bench.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
 
 chaos: $(STAMP) kafka-dist
