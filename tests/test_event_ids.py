@@ -124,10 +124,7 @@ def test_destinations_are_checked_at_ingest_before_any_byte_is_fetched(
     # Through the spool: `lakeferry submit` refuses such events itself (tests/test_submit.py).
     batch = env.root / "spooled.jsonl"
     batch.write_text("".join(json.dumps(e) + "\n" for e in events))
-    spool = Path(env.data["sources"][0]["path"])
-    spool.mkdir(parents=True, exist_ok=True)
-    (spool / ".in.partial").write_bytes(batch.read_bytes())
-    (spool / ".in.partial").rename(spool / "in.jsonl")  # writers write elsewhere, rename in
+    env.spool(batch)
     counts = settle(env, batch)
     assert (counts["landed"], counts["dead_lettered"], counts["lost"]) == (1, 2, 0)
     found = letters(env)

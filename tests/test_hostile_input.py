@@ -473,10 +473,7 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     assert result.returncode == 2
     assert "(nothing sent; 12 of 14 events refused)" in result.stderr
     # ...so it reaches the daemon the way a producer's file would: through the spool.
-    spool = Path(env.data["sources"][0]["path"])
-    spool.mkdir(parents=True, exist_ok=True)
-    (spool / ".hostile.partial").write_bytes(events_file.read_bytes())
-    (spool / ".hostile.partial").rename(spool / "hostile.jsonl")
+    env.spool(events_file)
     wait_until(
         lambda: env.audit(events_file)[1]["in_flight"] == 0, 60, "hostile events to settle", 1
     )

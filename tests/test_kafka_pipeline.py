@@ -67,8 +67,10 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
     # (the upload workers emptied it), not what it counted itself.
     survivor = "download-2"  # download-1 was the victim
     wait_until(
-        lambda: harness.scrape(ports[survivor]).get("lakeferry_cache_files") == 0
-        and harness.scrape(ports[survivor]).get("lakeferry_cache_bytes") == 0,
+        lambda: (
+            harness.scrape(ports[survivor]).get("lakeferry_cache_files") == 0
+            and harness.scrape(ports[survivor]).get("lakeferry_cache_bytes") == 0
+        ),
         30,
         "the download worker's cache gauges to read the emptied cache",
     )

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,13 +130,13 @@ def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: 
         assert tests.returncode == 0, tests.stdout + tests.stderr
         assert "7 passed" in tests.stdout, tests.stdout
 
-        listed = json.loads(lakeferry("plugins", "--json", python=python, cwd=tmp_path))
+        listed = _json_lines(lakeferry("plugins", "--json", python=python, cwd=tmp_path))
         mem = next(p for p in listed if p["name"] == "mem")
         assert (mem["distribution"], mem["version"], mem["module"]) == (
             "lakeferry-mem", "0.1.0", "lakeferry_mem",
         )  # fmt: skip
         assert mem["provides"] == ["downloader:mem (mem)"]
-        assert "mem" not in {p["name"] for p in json.loads(lakeferry("plugins", "--json"))}
+        assert "mem" not in {p["name"] for p in _json_lines(lakeferry("plugins", "--json"))}
     finally:
         shutil.rmtree(venv, ignore_errors=True)
         shutil.rmtree(package, ignore_errors=True)
@@ -156,3 +157,7 @@ def test_the_generated_cache_and_sink_pass_their_kits(tmp_path: Path, kind: str)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert " passed" in tests.stdout
     assert "failed" not in tests.stdout
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]

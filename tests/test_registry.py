@@ -229,7 +229,7 @@ def test_plugins_command_shows_origin_blocked_and_failed(tmp_path: Path) -> None
     assert "RuntimeError: boom at import" in broken
     listed = _cli("plugins", "--json", "-c", str(config), pythonpath=dist)
     assert listed.returncode == 1, listed.stderr
-    statuses = {p["name"]: p["status"] for p in json.loads(listed.stdout)}
+    statuses = {p["name"]: p["status"] for p in map(json.loads, listed.stdout.splitlines())}
     assert statuses["sftp"] == "blocked"
     assert statuses["broken"] == "failed"
     assert statuses["http"] == "loaded"

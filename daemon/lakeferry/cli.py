@@ -2,8 +2,9 @@
 
 Every subcommand that reads a config takes ``-c/--config``; the default is ``$LAKEFERRY_CONFIG``,
 else ``etc/lakeferry.toml`` when it exists, else ``/etc/lakeferry/lakeferry.toml``.
-Exit codes: 0 success, 1 a check failed (audit found a problem), 2 bad usage or bad config,
-3 the daemon gave up after repeated stage crashes.
+Exit codes: 0 success, 1 a check failed (audit found a problem) or an unexpected error (one
+line, never a traceback unless ``LAKEFERRY_TRACEBACK=1``), 2 bad usage or bad config, 3 the
+daemon gave up after repeated stage crashes. The parser's conventions: :mod:`lakeferry.cliparse`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import msgspec
 import trio
 
 from lakeferry import __version__
+from lakeferry.cliparse import Parser, command, parse
 from lakeferry.errors import BusError, ConfigError, PipelineError, StartRefused
 from lakeferry.registry import Registry, load_registry
 
@@ -83,14 +85,14 @@ def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]], needs: Sequence[st
 
 def default_instance(stages: Sequence[str]) -> str:
     """A process's instance name when none is given: its stages (``main`` for all of them)."""
-    from lakeferry.pipeline import STAGES
+    from lakeferry.stages import STAGES
 
     return "main" if tuple(stages) == STAGES else "+".join(stages)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lakeferry.owner import claim_all, claims_for
-    from lakeferry.pipeline import STAGES
+    from lakeferry.stages import STAGES
     from lakeferry.supervisor import run_daemon
 
     registry = _registry(args.config)
@@ -142,7 +144,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(config) if config is not None else load_registry()
     everyone = [*registry.plugins, *registry.skipped]
     if args.json:
-        print(json.dumps([msgspec.to_builtins(p.__dict__) for p in everyone], indent=2))
+        for plugin in everyone:
+            print(json.dumps(msgspec.to_builtins(plugin.__dict__)))
         return EXIT_FAILED if registry.failed else EXIT_OK
     width = max((len(p.name) for p in everyone), default=4)
     for p in registry.plugins:
@@ -178,12 +181,30 @@ def add_plugin_parser(sub: Any) -> None:
     """``lakeferry plugin new NAME --kind KIND [--dir DIR]``: a new plugin package."""
     from lakeferry.plugin_template import KINDS
 
-    plugin = sub.add_parser("plugin", help="tools for plugin authors")
-    psub = plugin.add_subparsers(dest="action", required=True)
-    new = psub.add_parser("new", help="write a new plugin package from the template")
-    new.add_argument("name", help="the kind's name, e.g. acme (package lakeferry-acme)")
-    new.add_argument("--kind", required=True, choices=KINDS)
-    new.add_argument("--dir", default=".", help="where to create lakeferry-NAME/ (default: .)")
+    plugin = command(
+        sub,
+        "plugin",
+        summary="tools for plugin authors",
+        examples=["lakeferry plugin new acme --kind downloader"],
+    )
+    psub = plugin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = command(
+        psub,
+        "new",
+        summary="write a new plugin package from the template",
+        description="Write a new plugin package, lakeferry-NAME/, with the plugin, its tests and\n"
+        "its entry point; it loads once installed (pip install -e lakeferry-NAME).",
+        examples=["lakeferry plugin new acme --kind downloader --dir ~/src"],
+    )
+    new.add_argument(
+        "name", metavar="NAME", help="the kind's name, e.g. acme (package lakeferry-acme)"
+    )
+    new.add_argument(
+        "--kind", required=True, choices=KINDS, help="what the plugin provides: %(choices)s"
+    )
+    new.add_argument(
+        "--dir", default=".", metavar="DIR", help="where to create lakeferry-NAME/ (default: .)"
+    )
     new.set_defaults(fn=cmd_plugin_new)
 
 
@@ -265,6 +286,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
     url = args.url
     state_dir = None
+    if url and not url.startswith(("ws://", "wss://")):
+        _err(f"--url {url}: not a live feed URL (use ws://HOST:PORT/, the daemon's live.listen)")
+        return EXIT_USAGE
     if not url:
         config = _load(args.config)
         listen = config.core.live.listen
@@ -330,7 +354,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args.config, registry)
     submitted: set[str] = set()
     for events_file in args.events or ():
-        submitted |= submitted_ids(Path(events_file))
+        try:
+            submitted |= submitted_ids(Path(events_file))
+        except OSError as exc:
+            _err(f"--events {events_file}: cannot read it ({exc.strerror or exc})")
+            return EXIT_USAGE
 
     async def main(bus: Any) -> Any:
         context = plugin_context(config, "audit")
@@ -361,69 +389,162 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakeferry", description=__doc__.split("\n")[0])
+DESCRIPTION = """\
+lakeferry moves files named by events into a data lake: it takes events from a bus,
+downloads each URL, uploads the file to the sink and records it in the inventory.
+
+Commands that read a config take -c FILE; the default is $LAKEFERRY_CONFIG, else
+etc/lakeferry.toml when it exists, else /etc/lakeferry/lakeferry.toml."""
+
+EXIT_CODES = """\
+exit codes: 0 success, 1 a check failed (audit found a problem) or an unexpected error,
+2 bad usage or config, 3 the daemon gave up after repeated stage crashes.
+
+example:
+  lakeferry check-config -c etc/lakeferry.toml && lakeferry run -c etc/lakeferry.toml"""
+
+
+def build_parser() -> Parser:
+    from lakeferry import dlqcmd, submitcmd
+
+    parser = Parser(
+        prog="lakeferry",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"lakeferry {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", default=default_config_path(), help="config file (TOML)")
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            default=default_config_path(),
+            help="config file (TOML); default here: %(default)s",
+        )
         return p
 
-    run = with_config(sub.add_parser("run", help="run the daemon"))
-    run.add_argument("--stages", help="comma-separated subset: ingest,download,upload,results")
+    run = with_config(
+        command(
+            sub,
+            "run",
+            summary="run the daemon (all stages, or the ones --stages names)",
+            description="Run the daemon in the foreground: SIGTERM drains and stops it, SIGHUP\n"
+            "reloads the config. With --stages it runs only those stages (one process per\n"
+            "stage is the production shape on Kafka).",
+            examples=[
+                "lakeferry run -c etc/lakeferry.toml",
+                "lakeferry run -c /etc/lakeferry/lakeferry.toml --stages download --instance dl-1",
+            ],
+        )
+    )
+    run.add_argument(
+        "--stages",
+        metavar="LIST",
+        help="comma-separated subset of ingest,download,upload,results (default: all)",
+    )
     run.add_argument(
         "--instance",
+        metavar="NAME",
         help="this worker's name among the processes of one VM (default: $LAKEFERRY_INSTANCE, "
         "else its stages); on Kafka it is the worker's static group membership",
     )
     run.set_defaults(fn=cmd_run)
 
     check = with_config(
-        sub.add_parser(
+        command(
+            sub,
             "check-config",
-            help="check a config file as a start would, without opening the bus or the network",
+            summary="check a config file as a start would, without opening the bus or the network",
+            description="Check a config file with every check that run and a reload (SIGHUP)\n"
+            "perform: settings, plugin settings, allow-lists, the path template on a sample\n"
+            "event, the retry ladder and the listen addresses. Opens neither bus nor network.",
+            examples=["lakeferry check-config -c /etc/lakeferry/lakeferry.toml"],
         )
     )
-    check.add_argument("file", nargs="?", help="the config file (same as -c)")
+    check.add_argument(
+        "file", nargs="?", metavar="FILE", help="the config file (the same as -c FILE)"
+    )
     check.set_defaults(fn=cmd_check_config)
 
-    plugins = sub.add_parser(
-        "plugins", help="list plugins: where from, what they provide, blocked and failed ones"
+    plugins = command(
+        sub,
+        "plugins",
+        summary="list plugins: where from, what they provide, blocked, shadowed and failed ones",
+        examples=["lakeferry plugins", "lakeferry plugins --json | jq .name"],
     )
-    plugins.add_argument("--json", action="store_true")
+    plugins.add_argument("--json", action="store_true", help="JSON Lines: one object per plugin")
     plugins.add_argument(
-        "-c", "--config", default=None, help="apply this file's [plugins] (default: as for run)"
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="apply this file's [plugins] allow/block lists (default: the file run would read)",
     )
     plugins.set_defaults(fn=cmd_plugins)
     add_plugin_parser(sub)
 
-    from lakeferry import submitcmd
-
     submitcmd.add_parser(sub, with_config, cmd_submit)
-
-    from lakeferry import dlqcmd
-
     dlqcmd.add_parser(sub, with_config, cmd_dlq)
 
-    top = with_config(sub.add_parser("top", help="live view of a running daemon (q quits)"))
-    top.add_argument("--url", help="live feed URL (default: ws://<live.listen>/ of the config)")
+    top = with_config(
+        command(
+            sub,
+            "top",
+            summary="live view of a running daemon: rates, in flight, retries, DLQ (q quits)",
+            examples=["lakeferry top -c etc/lakeferry.toml", "lakeferry top --once"],
+        )
+    )
+    top.add_argument(
+        "--url", metavar="URL", help="live feed URL (default: ws://<live.listen>/ of the config)"
+    )
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.set_defaults(fn=cmd_top)
 
-    tops = sub.add_parser("topics", help="the pipeline's topics on the bus")
-    tsub = tops.add_subparsers(dest="action", required=True)
-    for action, text in (
-        ("ensure", "create missing topics; report ones whose settings differ"),
-        ("list", "show each topic's partitions and record count"),
+    tops = command(
+        sub,
+        "topics",
+        summary="the pipeline's topics on the bus: create them, list them",
+        examples=["lakeferry topics ensure -c etc/lakeferry.kafka.toml"],
+    )
+    tsub = tops.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text, example in (
+        (
+            "ensure",
+            "create missing topics; report ones whose settings differ",
+            "lakeferry topics ensure -c etc/lakeferry.kafka.toml",
+        ),
+        (
+            "list",
+            "show each topic's partitions and record count",
+            "lakeferry topics list -c etc/lakeferry.toml",
+        ),
     ):
-        p = with_config(tsub.add_parser(action, help=text))
+        p = with_config(command(tsub, action, summary=text, examples=[example]))
         p.set_defaults(fn=cmd_topics)
 
-    aud = with_config(sub.add_parser("audit", help="reconcile events against inventory/sink/DLQ"))
+    aud = with_config(
+        command(
+            sub,
+            "audit",
+            summary="reconcile events against inventory, sink and DLQ (exit 1 on a finding)",
+            description="Reconcile every event the bus has seen against the inventory, the sink\n"
+            "and the DLQ: lost events, duplicate rows, checksum mismatches, files in the sink\n"
+            "the inventory does not know, and temporary files left behind. Exit 1 on a finding.",
+            examples=[
+                "lakeferry audit -c etc/lakeferry.toml",
+                "lakeferry audit --json --events submitted.jsonl | jq .lost",
+            ],
+        )
+    )
     aud.add_argument("--json", action="store_true", help="print the counts as one JSON line")
     aud.add_argument(
-        "--events", action="append", help="JSONL file of submitted events to include (repeatable)"
+        "--events",
+        action="append",
+        metavar="FILE",
+        help="JSONL file of submitted events to include (repeatable)",
     )
     aud.add_argument(
         "--no-verify-sink", action="store_true", help="skip hashing and listing the sink's files"
@@ -433,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         code: int = args.fn(args)
     except ConfigError as exc:
@@ -454,11 +575,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        if not _closed_pipe(exc):
+        if _closed_pipe(exc):
+            # The reader went away (`lakeferry dlq show | head -1`): stop quietly, and keep the
+            # interpreter's last flush of stdout from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILED
+        if not isinstance(exc, Exception) or os.environ.get("LAKEFERRY_TRACEBACK"):
             raise
-        # The reader went away (`lakeferry dlq show | head -1`): stop quietly, and keep the
-        # interpreter's last flush of stdout from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # A bug, not the operator's mistake: one line that says so instead of a traceback.
+        _err(
+            f"unexpected error: {type(exc).__name__}: {exc} (a bug in lakeferry: run again "
+            "with LAKEFERRY_TRACEBACK=1 to see where, and report it)"
+        )
         return EXIT_FAILED
     return code
 

@@ -188,12 +188,19 @@ async def run(args: argparse.Namespace, bus: Any, topics: Any) -> int:
 
 
 def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
-    dlq_parser = sub.add_parser(
+    from lakeferry.cliparse import command
+    from lakeferry.stages import STAGES
+
+    dlq_parser = command(
+        sub,
         "dlq",
-        help="inspect and handle dead letters",
-        description="Inspect and handle dead letters (the DLQ topic).",
+        summary="inspect and handle dead letters",
+        description="Inspect and handle dead letters (the DLQ topic). Replay and purge act on\n"
+        "the letters a filter selects, or on every letter with --all; without a terminal\n"
+        "they also need --yes. --dry-run shows what would happen.",
+        examples=["lakeferry dlq list", "lakeferry dlq replay --reason http_server_error --yes"],
     )
-    dsub = dlq_parser.add_subparsers(dest="action", required=True)
+    dsub = dlq_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     examples = {
         "list": "lakeferry dlq list --reason not_found --older-than 1h",
         "show": "lakeferry dlq show EVENT_ID --json | jq .letter.error",
@@ -206,12 +213,10 @@ def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
         ("replay", "send letters back to downloads.pending with a fresh attempt count"),
         ("purge", "retire letters without replaying them"),
     ):
-        description = text[0].upper() + text[1:] + "."
-        epilog = f"example: {examples[action]}"
-        p = with_config(dsub.add_parser(action, help=text, description=description, epilog=epilog))
+        p = with_config(command(dsub, action, summary=text, examples=[examples[action]]))
         p.add_argument("ids", nargs="*", metavar="ID", help="event ids (DLQ keys) to act on")
         p.add_argument("--reason", action="append", help="only this reason (repeatable)")
-        p.add_argument("--stage", help="only letters from this stage (ingest, download, upload)")
+        p.add_argument("--stage", choices=STAGES, help="only letters from this stage: %(choices)s")
         p.add_argument("--older-than", metavar="AGE", help="only letters older than AGE (1h)")
         p.add_argument("--newer-than", metavar="AGE", help="only letters newer than AGE (30m)")
         p.add_argument("--url", metavar="TEXT", help="only letters whose URL contains TEXT")

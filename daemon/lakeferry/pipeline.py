@@ -42,11 +42,10 @@ from lakeferry.retry import (
     ORIGIN_HEADER,
     RetryLadder,
 )
+from lakeferry.stages import STAGES
 from lakeferry.stages.driver import ActiveCount, Lifecycle
 
 log = get_logger("pipeline")
-
-STAGES = ("ingest", "download", "upload", "results")
 
 USED_BY: dict[str, frozenset[str]] = {
     "cache": frozenset({"download", "upload"}),

@@ -88,15 +88,19 @@ def key_of(raw: bytes) -> bytes | None:
 
 
 def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
+    from lakeferry.cliparse import command
+
     p = with_config(
-        sub.add_parser(
+        command(
+            sub,
             "submit",
-            help="submit events (URLs or a JSONL file), checked first by the daemon's rules",
+            summary="submit events (URLs or a JSONL file), checked first by the daemon's rules",
             description="Submit events to the intake topic. Every event is checked as the\n"
-            "daemon would check it; one bad event refuses the submission (exit 2).",
-            epilog="examples: lakeferry submit https://example.org/a.bin --path in/a.bin\n"
-            "          lakeferry submit --file events.jsonl",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            "daemon would check it; one bad event refuses the submission (exit 2, nothing sent).",
+            examples=[
+                "lakeferry submit https://example.org/a.bin --path in/a.bin",
+                "lakeferry submit --file events.jsonl --quiet",
+            ],
         )
     )
     p.add_argument("urls", nargs="*", metavar="URL", help="one event per URL (a new UUID each)")

@@ -38,8 +38,9 @@ from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
-from lakeferry.pipeline import STAGES, Pipeline, check_components, owner_name
+from lakeferry.pipeline import Pipeline, check_components, owner_name
 from lakeferry.registry import Registry
+from lakeferry.stages import STAGES
 from lakeferry.stages.download import run_download
 from lakeferry.stages.ingest import run_ingest
 from lakeferry.stages.results import run_results

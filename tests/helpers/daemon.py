@@ -93,6 +93,15 @@ class DaemonEnv:
         assert result.returncode == 0, result.stderr
         return path
 
+    def spool(self, events_file: Path) -> None:
+        """Hand ``events_file`` to the daemon as a producer would, events the CLI refuses
+        included: written into the spool source's folder under a hidden name, renamed in."""
+        spool = Path(self.data["sources"][0]["path"])
+        spool.mkdir(parents=True, exist_ok=True)
+        partial = spool / f".{events_file.name}.partial"
+        partial.write_bytes(events_file.read_bytes())
+        partial.rename(spool / events_file.name)
+
     def audit(self, *events_files: Path) -> tuple[int, dict[str, int]]:
         import json
 
