@@ -12,6 +12,9 @@ As a script (standard library only)::
     python tools/kafka/kafka.py up [--port 9092] [--dir var/kafka]
     python tools/kafka/kafka.py status [--dir var/kafka]       # exit 3 when not running
     python tools/kafka/kafka.py down [--dir var/kafka]
+    python tools/kafka/kafka.py consumer-groups --bootstrap-server 127.0.0.1:9092 --describe \\
+        --all-groups                    # Kafka's own tools: consumer-groups, topics, get-offsets,
+                                        # console-consumer (bin/kafka-NAME.sh of a distribution)
 
 ``up`` returns once the broker serves clients and prints the bootstrap address; it is a no-op
 when a broker already runs on that directory. The broker keeps running after ``up`` exits (it is
@@ -327,6 +330,51 @@ def _java_command(
         main,
         *args,
     ]
+
+
+# Kafka's command-line tools by the name of the distribution's script (bin/kafka-NAME.sh): the
+# same classes, from the kafka-tools jar the pom fetches.
+TOOLS = {
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+}
+
+
+def tool_command(name: str, *args: str) -> list[str]:
+    """The command line of ``bin/kafka-NAME.sh ARGS`` on the fetched jars (fetching them first);
+    the tool logs WARN and above to stderr, as the distribution's scripts do."""
+    ensure_dist(quiet=True)
+    config = DIST / "tools-log4j2.properties"
+    if not config.exists():
+        partial = config.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(TOOLS_LOG4J2)
+        partial.rename(config)
+    return [
+        "java",
+        "-Xmx256m",
+        *JVM_FLAGS,
+        *os.environ.get("KAFKA_OPTS", "").split(),
+        f"-Dlog4j2.configurationFile={config}",
+        "-cp",
+        _classpath(),
+        TOOLS[name],
+        *args,
+    ]
+
+
+TOOLS_LOG4J2 = """\
+# Written by tools/kafka/kafka.py for Kafka's command-line tools: WARN and above to stderr.
+status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = STDERR
+"""
 
 
 def min_heap(heap: str) -> str:
@@ -738,6 +786,15 @@ def main(argv: list[str] | None = None) -> int:
         if sub.prog.endswith("dist"):
             continue
         sub.add_argument("--dir", type=Path, default=Path("var/kafka"), help="work directory")
+    for name in TOOLS:  # listed here; main() hands their arguments to Kafka untouched
+        commands.add_parser(name, help=f"Kafka's bin/kafka-{name}.sh (arguments pass through)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        try:
+            return subprocess.run(tool_command(argv[0], *argv[1:]), check=False).returncode
+        except KafkaToolError as exc:
+            print(f"kafka.py: {exc}", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     try:
         if args.command == "dist":
