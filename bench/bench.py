@@ -30,8 +30,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,8 @@ class Result:
     """CPU seconds the run cost the origin and the broker."""
     """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str = ""
+    """Why the run failed (then its figures mean nothing); the report shows it in the tool's row."""
 
     @property
     def files_per_s(self) -> float:
@@ -133,19 +138,26 @@ def make_files(www: Path, scale: Scale) -> dict[str, list[tuple[str, int]]]:
 
 
 class Nginx:
-    def __init__(self, www: Path, workdir: Path) -> None:
+    """nginx on loopback serving ``www``. Its worker runs as the user running the benchmark: the
+    default (``nobody`` when started as root) cannot enter a clone in a private folder (a home
+    folder, ``mktemp -d``) and answered 403 to every request."""
+
+    def __init__(self, www: Path, workdir: Path, probe: str = "") -> None:
         self.port = harness.free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "logs").mkdir(exist_ok=True)
         conf = workdir / "nginx.conf"
         conf.write_text(
-            f"""worker_processes 1;
+            f"""{nginx_user()}worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/logs/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
   sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi; uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
   server {{
     listen 127.0.0.1:{self.port}; root {www};
     location /unavailable/ {{ return 503; }}
@@ -153,22 +165,48 @@ http {{
 }}
 """
         )
+        self.error_log = workdir / "logs" / "error.log"
         self.proc = subprocess.Popen(
-            ["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(workdir), "-c", str(conf),
+             "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1)
             except urllib.error.HTTPError:
-                return  # 403/404 for the root: it answers
+                break  # 403/404 for the root: it answers
             except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"nginx exited {self.proc.returncode}: {self._log()}"
+                    ) from None
                 time.sleep(0.05)
                 continue
-            return
-        raise RuntimeError("nginx did not start")
+            break
+        else:
+            self.stop()
+            raise RuntimeError(f"nginx did not answer within 10 s: {self._log()}")
+        if probe:
+            self.check(probe)
+
+    def check(self, name: str) -> None:
+        """Fetch ``name``: an origin that cannot serve the files stops the benchmark here, with
+        nginx's reason, rather than every tool failing on its own way later."""
+        try:
+            urllib.request.urlopen(self.url(name), timeout=10).read(1)
+        except OSError as exc:
+            self.stop()
+            raise RuntimeError(f"the origin cannot serve {name}: {exc}; {self._log()}") from exc
+
+    def _log(self) -> str:
+        try:
+            lines = self.error_log.read_text().strip().splitlines()
+        except OSError:
+            return "no nginx error log"
+        return f"nginx says: {lines[-1]}" if lines else "nginx logged nothing"
 
     def worker_pid(self) -> int:
         """The pid of nginx's one worker process (it serves every request)."""
@@ -179,8 +217,22 @@ http {{
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.wait(10)
+
+
+def nginx_user() -> str:
+    """nginx's ``user`` directive: the benchmark's own user and group when started as root (the
+    only case where nginx switches users), nothing otherwise."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    return f"user {user} {group};\n"
 
 
 # -- measuring processes -----------------------------------------------------------------------
@@ -424,6 +476,31 @@ def read_inventory(state: Path) -> list[dict[str, Any]]:
 # -- peers --------------------------------------------------------------------------------------
 
 
+ARIA2C_EXIT = {
+    1: "an unknown error",
+    2: "a time-out",
+    3: "a resource was not found",
+    6: "a network problem",
+    9: "not enough disk space",
+    22: "an HTTP error status from the origin, e.g. 403",
+    24: "HTTP authorization failed",
+}
+
+
+def attempt(scenario: str, tool: str, run: Callable[[], Result]) -> Result:
+    """One measurement. A tool that fails (a peer that cannot fetch, a lakeferry run that dies)
+    becomes a result that says why, shown in its row of the report; the benchmark goes on."""
+    try:
+        return run()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        if isinstance(exc, subprocess.CalledProcessError):
+            reason = f"{Path(str(exc.cmd[0])).name} exited {exc.returncode}"
+        else:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"bench: {tool} failed in {scenario}: {reason}", file=sys.stderr)
+        return Result(scenario, tool, 0, 0.0, 0, error=reason)
+
+
 def run_aria2c(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -445,7 +522,8 @@ def run_aria2c(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
         time.sleep(0.2)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"aria2c exited {proc.returncode}")
+        meaning = ARIA2C_EXIT.get(proc.returncode, "see EXIT STATUS in man aria2c")
+        raise RuntimeError(f"aria2c exited {proc.returncode} ({meaning})")
     return Result(
         scenario, "aria2c -j 50", len(urls), seconds, sum(s for _, s in urls), [], cpu, rss
     )
@@ -747,7 +825,7 @@ TARGETS = (
 
 
 def target_rows(results: list[Result]) -> list[str]:
-    by = {(r.scenario, r.tool): r for r in results}
+    by = {(r.scenario, r.tool): r for r in results if not r.error}
     rows = []
     kafka_small = by.get(("small", "lakeferry (kafka)"))
     aria = by.get(("small", "aria2c -j 50"))
@@ -802,7 +880,25 @@ def elsewhere(r: Result) -> str:
     return ", ".join(f"{name} {v / r.files * 1000:.2f} ms" for name, v in r.cpu_elsewhere.items())
 
 
-def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) -> None:
+def write_report(
+    results: list[Result],
+    scale: Scale,
+    quick: bool,
+    out: Path,
+    saved: Path = ROOT / "var" / "bench" / "results.json",
+) -> None:
+    """``out`` (markdown), its chart next to it, and the raw results in ``saved``."""
+    out.write_text("\n".join(report_lines(results, scale, quick)))
+    saved.write_text(
+        json.dumps(
+            {"quick": quick, "scale": asdict(scale), "results": [asdict(r) for r in results]},
+            indent=1,
+        )
+    )
+    chart([r for r in results if not r.error], out.with_suffix(".png"))
+
+
+def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
     lines = [
         "# Benchmarks",
         "",
@@ -837,6 +933,9 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
+            if r.error:
+                lines.append(f"| {r.tool} | failed: {r.error} |" + " - |" * 9)
+                continue
             cpu = r.cpu_seconds / r.files if r.files and r.cpu_seconds else None
             rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "-"
             cpu_text = fmt(cpu * 1000, " ms") if cpu else "-"
@@ -866,6 +965,8 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
             "|---|---|---|---|---|",
         ]
         for r in retries:
+            if r.error:
+                lines.append(f"| {r.tool} | failed: {r.error} | - | - | - |")
             for rung, figures in sorted(
                 r.rung_lateness.items(), key=lambda kv: Duration.parse(kv[0].split("retry.")[-1])
             ):  # fmt: skip
@@ -878,7 +979,7 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
                 )
         lines += ["", "Lateness is interpolated inside histogram buckets, as Prometheus does.", ""]
     ratios = []
-    by = {(r.scenario, r.tool): r for r in results}
+    by = {(r.scenario, r.tool): r for r in results if not r.error}
     for scenario in ("small", "medium"):
         peer = by.get((scenario, "aria2c -j 50"))
         for bus in ("embedded", "kafka"):
@@ -901,7 +1002,7 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
                 f"- large: lakeferry ({bus}) ÷ (curl, then fsync) MB/s = "
                 f"{ours.mb_per_s / durable.mb_per_s:.2f}"
             )
-    old = next((r for r in results if r.tool.startswith("old design")), None)
+    old = next((r for r in results if r.tool.startswith("old design") and not r.error), None)
     for bus in ("embedded", "kafka"):
         ours = by.get(("latency", f"lakeferry ({bus})"))
         ours_p95, old_p95 = (ours.pct(95) if ours else None), (old.pct(95) if old else None)
@@ -921,17 +1022,15 @@ def write_report(results: list[Result], scale: Scale, quick: bool, out: Path) ->
         "![throughput and latency](benchmarks.png)",
         "",
     ]
+    failed = [r for r in results if r.error]
+    if failed:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {r.scenario}, {r.tool}: {r.error}" for r in failed]
+        lines += ["", "Ratios and targets leave failed runs out.", ""]
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
-    out.write_text("\n".join(lines))
-    (ROOT / "var" / "bench" / "results.json").write_text(
-        json.dumps(
-            {"quick": quick, "scale": asdict(scale), "results": [asdict(r) for r in results]},
-            indent=1,
-        )
-    )
-    chart(results, out.with_suffix(".png"))
+    return lines
 
 
 def chart(results: list[Result], path: Path) -> None:
@@ -986,12 +1085,20 @@ def main() -> int:
     scale = QUICK if args.quick else FULL
     work = ROOT / "var" / "bench"
     plan = make_files(work / "www", scale)
-    nginx = Nginx(work / "www", work / "nginx")
+    nginx = Nginx(work / "www", work / "nginx", probe=plan["small"][0][0])
     ELSEWHERE["nginx"] = nginx.worker_pid()
     buses = [b for b in args.buses.split(",") if b]
     scenarios = [s for s in args.scenarios.split(",") if s]
     broker = None
     results: list[Result] = []
+
+    def measure(scenario: str, tool: str, run: Callable[[], Result]) -> None:
+        results.append(attempt(scenario, tool, run))
+        print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k != "latencies"}))
+
+    def bootstrap(bus: str) -> str | None:
+        return broker.bootstrap if bus == "kafka" and broker else None
+
     try:
         if "kafka" in buses:
             kafka_tool.ensure_dist(quiet=True)
@@ -1003,69 +1110,53 @@ def main() -> int:
                 continue
             urls = [(nginx.url(name), size) for name, size in plan[scenario]]
             if scenario in ("small", "medium"):
-                results.append(run_aria2c(scenario, urls, work / "aria2c"))
+                measure(
+                    scenario, "aria2c -j 50", partial(run_aria2c, scenario, urls, work / "aria2c")
+                )
             else:
-                results.append(run_curl(scenario, urls, work / "curl"))
-                results.append(run_curl(scenario, urls, work / "curl", fsync=True))
-            print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k != "latencies"}))
+                curl = partial(run_curl, scenario, urls, work / "curl")
+                measure(scenario, "curl (one at a time)", curl)
+                measure(scenario, "curl, then fsync", partial(curl, fsync=True))
             for bus in buses:
-                results.append(
-                    run_lakeferry(
-                        scenario,
-                        bus,
-                        urls,
-                        work / f"lf-{scenario}-{bus}",
-                        broker.bootstrap if bus == "kafka" and broker else None,
-                        args.profile,
-                    )
-                )
-                print(
-                    json.dumps({k: v for k, v in asdict(results[-1]).items() if k != "latencies"})
-                )
+                measure(scenario, f"lakeferry ({bus})", partial(
+                    run_lakeferry, scenario, bus, urls, work / f"lf-{scenario}-{bus}",
+                    bootstrap(bus), args.profile,
+                ))  # fmt: skip
         if "latency" in scenarios:
             small_max = max(
                 (
                     r.files_per_s
                     for r in results
-                    if r.scenario == "small" and r.tool.startswith("lakeferry")
+                    if r.scenario == "small" and r.tool.startswith("lakeferry") and not r.error
                 ),
                 default=100.0,
             )
             rate = max(1.0, small_max / 2)
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
             for bus in buses:
-                results.append(
-                    run_latency(
-                        bus,
-                        urls,
-                        rate,
-                        scale.latency_seconds,
-                        work / f"lat-{bus}",
-                        broker.bootstrap if bus == "kafka" and broker else None,
-                    )
-                )
-            results.append(
-                run_old_design(urls, rate, scale.latency_seconds, scale.old_poll, work / "old")
-            )
+                measure("latency", f"lakeferry ({bus})", partial(
+                    run_latency, bus, urls, rate, scale.latency_seconds, work / f"lat-{bus}",
+                    bootstrap(bus),
+                ))  # fmt: skip
+            measure("latency", "old design", partial(
+                run_old_design, urls, rate, scale.latency_seconds, scale.old_poll, work / "old"
+            ))  # fmt: skip
         if "retry" in scenarios:
             for bus in buses:
-                results.append(
-                    run_retry(
-                        bus,
-                        scale,
-                        work / f"retry-{bus}",
-                        broker.bootstrap if bus == "kafka" and broker else None,
-                        nginx,
-                    )
-                )
-                print(json.dumps({"retry": results[-1].tool, **results[-1].rung_lateness}))
+                measure("retry", f"lakeferry ({bus})", partial(
+                    run_retry, bus, scale, work / f"retry-{bus}", bootstrap(bus), nginx
+                ))  # fmt: skip
     finally:
         nginx.stop()
         if broker is not None:
             broker.stop()
     write_report(results, scale, args.quick, Path(args.out))
     print(Path(args.out).read_text())
-    return 0
+    failed = [f"{r.tool} in {r.scenario}: {r.error}" for r in results if r.error]
+    for line in failed:
+        print(f"bench: failed: {line}", file=sys.stderr)
+    # A peer that fails is a finding of the report; lakeferry failing is the benchmark failing.
+    return 1 if any(r.error and r.tool.startswith("lakeferry") for r in results) else 0
 
 
 if __name__ == "__main__":

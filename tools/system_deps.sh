@@ -6,12 +6,15 @@
 #   systemd-analyze  systemd      verifies the units in systemd/ and rates their sandbox
 #   strace           strace       traces the daemon to prove it fits the units' filters
 #   /usr/sbin/sshd   openssh-server  the sftp plugin's tests run a real OpenSSH server on loopback
+#   /usr/sbin/nginx  nginx        the benchmark's origin (`make bench`, tests/test_bench_tools.py)
+#   aria2c, curl     aria2, curl  the benchmark's peers
 #
 # Runs `apt-get update` only when the package lists do not know a package, then
 # `apt-get install -y --no-install-recommends`; needs root (CI runs as root). The prometheus
 # package would start a Prometheus server on :9090 on a systemd machine: the install runs
 # under a policy-rc.d that forbids starting services (unless one is already in place), and a
-# server that started anyway is stopped and disabled. Only promtool is used.
+# server that started anyway is stopped and disabled. Only promtool is used; likewise nginx's
+# and ssh's own services (the tests and the benchmark start their own on free ports).
 set -eu
 
 missing=
@@ -23,9 +26,11 @@ need() {  # COMMAND PACKAGE
 need promtool prometheus
 need systemd-analyze systemd
 need strace strace
-if [ ! -x /usr/sbin/sshd ]; then  # not on PATH for non-root users: test the file itself
-    missing="$missing openssh-server"
-fi
+need aria2c aria2
+need curl curl
+# not on PATH for non-root users: test the files themselves
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+[ -x /usr/sbin/nginx ] || missing="$missing nginx"
 
 if [ -z "$missing" ]; then
     exit 0
@@ -37,7 +42,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: no apt-get here; install$missing (the commands promtool," \
-        "systemd-analyze, strace, /usr/sbin/sshd) another way" >&2
+        "systemd-analyze, strace, aria2c, curl, /usr/sbin/sshd, /usr/sbin/nginx) another way" >&2
     exit 1
 fi
 
@@ -78,28 +83,21 @@ if ! install; then
     install
 fi
 
-case $missing in
-    *prometheus*)
-        # The package enables prometheus.service; only promtool is needed.
-        if [ -d /run/systemd/system ]; then
-            echo "system-deps: systemctl disable --now prometheus"
-            systemctl disable --now prometheus
-        elif command -v systemctl >/dev/null 2>&1; then
-            echo "system-deps: systemctl disable prometheus (systemd is not running here)"
-            systemctl disable prometheus
-        fi
-        ;;
-esac
-case $missing in
-    *openssh-server*)
-        # The package enables ssh.service; the tests start their own sshd on a free port.
-        if [ -d /run/systemd/system ]; then
-            echo "system-deps: systemctl disable --now ssh"
-            systemctl disable --now ssh
-        elif command -v systemctl >/dev/null 2>&1; then
-            echo "system-deps: systemctl disable ssh (systemd is not running here)"
-            systemctl disable ssh
-        fi
-        ;;
-esac
+# The packages enable services; only their commands are used (a test or the benchmark starts
+# its own server on a free port).
+for pair in prometheus:prometheus openssh-server:ssh nginx:nginx; do
+    pkg=${pair%%:*}
+    service=${pair#*:}
+    case " $missing " in
+        *" $pkg "*) ;;
+        *) continue ;;
+    esac
+    if [ -d /run/systemd/system ]; then
+        echo "system-deps: systemctl disable --now $service"
+        systemctl disable --now "$service"
+    elif command -v systemctl >/dev/null 2>&1; then
+        echo "system-deps: systemctl disable $service (systemd is not running here)"
+        systemctl disable "$service"
+    fi
+done
 echo "system-deps: installed$missing"
