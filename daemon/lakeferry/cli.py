@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from lakeferry import __version__
-from lakeferry.cliparse import Parser, command, parse
+from lakeferry.cliparse import Parser, command, group, parse
 from lakeferry.errors import BusError, ConfigError, PipelineError, StartRefused
 from lakeferry.registry import Registry, load_registry
 
@@ -181,13 +181,12 @@ def add_plugin_parser(sub: Any) -> None:
     """``lakeferry plugin new NAME --kind KIND [--dir DIR]``: a new plugin package."""
     from lakeferry.plugin_template import KINDS
 
-    plugin = command(
+    psub = group(
         sub,
         "plugin",
         summary="tools for plugin authors",
         examples=["lakeferry plugin new acme --kind downloader"],
     )
-    psub = plugin.add_subparsers(dest="action", required=True, metavar="ACTION")
     new = command(
         psub,
         "new",
@@ -503,13 +502,12 @@ def build_parser() -> Parser:
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.set_defaults(fn=cmd_top)
 
-    tops = command(
+    tsub = group(
         sub,
         "topics",
         summary="the pipeline's topics on the bus: create them, list them",
         examples=["lakeferry topics ensure -c etc/lakeferry.kafka.toml"],
     )
-    tsub = tops.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text, example in (
         (
             "ensure",

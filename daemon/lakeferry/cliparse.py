@@ -47,6 +47,15 @@ def command(
     return parser
 
 
+def group(
+    sub: Any, name: str, *, summary: str, examples: Sequence[str], description: str = ""
+) -> Any:
+    """A command whose work is done by subcommands (``lakeferry dlq list``): returns the
+    subparsers action to add them to with :func:`command`; one of them is required."""
+    parent = command(sub, name, summary=summary, examples=examples, description=description)
+    return parent.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
 def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv``; an argument no command takes is reported by the command it follows
     (``lakeferry dlq purge: unrecognized arguments: --al``), not by the top-level parser."""

@@ -188,10 +188,10 @@ async def run(args: argparse.Namespace, bus: Any, topics: Any) -> int:
 
 
 def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
-    from lakeferry.cliparse import command
+    from lakeferry.cliparse import command, group
     from lakeferry.stages import STAGES
 
-    dlq_parser = command(
+    dsub = group(
         sub,
         "dlq",
         summary="inspect and handle dead letters",
@@ -200,7 +200,6 @@ def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
         "they also need --yes. --dry-run shows what would happen.",
         examples=["lakeferry dlq list", "lakeferry dlq replay --reason http_server_error --yes"],
     )
-    dsub = dlq_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     examples = {
         "list": "lakeferry dlq list --reason not_found --older-than 1h",
         "show": "lakeferry dlq show EVENT_ID --json | jq .letter.error",
