@@ -139,7 +139,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every case run as a real process (four at a time), keyed by its command line."""
     root = tmp_path_factory.mktemp("usage")
     env = DaemonEnv(root / "good")
-    assert env.start().terminate() == 0  # the bus and state exist, no daemon runs
+    try:
+        assert env.start().terminate() == 0  # the bus and state exist, no daemon runs
+    finally:
+        for daemon in env.daemons:
+            daemon.stop()
     fresh = DaemonEnv(root / "nobus")
     text = env.config.read_text()
     files = {

@@ -27,16 +27,20 @@ def letters_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonEnv]
     """A stopped daemon's state with five letters: four ``blocked`` (file:// without roots)
     and one ``malformed``."""
     env = DaemonEnv(tmp_path_factory.mktemp("dlq"))
-    daemon = env.start()
-    path = env.root / "events.jsonl"
-    lines = [json.dumps({"id": f"gone-{i}", "url": f"file:///nowhere/{i}.bin"}) for i in range(4)]
-    path.write_text("\n".join([*lines, '{"id": "bad", "url": 5}']) + "\n")
-    env.spool(path)  # `lakeferry submit` would refuse the malformed one
-    wait_until(lambda: len(env.letters()) == 5, 60, "five letters")
-    assert daemon.terminate() == 0
-    yield env
-    for d in env.daemons:
-        d.stop()
+    try:
+        daemon = env.start()
+        path = env.root / "events.jsonl"
+        lines = [
+            json.dumps({"id": f"gone-{i}", "url": f"file:///nowhere/{i}.bin"}) for i in range(4)
+        ]
+        path.write_text("\n".join([*lines, '{"id": "bad", "url": 5}']) + "\n")
+        env.spool(path)  # `lakeferry submit` would refuse the malformed one
+        wait_until(lambda: len(env.letters()) == 5, 60, "five letters")
+        assert daemon.terminate() == 0
+        yield env
+    finally:
+        for d in env.daemons:
+            d.stop()
 
 
 def one_line(stderr: str) -> str:
