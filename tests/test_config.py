@@ -13,6 +13,7 @@ import pytest
 from lakeferry.config import diff, load_config, parse_config
 from lakeferry.errors import ConfigError
 from lakeferry.registry import Registry, load_registry
+from lakeferry.stages.catalog import live_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "etc" / "lakeferry.toml"
@@ -121,7 +122,7 @@ def test_diff_splits_live_and_restart(registry: Registry) -> None:
     data["retry"]["delays"] = ["1s", "2s", "3s", "4s"]
     data["bus"]["partitions"] = 8
     new = parse_config(data, registry, env={})
-    live, restart = diff(old, new)
+    live, restart = diff(old, new, live_keys())
     assert live == ["download.concurrency", "retry.delays"]
     assert restart == ["bus.partitions"]
 
@@ -182,6 +183,6 @@ def test_plugins_section_needs_a_restart(registry: Registry) -> None:
     old = parse_config(base(), registry, env={})
     data = base()
     data["plugins"] = {"block": ["sftp"]}
-    live, restart = diff(old, parse_config(data, registry, env={}))
+    live, restart = diff(old, parse_config(data, registry, env={}), live_keys())
     assert live == []
     assert restart == ["plugins.block"]

@@ -191,7 +191,7 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
     from lakeferry.stages.download import DownloadStage
 
     ledger = IdLedger(tmp_path / "ids.sqlite")
-    stage = DownloadStage(SimpleNamespace(ledger=ledger))  # type: ignore[arg-type]
+    stage = DownloadStage(SimpleNamespace(components=SimpleNamespace(ledger=ledger)))  # type: ignore[arg-type]
     tasks = [
         DownloadTask(event=Event(id="x", url=f"https://h/{name}.bin"), received_at=T)
         for name in ("first", "second")

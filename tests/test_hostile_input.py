@@ -26,7 +26,6 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -40,6 +39,7 @@ from hypothesis import strategies as st
 from helpers.daemon import DaemonEnv, wait_until
 from helpers.origin import Origin
 from helpers.plugins import plugin_context, task_for
+from lakeferry.admission import Admission
 from lakeferry.api import (
     Event,
     NetGuard,
@@ -53,10 +53,11 @@ from lakeferry.api import (
 )
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.config import IngestConfig, TopicsConfig
+from lakeferry.deadletters import DeadLetters
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, decode_event
 from lakeferry.metrics import Metrics
 from lakeferry.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES
-from lakeferry.pipeline import Pipeline
+from lakeferry.recent import RecentErrors
 from lakeferry.stages.ingest import BusIntake
 from lakeferry.testing import download_writer
 from lakeferry.urls import check_url
@@ -146,38 +147,24 @@ TEMPLATE = "{event.id}/{filename}"
 T0 = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 
 
-class IntakePipeline:
-    """What :class:`BusIntake` uses of a :class:`Pipeline`: topics, producer, metrics, DLQ."""
-
-    dead_letter_record = Pipeline.dead_letter_record
-
-    registry = None
-
-    def __init__(self, bus: EmbeddedBus) -> None:
-        self.config = _Config()
-        self.producer = bus.producer()
-        self.metrics = Metrics()
-
-
-class _Core:
-    topics = TopicsConfig()
-    ingest = IngestConfig()
-
-
-class _SinkChoice:
-    settings = SimpleNamespace(path_template=TEMPLATE)
-
-
-class _Config:
-    core = _Core()
-    sink = _SinkChoice()
-    downloaders: dict[str, Any] = {}  # no scheme check: any URL that parses passes
+def bus_intake(bus: EmbeddedBus) -> BusIntake:
+    """The real intake with only what it uses: no scheme check (any URL that parses passes),
+    destinations rendered with :data:`TEMPLATE`."""
+    producer, metrics, topics = bus.producer(), Metrics(), TopicsConfig()
+    rules = Admission(
+        max_event_bytes=int(IngestConfig().max_event_bytes), template=TEMPLATE, schemes=frozenset()
+    )
+    return BusIntake(
+        producer=producer, dead_letters=DeadLetters(producer, lambda: topics.dlq, metrics,
+                                                    RecentErrors()),
+        metrics=metrics, rules=lambda: rules, topics=lambda: topics,
+    )  # fmt: skip
 
 
 async def _intake(batch: list[bytes]) -> tuple[list[Event], list[DeadLetter]]:
     with tempfile.TemporaryDirectory() as tmp:
         async with await EmbeddedBus.open(Path(tmp) / "bus.sqlite") as bus:
-            intake = BusIntake(IntakePipeline(bus))  # type: ignore[arg-type]
+            intake = bus_intake(bus)
             await intake.publish([RawEvent(raw, f"test:{i}") for i, raw in enumerate(batch)])
             topics = TopicsConfig()
             tasks = [DOWNLOAD.decode(r.value) async for r in bus.scan(topics.pending)]

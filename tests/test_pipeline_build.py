@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from lakeferry.bus import open_bus
+from lakeferry.buses import open_bus
 from lakeferry.config import parse_config
 from lakeferry.metrics import Metrics
 from lakeferry.pipeline import NotBuilt, Pipeline
 from lakeferry.registry import load_registry
+from lakeferry.stages.catalog import specs
 
 
 def config(tmp_path: Path) -> Any:
@@ -43,16 +44,17 @@ async def test_components_follow_the_stages(
     cfg = config(tmp_path)
     bus = await open_bus(cfg, create=True)
     try:
-        pipeline = Pipeline.build(cfg, load_registry(), bus, Metrics(), stages)
+        pipeline = Pipeline.build(cfg, load_registry(), bus, Metrics(), specs(stages))
+        components = pipeline.components
         for component in built:
-            assert pipeline.has(component), component
+            assert components.has(component), component
+            assert getattr(components, component) is not None
         for component in absent:
-            assert not pipeline.has(component), component
-            assert isinstance(getattr(pipeline, component), NotBuilt)
-            with pytest.raises(RuntimeError, match=f"the {component} is not built"):
-                getattr(pipeline, component).usage()
-        assert bool(pipeline.downloaders) == ("download" in stages)
-        assert bool(pipeline.sources) == ("ingest" in stages)
+            assert not components.has(component), component
+            with pytest.raises(NotBuilt, match=f"the {component} is not built"):
+                getattr(components, component)
+        assert bool(components.fetchers) == ("download" in stages)
+        assert bool(components.sources) == ("ingest" in stages)
         pipeline.apply_live(cfg)  # a reload touches only what exists
         await pipeline.aclose()
     finally:

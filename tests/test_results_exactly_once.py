@@ -33,9 +33,9 @@ def inventory(tmp_path: Path) -> Any:
 
 def pipeline(inv: Any) -> Any:
     return SimpleNamespace(
-        inventory=inv,
+        components=SimpleNamespace(inventory=inv),
         metrics=Metrics(),
-        config=SimpleNamespace(core=SimpleNamespace(results=ResultsConfig())),
+        settings=SimpleNamespace(results=ResultsConfig()),
         group_for=lambda stage: f"lakeferry.{stage}",
         finished=lambda stage, outcome, seconds, event_id, attempt: None,
     )
@@ -69,7 +69,7 @@ async def test_redelivered_batch_after_restart_is_skipped(tmp_path: Path) -> Non
     assert sorted(r.event_id for r in rows) == [f"e{i}" for i in range(7)]
     versions = await inv.transaction_versions(["lakeferry.results:downloads.results:0"])
     assert versions == {"lakeferry.results:downloads.results:0": 6}
-    skipped = restarted.p.metrics.inventory_skipped.labels("offset")._value.get()
+    skipped = restarted.p.metrics.inventory_skipped.labels("offset")._value.get()  # the counter
     assert skipped == 5
 
 
@@ -216,7 +216,7 @@ def events_pipeline(inv: Any) -> Any:
     from lakeferry.config import IngestConfig
 
     p = pipeline(inv)
-    p.config.core.ingest = IngestConfig()
+    p.settings.ingest = IngestConfig()
     return p
 
 

@@ -33,12 +33,12 @@ import pytest
 
 from helpers.daemon import DaemonEnv, wait_until
 from helpers.origin import Origin
+from lakeferry.stages.catalog import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
 INSTALLER = ROOT / "tools" / "install-systemd.sh"
 MAX_EXPOSURE = 2.0
-STAGES = ("ingest", "download", "upload", "results")
 # One instance per template, with a metrics port from its stage's range.
 INSTANCES = {
     "lakeferry-ingest@.service": "lakeferry-ingest@9501.service",
@@ -130,6 +130,8 @@ def directives(text: str, section: str) -> list[str]:
 
 def test_stage_templates_are_one_file_and_match_the_main_unit() -> None:
     templates = [UNITS / f"lakeferry-{stage}@.service" for stage in STAGES]
+    # One template per stage of the catalog, and none for a stage that is not there.
+    assert sorted(UNITS.glob("lakeferry-*@.service")) == sorted(templates)
     texts = {path.read_text() for path in templates}
     assert len(texts) == 1, "the four stage templates must stay byte-identical (stage = %j)"
     template = texts.pop()

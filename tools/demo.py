@@ -35,10 +35,10 @@ import harness
 import origin as origin_mod
 
 from lakeferry.audit import audit
-from lakeferry.bus import open_bus
+from lakeferry.build import Builder
+from lakeferry.buses import open_bus
 from lakeferry.config import load_config
 from lakeferry.dlq import current_letters
-from lakeferry.pipeline import build_component, plugin_context
 from lakeferry.registry import load_registry
 
 
@@ -113,10 +113,8 @@ async def snapshot(config_path: Path) -> tuple[Any, list[Any], list[Any]]:
     registry = load_registry()
     config = load_config(config_path, registry)
     bus = await open_bus(config)
-    inventory = build_component(
-        registry, "inventory", config.inventory, "inventory", plugin_context(config, "demo")
-    )
-    sink = build_component(registry, "sink", config.sink, "sink", plugin_context(config, "demo"))
+    builder = Builder(config, registry, owner="demo")
+    inventory, sink = builder.inventory(), builder.sink()
     try:
         report = await audit(config, bus, inventory, sink, verify_sink=False)
         letters = await current_letters(bus, config.core.topics.dlq)

@@ -59,7 +59,7 @@ def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]], needs: Sequence[st
     """Run ``fn(bus)`` on the config's bus (never creating an embedded one). ``needs``: topics
     the command uses; a Kafka cluster that does not answer, or lacks one of them, ends the
     command with one line saying so (within ``bus.kafka.operation_timeout``)."""
-    from lakeferry.bus import open_bus
+    from lakeferry.buses import open_bus
 
     async def main() -> T:
         bus = await open_bus(config)
@@ -85,14 +85,14 @@ def _with_bus(config: Any, fn: Callable[[Any], Awaitable[T]], needs: Sequence[st
 
 def default_instance(stages: Sequence[str]) -> str:
     """A process's instance name when none is given: its stages (``main`` for all of them)."""
-    from lakeferry.stages import STAGES
+    from lakeferry.stages.catalog import STAGES
 
     return "main" if tuple(stages) == STAGES else "+".join(stages)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lakeferry.owner import claim_all, claims_for
-    from lakeferry.stages import STAGES
+    from lakeferry.stages.catalog import STAGES, specs
     from lakeferry.supervisor import run_daemon
 
     registry = _registry(args.config)
@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Before anything else: a second daemon must not touch what the first one owns.
     locks = claim_all(claims_for(config, instance))
     try:
-        return run_daemon(config, registry, stages, instance)
+        return run_daemon(config, registry, specs(stages), instance)
     finally:
         for lock in locks:
             lock.release()
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Everything a start and a reload check, without opening the bus or the network."""
-    from lakeferry.pipeline import check_components
+    from lakeferry.build import check_components
 
     path = args.file or args.config
     registry = _registry(path)
@@ -347,7 +347,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from lakeferry.audit import audit, submitted_ids
-    from lakeferry.pipeline import build_component, plugin_context
+    from lakeferry.build import Builder
 
     registry = _registry(args.config)
     config = _load(args.config, registry)
@@ -360,9 +360,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return EXIT_USAGE
 
     async def main(bus: Any) -> Any:
-        context = plugin_context(config, "audit")
-        inventory = build_component(registry, "inventory", config.inventory, "inventory", context)
-        sink = build_component(registry, "sink", config.sink, "sink", context)
+        builder = Builder(config, registry, owner="audit")
+        inventory, sink = builder.inventory(), builder.sink()
         try:
             return await audit(config, bus, inventory, sink, submitted=submitted,
                                verify_sink=not args.no_verify_sink)  # fmt: skip
@@ -425,6 +424,9 @@ def build_parser() -> Parser:
         )
         return p
 
+    from lakeferry.stages.catalog import CATALOG
+
+    stage_lines = "".join(f"\n  {spec.name:<9} {spec.summary}" for spec in CATALOG)
     run = with_config(
         command(
             sub,
@@ -432,7 +434,7 @@ def build_parser() -> Parser:
             summary="run the daemon (all stages, or the ones --stages names)",
             description="Run the daemon in the foreground: SIGTERM drains and stops it, SIGHUP\n"
             "reloads the config. With --stages it runs only those stages (one process per\n"
-            "stage is the production shape on Kafka).",
+            "stage is the production shape on Kafka). The stages, in event order:" + stage_lines,
             examples=[
                 "lakeferry run -c etc/lakeferry.toml",
                 "lakeferry run -c /etc/lakeferry/lakeferry.toml --stages download --instance dl-1",
@@ -442,7 +444,7 @@ def build_parser() -> Parser:
     run.add_argument(
         "--stages",
         metavar="LIST",
-        help="comma-separated subset of ingest,download,upload,results (default: all)",
+        help=f"comma-separated subset of {','.join(spec.name for spec in CATALOG)} (default: all)",
     )
     run.add_argument(
         "--instance",

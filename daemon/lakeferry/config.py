@@ -28,6 +28,7 @@ import re
 import socket
 import tomllib
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -479,28 +480,18 @@ def load_plugins(path: str | Path, env: dict[str, str] | None = None) -> Registr
     return load_registry(allow=section.allow, block=section.block, required=section.required)
 
 
-# Settings that SIGHUP applies to a running daemon; everything else needs a restart.
 LIVE_KEYS = frozenset(
     {
         "daemon.log_level",
         "daemon.shutdown_grace",
-        "ingest.concurrency",
-        "ingest.max_event_bytes",
-        "download.concurrency",
-        "download.attempt_timeout",
-        "upload.concurrency",
-        "upload.backoff_initial",
-        "upload.backoff_max",
-        "upload.breaker_failures",
-        "upload.breaker_cooldown",
-        "results.batch_rows",
-        "results.batch_wait",
         "retry.delays",
         "commit.interval",
         "cache.quota",
         "ledger.window",
     }
 )
+"""Settings outside the stages that SIGHUP applies to a running daemon; each stage declares its
+own (:attr:`lakeferry.stagespec.StageSpec.live_keys`). Everything else needs a restart."""
 
 
 def _number(value: Any) -> Any:
@@ -524,12 +515,15 @@ LIVE_PREFIXES = ("downloaders.",)
 """Downloader settings apply live: new downloads use downloaders built from the new settings."""
 
 
-def is_live(key: str) -> bool:
-    return key in LIVE_KEYS or key.startswith(LIVE_PREFIXES)
+def diff(
+    old: LoadedConfig, new: LoadedConfig, stage_keys: Collection[str]
+) -> tuple[list[str], list[str]]:
+    """Changed keys of ``new`` relative to ``old``, split into (live, needs_restart); live
+    are :data:`LIVE_KEYS`, ``downloaders.*`` and the stages' ``stage_keys``."""
 
+    def is_live(key: str) -> bool:
+        return key in LIVE_KEYS or key in stage_keys or key.startswith(LIVE_PREFIXES)
 
-def diff(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list[str]]:
-    """Changed keys of ``new`` relative to ``old``, split into (live, needs_restart)."""
     a, b = _flatten(old.core), _flatten(new.core)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     live = [k for k in changed if is_live(k)]

@@ -22,7 +22,7 @@ import msgspec
 
 from lakeferry.bus.base import Bus, OutgoingRecord, Record
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, DlqTombstone, utcnow
-from lakeferry.pipeline import task_headers
+from lakeferry.records import task_headers
 
 
 @dataclass(frozen=True)

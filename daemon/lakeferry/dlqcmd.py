@@ -189,7 +189,7 @@ async def run(args: argparse.Namespace, bus: Any, topics: Any) -> int:
 
 def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
     from lakeferry.cliparse import command, group
-    from lakeferry.stages import STAGES
+    from lakeferry.stages.catalog import STAGES
 
     dsub = group(
         sub,

@@ -22,9 +22,8 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -32,36 +31,15 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from lakeferry import __version__
 from lakeferry.logs import get_logger
-from lakeferry.urls import redact_text, redact_url
+from lakeferry.recent import RecentErrors
+
+if TYPE_CHECKING:
+    from lakeferry.metrics import Metrics
+    from lakeferry.pipeline import Pipeline
 
 log = get_logger("livefeed")
 
 INTERVAL = 1.0
-STAGE_GROUPS = ("ingest", "download", "upload", "results")
-
-
-@dataclass
-class RecentErrors:
-    """The last failures, for the live view (redacted when recorded)."""
-
-    limit: int = 20
-    items: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
-
-    def add(
-        self, *, stage: str, event_id: str | None, reason: str, error: str, url: str | None
-    ) -> None:
-        self.items.append(
-            {
-                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "stage": stage,
-                "event_id": event_id,
-                "reason": reason,
-                "error": redact_text(error)[:300],
-                "url": redact_url(url) if url else None,
-            }
-        )
-        while len(self.items) > self.limit:
-            self.items.popleft()
 
 
 def samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, str], float]]:
@@ -74,10 +52,14 @@ def samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, 
 class Snapshotter:
     """Builds snapshots from the metrics registry and the pipeline's live state."""
 
-    def __init__(self, pipeline: Any, metrics: Any, errors: RecentErrors) -> None:
+    def __init__(
+        self, pipeline: Pipeline, metrics: Metrics, errors: RecentErrors, stages: Sequence[str]
+    ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
         self.errors = errors
+        self.stages = tuple(stages)
+        """Every stage's name, in event order (the view shows them all, run here or not)."""
         self._last_done: dict[str, float] = {}
         self._last_at = time.monotonic()
 
@@ -95,7 +77,7 @@ class Snapshotter:
             stage = labels["group"].removeprefix(f"{group}.")
             lag[stage] += value
         stages = {}
-        for stage in STAGE_GROUPS:
+        for stage in self.stages:
             rate = (done[stage] - self._last_done.get(stage, done[stage])) / elapsed
             self._last_done[stage] = done[stage]
             limiter = p.limiters.get(stage)
@@ -108,19 +90,17 @@ class Snapshotter:
             }
         retries = {lb["rung"]: int(v) for lb, v in samples(registry, "lakeferry_retries_total")}
         # The ladder as it runs now (a reload may have changed the delays), in delay order.
-        rungs = sorted(
-            (
-                {"topic": topic, "delay": delay, "count": retries.get(topic, 0)}
-                for topic, delay in zip(p.ladder.topics, p.ladder.delays, strict=True)
-            ),
-            key=lambda rung: rung["delay"],
-        )
+        ladder = sorted(zip(p.ladder.delays, p.ladder.topics, strict=True))
+        rungs = [
+            {"topic": topic, "delay": delay, "count": retries.get(topic, 0)}
+            for delay, topic in ladder
+        ]
         dlq: collections.Counter[str] = collections.Counter()
         for labels, value in samples(registry, "lakeferry_dlq_total"):
             dlq[labels["reason"]] += int(value)
         cache = {}
-        if p.has("cache"):
-            usage = p.cache.usage()
+        if p.components.has("cache"):
+            usage = p.components.cache.usage()
             cache = {"bytes": usage.bytes, "files": usage.files, "quota": usage.quota}
         up = next((v for _, v in samples(registry, "lakeferry_bus_up")), 1.0)
         return {

@@ -142,6 +142,45 @@ class Metrics:
     def dead_lettered(self, stage: str, reason: str) -> None:
         self.dlq.labels(stage, reason).inc()
 
+    def retry_late(self, rung_topic: str, seconds: float) -> None:
+        self.retry_lateness.labels(rung_topic).observe(seconds)
+
+    def bus_error(self, op: str) -> None:
+        self.bus_errors.labels(op).inc()
+
+    def bus_health(self, up: bool) -> None:
+        """The bus became reachable (``up``) or not: the gauge, and an outage counted."""
+        if not up:
+            self.bus_outages.inc()
+        self.bus_up.set(1 if up else 0)
+
+    def inventory_skip(self, why: str, n: int = 1) -> None:
+        self.inventory_skipped.labels(why).inc(n)
+
+    def delta_committed(self, table: str, rows: int, seconds: float | None = None) -> None:
+        if seconds is not None:
+            self.delta_commit.labels(table).observe(seconds)
+        self.delta_rows.labels(table).inc(rows)
+
+    def breaker(self, is_open: bool) -> None:
+        self.breaker_open.set(1 if is_open else 0)
+
+    def stage_restarted(self, stage: str) -> None:
+        self.restarts.labels(stage).inc()
+
+    def reloaded(self, result: str, *, restart_pending: bool | None = None) -> None:
+        self.reloads.labels(result).inc()
+        if restart_pending is not None:
+            self.restart_pending.set(1 if restart_pending else 0)
+
+    def lag(self, group: str, topic: str, partition: int, records: int) -> None:
+        self.consumer_lag.labels(group, topic, str(partition)).set(records)
+
+    def cache_usage(self, used_bytes: int, files: int, quota: int) -> None:
+        self.cache_bytes.set(used_bytes)
+        self.cache_files.set(files)
+        self.cache_quota.set(quota)
+
     def serve(self, listen: str) -> None:
         """Start the HTTP endpoint (a daemon thread of prometheus-client)."""
         if not listen:

@@ -21,30 +21,24 @@ from __future__ import annotations
 
 import collections
 import signal
-import time
-from collections.abc import Awaitable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 import trio
 
 from lakeferry import logs
-from lakeferry.bus import open_bus
-from lakeferry.bus.embedded import EmbeddedBus
-from lakeferry.bus.kafka import KafkaBus
+from lakeferry.build import check_components, owner_name
+from lakeferry.buses import open_bus
 from lakeferry.config import LoadedConfig, diff, load_config
 from lakeferry.errors import ConfigError, StageCrashed, StartRefused
 from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
-from lakeferry.pipeline import Pipeline, check_components, owner_name
+from lakeferry.pipeline import Pipeline
 from lakeferry.registry import Registry
-from lakeferry.stages import STAGES
-from lakeferry.stages.download import run_download
-from lakeferry.stages.ingest import run_ingest
-from lakeferry.stages.results import run_results
-from lakeferry.stages.upload import run_upload
+from lakeferry.stages.catalog import CATALOG, live_keys
+from lakeferry.stagespec import StageFn, StageSpec
 from lakeferry.systemd import Notifier
 from lakeferry.topics import require_topics
 
@@ -55,20 +49,6 @@ INVENTORY_MAINTENANCE_INTERVAL = 60.0
 LAG_INTERVAL = 10.0
 LEDGER_MAINTENANCE_INTERVAL = 600.0
 CACHE_REPORT_INTERVAL = 2.0
-
-
-class StageFn(Protocol):
-    def __call__(
-        self, pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = ...
-    ) -> Awaitable[None]: ...
-
-
-STAGE_FUNCTIONS: dict[str, StageFn] = {
-    "ingest": run_ingest,
-    "download": run_download,
-    "upload": run_upload,
-    "results": run_results,
-}
 
 
 class _StartedOnce:
@@ -89,7 +69,7 @@ class Supervisor:
         self,
         config: LoadedConfig,
         registry: Registry,
-        stages: tuple[str, ...] = STAGES,
+        stages: tuple[StageSpec, ...] = CATALOG,
         notifier: Notifier | None = None,
         instance: str = "main",
     ) -> None:
@@ -133,14 +113,13 @@ class Supervisor:
             live = await open_listeners("live.listen", cfg.core.live.listen)
             bus = await open_bus(cfg, member=owner_name(cfg.node, self.instance), create=True)
             try:
-                if isinstance(bus, KafkaBus):
-                    bus.on_health = self._bus_health
+                bus.on_health = self._bus_health
                 await require_topics(cfg, bus)
-                self.metrics.bus_up.set(1)
+                self.metrics.bus_health(True)
                 pipeline = self.pipeline = Pipeline.build(
                     cfg, self.registry, bus, self.metrics, self.stages, self.instance
                 )
-                pipeline.export_stage_gauges(self.stages)
+                pipeline.export_stage_gauges()
                 try:
                     await self._run_stages(pipeline, live)
                 finally:
@@ -157,24 +136,27 @@ class Supervisor:
     async def _run_stages(self, pipeline: Pipeline, live: list[trio.SocketListener]) -> None:
         async with trio.open_nursery() as root:
             root.start_soon(self._signals, root.cancel_scope)
-            if pipeline.has("cache"):
+            if pipeline.components.has("cache"):
                 root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
             root.start_soon(self._report_lag)
             if live:
-                feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors))
+                names = [spec.name for spec in CATALOG]
+                feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors, names))
                 await root.start(feed.run, live)
-            if "results" in self.stages:
+            if any(spec.name == "results" for spec in self.stages):
+                # One kind of process keeps the tables tidy (the ingest stage writes the events
+                # table too, but two maintainers would only race each other).
                 root.start_soon(self._maintain_inventory)
-            if pipeline.has("ledger"):
+            if pipeline.components.has("ledger"):
                 root.start_soon(self._maintain_ledger)
             async with trio.open_nursery() as stages:
-                for name in self.stages:
-                    await stages.start(self._supervise, name, STAGE_FUNCTIONS[name])
+                for spec in self.stages:
+                    await stages.start(self._supervise, spec.name, spec.run)
                 log.info(
                     "ready",
                     extra={
-                        "stages": list(self.stages),
+                        "stages": [spec.name for spec in self.stages],
                         "bus": pipeline.bus.kind,
                         "metrics": self.config.core.metrics.listen,
                     },
@@ -205,7 +187,7 @@ class Supervisor:
                 crashes.append(now)
                 while crashes and crashes[0] < now - daemon.crash_window:
                     crashes.popleft()
-                self.metrics.restarts.labels(name).inc()
+                self.metrics.stage_restarted(name)
                 log.exception(
                     "stage crashed", extra={"stage": name, "crashes_in_window": len(crashes)}
                 )
@@ -249,14 +231,15 @@ class Supervisor:
         try:
             new = load_config(self.config.path, self.registry)
             await check_components(new, self.registry)
-            live, _ = diff(self.config, new)
+            keys = live_keys()
+            live, _ = diff(self.config, new, keys)
             # Pending a restart: what differs from what this process really runs, i.e. from
             # the file it started with (a change reverted is no longer pending).
-            _, restart = diff(self.started, new)
+            _, restart = diff(self.started, new, keys)
             self.pipeline.apply_live(new)
         except Exception as exc:
             # Whatever went wrong, a reload never takes the daemon down.
-            self.metrics.reloads.labels("refused").inc()
+            self.metrics.reloaded("refused")
             log.error(
                 "reload refused; keeping the running configuration",
                 extra={"path": self.config.path, "error": str(exc)},
@@ -266,8 +249,7 @@ class Supervisor:
             return False
         logs.set_level(new.core.daemon.log_level)
         self.config = msgspec.structs.replace(self.config, core=new.core)
-        self.metrics.reloads.labels("applied").inc()
-        self.metrics.restart_pending.set(1 if restart else 0)
+        self.metrics.reloaded("applied", restart_pending=bool(restart))
         if restart:
             log.warning("reloaded; these settings need a restart", extra={"keys": restart})
         log.info("reloaded", extra={"applied": live, "needs_restart": restart})
@@ -275,50 +257,40 @@ class Supervisor:
         return True
 
     def _bus_health(self, up: bool, detail: str) -> None:
-        self.metrics.bus_up.set(1 if up else 0)
+        self.metrics.bus_health(up)
         if not up:
-            self.metrics.bus_outages.inc()
             self.notifier.status(f"bus unreachable: {detail}")
         else:
             self.notifier.status("running")
 
     async def _maintain_bus(self) -> None:
-        """Embedded bus housekeeping: prune consumed records past retention, compact the DLQ."""
+        """The bus's own housekeeping, if it has any (the embedded bus prunes consumed records
+        past retention and compacts the DLQ)."""
         assert self.pipeline is not None
         bus = self.pipeline.bus
-        if not isinstance(bus, EmbeddedBus):
-            return
         while True:
             await trio.sleep(BUS_MAINTENANCE_INTERVAL)
-            cfg = self.config.core
             try:
-                pruned = await bus.prune(
-                    int(time.time() * 1000), int(cfg.bus.embedded.retention * 1000)
+                cfg = self.config.core
+                done = await bus.maintain(
+                    retention=cfg.bus.embedded.retention, compact=[cfg.topics.dlq]
                 )
-                compacted = await bus.compact(cfg.topics.dlq)
             except Exception:
                 log.exception("bus maintenance failed; will try again")
                 continue
-            if pruned or compacted:
-                log.info("bus maintenance", extra={"pruned": pruned, "compacted": compacted})
+            if done:
+                log.info("bus maintenance", extra=done)
 
     def _consumed_topics(self) -> dict[str, list[str]]:
-        """Consumer group -> topics, for the stages this process runs."""
+        """Consumer group -> topics, for the consumers of the stages this process runs."""
         assert self.pipeline is not None
-        p = self.pipeline
-        t = self.config.core.topics
-        out: dict[str, list[str]] = {}
-        if "ingest" in self.stages:
-            out[p.group_for("ingest")] = [t.intake]
-            if self.config.core.ingest.events_table:
-                out[p.group_for("events")] = [t.pending]
-        if "download" in self.stages:
-            out[p.group_for("download")] = [t.pending, *self.config.core.retry.topics]
-        if "upload" in self.stages:
-            out[p.group_for("upload")] = [t.cached]
-        if "results" in self.stages:
-            out[p.group_for("results")] = [t.results]
-        return out
+        core = self.config.core
+        return {
+            self.pipeline.group_for(consumer.group): consumer.topics(core)
+            for spec in self.stages
+            for consumer in spec.consumes
+            if consumer.enabled(core)
+        }
 
     async def _report_lag(self) -> None:
         """Consumer lag per group, topic and partition: end offset minus committed offset."""
@@ -335,12 +307,12 @@ class Supervisor:
                         continue
                     for partition, end in ends.items():
                         lag = max(0, end - committed.get(partition, 0))
-                        self.metrics.consumer_lag.labels(group, topic, str(partition)).set(lag)
+                        self.metrics.lag(group, topic, partition, lag)
             await trio.sleep(LAG_INTERVAL)
 
     async def _maintain_inventory(self) -> None:
         assert self.pipeline is not None
-        inventory = self.pipeline.inventory
+        inventory = self.pipeline.components.inventory
         while True:
             await trio.sleep(INVENTORY_MAINTENANCE_INTERVAL)
             try:
@@ -353,7 +325,8 @@ class Supervisor:
         assert self.pipeline is not None
         while True:
             try:
-                forgotten = await self.pipeline.ledger.prune(self.config.core.ledger.window)
+                ledger = self.pipeline.components.ledger
+                forgotten = await ledger.prune(self.config.core.ledger.window)
             except Exception:
                 log.exception("id ledger maintenance failed; will try again")
             else:
@@ -365,16 +338,14 @@ class Supervisor:
         """The cache gauges, from the cache's storage every few seconds (download and upload
         workers of a VM share the cache: what one process counted alone would drift)."""
         assert self.pipeline is not None
-        cache = self.pipeline.cache
+        cache = self.pipeline.components.cache
         while True:
             try:
                 usage = await cache.refresh()
             except Exception as exc:
                 log.warning("cannot read the cache's usage", extra={"error": str(exc)})
                 usage = cache.usage()
-            self.metrics.cache_bytes.set(usage.bytes)
-            self.metrics.cache_files.set(usage.files)
-            self.metrics.cache_quota.set(usage.quota)
+            self.metrics.cache_usage(usage.bytes, usage.files, usage.quota)
             await trio.sleep(CACHE_REPORT_INTERVAL)
 
 
@@ -384,7 +355,10 @@ async def _sleep_unless_draining(p: Pipeline, seconds: float) -> None:
 
 
 def run_daemon(
-    config: LoadedConfig, registry: Registry, stages: tuple[str, ...], instance: str = "main"
+    config: LoadedConfig,
+    registry: Registry,
+    stages: tuple[StageSpec, ...] = CATALOG,
+    instance: str = "main",
 ) -> int:
     """Run the daemon until drained. Returns the process exit code; raises
     :class:`StartRefused` (exit 2) when it cannot start here as configured."""

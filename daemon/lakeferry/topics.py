@@ -10,10 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lakeferry.bus import kafka_topic_config, topic_specs
-from lakeferry.bus.base import Bus
+from lakeferry.bus.base import Bus, TopicSpec
 from lakeferry.config import LoadedConfig
 from lakeferry.errors import ConfigError
+
+
+def topic_specs(config: LoadedConfig) -> list[TopicSpec]:
+    """Every topic the pipeline uses, with the configured partition count."""
+    return [TopicSpec(name, config.core.bus.partitions) for name in config.all_topics()]
+
+
+def topic_settings(config: LoadedConfig, topic: str) -> dict[str, str]:
+    """Broker-side settings lakeferry manages for ``topic`` (buses that have brokers)."""
+    if topic == config.core.topics.dlq:
+        # Keyed letters and tombstones: compaction keeps the last record of every event.
+        return {"cleanup.policy": "compact"}
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(config.core.bus.kafka.retention * 1000)),
+    }
 
 
 @dataclass
@@ -50,17 +65,14 @@ async def ensure(config: LoadedConfig, bus: Bus) -> TopicReport:
         await bus.ensure_topics(missing)
         report.created = [s.name for s in missing]
     present = [s for s in specs if s.name in existing]
-    described: dict[str, dict[str, str]] = {}
-    describe = getattr(bus, "describe_topics", None)
-    if describe is not None and present:
-        described = await describe([s.name for s in present])
+    described = await bus.describe_topics([s.name for s in present]) if present else {}
     for spec in present:
         problems = []
         if existing[spec.name] != spec.partitions:
             problems.append(f"partitions {existing[spec.name]} (configured {spec.partitions})")
         if spec.name in described:
             actual = described[spec.name]
-            for key, want in kafka_topic_config(config, spec.name).items():
+            for key, want in topic_settings(config, spec.name).items():
                 if actual.get(key) != want:
                     problems.append(f"{key}={actual.get(key)} (configured {want})")
         if problems:

@@ -97,10 +97,21 @@ class TopicSpec(NamedTuple):
     partitions: int
 
 
+HealthCallback = Callable[[bool, str], None]
+"""``on_health(up, detail)``: called on the trio thread when the bus goes away or returns."""
+
+
 class Bus(Protocol):
-    """A connection to one bus. Created by :func:`lakeferry.bus.open_bus`."""
+    """A connection to one bus. Created by :func:`lakeferry.buses.open_bus`.
+
+    Every bus has every method; what a bus does not have (brokers to describe, housekeeping
+    of its own, outages) it declares by doing nothing (``describe_topics`` returns ``{}``,
+    ``maintain`` returns ``{}``, ``on_health`` is never called), so callers never probe.
+    """
 
     kind: str
+    on_health: HealthCallback | None
+    """Set by the daemon; a bus that can become unreachable calls it on every change."""
 
     def producer(self) -> Producer: ...
 
@@ -133,5 +144,14 @@ class Bus(Protocol):
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset that will be written, per partition of ``topic``."""
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Broker-side settings of existing topics (``{}``: the bus has none)."""
+
+    async def maintain(self, *, retention: float, compact: Sequence[str]) -> dict[str, int]:
+        """The bus's own housekeeping, called every few minutes by the daemon: drop consumed
+        records older than ``retention`` seconds, compact the ``compact`` topics (keep the
+        last record of each key). Returns counts to log (``{}``: nothing to do, e.g. brokers
+        do it themselves)."""
 
     async def aclose(self) -> None: ...

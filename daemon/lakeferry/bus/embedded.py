@@ -71,6 +71,7 @@ from lakeferry.bus.base import (
     AssignCallback,
     Bus,
     Consumer,
+    HealthCallback,
     OutgoingRecord,
     Producer,
     Record,
@@ -236,6 +237,8 @@ class EmbeddedBus:
         self.path = path
         self.default_partitions = default_partitions
         self.poll_interval = poll_interval
+        self.on_health: HealthCallback | None = None
+        """Never called: a file on this machine does not become unreachable."""
         #: Group-commit transactions written so far by this bus (a diagnostic).
         self.write_batches = 0
         self._conn: sqlite3.Connection | None = conn
@@ -544,6 +547,19 @@ class EmbeddedBus:
         return await self._run(query)
 
     # -- maintenance ------------------------------------------------------------------------
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """No broker-side settings: retention and compaction are :meth:`maintain`'s."""
+        await trio.lowlevel.checkpoint()
+        return {}
+
+    async def maintain(self, *, retention: float, compact: Sequence[str]) -> dict[str, int]:
+        """Prune consumed records past ``retention`` and compact the ``compact`` topics."""
+        pruned = await self.prune(int(time.time() * 1000), int(retention * 1000))
+        compacted = 0
+        for topic in compact:
+            compacted += await self.compact(topic)
+        return {"pruned": pruned, "compacted": compacted} if pruned or compacted else {}
 
     async def prune(self, now_ms: int, retention_ms: int, *, keep_uncommitted: bool = True) -> int:
         """Delete records older than ``now_ms - retention_ms``; return how many went.

@@ -61,6 +61,7 @@ from lakeferry.bus.base import (
     AssignCallback,
     Bus,
     Consumer,
+    HealthCallback,
     OutgoingRecord,
     Producer,
     Record,
@@ -99,8 +100,6 @@ RETRIABLE = frozenset(
 """Codes retried even where librdkafka does not flag the error ``retriable()``."""
 
 KTP = KTopicPartition
-HealthCallback = Callable[[bool, str], None]
-"""``on_health(up, detail)``: called on the trio thread when the brokers go away or return."""
 
 
 def retriable(exc: KafkaException) -> bool:
@@ -349,6 +348,12 @@ class KafkaBus:
 
         created: list[str] = await self._admin_call(work, "cannot create topics")
         return created
+
+    async def maintain(self, *, retention: float, compact: Sequence[str]) -> dict[str, int]:
+        """Nothing: the brokers apply retention and compaction (``lakeferry topics ensure``
+        sets them on the topics)."""
+        await trio.lowlevel.checkpoint()
+        return {}
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """Topic configs (only the keys lakeferry manages) of existing topics."""

@@ -1,4 +1,5 @@
-"""The pipeline's stages, each a long-running trio task started by the supervisor."""
+"""The pipeline's stages, each a long-running trio task started by the supervisor.
 
-STAGES = ("ingest", "download", "upload", "results")
-"""Every stage, in the order an event passes them (``lakeferry run --stages`` takes a subset)."""
+Each stage module declares its :class:`~lakeferry.stagespec.StageSpec` as ``SPEC``;
+:mod:`lakeferry.stages.catalog` lists them (``STAGES``: their names, in event order).
+"""

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import msgspec
 import trio
@@ -41,11 +38,14 @@ from lakeferry.groupcommit import BatchFailed
 from lakeferry.ledger import duplicate_key, fingerprint
 from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTask, Event, utcnow
-from lakeferry.pipeline import Pipeline, event_key, task_headers
+from lakeferry.pipeline import Pipeline
+from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.driver import seconds_until_ms
+from lakeferry.stages.policy import KeyLocks, classify
 from lakeferry.stages.runner import run_consuming_stage
+from lakeferry.stagespec import Consumes, StageSpec
 from lakeferry.urls import check_url, redact_url
 
 log = get_logger("download")
@@ -82,27 +82,6 @@ def duplicate_id(event: Event, first_url: str, first_path: str | None, when: str
         f"event names {named(event.url, event.path)}. An id names one file: send this one "
         "under its own id.",
     )
-
-
-class KeyLocks:
-    """One trio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, trio.Lock] = {}
-        self._users: defaultdict[str, int] = defaultdict(int)
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, trio.Lock())
-        self._users[key] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                del self._locks[key]
 
 
 class Claim:
@@ -151,14 +130,14 @@ class DownloadStage:
     async def handle(self, record: Record) -> None:
         p = self.p
         started = time.monotonic()
-        task = await p.decode_or_dead_letter(DOWNLOAD, record, "download")
+        task = await p.dead_letters.decode(DOWNLOAD, record, "download")
         if task is None:
             return
         try:
             due = due_ms(record.headers)
             if due is not None:
                 lateness = max(0.0, time.time() - due / 1000)
-                p.metrics.retry_lateness.labels(record.topic).observe(lateness)
+                p.metrics.retry_late(record.topic, lateness)
             try:
                 outcome = await self._check_id(task)
                 if outcome is None:
@@ -182,7 +161,7 @@ class DownloadStage:
             # whichever handler the scheduler happens to start first.
             await claim.bound.wait()
         try:
-            bound = await self.p.ledger.bind(event)
+            bound = await self.p.components.ledger.bind(event)
         except BatchFailed as exc:
             raise TransientError(Reason.INTERNAL, f"id ledger: {exc}") from exc
         finally:
@@ -226,23 +205,26 @@ class DownloadStage:
         event = task.event
         key = cache_key(event.id)
         async with self.locks.hold(key):
-            entry = await p.cache.lookup(key)
+            cache = p.components.cache
+            entry = await cache.lookup(key)
             outcome = "cached"
             if entry is None or (event.sha256 is not None and entry.sha256 != event.sha256):
                 outcome = "downloaded"
                 scheme = check_url(event.url)
-                downloader = p.downloaders.get(scheme)
-                if downloader is None:
+                fetchers = p.components.fetchers
+                fetcher = fetchers.get(scheme)
+                if fetcher is None:
                     raise PermanentError(
                         Reason.UNSUPPORTED_SCHEME,
                         f"no downloader for scheme {scheme!r} "
-                        f"(have: {', '.join(sorted(p.downloaders)) or 'none'})",
+                        f"(have: {', '.join(sorted(fetchers)) or 'none'})",
                     )
-                resume = getattr(downloader, "supports_resume", False) is True
+                downloader, resume = fetcher
+                timeout = p.settings.download.attempt_timeout
                 try:
-                    with trio.fail_after(p.config.core.download.attempt_timeout):
-                        async with p.cache.reserve(event.size) as reservation:
-                            pending = await p.cache.create(key, resume=resume)
+                    with trio.fail_after(timeout):
+                        async with cache.reserve(event.size) as reservation:
+                            pending = await cache.create(key, resume=resume)
                             try:
                                 out = BoundedWriter(pending, reservation, event.size)
                                 await out.cover_kept_bytes()
@@ -259,12 +241,13 @@ class DownloadStage:
                 except trio.TooSlowError:
                     raise TransientError(
                         Reason.TIMEOUT,
-                        f"download did not finish within {p.config.core.download.attempt_timeout}s",
+                        f"download did not finish within {timeout}s",
                     ) from None
-                except PipelineError:
-                    raise
                 except Exception as exc:
-                    raise self._classify(exc) from exc
+                    error = classify(p.registry, exc, "download")
+                    if error is exc:
+                        raise
+                    raise error from exc
                 p.metrics.bytes_moved("download", entry.size)
             cached = CachedFile(
                 task=task,
@@ -273,18 +256,12 @@ class DownloadStage:
                 sha256=entry.sha256,
                 downloaded_at=utcnow(),
             )
-            topic = p.config.core.topics.cached
+            topic = p.topics.cached
             await p.producer.send(
                 topic, CACHED.encode(cached), key=event_key(event.id),
                 headers=task_headers(task, topic),
             )  # fmt: skip
             return outcome
-
-    def _classify(self, exc: Exception) -> PipelineError:
-        classified = self.p.registry.classify(exc, "download")
-        if classified is not None:
-            return classified
-        return TransientError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def _failed(self, task: DownloadTask, error: PipelineError, topic: str) -> None:
         p = self.p
@@ -315,14 +292,14 @@ class DownloadStage:
             # A second file under a used id has its own key: it must not replace the letter
             # of the event that owns the id.
             key = duplicate_key(task.event) if error.reason == Reason.DUPLICATE_ID else None
-            await p.dead_letter(
+            await p.dead_letters.send(
                 stage="download", reason=error.reason, error=str(error),
                 origin_topic=topic, task=failed, key=key,
             )  # fmt: skip
             return
         rung = p.ladder.rung_for(failures)
         if rung is None:
-            await p.dead_letter(
+            await p.dead_letters.send(
                 stage="download", reason=Reason.RETRIES_EXHAUSTED,
                 error=f"gave up after {failures} attempts; last error: {error}",
                 origin_topic=topic, task=failed,
@@ -332,11 +309,8 @@ class DownloadStage:
         # offset order on a rung, which is what lets the consumer wait on the head only.
         due_at = now + dt.timedelta(seconds=rung.delay)
         retry = msgspec.structs.replace(failed, due_at=due_at)
-        headers = task_headers(retry, topic)
-        headers[DUE_HEADER] = str(to_ms(due_at)).encode()
-        await p.producer.send(
-            rung.topic, DOWNLOAD.encode(retry), key=event_key(task.event.id), headers=headers
-        )
+        due = {DUE_HEADER: str(to_ms(due_at)).encode()}
+        await p.producer.send_many([task_record(rung.topic, retry, due)])
         p.metrics.retried(rung.topic)
 
 
@@ -344,16 +318,24 @@ async def run_download(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Consume pending and every retry rung until drained."""
-    p = pipeline
-    stage = DownloadStage(p)
+    stage = DownloadStage(pipeline)
     await run_consuming_stage(
-        p,
-        name="download",
-        topics=[p.config.core.topics.pending, *p.config.core.retry.topics],
-        handler=stage.handle,
-        limiter=p.limiters["download"],
-        active=p.active["download"],
-        gate=stage.gate,
-        dispatch=stage.dispatch,
+        pipeline, SPEC.main, handler=stage.handle, gate=stage.gate, dispatch=stage.dispatch,
         task_status=task_status,
-    )
+    )  # fmt: skip
+
+
+SPEC = StageSpec(
+    name="download",
+    summary="fetch each task's URL into the cache (pending and the retry rungs)",
+    run=run_download,
+    consumes=(
+        Consumes(
+            "download",
+            topics=lambda core: [core.topics.pending, *core.retry.topics],
+            capacity=lambda core: core.download.concurrency,
+        ),
+    ),
+    uses=frozenset({"cache", "downloader", "ledger"}),
+    live_keys=frozenset({"download.concurrency", "download.attempt_timeout"}),
+)

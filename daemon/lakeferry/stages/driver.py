@@ -26,13 +26,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import trio
 
 from lakeferry.bus.base import Consumer, Record, TopicPartition
 from lakeferry.bus.offsets import OffsetTracker, Ticket
 from lakeferry.errors import BusError
+from lakeferry.lifecycle import ActiveCount, Lifecycle
 from lakeferry.logs import get_logger
 
 log = get_logger("stage")
@@ -45,24 +45,6 @@ Dispatch = Callable[[Record], None]
 partition), before its handler starts: handlers themselves start in no guaranteed order."""
 
 FINAL_COMMIT_TIMEOUT = 10.0
-
-
-@dataclass
-class Lifecycle:
-    """Shared by the supervisor and every stage: tells them when to drain and how long for."""
-
-    shutdown_grace: float
-    draining: trio.Event = field(default_factory=trio.Event)
-
-    def drain(self) -> None:
-        self.draining.set()
-
-
-@dataclass
-class ActiveCount:
-    """Records a stage is processing right now (the limiter also counts a fetch in waiting)."""
-
-    n: int = 0
 
 
 class StageDriver:

@@ -28,6 +28,7 @@ from lakeferry.pipeline import Pipeline
 from lakeferry.stages.batcher import Batcher
 from lakeferry.stages.exactly_once import ExactlyOnce
 from lakeferry.stages.runner import run_consuming_stage
+from lakeferry.stagespec import Consumes
 from lakeferry.urls import redact_url
 
 log = get_logger("events")
@@ -55,11 +56,11 @@ class EventsRecorder:
         self.p = pipeline
         self.once = ExactlyOnce(
             pipeline.group_for("events"),
-            lambda app_ids: pipeline.inventory.read_events_state(app_ids),
+            lambda app_ids: pipeline.components.inventory.read_events_state(app_ids),
         )
 
         def cfg() -> IngestConfig:  # read live on every batch (SIGHUP may change it)
-            return pipeline.config.core.ingest
+            return pipeline.settings.ingest
 
         self.batcher: Batcher[tuple[Record, EventRow | None]] = Batcher(
             "events",
@@ -86,28 +87,30 @@ class EventsRecorder:
         if not rows and not selection.transactions:
             return
         try:
-            await self.p.inventory.append_events(rows, selection.transactions)
+            await self.p.components.inventory.append_events(rows, selection.transactions)
         except Exception:
             once.failed()
             raise
         once.committed(selection)
-        self.p.metrics.delta_rows.labels("events").inc(len(rows))
+        self.p.metrics.delta_committed("events", len(rows))
+
+
+EVENTS = Consumes(
+    "events",
+    topics=lambda core: [core.topics.pending],
+    capacity=lambda core: core.ingest.events_batch_rows * 2,
+    enabled=lambda core: core.ingest.events_table,
+)
+"""The recorder's consumer, declared by the ingest stage's spec (it runs in that stage)."""
 
 
 async def run_events_recorder(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    p = pipeline
-    recorder = EventsRecorder(p)
+    recorder = EventsRecorder(pipeline)
     await recorder.once.load()
     await run_consuming_stage(
-        p,
-        name="events",
-        topics=[p.config.core.topics.pending],
-        handler=recorder.handle,
-        limiter=trio.CapacityLimiter(p.config.core.ingest.events_batch_rows * 2),
-        on_assign=recorder.once.on_assign,
-        on_revoke=recorder.once.on_revoke,
-        background=[recorder.batcher.run],
+        pipeline, EVENTS, handler=recorder.handle, on_assign=recorder.once.on_assign,
+        on_revoke=recorder.once.on_revoke, background=[recorder.batcher.run],
         task_status=task_status,
-    )
+    )  # fmt: skip

@@ -19,19 +19,24 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import trio
 
-from lakeferry.admission import Refusal, admission
-from lakeferry.bus.base import OutgoingRecord, Record
+from lakeferry.admission import Admission, Refusal, admission
+from lakeferry.bus.base import OutgoingRecord, Producer, Record
 from lakeferry.components import RawEvent
+from lakeferry.config import TopicsConfig
+from lakeferry.deadletters import DeadLetters
 from lakeferry.logs import get_logger
-from lakeferry.messages import DOWNLOAD, DownloadTask, utcnow
-from lakeferry.pipeline import Pipeline, event_key, task_headers
-from lakeferry.stages.events import run_events_recorder
+from lakeferry.messages import DownloadTask, utcnow
+from lakeferry.metrics import Metrics
+from lakeferry.pipeline import Pipeline
+from lakeferry.records import task_record
+from lakeferry.stages.events import EVENTS, run_events_recorder
 from lakeferry.stages.runner import run_consuming_stage
+from lakeferry.stagespec import Consumes, StageSpec
 
 log = get_logger("ingest")
 
@@ -57,15 +62,34 @@ class BusIntake:
     """The :class:`~lakeferry.components.Intake` every source publishes through: the rules of
     :mod:`lakeferry.admission`, the same ``lakeferry submit`` applies."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.p = pipeline
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        rules: Callable[[], Admission],
+        topics: Callable[[], TopicsConfig],
+    ) -> None:
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.rules = rules
+        """The admission rules, read for every batch: a reload may change the limit."""
+        self.topics = topics
+
+    @classmethod
+    def of(cls, p: Pipeline) -> BusIntake:
+        return cls(
+            producer=p.producer, dead_letters=p.dead_letters, metrics=p.metrics,
+            rules=lambda: admission(p.config, p.registry), topics=lambda: p.topics,
+        )  # fmt: skip
 
     async def publish(self, events: Sequence[RawEvent]) -> None:
-        p = self.p
-        topics = p.config.core.topics
+        topics = self.topics()
         received = utcnow()
         started = time.monotonic()
-        rules = admission(p.config, p.registry)  # read live: a reload may change the limit
+        rules = self.rules()
         out: list[OutgoingRecord] = []
         refused: list[str] = []
         for raw in events:
@@ -73,7 +97,7 @@ class BusIntake:
                 event = rules.decode(raw.data)
             except Refusal as refusal:
                 refused.append(refusal.reason)
-                letter = p.dead_letter_record(
+                letter = self.dead_letters.record(
                     stage="ingest", reason=refusal.reason, error=str(refusal),
                     origin_topic=topics.intake, raw=raw.data[: rules.max_event_bytes],
                     source=raw.origin, key=malformed_key(raw.data),
@@ -93,7 +117,7 @@ class BusIntake:
                 destination = rules.check(event, received)
             except Refusal as refusal:
                 refused.append(refusal.reason)
-                letter = p.dead_letter_record(
+                letter = self.dead_letters.record(
                     stage="ingest", reason=refusal.reason, error=str(refusal),
                     origin_topic=topics.intake, task=task, source=raw.origin,
                 )  # fmt: skip
@@ -101,22 +125,15 @@ class BusIntake:
                 continue
             if destination is not None:
                 task = msgspec.structs.replace(task, destination=destination)
-            out.append(
-                OutgoingRecord(
-                    topics.pending,
-                    DOWNLOAD.encode(task),
-                    event_key(event.id),
-                    task_headers(task, topics.pending),
-                )
-            )
+            out.append(task_record(topics.pending, task))
         if out:
-            await p.producer.send_many(out)
+            await self.producer.send_many(out)
         elapsed = time.monotonic() - started
         for _ in range(len(out) - len(refused)):
-            p.metrics.message_done("ingest", "published", elapsed)
+            self.metrics.message_done("ingest", "published", elapsed)
         for reason in refused:
-            p.metrics.message_done("ingest", reason, elapsed)
-            p.metrics.dead_lettered("ingest", reason)
+            self.metrics.message_done("ingest", reason, elapsed)
+            self.metrics.dead_lettered("ingest", reason)
         if refused:
             log.warning(
                 "events dead-lettered at ingest",
@@ -129,7 +146,7 @@ async def run_ingest(
 ) -> None:
     """Run every configured source and the intake-topic consumer until drained."""
     p = pipeline
-    intake = BusIntake(p)
+    intake = BusIntake.of(p)
 
     async def handle(record: Record) -> None:
         origin = f"{record.topic}/{record.partition}/{record.offset}"
@@ -138,7 +155,7 @@ async def run_ingest(
     async def run_sources(task_status: trio.TaskStatus[None]) -> None:
         # Sources run until the drain cancels them (or they return by themselves).
         async with trio.open_nursery() as nursery:
-            for source in p.sources:
+            for source in p.components.sources:
                 await nursery.start(source.run, intake)
             task_status.started()
             await p.lifecycle.draining.wait()
@@ -146,17 +163,24 @@ async def run_ingest(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run_sources)
-        await nursery.start(
-            functools.partial(
-                run_consuming_stage,
-                p,
-                name="ingest",
-                topics=[p.config.core.topics.intake],
-                handler=handle,
-                limiter=p.limiters["ingest"],
-                active=p.active["ingest"],
-            )
-        )
-        if p.config.core.ingest.events_table:
+        await nursery.start(functools.partial(run_consuming_stage, p, SPEC.main, handler=handle))
+        if EVENTS.enabled(p.settings):
             await nursery.start(run_events_recorder, p)
         task_status.started()
+
+
+SPEC = StageSpec(
+    name="ingest",
+    summary="validate raw events from the sources and the intake topic onto downloads.pending",
+    run=run_ingest,
+    consumes=(
+        Consumes(
+            "ingest",
+            topics=lambda core: [core.topics.intake],
+            capacity=lambda core: core.ingest.concurrency,
+        ),
+        EVENTS,
+    ),
+    uses=frozenset({"source", "inventory"}),  # the events recorder writes the events table
+    live_keys=frozenset({"ingest.concurrency", "ingest.max_event_bytes"}),
+)

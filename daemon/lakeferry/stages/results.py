@@ -31,6 +31,7 @@ from lakeferry.pipeline import Pipeline
 from lakeferry.stages.batcher import Batcher
 from lakeferry.stages.exactly_once import ExactlyOnce
 from lakeferry.stages.runner import run_consuming_stage
+from lakeferry.stagespec import Consumes, StageSpec
 from lakeferry.urls import redact_url
 
 log = get_logger("results")
@@ -59,18 +60,19 @@ class ResultsStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         self.once = ExactlyOnce(
-            pipeline.group_for("results"), lambda app_ids: pipeline.inventory.read_state(app_ids)
+            pipeline.group_for("results"),
+            lambda app_ids: pipeline.components.inventory.read_state(app_ids),
         )
 
         def cfg() -> ResultsConfig:  # read live on every batch (SIGHUP may change it)
-            return pipeline.config.core.results
+            return pipeline.settings.results
 
         self.batcher: Batcher[tuple[Record, UploadResult]] = Batcher(
             "inventory",
             self.flush,
             max_items=lambda: cfg().batch_rows,
             max_wait=lambda: cfg().batch_wait,
-            on_error=lambda: pipeline.metrics.bus_errors.labels("inventory").inc(),
+            on_error=lambda: pipeline.metrics.bus_error("inventory"),
         )
 
     async def load(self) -> None:
@@ -78,30 +80,29 @@ class ResultsStage:
         log.info("inventory loaded", extra={"landed": len(self.once.keys)})
 
     async def handle(self, record: Record) -> None:
-        result = await self.p.decode_or_dead_letter(RESULT, record, "results")
+        result = await self.p.dead_letters.decode(RESULT, record, "results")
         if result is None:
             return
         if self.once.written(record):
-            self.p.metrics.inventory_skipped.labels("offset").inc()
+            self.p.metrics.inventory_skip("offset")
             return
         await self.batcher.add((record, result))
 
     async def flush(self, items: Sequence[tuple[Record, UploadResult]]) -> None:
         p = self.p
         selection = await self.once.select([(r, res.task.event.id) for r, res in items])
-        p.metrics.inventory_skipped.labels("offset").inc(selection.by_offset)
-        p.metrics.inventory_skipped.labels("duplicate").inc(selection.by_key)
+        p.metrics.inventory_skip("offset", selection.by_offset)
+        p.metrics.inventory_skip("duplicate", selection.by_key)
         rows = [inventory_row(items[i][1]) for i in selection.keep]
         if not rows:
             return
         started = time.monotonic()
         try:
-            await p.inventory.append(rows, selection.transactions)
+            await p.components.inventory.append(rows, selection.transactions)
         except Exception:
             self.once.failed()
             raise
-        p.metrics.delta_commit.labels("inventory").observe(time.monotonic() - started)
-        p.metrics.delta_rows.labels("inventory").inc(len(rows))
+        p.metrics.delta_committed("inventory", len(rows), time.monotonic() - started)
         self.once.committed(selection)
         committed = utcnow()
         seconds = time.monotonic() - started
@@ -114,18 +115,25 @@ async def run_results(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Consume ``downloads.results`` into the inventory until drained."""
-    p = pipeline
-    stage = ResultsStage(p)
+    stage = ResultsStage(pipeline)
     await stage.load()
     await run_consuming_stage(
-        p,
-        name="results",
-        topics=[p.config.core.topics.results],
-        handler=stage.handle,
-        limiter=p.limiters["results"],
-        active=p.active["results"],
-        on_assign=stage.once.on_assign,
-        on_revoke=stage.once.on_revoke,
-        background=[stage.batcher.run],
-        task_status=task_status,
-    )
+        pipeline, SPEC.main, handler=stage.handle, on_assign=stage.once.on_assign,
+        on_revoke=stage.once.on_revoke, background=[stage.batcher.run], task_status=task_status,
+    )  # fmt: skip
+
+
+SPEC = StageSpec(
+    name="results",
+    summary="record each landed file in the inventory table, exactly once",
+    run=run_results,
+    consumes=(
+        Consumes(
+            "results",
+            topics=lambda core: [core.topics.results],
+            capacity=lambda core: core.results.batch_rows * 2,
+        ),
+    ),
+    uses=frozenset({"inventory"}),
+    live_keys=frozenset({"results.batch_rows", "results.batch_wait"}),
+)

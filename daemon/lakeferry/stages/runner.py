@@ -12,19 +12,17 @@ import trio
 
 from lakeferry.bus.base import TopicPartition
 from lakeferry.pipeline import Pipeline
-from lakeferry.stages.driver import ActiveCount, Dispatch, Gate, Handler, StageDriver
+from lakeferry.stages.driver import Dispatch, Gate, Handler, StageDriver
+from lakeferry.stagespec import Consumes
 
 Background = Callable[[], Awaitable[None]]
 
 
 async def run_consuming_stage(
     p: Pipeline,
+    consumes: Consumes,
     *,
-    name: str,
-    topics: Sequence[str],
     handler: Handler,
-    limiter: trio.CapacityLimiter,
-    active: ActiveCount | None = None,
     gate: Gate | None = None,
     dispatch: Dispatch | None = None,
     on_assign: Callable[[Sequence[TopicPartition]], None] | None = None,
@@ -32,11 +30,14 @@ async def run_consuming_stage(
     background: Sequence[Background] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Consume ``topics`` in group ``<bus.group>.<name>`` until drained.
+    """Consume what ``consumes`` names, in group ``<bus.group>.<consumes.group>``, with its
+    limiter, until drained.
 
     ``background`` tasks (a batch flusher, say) run beside the driver and are cancelled once
     the driver has drained, so they serve the handlers to the very end.
     """
+    name = consumes.group
+    topics = consumes.topics(p.settings)
     driver: StageDriver
 
     def revoke(tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
@@ -50,12 +51,12 @@ async def run_consuming_stage(
     driver = StageDriver(
         name=name,
         consumer=consumer,
-        limiter=limiter,
+        limiter=p.limiters[name],
         handler=handler,
         lifecycle=p.lifecycle,
-        commit_interval=lambda: p.config.core.commit.interval,
+        commit_interval=lambda: p.settings.commit.interval,
         gate=gate,
-        active=active,
+        active=p.active[name],
         dispatch=dispatch,
     )
     try:

@@ -26,14 +26,16 @@ import msgspec
 import trio
 
 from lakeferry.bus.base import Record
-from lakeferry.components import PutOutcome, SinkFile
-from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
+from lakeferry.components import PutOutcome, Sink, SinkFile
+from lakeferry.errors import PermanentError, PipelineError, TransientError
 from lakeferry.groupcommit import BatchFailed
 from lakeferry.logs import Throttled, get_logger
-from lakeferry.messages import CACHED, DOWNLOAD, RESULT, CachedFile, UploadResult, utcnow
-from lakeferry.pipeline import Pipeline, event_key, task_headers
-from lakeferry.stages.download import KeyLocks
+from lakeferry.messages import CACHED, RESULT, CachedFile, UploadResult, utcnow
+from lakeferry.pipeline import Pipeline
+from lakeferry.records import event_key, task_headers, task_record
+from lakeferry.stages.policy import KeyLocks, classify
 from lakeferry.stages.runner import run_consuming_stage
+from lakeferry.stagespec import Consumes, StageSpec
 
 log = get_logger("upload")
 
@@ -97,7 +99,7 @@ class CircuitBreaker:
 class UploadStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
-        cfg = pipeline.config.core.upload
+        cfg = pipeline.settings.upload
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown, self._breaker)
         self.locks = KeyLocks()
         self.failures = Throttled(log)
@@ -106,7 +108,7 @@ class UploadStage:
     async def handle(self, record: Record) -> None:
         p = self.p
         started = time.monotonic()
-        cached = await p.decode_or_dead_letter(CACHED, record, "upload")
+        cached = await p.dead_letters.decode(CACHED, record, "upload")
         if cached is None:
             return
         async with self.locks.hold(cached.cache_key):
@@ -120,16 +122,18 @@ class UploadStage:
         try:
             # Rendered and checked at ingest; older tasks and sinks without a path template
             # are rendered here.
-            destination = cached.task.destination or p.sink.destination(event, now=utcnow())
+            destination = cached.task.destination or p.components.sink.destination(
+                event, now=utcnow()
+            )
         except PermanentError as error:
             await self._dead(cached, error, topic)
             return "failed"
-        cfg = p.config.core.upload
+        cfg = p.settings.upload
         self.breaker.threshold, self.breaker.cooldown = cfg.breaker_failures, cfg.breaker_cooldown
         delay: float = cfg.backoff_initial
         while True:
             await self.breaker.wait_closed()
-            p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
+            p.metrics.breaker(self.breaker.is_open)
             try:
                 outcome = await self._put(cached, destination)
             except PermanentError as error:
@@ -139,7 +143,7 @@ class UploadStage:
             except TransientError as error:
                 self._last_error = f"{error.reason}: {error}"
                 self.breaker.failure()
-                p.metrics.breaker_open.set(1 if self.breaker.is_open else 0)
+                p.metrics.breaker(self.breaker.is_open)
                 wait = max(delay, error.retry_after or 0.0)
                 self.failures.warning(
                     error.reason,
@@ -151,7 +155,7 @@ class UploadStage:
                 delay = min(delay * 2, cfg.backoff_max)
                 continue
             self.breaker.success()
-            p.metrics.breaker_open.set(0)
+            p.metrics.breaker(False)
             break
         if outcome is None:
             await self._redownload(cached)
@@ -165,18 +169,18 @@ class UploadStage:
             uploaded_at=utcnow(),
             skipped=outcome.skipped,
         )
-        results = p.config.core.topics.results
+        results = p.topics.results
         await p.producer.send(
             results, RESULT.encode(result), key=event_key(event.id),
             headers=task_headers(cached.task, results),
         )  # fmt: skip
         try:  # the result is on the bus: the file counts as landed from here on
-            await p.ledger.land(event)
+            await p.components.ledger.land(event)
         except BatchFailed as exc:  # only a fetch saved the next time, nothing lost
             log.warning(
                 "cannot record a landed id", extra={"event_id": event.id, "error": str(exc)}
             )
-        await p.cache.remove(cached.cache_key)
+        await p.components.cache.remove(cached.cache_key)
         if not outcome.skipped:
             p.metrics.bytes_moved("upload", cached.size)
         return "skipped" if outcome.skipped else "uploaded"
@@ -193,23 +197,21 @@ class UploadStage:
 
     async def _put(self, cached: CachedFile, destination: str) -> PutOutcome | None:
         """Land the file; None when neither the cache nor the sink has it any more."""
-        p = self.p
+        cache, sink = self.p.components.cache, self.p.components.sink
         try:
-            entry = await p.cache.lookup(cached.cache_key)
+            entry = await cache.lookup(cached.cache_key)
             if entry is None or entry.sha256 != cached.sha256:
-                held = await p.sink.stat(destination)
+                held = await sink.stat(destination)
                 if held is not None and held.sha256 == cached.sha256 and held.size == cached.size:
                     return PutOutcome(destination, skipped=True)
                 return None
-            file = SinkFile(p.cache, cached.cache_key, cached.size, cached.sha256)
-            return await p.sink.put(file, destination, cached.task.event)
-        except PipelineError:
-            raise
+            file = SinkFile(cache, cached.cache_key, cached.size, cached.sha256)
+            return await sink.put(file, destination, cached.task.event)
         except Exception as exc:
-            classified = p.registry.classify(exc, "upload")
-            if classified is not None:
-                raise classified from exc
-            raise TransientError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
+            error = classify(self.p.registry, exc, "upload")
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _redownload(self, cached: CachedFile) -> None:
         p = self.p
@@ -217,19 +219,15 @@ class UploadStage:
             "file gone from cache and not in sink; fetching it again",
             extra={"event_id": cached.task.event.id},
         )
-        pending = p.config.core.topics.pending
         task = msgspec.structs.replace(cached.task, due_at=None)
-        await p.producer.send(
-            pending, DOWNLOAD.encode(task), key=event_key(task.event.id),
-            headers=task_headers(task, pending),
-        )  # fmt: skip
+        await p.producer.send_many([task_record(p.topics.pending, task)])
 
     async def _dead(self, cached: CachedFile, error: PipelineError, topic: str) -> None:
-        await self.p.dead_letter(
+        await self.p.dead_letters.send(
             stage="upload", reason=error.reason, error=str(error), origin_topic=topic,
             task=cached.task,
         )  # fmt: skip
-        await self.p.cache.remove(cached.cache_key)
+        await self.p.components.cache.remove(cached.cache_key)
 
 
 async def run_upload(
@@ -237,31 +235,39 @@ async def run_upload(
 ) -> None:
     """Sweep the sink's temporary files an earlier run left, then consume
     ``downloads.cached`` until drained."""
-    p = pipeline
-    stage = UploadStage(p)
-    await sweep_sink(p)
-    await run_consuming_stage(
-        p,
-        name="upload",
-        topics=[p.config.core.topics.cached],
-        handler=stage.handle,
-        limiter=p.limiters["upload"],
-        active=p.active["upload"],
-        task_status=task_status,
-    )
+    stage = UploadStage(pipeline)
+    await sweep_sink(pipeline.components.sink)
+    await run_consuming_stage(pipeline, SPEC.main, handler=stage.handle, task_status=task_status)
 
 
 SWEEP_TIMEOUT = 60.0
 
 
-async def sweep_sink(p: Pipeline) -> None:
+async def sweep_sink(sink: Sink) -> None:
     """Before the first put: remove what a put of this process's last run left behind (it was
     killed mid-put). A sink that cannot be swept now is not a reason to stop: it is logged and
     swept at the next start (``lakeferry audit`` reports temporary files meanwhile)."""
     with trio.move_on_after(SWEEP_TIMEOUT) as scope:
         try:
-            await p.sink.sweep()
+            await sink.sweep()
         except Exception as exc:
             log.warning("cannot sweep the sink's temporary files", extra={"error": str(exc)})
     if scope.cancelled_caught:
         log.warning("sweeping the sink's temporary files took too long; skipped this time")
+
+
+SPEC = StageSpec(
+    name="upload",
+    summary="land each cached file in the sink, then put its result on the bus",
+    run=run_upload,
+    consumes=(
+        Consumes(
+            "upload",
+            topics=lambda core: [core.topics.cached],
+            capacity=lambda core: core.upload.concurrency,
+        ),
+    ),
+    uses=frozenset({"cache", "sink", "ledger"}),
+    live_keys=frozenset({"upload.concurrency", "upload.backoff_initial", "upload.backoff_max",
+                         "upload.breaker_failures", "upload.breaker_cooldown"}),
+)  # fmt: skip
