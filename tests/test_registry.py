@@ -97,10 +97,11 @@ def _broken_distribution(root: Path, *, at: str = "import") -> Path:
     body = (
         'raise RuntimeError("boom at import")\n'
         if at == "import"
-        else "from lakeferry.api import hookimpl\n\n"
+        else "import msgspec\nfrom lakeferry.api import hookimpl\n\n"
+        "class Settings(msgspec.Struct):\n    pass\n\n"
         "@hookimpl\n"
         "def lakeferry_register_downloaders(register):\n"
-        '    register("broken", ["brk"], object, object)\n'
+        '    register("broken", ["brk"], lambda settings, context: None, Settings)\n'
         '    raise RuntimeError("boom at register")\n'
     )
     (root / "lakeferry_broken_plugin.py").write_text(body)
@@ -303,3 +304,29 @@ def test_plugins_command_and_start_warn_about_a_shadowed_plugin(tmp_path: Path) 
         assert (warned["level"], warned["distribution"]) == ("warning", "lakeferry-http")
     finally:
         assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("odd", ["odd"], object, object), "settings_type must be a msgspec.Struct subclass"),
+        (("odd", ["odd"], "not callable", msgspec.Struct), "is not callable"),
+        (("odd", "odd", object, msgspec.Struct), "schemes must be a non-empty list of str"),
+        (("", ["odd"], object, msgspec.Struct), "kind must be a non-empty str"),
+    ],
+)
+def test_a_registration_against_the_protocol_is_refused_by_name(
+    args: tuple[Any, ...], problem: str
+) -> None:
+    """Plugins need not be type-checked: ``register`` checks its arguments at run time too,
+    and the plugin is left out with a message naming the mistake."""
+
+    class Odd:
+        @hookimpl
+        def lakeferry_register_downloaders(self, register: Any) -> None:
+            register(*args)
+
+    registry = load_registry([("odd", Odd())])
+    assert [p.name for p in registry.failed] == ["odd"]
+    assert problem in registry.failed[0].error
+    assert registry.for_scheme("odd") is None

@@ -31,7 +31,14 @@ from lakeferry.components import (
 )
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
 from lakeferry.failpoints import failpoint
-from lakeferry.hookspecs import hookimpl
+from lakeferry.hookspecs import (
+    RegisterCache,
+    RegisterDownloader,
+    RegisterInventory,
+    RegisterSink,
+    RegisterSource,
+    hookimpl,
+)
 from lakeferry.messages import DownloadTask, Event
 from lakeferry.netguard import (
     IPAddress,
@@ -43,12 +50,8 @@ from lakeferry.netguard import (
 )
 from lakeferry.paths import STAGING, STALE_TEMPORARY, render_destination, safe_relative_path
 from lakeferry.registry import (
-    RegisterCache,
-    RegisterDownloader,
-    RegisterInventory,
-    RegisterSink,
-    RegisterSource,
     lazy_exports,
+    lazy_factory,
 )
 from lakeferry.units import ByteSize, Duration, LocalPath, LocalPathOrUri
 from lakeferry.urls import redact_url
@@ -100,6 +103,7 @@ __all__ = [
     "hookimpl",
     "is_public",
     "lazy_exports",
+    "lazy_factory",
     "parse_ip_literal",
     "redact_url",
     "render_destination",

@@ -12,24 +12,65 @@ daemon's nurseries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 import pluggy
+
+from lakeferry.components import (
+    CacheFactory,
+    DownloaderFactory,
+    InventoryFactory,
+    SinkFactory,
+    SourceFactory,
+)
 
 if TYPE_CHECKING:
     from lakeferry.errors import PipelineError
-    from lakeferry.registry import (
-        RegisterCache,
-        RegisterDownloader,
-        RegisterInventory,
-        RegisterSink,
-        RegisterSource,
-    )
 
 PROJECT = "lakeferry"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# The ``register`` function each hook receives, one protocol per component kind: a plugin
+# annotates its hook with it (``register: RegisterSink``) and mypy checks every call.
+
+
+class RegisterSource(Protocol):
+    def __call__(
+        self, kind: str, factory: SourceFactory, settings_type: type[msgspec.Struct]
+    ) -> None: ...
+
+
+class RegisterDownloader(Protocol):
+    def __call__(
+        self,
+        kind: str,
+        schemes: Sequence[str],
+        factory: DownloaderFactory,
+        settings_type: type[msgspec.Struct],
+    ) -> None: ...
+
+
+class RegisterCache(Protocol):
+    def __call__(
+        self, kind: str, factory: CacheFactory, settings_type: type[msgspec.Struct]
+    ) -> None: ...
+
+
+class RegisterSink(Protocol):
+    def __call__(
+        self, kind: str, factory: SinkFactory, settings_type: type[msgspec.Struct]
+    ) -> None: ...
+
+
+class RegisterInventory(Protocol):
+    def __call__(
+        self, kind: str, factory: InventoryFactory, settings_type: type[msgspec.Struct]
+    ) -> None: ...
 
 
 @hookspec

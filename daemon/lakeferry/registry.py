@@ -24,20 +24,21 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import msgspec
 import pluggy
 
 from lakeferry import hookspecs
-from lakeferry.components import (
-    CacheFactory,
-    DownloaderFactory,
-    InventoryFactory,
-    SinkFactory,
-    SourceFactory,
-)
+from lakeferry.components import PluginContext
 from lakeferry.errors import ConfigError, PipelineError
+from lakeferry.hookspecs import (
+    RegisterCache,
+    RegisterDownloader,
+    RegisterInventory,
+    RegisterSink,
+    RegisterSource,
+)
 
 ENTRY_POINT_GROUP = "lakeferry"
 
@@ -45,38 +46,8 @@ ComponentKind = Literal["source", "downloader", "cache", "sink", "inventory"]
 COMPONENT_KINDS: tuple[ComponentKind, ...] = ("source", "downloader", "cache", "sink", "inventory")
 
 
-class RegisterSource(Protocol):
-    def __call__(
-        self, kind: str, factory: SourceFactory, settings_type: type[msgspec.Struct]
-    ) -> None: ...
-
-
-class RegisterDownloader(Protocol):
-    def __call__(
-        self,
-        kind: str,
-        schemes: Sequence[str],
-        factory: DownloaderFactory,
-        settings_type: type[msgspec.Struct],
-    ) -> None: ...
-
-
-class RegisterCache(Protocol):
-    def __call__(
-        self, kind: str, factory: CacheFactory, settings_type: type[msgspec.Struct]
-    ) -> None: ...
-
-
-class RegisterSink(Protocol):
-    def __call__(
-        self, kind: str, factory: SinkFactory, settings_type: type[msgspec.Struct]
-    ) -> None: ...
-
-
-class RegisterInventory(Protocol):
-    def __call__(
-        self, kind: str, factory: InventoryFactory, settings_type: type[msgspec.Struct]
-    ) -> None: ...
+Factory = Callable[[Any, PluginContext], Any]
+"""What builds a component from its settings (typed per kind in the ``Register*`` protocols)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +56,7 @@ class Registration:
 
     component: ComponentKind
     kind: str
-    factory: Callable[[Any, Any], Any]
+    factory: Factory
     settings_type: type[msgspec.Struct]
     plugin: str
     schemes: tuple[str, ...] = ()
@@ -159,7 +130,11 @@ class Registry:
             hook = getattr(self._pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin = self._pm.get_name(impl.plugin) or "?"
-                register = self._registrar(component, plugin)  # type: ignore[arg-type]
+                register = (
+                    self._downloader_registrar(plugin)
+                    if component == "downloader"
+                    else self._registrar(component, plugin)  # type: ignore[arg-type]
+                )
                 try:
                     impl.function(register=register)
                 except ConfigError:
@@ -167,22 +142,26 @@ class Registry:
                 except Exception as exc:
                     raise _PluginBroken(plugin, _traceback(exc)) from exc
 
-    def _registrar(self, component: ComponentKind, plugin: str) -> Callable[..., None]:
-        def register(kind: str, *args: Any) -> None:
-            if component == "downloader":
-                schemes, factory, settings_type = args
-                reg = Registration(
-                    component,
-                    kind,
-                    factory,
-                    settings_type,
-                    plugin,
-                    tuple(s.lower() for s in schemes),
-                )
-            else:
-                factory, settings_type = args
-                reg = Registration(component, kind, factory, settings_type, plugin)
-            self._add(reg)
+    def _registrar(
+        self, component: ComponentKind, plugin: str
+    ) -> RegisterSource | RegisterCache | RegisterSink | RegisterInventory:
+        def register(kind: str, factory: Factory, settings_type: type[msgspec.Struct]) -> None:
+            self._add(_checked(Registration(component, kind, factory, settings_type, plugin)))
+
+        return register
+
+    def _downloader_registrar(self, plugin: str) -> RegisterDownloader:
+        def register(
+            kind: str,
+            schemes: Sequence[str],
+            factory: Factory,
+            settings_type: type[msgspec.Struct],
+        ) -> None:
+            if isinstance(schemes, str) or not schemes:
+                raise TypeError(f"downloader {kind!r}: schemes must be a non-empty list of str")
+            lowered = tuple(s.lower() for s in schemes)
+            reg = Registration("downloader", kind, factory, settings_type, plugin, lowered)
+            self._add(_checked(reg))
 
         return register
 
@@ -214,6 +193,40 @@ class Registry:
             error=error, stage=stage
         )
         return result
+
+
+def _checked(reg: Registration) -> Registration:
+    """A registration whose arguments are what the ``Register*`` protocols say, checked at run
+    time too (a plugin need not be type-checked): a clear error instead of a failure later."""
+    if not isinstance(reg.kind, str) or not reg.kind:
+        raise TypeError(f"{reg.component} kind must be a non-empty str, not {reg.kind!r}")
+    if not callable(reg.factory):
+        raise TypeError(f"{reg.component} {reg.kind!r}: factory {reg.factory!r} is not callable")
+    if not (isinstance(reg.settings_type, type) and issubclass(reg.settings_type, msgspec.Struct)):
+        raise TypeError(
+            f"{reg.component} {reg.kind!r}: settings_type must be a msgspec.Struct subclass, "
+            f"not {reg.settings_type!r}"
+        )
+    return reg
+
+
+def lazy_factory(target: str) -> Factory:
+    """A factory for ``"package.module:Class"`` that imports the module on the first build, so
+    registering a plugin loads none of the libraries its component needs::
+
+        register("delta", lazy_factory("lakeferry_delta.inventory:DeltaInventory"), Settings)
+
+    The class is called as ``Class(settings, context)``.
+    """
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"lazy_factory wants 'package.module:Class', not {target!r}")
+
+    def factory(settings: Any, context: PluginContext) -> Any:
+        return getattr(importlib.import_module(module), name)(settings, context)
+
+    factory.__qualname__ = factory.__name__ = f"lazy_factory({target!r})"
+    return factory
 
 
 class _PluginBroken(Exception):

@@ -9,10 +9,9 @@ a schedule (:mod:`lakeferry_delta.maintenance`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl, lazy_exports
+from lakeferry.api import RegisterInventory, hookimpl, lazy_exports, lazy_factory
 from lakeferry_delta.settings import DeltaSettings
 
 if TYPE_CHECKING:
@@ -38,12 +37,6 @@ __getattr__ = lazy_exports(
 )
 
 
-def _build(settings: DeltaSettings, context: PluginContext) -> DeltaInventory:
-    from lakeferry_delta.inventory import DeltaInventory
-
-    return DeltaInventory(settings, context)
-
-
 @hookimpl
-def lakeferry_register_inventories(register: Callable[..., None]) -> None:
-    register("delta", _build, DeltaSettings)
+def lakeferry_register_inventories(register: RegisterInventory) -> None:
+    register("delta", lazy_factory("lakeferry_delta.inventory:DeltaInventory"), DeltaSettings)

@@ -53,10 +53,9 @@ instance wait before another takes them over.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl, lazy_exports
+from lakeferry.api import RegisterSource, hookimpl, lazy_exports, lazy_factory
 from lakeferry_eventhub.settings import EventHubSourceSettings
 
 if TYPE_CHECKING:
@@ -69,12 +68,8 @@ __all__ = ["EventHubSource", "EventHubSourceSettings", "lakeferry_register_sourc
 __getattr__ = lazy_exports(__name__, {"EventHubSource": "source"})
 
 
-def _build(settings: EventHubSourceSettings, context: PluginContext) -> EventHubSource:
-    from lakeferry_eventhub.source import EventHubSource
-
-    return EventHubSource(settings, context)
-
-
 @hookimpl
-def lakeferry_register_sources(register: Callable[..., None]) -> None:
-    register("eventhub", _build, EventHubSourceSettings)
+def lakeferry_register_sources(register: RegisterSource) -> None:
+    register(
+        "eventhub", lazy_factory("lakeferry_eventhub.source:EventHubSource"), EventHubSourceSettings
+    )

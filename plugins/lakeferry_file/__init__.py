@@ -8,14 +8,12 @@ one of the configured ``roots`` after symlinks are resolved. See
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from lakeferry.api import hookimpl
+from lakeferry.api import RegisterDownloader, hookimpl
 from lakeferry_file.downloader import FileDownloader, FileDownloaderSettings
 
 __all__ = ["FileDownloader", "FileDownloaderSettings"]
 
 
 @hookimpl
-def lakeferry_register_downloaders(register: Callable[..., None]) -> None:
+def lakeferry_register_downloaders(register: RegisterDownloader) -> None:
     register("file", ("file",), FileDownloader, FileDownloaderSettings)

@@ -7,14 +7,12 @@ permanent, and connects only to public addresses unless ``allow_networks`` says 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from lakeferry.api import hookimpl
+from lakeferry.api import RegisterDownloader, hookimpl
 from lakeferry_http.downloader import HttpDownloader, HttpDownloaderSettings
 
 __all__ = ["HttpDownloader", "HttpDownloaderSettings"]
 
 
 @hookimpl
-def lakeferry_register_downloaders(register: Callable[..., None]) -> None:
+def lakeferry_register_downloaders(register: RegisterDownloader) -> None:
     register("http", ("http", "https"), HttpDownloader, HttpDownloaderSettings)

@@ -27,19 +27,23 @@ SharedAccessKey=...``), taken from the environment, never written into the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import RegisterSource, hookimpl, lazy_exports, lazy_factory
 from lakeferry_kafka_source.settings import KafkaSourceSettings
-from lakeferry_kafka_source.source import KafkaSource
+
+if TYPE_CHECKING:
+    from lakeferry_kafka_source.source import KafkaSource
 
 __all__ = ["KafkaSource", "KafkaSourceSettings", "lakeferry_register_sources"]
 
-
-def _build(settings: KafkaSourceSettings, context: PluginContext) -> KafkaSource:
-    return KafkaSource(settings, context)
+# Imported on first use, not with the plugin: a daemon that uses no Kafka source (on the
+# embedded bus) never loads librdkafka.
+__getattr__ = lazy_exports(__name__, {"KafkaSource": "source"})
 
 
 @hookimpl
-def lakeferry_register_sources(register: Callable[..., None]) -> None:
-    register("kafka", _build, KafkaSourceSettings)
+def lakeferry_register_sources(register: RegisterSource) -> None:
+    register(
+        "kafka", lazy_factory("lakeferry_kafka_source.source:KafkaSource"), KafkaSourceSettings
+    )

@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from lakeferry.api import hookimpl
+from lakeferry.api import RegisterCache, RegisterSink, hookimpl
 from lakeferry_localfs.cache import LocalFsCache, LocalFsCacheSettings
 from lakeferry_localfs.sink import LocalFsSink, LocalFsSinkSettings
 
@@ -18,10 +16,10 @@ __all__ = ["LocalFsCache", "LocalFsCacheSettings", "LocalFsSink", "LocalFsSinkSe
 
 
 @hookimpl
-def lakeferry_register_caches(register: Callable[..., None]) -> None:
+def lakeferry_register_caches(register: RegisterCache) -> None:
     register("localfs", LocalFsCache, LocalFsCacheSettings)
 
 
 @hookimpl
-def lakeferry_register_sinks(register: Callable[..., None]) -> None:
+def lakeferry_register_sinks(register: RegisterSink) -> None:
     register("localfs", LocalFsSink, LocalFsSinkSettings)

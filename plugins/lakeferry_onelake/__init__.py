@@ -13,10 +13,9 @@ workspace (name or GUID), ``base_path = "<lakehouse>.Lakehouse/Files/<folder>"``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl, lazy_exports
+from lakeferry.api import RegisterSink, hookimpl, lazy_exports, lazy_factory
 from lakeferry_onelake.settings import OneLakeSinkSettings
 
 if TYPE_CHECKING:
@@ -29,12 +28,6 @@ __all__ = ["OneLakeSink", "OneLakeSinkSettings"]
 __getattr__ = lazy_exports(__name__, {"OneLakeSink": "sink"})
 
 
-def _build(settings: OneLakeSinkSettings, context: PluginContext) -> OneLakeSink:
-    from lakeferry_onelake.sink import OneLakeSink
-
-    return OneLakeSink(settings, context)
-
-
 @hookimpl
-def lakeferry_register_sinks(register: Callable[..., None]) -> None:
-    register("onelake", _build, OneLakeSinkSettings)
+def lakeferry_register_sinks(register: RegisterSink) -> None:
+    register("onelake", lazy_factory("lakeferry_onelake.sink:OneLakeSink"), OneLakeSinkSettings)

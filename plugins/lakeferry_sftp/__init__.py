@@ -11,10 +11,9 @@ core's SSRF guard. See :class:`~lakeferry_sftp.downloader.SftpDownloader` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lakeferry.api import PluginContext, hookimpl, lazy_exports
+from lakeferry.api import RegisterDownloader, hookimpl, lazy_exports, lazy_factory
 from lakeferry_sftp.settings import SftpDownloaderSettings
 
 if TYPE_CHECKING:
@@ -27,12 +26,9 @@ __all__ = ["SftpDownloader", "SftpDownloaderSettings"]
 __getattr__ = lazy_exports(__name__, {"SftpDownloader": "downloader"})
 
 
-def _build(settings: SftpDownloaderSettings, context: PluginContext) -> SftpDownloader:
-    from lakeferry_sftp.downloader import SftpDownloader
-
-    return SftpDownloader(settings, context)
-
-
 @hookimpl
-def lakeferry_register_downloaders(register: Callable[..., None]) -> None:
-    register("sftp", ("sftp",), _build, SftpDownloaderSettings)
+def lakeferry_register_downloaders(register: RegisterDownloader) -> None:
+    register(
+        "sftp", ("sftp",), lazy_factory("lakeferry_sftp.downloader:SftpDownloader"),
+        SftpDownloaderSettings,
+    )  # fmt: skip

@@ -6,19 +6,13 @@ Drop complete files into the folder by renaming them in; each non-blank line is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from lakeferry.api import PluginContext, hookimpl
+from lakeferry.api import RegisterSource, hookimpl
 from lakeferry_spool.settings import SpoolSettings
 from lakeferry_spool.source import SpoolSource
 
 __all__ = ["SpoolSettings", "SpoolSource", "lakeferry_register_sources"]
 
 
-def _build(settings: SpoolSettings, context: PluginContext) -> SpoolSource:
-    return SpoolSource(settings, context)
-
-
 @hookimpl
-def lakeferry_register_sources(register: Callable[..., None]) -> None:
-    register("spool", _build, SpoolSettings)
+def lakeferry_register_sources(register: RegisterSource) -> None:
+    register("spool", SpoolSource, SpoolSettings)
