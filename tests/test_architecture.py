@@ -152,7 +152,8 @@ def test_every_stage_declares_its_consumers_and_live_keys() -> None:
     flat = _flatten(Config())
     for spec in CATALOG:
         assert spec.main.group == spec.name
-        assert spec.summary and spec.uses
+        assert spec.summary
+        assert spec.uses
         unknown = spec.live_keys - flat.keys()
         assert not unknown, f"{spec.name}: live keys that are no setting: {unknown}"
 
@@ -169,4 +170,5 @@ def test_a_daemon_on_the_embedded_bus_never_loads_librdkafka(daemon_env: DaemonE
     daemon = daemon_env.start()  # returns once the daemon is ready: every stage consumes
     maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
     assert "libpython" in maps or "python" in maps, "the map of the daemon's process"
-    assert "librdkafka" not in maps and "confluent_kafka" not in maps
+    assert "librdkafka" not in maps
+    assert "confluent_kafka" not in maps
