@@ -32,7 +32,7 @@ async def test_a_partition_paused_for_backpressure_is_fetched_again_after_a_reba
     seen: set[bytes] = set()
     with trio.fail_after(90):
         seen.add((await consumer.next()).value)
-        while consumer._buffered < BUFFER_HIGH:  # fill the buffers without taking records
+        while consumer._buffers.count < BUFFER_HIGH:  # fill the buffers without taking records
             await trio.sleep(0.05)
         # A second member joins (everything is revoked and reassigned), then leaves again.
         joiner = other.consumer(group, [topic])

@@ -59,7 +59,6 @@ import os
 import sqlite3
 import time
 import zlib
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -79,6 +78,7 @@ from lakeferry.bus.base import (
     TopicPartition,
     TopicSpec,
 )
+from lakeferry.bus.buffers import PartitionBuffers
 from lakeferry.errors import BusError
 from lakeferry.sqlitetx import write_transaction
 
@@ -695,15 +695,13 @@ class EmbeddedConsumer:
         self._started = False
         self._closed = False
         self._start_lock = trio.Lock()
-        self._order: list[TopicPartition] = []
         self._assignment: frozenset[TopicPartition] = frozenset()
         # Next offset to fetch from the file, i.e. after what is buffered.
         self._fetch_pos: dict[TopicPartition, int] = {}
-        self._buffers: dict[TopicPartition, deque[Record]] = {}
+        self._buffers = PartitionBuffers()
         self._paused: set[TopicPartition] = set()
         self._early_seeks: dict[TopicPartition, int] = {}
         self._wakeup = trio.Event()
-        self._next_pop = 0
         self._next_fetch = 0
 
     def _wake(self) -> None:
@@ -718,11 +716,10 @@ class EmbeddedConsumer:
             )
             if self._closed:
                 return
-            self._order = order
+            self._buffers.add(order)
             self._assignment = frozenset(order)
             for tp in order:
                 self._fetch_pos[tp] = self._early_seeks.get(tp, committed.get(tp, 0))
-                self._buffers[tp] = deque()
             self._early_seeks.clear()
             self._started = True
             if self._on_assign is not None:
@@ -742,7 +739,7 @@ class EmbeddedConsumer:
             await trio.lowlevel.checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the consumer is closed")
-            record = self._pop()
+            record = self._buffers.pop(self._paused)
             if record is not None:
                 return record
             if self._wakeup.is_set():
@@ -753,24 +750,15 @@ class EmbeddedConsumer:
             with trio.move_on_after(self._bus.poll_interval):
                 await wakeup.wait()
 
-    def _pop(self) -> Record | None:
-        count = len(self._order)
-        for i in range(count):
-            tp = self._order[(self._next_pop + i) % count]
-            buffer = self._buffers[tp]
-            if buffer and tp not in self._paused:
-                self._next_pop = (self._next_pop + i + 1) % count
-                return buffer.popleft()
-        return None
-
     async def _refill(self) -> bool:
-        count = len(self._order)
+        order = self._buffers.order
+        count = len(order)
         start = self._next_fetch
         self._next_fetch = (start + 1) % count if count else 0
         wanted = [
             tp
-            for tp in self._order[start:] + self._order[:start]
-            if tp not in self._paused and not self._buffers[tp]
+            for tp in order[start:] + order[:start]
+            if tp not in self._paused and self._buffers.is_empty(tp)
         ]
         if not wanted:
             return False
@@ -793,7 +781,7 @@ class EmbeddedConsumer:
             # A seek (or a concurrent refill) while the query ran makes its answer stale.
             if not records or self._closed or self._fetch_pos.get(tp) != position:
                 continue
-            self._buffers[tp].extend(records)
+            self._buffers.extend(tp, records)
             self._fetch_pos[tp] = records[-1].offset + 1
             got = got or tp not in self._paused
         return got
@@ -821,7 +809,7 @@ class EmbeddedConsumer:
         elif tp not in self._assignment:
             raise ValueError(f"{tp} is not assigned to this consumer")
         else:
-            self._buffers[tp].clear()
+            self._buffers.clear(tp)
             self._fetch_pos[tp] = offset
         self._wake()
 
@@ -851,12 +839,11 @@ class EmbeddedConsumer:
         if self._bus._consumers.get(self.group) is self:
             del self._bus._consumers[self.group]
         self._wake()
-        for buffer in self._buffers.values():
-            buffer.clear()
+        self._buffers.clear()
         final: Mapping[TopicPartition, int] | None = None
         try:
             if self._started and self._on_revoke is not None:
-                final = self._on_revoke(list(self._order))
+                final = self._on_revoke(list(self._buffers.order))
         finally:
             self._assignment = frozenset()
         if final:

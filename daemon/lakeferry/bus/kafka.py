@@ -47,7 +47,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +68,7 @@ from lakeferry.bus.base import (
     TopicPartition,
     TopicSpec,
 )
+from lakeferry.bus.buffers import PartitionBuffers
 from lakeferry.errors import BusError
 from lakeferry.logs import get_logger
 
@@ -584,10 +584,7 @@ class KafkaConsumer:
         self._on_revoke = on_revoke
         self._token = bus._token
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._buffers: dict[TopicPartition, deque[Record]] = {}
-        self._order: list[TopicPartition] = []
-        self._next_pop = 0
-        self._buffered = 0
+        self._buffers = PartitionBuffers()
         self._paused: frozenset[TopicPartition] = frozenset()
         self._generation: dict[TopicPartition, int] = {}
         self._last_popped: dict[TopicPartition, Record] = {}
@@ -637,9 +634,9 @@ class KafkaConsumer:
             # Pause fetching only while the buffers are full. A partition the stage paused (a
             # retry rung waiting for its head's due time) keeps its records in the trio-side
             # buffer instead: resuming it is then instant, not one broker fetch round later.
-            if held_back and self._buffered <= BUFFER_LOW:
+            if held_back and self._buffers.count <= BUFFER_LOW:
                 held_back = False
-            elif not held_back and self._buffered >= BUFFER_HIGH:
+            elif not held_back and self._buffers.count >= BUFFER_HIGH:
                 held_back = True
             assigned = {_tp(tp) for tp in consumer.assignment()}
             wanted = set(assigned) if held_back else set()
@@ -715,10 +712,7 @@ class KafkaConsumer:
         self._wakeup.set()
 
     def _assigned(self, tps: list[TopicPartition]) -> None:
-        for tp in tps:
-            self._buffers.setdefault(tp, deque())
-            if tp not in self._order:
-                self._order.append(tp)
+        self._buffers.add(tps)
         if self._on_assign is not None:
             self._on_assign(tps)
         self._wake()
@@ -728,36 +722,23 @@ class KafkaConsumer:
     ) -> Mapping[TopicPartition, int] | None:
         for tp in tps:
             self._last_popped.pop(tp, None)
-            buffer = self._buffers.pop(tp, None)
-            if buffer:
-                self._buffered -= len(buffer)
-            if tp in self._order:
-                self._order.remove(tp)
+            self._buffers.remove(tp)
         offsets = self._on_revoke(tps) if self._on_revoke is not None else None
         return None if lost else offsets
 
     def _deliver(self, records: list[Record], generations: dict[TopicPartition, int]) -> None:
         for record in records:
             tp = record.tp
-            buffer = self._buffers.get(tp)
-            if buffer is None or generations.get(tp, 0) != self._generation.get(tp, 0):
+            if tp not in self._buffers or generations.get(tp, 0) != self._generation.get(tp, 0):
                 continue  # revoked, or sought since this poll began (it is fetched again)
-            buffer.append(record)
-            self._buffered += 1
+            self._buffers.extend(tp, [record])
         self._wake()
 
     def _pop(self) -> Record | None:
-        count = len(self._order)
-        for i in range(count):
-            tp = self._order[(self._next_pop + i) % count]
-            buffer = self._buffers.get(tp)
-            if buffer and tp not in self._paused:
-                self._next_pop = (self._next_pop + i + 1) % count
-                self._buffered -= 1
-                record = buffer.popleft()
-                self._last_popped[tp] = record
-                return record
-        return None
+        record = self._buffers.pop(self._paused)
+        if record is not None:
+            self._last_popped[record.tp] = record
+        return record
 
     async def next(self) -> Record:
         while True:
@@ -790,14 +771,11 @@ class KafkaConsumer:
         if last is not None and last.offset == offset:
             # Putting back the record just taken (a retry rung's head that is not due yet):
             # the buffer already holds what follows it, so no refetch from the broker.
-            self._buffers[tp].appendleft(last)
-            self._buffered += 1
+            self._buffers.put_back(last)
             del self._last_popped[tp]
             return
         self._generation[tp] = next(self._gen_counter)
-        buffer = self._buffers[tp]
-        self._buffered -= len(buffer)
-        buffer.clear()
+        self._buffers.clear(tp)
         target = KTopicPartition(tp.topic, tp.partition, offset)
 
         def command(consumer: confluent_kafka.Consumer) -> None:
@@ -839,7 +817,7 @@ class KafkaConsumer:
             raise BusError(f"commit for {self.group} failed: {outcome[0]}")
 
     def assignment(self) -> frozenset[TopicPartition]:
-        return frozenset(self._buffers)
+        return self._buffers.assigned()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -848,7 +826,7 @@ class KafkaConsumer:
         self._closed = True
         self._bus._consumers.discard(self)
         self._wake()
-        revoked = list(self._buffers)
+        revoked = list(self._buffers.order)
         final = self._on_revoke(revoked) if (self._on_revoke and revoked) else None
         if final:
             with trio.CancelScope(shield=True), trio.move_on_after(self._bus.operation_timeout):
