@@ -1,56 +1,4 @@
-"""The embedded bus: topics, partitions, records and group offsets in one SQLite file (WAL).
-
-It keeps the contract of :mod:`lakeferry.bus.base` for one daemon process, while short-lived
-tools (``lakeferry submit``, the DLQ commands) open the same file from other processes.
-
-Layout: ``topics(name, partitions)``; ``log_ends(topic, partition, next_offset)``, the next
-offset each partition will write (kept apart from the records so that pruning a partition
-empty never reuses an offset); ``records(topic, partition, offset, key, value, headers,
-ts_ms)`` keyed by (topic, partition, offset), without rowid; ``group_offsets(group, topic,
-partition, next_offset)``. Headers are a msgpack map of str to bytes.
-
-Producing: a record's partition is ``zlib.crc32(key) % partitions`` (stable across processes)
-or round-robin without a key. Offsets are assigned inside the ``BEGIN IMMEDIATE`` transaction
-that writes the records, so several processes can produce safely. Concurrent ``send`` calls of
-one process are group-committed: the first waiting sender becomes the leader and writes every
-record queued so far in one transaction, the others wait for it, and the next batch gets a new
-leader. ``send`` returns only after that transaction committed.
-
-Consuming: one member per group per :class:`EmbeddedBus`, assigned every partition of its
-topics, starting at the group's committed offset (or 0). :meth:`EmbeddedConsumer.next` serves
-records from a bounded buffer refilled by one query per empty, unpaused partition (about
-``FETCH_LIMIT`` records in all, starting partition rotating). With nothing to read it sleeps
-until a producer of the same :class:`EmbeddedBus` commits, or ``poll_interval`` seconds pass:
-``poll_interval`` is how late records written by *another* connection (another process, or
-another :class:`EmbeddedBus` on the same file) may be noticed.
-
-Resource handling:
-    One ``sqlite3`` connection per :class:`EmbeddedBus`, used only from worker threads
-    (:func:`trio.to_thread.run_sync`), one call at a time through a ``CapacityLimiter(1)``;
-    SQLite work never runs on the trio thread. Other processes are waited for up to
-    ``BUSY_TIMEOUT_S`` (SQLite's busy timeout). A call already running in its thread is not
-    abandoned on cancellation: it finishes (bounded by the busy timeout) and the cancellation is
-    delivered afterwards. A group-commit leader writes under a shielded cancel scope, so a batch
-    that other senders wait on is never dropped halfway; a sender cancelled before its batch was
-    taken withdraws its records, one cancelled later may still see them written (at-least-once:
-    a cancelled ``send`` has an unknown outcome, a returned one is durable). Memory is bounded:
-    consumers buffer at most about ``FETCH_LIMIT`` records (at least ``MIN_FETCH`` per
-    partition). :meth:`EmbeddedBus.aclose` closes its consumers, lets queued calls finish, and
-    closes the connection.
-
-    Durability: WAL with ``synchronous=NORMAL`` (the default) keeps every committed transaction
-    across a crash or ``kill -9`` of the process; a power loss may lose the last transactions.
-    Pass ``synchronous="FULL"`` to survive that too, at the cost of an fsync per transaction.
-
-Error handling:
-    Every SQLite error (including a busy timeout against another process) and every undecodable
-    stored header is raised as :class:`lakeferry.errors.BusError` chained ``from`` the original.
-    All waiters of a failed group-commit batch get their own ``BusError``; nothing of that batch
-    was written (one transaction). Invalid arguments raise ``TypeError``/``ValueError`` before
-    anything is queued. Every async call (and ``seek``, ``consumer``) after ``aclose`` raises
-    :class:`trio.ClosedResourceError`; so does a :meth:`EmbeddedConsumer.next` that is waiting
-    when its consumer (or bus) is closed. ``pause``/``resume`` after close do nothing.
-"""
+"""The embedded bus itself: topics, the group-committed log, offsets, maintenance."""
 
 from __future__ import annotations
 
@@ -61,7 +9,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -78,136 +26,21 @@ from lakeferry.bus.base import (
     TopicPartition,
     TopicSpec,
 )
-from lakeferry.bus.buffers import PartitionBuffers
+from lakeferry.bus.embedded.consumer import EmbeddedConsumer
+from lakeferry.bus.embedded.schema import (
+    _NO_END,
+    _SELECT_GROUP_OFFSETS,
+    _SELECT_LOWEST_COMMIT,
+    _SYNCHRONOUS,
+    _T,
+    SCAN_BATCH,
+    _connect,
+    _make_row,
+    _read_range,
+    _Row,
+)
 from lakeferry.errors import BusError
 from lakeferry.sqlitetx import write_transaction
-
-__all__ = ["EmbeddedBus", "EmbeddedConsumer", "EmbeddedProducer"]
-
-#: How long a statement waits for another process's write lock before failing.
-BUSY_TIMEOUT_S: Final = 5.0
-#: About how many records one consumer refill reads (and so buffers) in all.
-FETCH_LIMIT: Final = 256
-#: The fewest records a refill asks for per partition.
-MIN_FETCH: Final = 16
-#: Records per query while scanning.
-SCAN_BATCH: Final = 500
-#: ``PRAGMA user_version`` of the schema this module writes.
-SCHEMA_VERSION: Final = 1
-
-_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS topics (
-        name TEXT PRIMARY KEY,
-        partitions INTEGER NOT NULL CHECK (partitions > 0)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS log_ends (
-        topic TEXT NOT NULL,
-        "partition" INTEGER NOT NULL,
-        next_offset INTEGER NOT NULL,
-        PRIMARY KEY (topic, "partition")
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS records (
-        topic TEXT NOT NULL,
-        "partition" INTEGER NOT NULL,
-        "offset" INTEGER NOT NULL,
-        key BLOB,
-        value BLOB NOT NULL,
-        headers BLOB,
-        ts_ms INTEGER NOT NULL,
-        PRIMARY KEY (topic, "partition", "offset")
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS group_offsets (
-        "group" TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        "partition" INTEGER NOT NULL,
-        next_offset INTEGER NOT NULL,
-        PRIMARY KEY ("group", topic, "partition")
-    ) WITHOUT ROWID""",
-)
-
-_SELECT_RANGE = """
-    SELECT "offset", key, value, headers, ts_ms FROM records
-    WHERE topic = ? AND "partition" = ? AND "offset" >= ? AND "offset" < ?
-    ORDER BY "offset" LIMIT ?
-"""
-
-_SELECT_GROUP_OFFSETS = """
-    SELECT "partition", next_offset FROM group_offsets WHERE "group" = ? AND topic = ?
-"""
-_SELECT_LOWEST_COMMIT = """
-    SELECT min(next_offset) FROM group_offsets WHERE topic = ? AND "partition" = ?
-"""
-
-_HEADERS_ENCODER = msgspec.msgpack.Encoder()
-_HEADERS_DECODER = msgspec.msgpack.Decoder(dict[str, bytes])
-
-_T = TypeVar("_T")
-# (topic, key, value, encoded headers or None)
-_Row = tuple[str, bytes | None, bytes, bytes | None]
-_NO_END: Final = 2**63 - 1
-
-
-def _connect(path: str, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    try:
-        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if str(mode).lower() != "wal":
-            raise BusError(f"embedded bus {path}: cannot use WAL mode (journal_mode={mode})")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        with write_transaction(conn):
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise BusError(
-                    f"embedded bus {path}: schema version {version} is newer than this "
-                    f"lakeferry ({SCHEMA_VERSION})"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _encode_headers(headers: Mapping[str, bytes] | None) -> bytes | None:
-    if not headers:
-        return None
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, bytes):
-            raise TypeError(f"header {name!r}: headers map str to bytes")
-    return _HEADERS_ENCODER.encode(dict(headers))
-
-
-def _decode_headers(blob: bytes | None) -> dict[str, bytes]:
-    return {} if blob is None else _HEADERS_DECODER.decode(blob)
-
-
-def _make_row(
-    topic: str, value: bytes, key: bytes | None, headers: Mapping[str, bytes] | None
-) -> _Row:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"topic must be a non-empty str, not {topic!r}")
-    if not isinstance(value, bytes):
-        raise TypeError(f"value must be bytes, not {type(value).__name__}")
-    if key is not None and not isinstance(key, bytes):
-        raise TypeError(f"key must be bytes or None, not {type(key).__name__}")
-    return (topic, key, value, _encode_headers(headers))
-
-
-def _read_range(
-    conn: sqlite3.Connection, tp: TopicPartition, start: int, end: int, limit: int
-) -> list[Record]:
-    rows = conn.execute(_SELECT_RANGE, (tp.topic, tp.partition, start, end, limit)).fetchall()
-    return [
-        Record(tp.topic, tp.partition, offset, key, value, _decode_headers(headers), ts_ms)
-        for offset, key, value, headers, ts_ms in rows
-    ]
 
 
 class _Batch:
@@ -669,190 +502,6 @@ class EmbeddedProducer:
             await trio.lowlevel.checkpoint()
             return
         await self._bus._append(rows)
-
-
-class EmbeddedConsumer:
-    """A group member of an :class:`EmbeddedBus`; create it with :meth:`EmbeddedBus.consumer`.
-
-    Assigned every partition of its topics on the first :meth:`next`. Not meant for
-    concurrent :meth:`next` callers (it stays correct, but fairness is per call).
-    """
-
-    def __init__(
-        self,
-        bus: EmbeddedBus,
-        group: str,
-        topics: Sequence[str],
-        *,
-        on_assign: AssignCallback | None,
-        on_revoke: RevokeCallback | None,
-    ) -> None:
-        self.group = group
-        self._bus = bus
-        self._topics = list(dict.fromkeys(topics))
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._started = False
-        self._closed = False
-        self._start_lock = trio.Lock()
-        self._assignment: frozenset[TopicPartition] = frozenset()
-        # Next offset to fetch from the file, i.e. after what is buffered.
-        self._fetch_pos: dict[TopicPartition, int] = {}
-        self._buffers = PartitionBuffers()
-        self._paused: set[TopicPartition] = set()
-        self._early_seeks: dict[TopicPartition, int] = {}
-        self._wakeup = trio.Event()
-        self._next_fetch = 0
-
-    def _wake(self) -> None:
-        self._wakeup.set()
-
-    async def _start(self) -> None:
-        async with self._start_lock:
-            if self._started or self._closed:
-                return
-            order, committed = await self._bus._run(
-                partial(self._bus._join, group=self.group, topics=self._topics)
-            )
-            if self._closed:
-                return
-            self._buffers.add(order)
-            self._assignment = frozenset(order)
-            for tp in order:
-                self._fetch_pos[tp] = self._early_seeks.get(tp, committed.get(tp, 0))
-            self._early_seeks.clear()
-            self._started = True
-            if self._on_assign is not None:
-                self._on_assign(list(order))
-
-    async def next(self) -> Record:
-        """The next record of an assigned, unpaused partition; waits until there is one.
-
-        Raises :class:`trio.ClosedResourceError` once the consumer is closed, also when the
-        close happens while waiting. Cancelling a waiting ``next`` loses no record.
-        """
-        if not self._started:
-            await self._start()
-        while True:
-            # Checkpoint before taking a record from the buffer, never after: a cancellation
-            # between the two would drop it.
-            await trio.lowlevel.checkpoint()
-            if self._closed:
-                raise trio.ClosedResourceError("the consumer is closed")
-            record = self._buffers.pop(self._paused)
-            if record is not None:
-                return record
-            if self._wakeup.is_set():
-                self._wakeup = trio.Event()
-            wakeup = self._wakeup  # taken before the query: a write during it is not missed
-            if await self._refill():
-                continue
-            with trio.move_on_after(self._bus.poll_interval):
-                await wakeup.wait()
-
-    async def _refill(self) -> bool:
-        order = self._buffers.order
-        count = len(order)
-        start = self._next_fetch
-        self._next_fetch = (start + 1) % count if count else 0
-        wanted = [
-            tp
-            for tp in order[start:] + order[:start]
-            if tp not in self._paused and self._buffers.is_empty(tp)
-        ]
-        if not wanted:
-            return False
-        limit = max(MIN_FETCH, FETCH_LIMIT // len(wanted))
-        requests = [(tp, self._fetch_pos[tp]) for tp in wanted]
-
-        def fetch(conn: sqlite3.Connection) -> list[tuple[TopicPartition, int, list[Record]]]:
-            results = []
-            total = 0
-            for tp, position in requests:
-                if total >= FETCH_LIMIT:
-                    break
-                records = _read_range(conn, tp, position, _NO_END, limit)
-                results.append((tp, position, records))
-                total += len(records)
-            return results
-
-        got = False
-        for tp, position, records in await self._bus._run(fetch):
-            # A seek (or a concurrent refill) while the query ran makes its answer stale.
-            if not records or self._closed or self._fetch_pos.get(tp) != position:
-                continue
-            self._buffers.extend(tp, records)
-            self._fetch_pos[tp] = records[-1].offset + 1
-            got = got or tp not in self._paused
-        return got
-
-    def pause(self, tp: TopicPartition) -> None:
-        """Stop returning records of ``tp`` (already buffered ones are kept)."""
-        self._paused.add(tp)
-
-    def resume(self, tp: TopicPartition) -> None:
-        """Return records of ``tp`` again; wakes a waiting :meth:`next`."""
-        self._paused.discard(tp)
-        self._wake()
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read ``tp`` from ``offset`` next; its buffered records are discarded.
-
-        Raises ``ValueError`` for a partition that is not assigned (once assigned).
-        """
-        if offset < 0:
-            raise ValueError("offset must not be negative")
-        if self._closed:
-            raise trio.ClosedResourceError("the consumer is closed")
-        if not self._started:
-            self._early_seeks[tp] = offset
-        elif tp not in self._assignment:
-            raise ValueError(f"{tp} is not assigned to this consumer")
-        else:
-            self._buffers.clear(tp)
-            self._fetch_pos[tp] = offset
-        self._wake()
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Store the next offset to read per partition, durably, before returning."""
-        if self._closed:
-            raise trio.ClosedResourceError("the consumer is closed")
-        items = [(TopicPartition(*tp), int(offset)) for tp, offset in offsets.items()]
-        if any(offset < 0 for _, offset in items):
-            raise ValueError("offsets must not be negative")
-        if not items:
-            await trio.lowlevel.checkpoint()
-            return
-        await self._bus._run(partial(self._bus._store_offsets, group=self.group, offsets=items))
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        """Every partition of the topics once :meth:`next` started; empty before."""
-        return self._assignment
-
-    async def aclose(self) -> None:
-        """Leave the group: ``on_revoke`` runs (its offsets are committed), a waiting
-        :meth:`next` raises, buffers go."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        if self._bus._consumers.get(self.group) is self:
-            del self._bus._consumers[self.group]
-        self._wake()
-        self._buffers.clear()
-        final: Mapping[TopicPartition, int] | None = None
-        try:
-            if self._started and self._on_revoke is not None:
-                final = self._on_revoke(list(self._buffers.order))
-        finally:
-            self._assignment = frozenset()
-        if final:
-            with trio.CancelScope(shield=True):
-                items = [(TopicPartition(*tp), int(offset)) for tp, offset in final.items()]
-                await self._bus._run(
-                    partial(self._bus._store_offsets, group=self.group, offsets=items)
-                )
-        await trio.lowlevel.checkpoint()
 
 
 if TYPE_CHECKING:
