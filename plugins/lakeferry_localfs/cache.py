@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import hashlib
 import os
@@ -84,6 +83,15 @@ from lakeferry.api import (
     TransientError,
 )
 from lakeferry_localfs.folder import ready_folder
+from lakeferry_localfs.partials import (
+    Kept,
+    in_use,
+    lock,
+    read_kept,
+    take_over,
+    unlink_partial,
+    write_kept,
+)
 from lakeferry_localfs.quota import QuotaGate, Reservation
 
 MiB = 2**20
@@ -126,19 +134,8 @@ class _Meta(msgspec.Struct, frozen=True):
     sha256: str
 
 
-class _Kept(msgspec.Struct, frozen=True):
-    """The ``.resume`` sidecar of a kept partial file."""
-
-    key: str
-    validator: str
-    size: int
-    kept_at: float
-    """Wall-clock seconds (``time.time()``) when it was kept."""
-
-
 _META_ENCODER = msgspec.json.Encoder()
 _META_DECODER = msgspec.json.Decoder(_Meta)
-_KEPT_DECODER = msgspec.json.Decoder(_Kept)
 
 
 def _io_error(exc: OSError, what: str) -> TransientError:
@@ -353,7 +350,7 @@ class LocalFsPendingFile:
                 with contextlib.suppress(PipelineError):
                     await self._settle()
                 if self._flushed > 0 and self._fh is not None:
-                    kept = _Kept(self._key, self._validator, self._flushed, time.time())
+                    kept = Kept(self._key, self._validator, self._flushed, time.time())
                     if await self._cache.keep(self._name, self._part, self._fh, kept):
                         return
             self._buffer.clear()
@@ -449,12 +446,12 @@ class LocalFsCache:
                     data[name] = item.stat(follow_symlinks=False).st_size
             for stem, part in parts.items():
                 sidecar = resumes.pop(stem, None)
-                kept = _read_kept(sidecar) if sidecar is not None else None
+                kept = read_kept(sidecar) if sidecar is not None else None
                 size = os.stat(part).st_size
                 if kept is not None and kept.size == size and kept.kept_at >= oldest:
                     self._kept.setdefault(stem.partition(".")[0], {})[Path(part)] = size
                     continue
-                if sidecar is None and _in_use(part):
+                if sidecar is None and in_use(part):
                     continue  # another process sharing the cache is writing it right now
                 os.unlink(part)  # a download a crash interrupted, or a partial too old
                 if sidecar is not None:
@@ -525,11 +522,13 @@ class LocalFsCache:
             for old, _size in candidates:
                 if resume and taken is None:
                     try:
-                        taken = await self.run_sync(self._take_over, key, old, part)
+                        taken = await self.run_sync(
+                            take_over, key, old, part, self._partial_max_age
+                        )
                     except OSError as exc:
                         self._log.warning("cannot resume a partial file", extra={"error": str(exc)})
                 else:
-                    await self.run_sync(_unlink_partial, old)
+                    await self.run_sync(unlink_partial, old)
             if taken is not None:
                 fh, kept, hasher = taken
                 return LocalFsPendingFile(
@@ -543,76 +542,18 @@ class LocalFsCache:
         """Create and lock a new part file (in a worker thread)."""
         part.parent.mkdir(exist_ok=True)
         fh = part.open("xb", buffering=0)
-        _lock(fh)  # other processes sharing the cache see it is in use
+        lock(fh)  # other processes sharing the cache see it is in use
         return fh
 
-    def _take_over(
-        self, key: str, old: Path, part: Path
-    ) -> tuple[IO[bytes], _Kept, hashlib._Hash] | None:
-        """Claim a kept partial as ``part``: its file, its sidecar and the hash of its bytes.
-
-        None when another process claimed it first, or it is not usable (then it is deleted).
-        """
-        sidecar = old.with_suffix(".resume")
-        try:
-            os.rename(old, part)  # atomic: exactly one claimant wins
-        except FileNotFoundError:
-            return None  # the winner reads and deletes the sidecar
-        kept = _read_kept(str(sidecar))
-        _unlink(sidecar)
-        try:
-            fh = part.open("r+b", buffering=0)
-            _lock(fh)
-        except BaseException:
-            _unlink(part)
-            raise
-        try:
-            size = os.fstat(fh.fileno()).st_size
-            usable = (
-                kept is not None
-                and kept.key == key
-                and kept.size == size
-                and kept.kept_at >= time.time() - self._partial_max_age
-            )
-            if not usable or kept is None:
-                fh.close()
-                _unlink(part)
-                return None
-            hasher = hashlib.sha256()
-            while chunk := fh.read(READ_CHUNK):
-                hasher.update(chunk)
-            if fh.tell() != kept.size:
-                raise OSError(errno.EIO, "kept partial changed while reading it")
-        except BaseException:
-            fh.close()
-            _unlink(part)
-            raise
-        return fh, kept, hasher
-
-    async def keep(self, name: str, part: Path, fh: IO[bytes], kept: _Kept) -> bool:
+    async def keep(self, name: str, part: Path, fh: IO[bytes], kept: Kept) -> bool:
         """Keep an aborted part file for resuming; False (nothing kept) when that fails."""
-        sidecar = part.with_suffix(".resume")
-
-        def keep_sync() -> None:
-            try:
-                fh.truncate(kept.size)  # only bytes known to be written completely
-                os.fsync(fh.fileno())  # a resumed file must not hide a hole from a power loss
-            finally:
-                fh.close()
-            tmp = sidecar.with_suffix(".resume-tmp")
-            with tmp.open("wb") as out:
-                out.write(_META_ENCODER.encode(kept))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, sidecar)
-
         try:
-            await self.run_sync(keep_sync)
+            await self.run_sync(write_kept, part, fh, kept)
         except OSError as exc:
             self._log.warning(
                 "cannot keep a partial file; it is deleted", extra={"error": str(exc)}
             )
-            await self.run_sync(_unlink_partial, part)
+            await self.run_sync(unlink_partial, part)
             return False
         self._kept.setdefault(name, {})[part] = kept.size
         self._gate.add_used(kept.size)
@@ -756,40 +697,6 @@ class LocalFsCache:
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
-
-
-def _lock(fh: IO[bytes]) -> None:
-    """Hold an exclusive advisory lock while writing (released when the process dies)."""
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _in_use(part: str) -> bool:
-    """Whether another live process holds the lock of a part file."""
-    try:
-        fd = os.open(part, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _read_kept(sidecar: str) -> _Kept | None:
-    try:
-        with open(sidecar, "rb") as fh:
-            return _KEPT_DECODER.decode(fh.read())
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _unlink_partial(part: Path) -> None:
-    _unlink(part)
-    _unlink(part.with_suffix(".resume"))
-    _unlink(part.with_suffix(".resume-tmp"))
 
 
 def _fsync_dir(path: Path) -> None:
