@@ -103,3 +103,10 @@ def test_rendered_signature() -> None:
     assert rendered_signature("lakeferry_classify_error", hooks()["lakeferry_classify_error"]) == (
         "lakeferry_classify_error(error: BaseException, stage: str) -> PipelineError | None"
     )
+
+
+def test_every_component_kind_has_its_register_hook() -> None:
+    """One table says which hook registers each kind: it names every register hook, once."""
+    registering = {name for name in hooks() if name.startswith("lakeferry_register_")}
+    assert sorted(hookspecs.REGISTER_HOOKS.values()) == sorted(registering)
+    assert len(set(hookspecs.REGISTER_HOOKS.values())) == len(hookspecs.REGISTER_HOOKS)

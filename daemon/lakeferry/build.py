@@ -24,8 +24,9 @@ from lakeferry.components import (
 )
 from lakeferry.config import LoadedConfig, PluginChoice
 from lakeferry.errors import ConfigError
+from lakeferry.hookspecs import ComponentKind
 from lakeferry.logs import get_logger
-from lakeferry.registry import ComponentKind, Registry
+from lakeferry.registry import Registry
 
 
 def owner_name(node: str, instance: str) -> str:

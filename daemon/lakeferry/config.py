@@ -36,8 +36,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from lakeferry.errors import ConfigError
+from lakeferry.hookspecs import ComponentKind
 from lakeferry.paths import check_template
-from lakeferry.registry import ComponentKind, Registry, load_registry
+from lakeferry.registry import Registry, load_registry
 from lakeferry.units import ByteSize, Duration, LocalPath, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]

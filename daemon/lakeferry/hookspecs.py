@@ -13,7 +13,7 @@ daemon's nurseries.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 import pluggy
@@ -33,6 +33,19 @@ PROJECT = "lakeferry"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+ComponentKind = Literal["source", "downloader", "cache", "sink", "inventory"]
+"""What a plugin can provide. Each kind has its hook below and its ``Register*`` protocol."""
+
+REGISTER_HOOKS: dict[ComponentKind, str] = {
+    "source": "lakeferry_register_sources",
+    "downloader": "lakeferry_register_downloaders",
+    "cache": "lakeferry_register_caches",
+    "sink": "lakeferry_register_sinks",
+    "inventory": "lakeferry_register_inventories",
+}
+"""Each component kind and the hook that registers it (``tests/test_plugin_docs.py`` holds
+this table to the hooks defined here)."""
 
 
 # The ``register`` function each hook receives, one protocol per component kind: a plugin

@@ -33,6 +33,8 @@ from lakeferry import hookspecs
 from lakeferry.components import PluginContext
 from lakeferry.errors import ConfigError, PipelineError
 from lakeferry.hookspecs import (
+    REGISTER_HOOKS,
+    ComponentKind,
     RegisterCache,
     RegisterDownloader,
     RegisterInventory,
@@ -42,8 +44,7 @@ from lakeferry.hookspecs import (
 
 ENTRY_POINT_GROUP = "lakeferry"
 
-ComponentKind = Literal["source", "downloader", "cache", "sink", "inventory"]
-COMPONENT_KINDS: tuple[ComponentKind, ...] = ("source", "downloader", "cache", "sink", "inventory")
+COMPONENT_KINDS: tuple[ComponentKind, ...] = tuple(REGISTER_HOOKS)
 
 
 Factory = Callable[[Any, PluginContext], Any]
@@ -120,20 +121,14 @@ class Registry:
             self._schemes[scheme] = reg
 
     def _collect(self) -> None:
-        for hook_name, component in (
-            ("lakeferry_register_sources", "source"),
-            ("lakeferry_register_downloaders", "downloader"),
-            ("lakeferry_register_caches", "cache"),
-            ("lakeferry_register_sinks", "sink"),
-            ("lakeferry_register_inventories", "inventory"),
-        ):
+        for component, hook_name in REGISTER_HOOKS.items():
             hook = getattr(self._pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin = self._pm.get_name(impl.plugin) or "?"
                 register = (
                     self._downloader_registrar(plugin)
                     if component == "downloader"
-                    else self._registrar(component, plugin)  # type: ignore[arg-type]
+                    else self._registrar(component, plugin)
                 )
                 try:
                     impl.function(register=register)
