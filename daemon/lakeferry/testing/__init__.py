@@ -15,7 +15,12 @@ A plugin's tests inherit every check the daemon relies on instead of rewriting t
 - :class:`CacheConformance`: write/commit/lookup/open/remove, checksums, abort, quota waits
   (fixture ``make_cache``);
 - :class:`SinkConformance`: atomic and idempotent puts, ``stat``, unsafe destinations
-  (fixture ``make_sink``).
+  (fixture ``make_sink``);
+- :class:`SourceConformance`: ``started()``, every event published intact with an origin of its
+  own, malformed bytes passed on, nothing acknowledged before ``publish`` returned (a failing
+  or cancelled publish is delivered again by the next run), prompt cancellation (fixtures
+  ``make_source``, ``feed``); :class:`RecordingIntake` is the intake it runs sources against
+  (it can fail or hold a ``publish``), usable in a source's own tests too.
 
 The pytest plugin :mod:`lakeferry.testing.plugin` (loaded automatically through the
 ``pytest11`` entry point once lakeferry is installed) provides the shared fixtures
@@ -26,15 +31,19 @@ from lakeferry.testing.cache import CacheConformance
 from lakeferry.testing.downloader import DownloadCases, DownloaderConformance, RemoteFile
 from lakeferry.testing.memory import ChunkRecorder, MemoryCache, download_writer, make_task
 from lakeferry.testing.sink import SinkConformance
+from lakeferry.testing.source import IntakeUnavailable, RecordingIntake, SourceConformance
 
 __all__ = [
     "CacheConformance",
     "ChunkRecorder",
     "DownloadCases",
     "DownloaderConformance",
+    "IntakeUnavailable",
     "MemoryCache",
+    "RecordingIntake",
     "RemoteFile",
     "SinkConformance",
+    "SourceConformance",
     "download_writer",
     "make_task",
 ]
