@@ -80,6 +80,29 @@ def test_every_kind_renders_a_complete_package(kind: plugin_template.Kind) -> No
     assert set(core) <= {"lakeferry.api", "lakeferry.testing"}, core
 
 
+def test_the_templates_are_package_data_that_ships_in_the_wheel() -> None:
+    """Every template file matches a package-data glob, so an installed wheel has it."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = ROOT / "daemon" / "lakeferry"
+    matched = {
+        path.relative_to(package).as_posix()
+        for pattern in setuptools["package-data"]["lakeferry"]
+        for path in package.glob(pattern)
+    }
+    shipped = {
+        path.relative_to(package).as_posix()
+        for path in (package / "templates").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert shipped
+    assert shipped - matched == set(), "template files the wheel would leave out"
+    for kind in plugin_template.KINDS:  # each kind's folder is complete
+        for name in ("kind.toml", "module.py.tmpl", "test.py.tmpl", "config.toml.tmpl"):
+            assert f"templates/{kind}/{name}" in shipped
+
+
 def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     for bad in ("Acme", "1acme", "acme!", "acme--x", ""):
         out = subprocess.run(
