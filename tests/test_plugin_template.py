@@ -101,7 +101,7 @@ def test_every_kind_renders_a_complete_package(kind: plugin_template.Kind) -> No
     assert set(core) <= {"lakeferry.api", "lakeferry.testing"}, core
 
 
-def test_every_kind_passes_its_own_ruff_and_mypy_settings(tmp_path: Path) -> None:
+def test_every_kind_meets_its_own_lint_settings_and_loads_without_pytest(tmp_path: Path) -> None:
     """The generated pyproject.toml sets ruff's rules and mypy's strict mode: the toys meet them.
 
     mypy finds lakeferry through MYPYPATH: the checkout's editable install is an import hook,
@@ -123,6 +123,13 @@ def test_every_kind_passes_its_own_ruff_and_mypy_settings(tmp_path: Path) -> Non
             env={**os.environ, "MYPYPATH": str(ROOT / "daemon")},
         )  # fmt: skip
         assert typed.returncode == 0, f"{kind}: mypy\n{typed.stdout}{typed.stderr}"
+        # What the daemon loads needs no test tools (the cache's toy store is lakeferry.testing's).
+        no_pytest = "import sys; sys.modules['pytest'] = None; import lakeferry_acme"
+        loads = subprocess.run(
+            [sys.executable, "-c", no_pytest],
+            capture_output=True, text=True, cwd=package, timeout=120,
+        )  # fmt: skip
+        assert loads.returncode == 0, f"{kind}: the plugin needs pytest\n{loads.stderr}"
 
 
 def test_the_templates_are_package_data_that_ships_in_the_wheel() -> None:
