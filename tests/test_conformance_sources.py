@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from helpers.eventhub import source_for
 from helpers.kafka import create_topic, produce, unique
 from helpers.tools import load_tool
 from lakeferry.api import Duration, PluginContext, Source
 from lakeferry.registry import load_registry
 from lakeferry.testing import SourceConformance
-from lakeferry_eventhub import EventHubSource, EventHubSourceSettings
 from lakeferry_kafka_source import KafkaSource, KafkaSourceSettings
 from lakeferry_spool import SpoolSettings, SpoolSource
 
@@ -98,26 +98,10 @@ class TestEventHubSource(SourceConformance):
 
     @pytest.fixture
     def make_source(
-        self,
-        emulator: Any,
-        azurite: Any,
-        lakeferry_context: PluginContext,
-        monkeypatch: pytest.MonkeyPatch,
+        self, emulator: Any, azurite: Any, monkeypatch: pytest.MonkeyPatch
     ) -> Callable[[], Source]:
-        monkeypatch.setenv("TEST_EVENTHUB_CONNECTION", emulator.connection_string)
-        monkeypatch.setenv("TEST_CHECKPOINT_CONNECTION", azurite.connection_string)
-        settings = EventHubSourceSettings(
-            eventhub_name=emulator.hub_name,
-            connection_string_env="TEST_EVENTHUB_CONNECTION",
-            checkpoint_connection_string_env="TEST_CHECKPOINT_CONNECTION",
-            checkpoint_container=f"conformance-{uuid.uuid4().hex[:12]}",
-            create_checkpoint_container=True,
-            max_batch_size=3,
-            max_wait_time=Duration(0.1),
-            load_balancing_interval=Duration(0.3),
-            partition_ownership_expiration_interval=Duration(2.0),
-        )
-        return lambda: EventHubSource(settings, lakeferry_context)
+        container = f"conformance-{uuid.uuid4().hex[:12]}"
+        return lambda: source_for(emulator, azurite, container, monkeypatch, max_batch_size=3)
 
     @pytest.fixture
     def feed(self, emulator: Any) -> Callable[[Sequence[bytes]], None]:

@@ -186,15 +186,37 @@ class SourceConformance:
         with trio.fail_after(self.delivery_timeout):
             await trio.to_thread.run_sync(feed, list(events))
 
-    async def _deliver(self, source: Source, intake: RecordingIntake, wanted: set[bytes]) -> None:
-        """Run ``source`` until ``wanted`` reached ``intake``, then cancel it."""
+    async def _fed(self, feed: Feed, tag: str) -> list[bytes]:
+        """New events (:meth:`_events`), fed before the source starts; they wait in its input."""
+        events = self._events(tag)
+        await self._feed(feed, events)
+        return events
+
+    async def _run_until(
+        self,
+        source: Source,
+        intake: RecordingIntake,
+        condition: Callable[[], bool],
+        *,
+        once_started: Sequence[bytes] = (),
+        feed: Feed | None = None,
+    ) -> tuple[bool, float]:
+        """Run ``source`` until ``condition()`` holds (at most ``delivery_timeout``), feeding
+        ``once_started`` after ``started()``, then cancel it. Whether the condition held, and
+        the seconds ``run`` took to end once cancelled. What ``run`` raises propagates."""
         async with trio.open_nursery() as nursery:
             with trio.fail_after(self.start_timeout):
                 await nursery.start(source.run, intake)
-            arrived = await intake.wait_until(
-                lambda: wanted <= intake.received(), limit=self.delivery_timeout
-            )
-            nursery.cancel_scope.cancel(reason="conformance: delivered")
+            if feed is not None:
+                await self._feed(feed, once_started)  # the source really receives by now
+            held = await intake.wait_until(condition, limit=self.delivery_timeout)
+            cancelled_at = trio.current_time()
+            nursery.cancel_scope.cancel(reason="conformance: the test has seen what it waited for")
+        return held, trio.current_time() - cancelled_at
+
+    async def _deliver(self, source: Source, intake: RecordingIntake, wanted: set[bytes]) -> None:
+        """Run ``source`` until ``wanted`` reached ``intake``, then cancel it."""
+        arrived, _ = await self._run_until(source, intake, lambda: wanted <= intake.received())
         missing = wanted - intake.received()
         assert arrived, (
             f"{len(missing)} of {len(wanted)} events fed never reached intake.publish "
@@ -234,17 +256,12 @@ class SourceConformance:
     async def test_reports_started_and_delivers_every_event_intact(
         self, make_source: Callable[[], Source], feed: Feed
     ) -> None:
-        before, after = self._events("before"), self._events("after")
-        await self._feed(feed, before)  # waiting in the input when the source starts
+        before, after = await self._fed(feed, "before"), self._events("after")
         intake = RecordingIntake()
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(self.start_timeout):
-                await nursery.start(make_source().run, intake)
-            await self._feed(feed, after)  # fed once started: the source really receives
-            await intake.wait_until(
-                lambda: set(before + after) <= intake.received(), limit=self.delivery_timeout
-            )
-            nursery.cancel_scope.cancel(reason="conformance: delivered")
+        fed = set(before + after)
+        await self._run_until(
+            make_source(), intake, lambda: fed <= intake.received(), once_started=after, feed=feed
+        )
         self._check_intact(intake.events, before + after)
 
     async def test_passes_malformed_bytes_through_unvalidated(
@@ -252,34 +269,28 @@ class SourceConformance:
     ) -> None:
         fed = [*self._events("valid", 1), *self.malformed]
         intake = RecordingIntake()
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(self.start_timeout):
-                await nursery.start(make_source().run, intake)
-            await self._feed(feed, fed)
-            await intake.wait_until(
-                lambda: set(fed) <= intake.received(), limit=self.delivery_timeout
-            )
-            nursery.cancel_scope.cancel(reason="conformance: delivered")
+        await self._run_until(
+            make_source(),
+            intake,
+            lambda: set(fed) <= intake.received(),
+            once_started=fed,
+            feed=feed,
+        )
         self._check_intact(intake.events, fed)
 
     async def test_a_failing_publish_fails_the_run_and_loses_nothing(
         self, make_source: Callable[[], Source], feed: Feed
     ) -> None:
-        fed = self._events("unpublished")
-        await self._feed(feed, fed)
+        fed = await self._fed(feed, "unpublished")
         intake = RecordingIntake()
         intake.fail_next()
         failure: Exception | None = None
         retried = False
         try:
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(self.start_timeout):
-                    await nursery.start(make_source().run, intake)
-                # Only a source that publishes again by itself gets past this: others fail.
-                retried = await intake.wait_until(
-                    lambda: set(fed) <= intake.received(), limit=self.delivery_timeout
-                )
-                nursery.cancel_scope.cancel(reason="conformance: delivered")
+            # Only a source that publishes again by itself sees the condition hold: others fail.
+            retried, _ = await self._run_until(
+                make_source(), intake, lambda: set(fed) <= intake.received()
+            )
         except Exception as exc:
             failure = exc
         assert intake.calls >= 1, "publish was never called"
@@ -291,45 +302,31 @@ class SourceConformance:
             return
         assert contains(failure, IntakeUnavailable), f"run failed, not from publish: {failure!r}"
         # The daemon restarts a failed source: the new run must deliver what was not published.
-        again = RecordingIntake()
-        await self._deliver(make_source(), again, set(fed) - intake.received())
-        assert set(fed) <= intake.received() | again.received()
+        await self._deliver(make_source(), RecordingIntake(), set(fed) - intake.received())
 
     async def test_a_cancellation_during_publish_ends_promptly_and_loses_nothing(
         self, make_source: Callable[[], Source], feed: Feed
     ) -> None:
-        fed = self._events("in-flight")
-        await self._feed(feed, fed)
+        fed = await self._fed(feed, "in-flight")
         first = RecordingIntake()
         first.hold_next()  # the first publish never returns: it is in flight when cancelled
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(self.start_timeout):
-                await nursery.start(make_source().run, first)
-            in_flight = await first.wait_until(lambda: first.holding, limit=self.delivery_timeout)
-            cancelled_at = trio.current_time()
-            nursery.cancel_scope.cancel(reason="conformance: cancelled while publishing")
-        took = trio.current_time() - cancelled_at
+        in_flight, took = await self._run_until(make_source(), first, lambda: first.holding)
         assert in_flight, f"publish was not called within {self.delivery_timeout:g}s"
         assert took <= self.cancel_timeout, f"run took {took:.1f}s to end after its cancellation"
         # What the cancelled publish carried was not acknowledged: the next run delivers it.
-        second = RecordingIntake()
-        await self._deliver(make_source(), second, set(fed) - first.received())
-        assert set(fed) <= first.received() | second.received()
+        await self._deliver(make_source(), RecordingIntake(), set(fed) - first.received())
 
     async def test_a_cancellation_while_waiting_for_input_ends_promptly(
         self, make_source: Callable[[], Source], feed: Feed
     ) -> None:
         fed = self._events("idle")
         intake = RecordingIntake()
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(self.start_timeout):
-                await nursery.start(make_source().run, intake)
-            await self._feed(feed, fed)
-            arrived = await intake.wait_until(
-                lambda: set(fed) <= intake.received(), limit=self.delivery_timeout
-            )
-            cancelled_at = trio.current_time()
-            nursery.cancel_scope.cancel(reason="conformance: cancelled while waiting")
-        took = trio.current_time() - cancelled_at
+        arrived, took = await self._run_until(
+            make_source(),
+            intake,
+            lambda: set(fed) <= intake.received(),
+            once_started=fed,
+            feed=feed,
+        )
         assert arrived, f"the events fed did not arrive within {self.delivery_timeout:g}s"
         assert took <= self.cancel_timeout, f"run took {took:.1f}s to end after its cancellation"
