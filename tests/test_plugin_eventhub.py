@@ -2,8 +2,8 @@
 
 The source runs the real azure-eventhub SDK (sync ``EventHubConsumerClient`` with a
 ``BlobCheckpointStore``) against ``tools/eventhubs_emulator.py``; a recording Intake is the
-boundary. Load balancing runs every 0.3 s here (10 s by default) so that two instances
-rebalance within a test.
+boundary. ``helpers.eventhub.source_for`` builds the sources, balancing load every 0.3 s (10 s by
+default) so that two instances rebalance within a test.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import trio
 from azure.storage.blob import ContainerClient
 
 import lakeferry_eventhub
+from helpers.eventhub import source_for
 from helpers.tools import load_tool
-from lakeferry.api import ConfigError, Duration, PluginContext, RawEvent, Source
+from lakeferry.api import ConfigError, PluginContext, RawEvent, Source
 from lakeferry.config import parse_config
 from lakeferry.registry import load_registry
 from lakeferry.units import dec_hook
@@ -36,11 +37,6 @@ from lakeferry_eventhub.settings import Secrets
 ROOT = Path(__file__).resolve().parents[1]
 emulator_tool: Any = load_tool("eventhubs_emulator")
 TIMEOUT = 20
-FAST = {
-    "load_balancing_interval": Duration(0.3),
-    "partition_ownership_expiration_interval": Duration(2.0),
-    "max_wait_time": Duration(0.1),
-}
 
 
 class RecordingIntake:
@@ -99,27 +95,6 @@ def hub() -> Iterator[Callable[[int], Any]]:
 @pytest.fixture
 def container(azurite: Any) -> str:
     return f"checkpoints-{uuid.uuid4().hex[:12]}"
-
-
-def source_for(
-    emulator: Any,
-    azurite: Any,
-    container: str,
-    monkeypatch: pytest.MonkeyPatch,
-    **settings: Any,
-) -> EventHubSource:
-    monkeypatch.setenv("TEST_EVENTHUB_CONNECTION", emulator.connection_string)
-    monkeypatch.setenv("TEST_CHECKPOINT_CONNECTION", azurite.connection_string)
-    values = EventHubSourceSettings(
-        eventhub_name=emulator.hub_name,
-        connection_string_env="TEST_EVENTHUB_CONNECTION",
-        checkpoint_connection_string_env="TEST_CHECKPOINT_CONNECTION",
-        checkpoint_container=container,
-        create_checkpoint_container=True,
-        **(FAST | settings),
-    )
-    context = PluginContext(state_dir=Path("unused"), logger=logging.getLogger("test.eventhub"))
-    return EventHubSource(values, context)
 
 
 async def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

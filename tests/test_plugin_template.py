@@ -1,11 +1,13 @@
 """``lakeferry plugin new``: the template makes a package that installs, passes the conformance
 kit, and is picked up through its entry point with no change to lakeferry.
 
-The slow test follows an author: generate a ``mem`` downloader, replace the toy body (the one
-part the author must write, well under 100 lines), install the package — not editable, with
-``--no-deps`` — into a fresh virtual environment that sees this checkout's environment through a
-``.pth`` file (nothing is downloaded but the build backend), run the package's own tests there,
-and ask that environment's ``lakeferry plugins``. The checkout's environment never sees it.
+The slow test follows an author: generate a ``mem`` downloader and an ``inbox`` source, make
+the change an author makes first (a new toy body; acknowledged messages kept aside), install
+both — not editable, with ``--no-deps`` — into a fresh virtual environment that sees this
+checkout's environment through a ``.pth`` file (nothing is downloaded but the build backend),
+run each package's own tests there, ask that environment's ``lakeferry plugins``, and check the
+source README's configuration with ``lakeferry check-config``. The checkout's environment never
+sees them. Every kind's package also meets its own ruff and mypy (strict) settings.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ async def toy_body(name: str, size: int) -> AsyncGenerator[bytes, None]:
 '''
 
 
+AUTHORS_ACKNOWLEDGE = '''\
+    def _acknowledge(self, batch: list[Message]) -> None:
+        """Keep what was received: move it into the folder's ``.done/``."""
+        done = self._folder / ".done"
+        done.mkdir(exist_ok=True)
+        for message in batch:
+            (self._folder / message.name).replace(done / message.name)
+'''
+
+
 def lakeferry(*args: str, python: str = sys.executable, cwd: Path = ROOT) -> str:
     out = subprocess.run(
         [python, "-m", "lakeferry", *args], capture_output=True, text=True, cwd=cwd, timeout=120
@@ -56,6 +68,15 @@ def replace_toy_body(module: Path) -> int:
     end = text.index("\nclass ", start)
     module.write_text(text[:start] + AUTHORS_BODY + "\n" + text[end:])
     return len(AUTHORS_BODY.splitlines())
+
+
+def replace_acknowledge(module: Path) -> int:
+    """The author's change to a source: acknowledged messages are kept aside, not deleted."""
+    text = module.read_text()
+    start = text.index("    def _acknowledge(")
+    end = text.index("\n    def ", start + 1)
+    module.write_text(text[:start] + AUTHORS_ACKNOWLEDGE + text[end:])
+    return len(AUTHORS_ACKNOWLEDGE.splitlines())
 
 
 @pytest.mark.parametrize("kind", plugin_template.KINDS)
@@ -80,6 +101,60 @@ def test_every_kind_renders_a_complete_package(kind: plugin_template.Kind) -> No
     assert set(core) <= {"lakeferry.api", "lakeferry.testing"}, core
 
 
+def test_every_kind_meets_its_own_lint_settings_and_loads_without_pytest(tmp_path: Path) -> None:
+    """The generated pyproject.toml sets ruff's rules and mypy's strict mode: the toys meet them.
+
+    mypy finds lakeferry through MYPYPATH: the checkout's editable install is an import hook,
+    which mypy does not follow. (A name much longer than ``acme`` makes a few lines too long.)
+    """
+    for kind in plugin_template.KINDS:
+        (tmp_path / kind).mkdir()
+        package = plugin_template.write("acme", kind, tmp_path / kind)
+        for check in (["ruff", "check", "-q"], ["ruff", "format", "--check", "-q"]):
+            out = subprocess.run(
+                [sys.executable, "-m", *check, "."],
+                capture_output=True, text=True, cwd=package, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 0, f"{kind}: {' '.join(check)}\n{out.stdout}{out.stderr}"
+        typed = subprocess.run(
+            [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy"),
+             "lakeferry_acme", "tests"],
+            capture_output=True, text=True, cwd=package, timeout=300,
+            env={**os.environ, "MYPYPATH": str(ROOT / "daemon")},
+        )  # fmt: skip
+        assert typed.returncode == 0, f"{kind}: mypy\n{typed.stdout}{typed.stderr}"
+        # What the daemon loads needs no test tools (the cache's toy store is lakeferry.testing's).
+        no_pytest = "import sys; sys.modules['pytest'] = None; import lakeferry_acme"
+        loads = subprocess.run(
+            [sys.executable, "-c", no_pytest],
+            capture_output=True, text=True, cwd=package, timeout=120,
+        )  # fmt: skip
+        assert loads.returncode == 0, f"{kind}: the plugin needs pytest\n{loads.stderr}"
+
+
+def test_the_templates_are_package_data_that_ships_in_the_wheel() -> None:
+    """Every template file matches a package-data glob, so an installed wheel has it."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = ROOT / "daemon" / "lakeferry"
+    matched = {
+        path.relative_to(package).as_posix()
+        for pattern in setuptools["package-data"]["lakeferry"]
+        for path in package.glob(pattern)
+    }
+    shipped = {
+        path.relative_to(package).as_posix()
+        for path in (package / "templates").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert shipped
+    assert shipped - matched == set(), "template files the wheel would leave out"
+    for kind in plugin_template.KINDS:  # each kind's folder is complete
+        for name in ("kind.toml", "module.py.tmpl", "test.py.tmpl", "config.toml.tmpl"):
+            assert f"templates/{kind}/{name}" in shipped
+
+
 def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     for bad in ("Acme", "1acme", "acme!", "acme--x", ""):
         out = subprocess.run(
@@ -97,10 +172,13 @@ def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     assert "already exists" in out.stderr
 
 
-def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: Path) -> None:
+def test_generated_packages_install_pass_the_kit_and_are_listed(tmp_path: Path) -> None:
+    """A downloader and a source, each changed as an author would, in one environment."""
     lakeferry("plugin", "new", "mem", "--kind", "downloader", "--dir", str(tmp_path))
-    package = tmp_path / "lakeferry-mem"
-    assert replace_toy_body(package / "lakeferry_mem" / "downloader.py") < 100
+    lakeferry("plugin", "new", "inbox", "--kind", "source", "--dir", str(tmp_path))
+    packages = [tmp_path / "lakeferry-mem", tmp_path / "lakeferry-inbox"]
+    assert replace_toy_body(packages[0] / "lakeferry_mem" / "downloader.py") < 100
+    assert replace_acknowledge(packages[1] / "lakeferry_inbox" / "source.py") < 100
 
     venv = tmp_path / "venv"
     try:
@@ -117,29 +195,47 @@ def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: 
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         install = subprocess.run(
             [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q",
-             str(package)],
+             *map(str, packages)],
             capture_output=True, text=True, env=env, timeout=600,
         )  # fmt: skip
         assert install.returncode == 0, install.stdout + install.stderr
 
-        tests = subprocess.run(
-            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
-             str(package / "pyproject.toml"), str(package / "tests")],
-            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
-        )  # fmt: skip
-        assert tests.returncode == 0, tests.stdout + tests.stderr
-        assert "7 passed" in tests.stdout, tests.stdout
+        for package, count in zip(packages, (7, 6), strict=True):
+            tests = subprocess.run(
+                [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+                 str(package / "pyproject.toml"), str(package / "tests")],
+                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+            )  # fmt: skip
+            assert tests.returncode == 0, tests.stdout + tests.stderr
+            assert f"{count} passed" in tests.stdout, tests.stdout
 
         listed = _json_lines(lakeferry("plugins", "--json", python=python, cwd=tmp_path))
-        mem = next(p for p in listed if p["name"] == "mem")
-        assert (mem["distribution"], mem["version"], mem["module"]) == (
-            "lakeferry-mem", "0.1.0", "lakeferry_mem",
+        found = {
+            p["name"]: (p["distribution"], p["version"], p["module"], p["provides"]) for p in listed
+        }
+        assert found["mem"] == ("lakeferry-mem", "0.1.0", "lakeferry_mem", ["downloader:mem (mem)"])
+        assert found["inbox"] == ("lakeferry-inbox", "0.1.0", "lakeferry_inbox", ["source:inbox"])
+        assert not {"mem", "inbox"} & {
+            p["name"] for p in _json_lines(lakeferry("plugins", "--json"))
+        }
+
+        # The source's README shows a [[sources]] entry that the daemon's checks accept.
+        config = tmp_path / "etc" / "lakeferry.toml"
+        config.parent.mkdir()
+        readme = (packages[1] / "README.md").read_text()
+        [example] = re.findall(r"```toml\n(.*?)```", readme, re.S)
+        config.write_text((ROOT / "etc" / "lakeferry.toml").read_text() + "\n" + example)
+        checked = subprocess.run(
+            [python, "-m", "lakeferry", "check-config", "-c", str(config)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env=env | {"LAKEFERRY_STATE": str(tmp_path / "state")},
         )  # fmt: skip
-        assert mem["provides"] == ["downloader:mem (mem)"]
-        assert "mem" not in {p["name"] for p in _json_lines(lakeferry("plugins", "--json"))}
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert not (tmp_path / "state").exists(), "check-config created the state folder"
     finally:
         shutil.rmtree(venv, ignore_errors=True)
-        shutil.rmtree(package, ignore_errors=True)
+        for package in packages:
+            shutil.rmtree(package, ignore_errors=True)
 
 
 @pytest.mark.parametrize("kind", ["cache", "sink"])

@@ -1,0 +1,120 @@
+"""The source conformance kit (``lakeferry.testing.SourceConformance``) on every built-in source.
+
+The same class a site team's source subclasses, each on its real input: ``spool`` on a
+temporary folder, ``kafka`` on the session's Apache Kafka broker (``kafka_broker``), and
+``eventhub`` on the Event Hubs emulator (``tools/eventhubs_emulator.py``) with its checkpoints
+on Azurite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.eventhub import source_for
+from helpers.kafka import create_topic, produce, unique
+from helpers.tools import load_tool
+from lakeferry.api import Duration, PluginContext, Source
+from lakeferry.registry import load_registry
+from lakeferry.testing import SourceConformance
+from lakeferry_kafka_source import KafkaSource, KafkaSourceSettings
+from lakeferry_spool import SpoolSettings, SpoolSource
+
+emulator_tool: Any = load_tool("eventhubs_emulator")
+
+PARTITIONS = 2
+"""Kafka and Event Hub inputs have two partitions: events of a feed are spread over both."""
+
+
+class TestSpoolSource(SourceConformance):
+    @pytest.fixture
+    def make_source(self, tmp_path: Path, lakeferry_context: PluginContext) -> Callable[[], Source]:
+        settings = SpoolSettings(
+            path=str(tmp_path / "spool"), poll_interval=Duration(0.02), batch_lines=2
+        )
+        return lambda: SpoolSource(settings, lakeferry_context)
+
+    @pytest.fixture
+    def feed(self, tmp_path: Path) -> Callable[[Sequence[bytes]], None]:
+        spool = tmp_path / "spool"
+        names = itertools.count()
+
+        def feed(events: Sequence[bytes]) -> None:
+            """One file per call, written aside and renamed in (the contract with writers)."""
+            spool.mkdir(parents=True, exist_ok=True)
+            name = f"{next(names):04d}.jsonl"
+            staging = spool / f".{name}.partial"
+            staging.write_bytes(b"".join(event + b"\n" for event in events))
+            staging.rename(spool / name)
+
+        return feed
+
+
+class TestKafkaSource(SourceConformance):
+    @pytest.fixture
+    def topic(self, kafka_broker: Any) -> str:
+        return create_topic(kafka_broker.bootstrap, unique("conformance"), partitions=PARTITIONS)
+
+    @pytest.fixture
+    def make_source(
+        self, kafka_broker: Any, topic: str, lakeferry_context: PluginContext
+    ) -> Callable[[], Source]:
+        settings = KafkaSourceSettings(
+            bootstrap_servers=kafka_broker.bootstrap,
+            topics=[topic],
+            group_id=unique("conformance-group"),
+            batch_max=3,
+            poll_timeout=Duration(0.1),
+        )
+        return lambda: KafkaSource(settings, lakeferry_context)
+
+    @pytest.fixture
+    def feed(self, kafka_broker: Any, topic: str) -> Callable[[Sequence[bytes]], None]:
+        partitions = itertools.cycle(range(PARTITIONS))
+
+        def feed(events: Sequence[bytes]) -> None:
+            for event in events:
+                produce(kafka_broker.bootstrap, topic, [event], partition=next(partitions))
+
+        return feed
+
+
+class TestEventHubSource(SourceConformance):
+    cancel_timeout = 12.0
+    """Closing waits for the SDK to stop each partition's receiver (see CLOSE_TIMEOUT)."""
+
+    @pytest.fixture
+    def emulator(self) -> Iterator[Any]:
+        emulator = emulator_tool.start(hub=f"hub-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+        try:
+            yield emulator
+        finally:
+            emulator.stop()
+
+    @pytest.fixture
+    def make_source(
+        self, emulator: Any, azurite: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> Callable[[], Source]:
+        container = f"conformance-{uuid.uuid4().hex[:12]}"
+        return lambda: source_for(emulator, azurite, container, monkeypatch, max_batch_size=3)
+
+    @pytest.fixture
+    def feed(self, emulator: Any) -> Callable[[Sequence[bytes]], None]:
+        partitions = itertools.cycle(str(p) for p in range(PARTITIONS))
+
+        def feed(events: Sequence[bytes]) -> None:
+            for event in events:
+                emulator.send(next(partitions), [event])
+
+        return feed
+
+
+def test_every_source_kind_runs_the_kit() -> None:
+    """A new built-in source kind gets a class in this module too."""
+    tested = {"spool", "kafka", "eventhub"}
+    assert set(load_registry().kinds("source")) == tested
