@@ -37,9 +37,10 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
 from helpers.plugins import plugin_context, task_for
+from helpers.wait import wait_for
 from lakeferry.api import (
     Event,
     NetGuard,
@@ -474,8 +475,12 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     assert "(nothing sent; 12 of 14 events refused)" in result.stderr
     # ...so it reaches the daemon the way a producer's file would: through the spool.
     env.spool(events_file)
-    wait_until(
-        lambda: env.audit(events_file)[1]["in_flight"] == 0, 60, "hostile events to settle", 1
+    wait_for(
+        lambda: env.audit(events_file)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=60,
+        what="hostile events to settle",
+        interval=1,
     )
     letters = env.letters()
     by_key = {x["key"]: x["reason"] for x in letters}  # keyed by event id when readable

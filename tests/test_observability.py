@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
+from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "etc" / "prometheus" / "alerts.yml"
@@ -664,8 +665,8 @@ def scrape(daemon_env: DaemonEnv, origin: Origin) -> Iterator[str]:
             env.metric("lakeferry_stage_messages_total", stage="results") >= 9
             and env.metric("lakeferry_dlq_total") >= 1
         ),
-        60,
-        "the events to land or die",
+        timeout=60,
+        what="the events to land or die",
     )
     with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics", timeout=5) as r:
         yield r.read().decode()

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonEnv, harness, wait_until
+from helpers.daemon import DaemonEnv, harness
+from helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
@@ -56,7 +57,12 @@ def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     events = env.submit_events([{"id": "beside-1", "url": "file:///nope/x.bin"}])
     listed = env.cli("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    wait_until(lambda: env.audit(events)[1]["dead_lettered"] == 1, 60, "the letter")
+    wait_for(
+        lambda: env.audit(events)[1],
+        lambda counts: counts["dead_lettered"] == 1,
+        timeout=60,
+        what="the letter",
+    )
     assert first.alive()
 
     # A SIGKILLed owner leaves its lock file behind; the lock itself dies with it.

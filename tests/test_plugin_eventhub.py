@@ -26,6 +26,7 @@ from azure.storage.blob import ContainerClient
 
 import lakeferry_eventhub
 from helpers.tools import load_tool
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.api import ConfigError, Duration, PluginContext, RawEvent, Source
 from lakeferry.config import parse_config
 from lakeferry.registry import load_registry
@@ -151,15 +152,13 @@ async def owners(azurite: Any, container: str) -> dict[str, str]:
     return {p: meta.get("ownerid") or "" for p, meta in found.items()}
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Callers bound this with fail_after."""
-    while not condition():
-        await trio.sleep(0.02)
-
-
 async def wait_for_checkpoints(azurite: Any, container: str, expected: dict[str, int]) -> None:
-    while await checkpoints(azurite, container) != expected:
-        await trio.sleep(0.05)
+    await wait_for_async(
+        lambda: checkpoints(azurite, container),
+        lambda found: found == expected,
+        timeout=TIMEOUT,
+        what=f"checkpoints {expected}",
+    )
 
 
 async def send(emulator: Any, partition: str, bodies: list[bytes]) -> None:
@@ -302,9 +301,13 @@ async def test_events_reach_the_intake_with_origins_and_are_checkpointed(
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: len(intake.events) >= 15)
+            await wait_until_async(
+                lambda: len(intake.events) >= 15, timeout=TIMEOUT, what="15 events"
+            )
             await send(emulator, "1", [b"p1-5"])  # arrives while receiving
-            await wait_until(lambda: len(intake.events) >= 16)
+            await wait_until_async(
+                lambda: len(intake.events) >= 16, timeout=TIMEOUT, what="the 16th event"
+            )
             await wait_for_checkpoints(azurite, container, {"0": 9, "1": 5})
             cancelled_at = time.monotonic()
             nursery.cancel_scope.cancel(reason="test done")
@@ -338,13 +341,13 @@ async def test_checkpoints_are_written_only_after_publish_returned(
             # The first publish has not returned: no checkpoint at all, however long it takes.
             await intake.holding[1].wait()
             assert await checkpoints(azurite, container) == {}
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # time passes, publish still held: still no checkpoint
             assert await checkpoints(azurite, container) == {}
             intake.release[1].set()
             # The second batch is being published: the checkpoint stays after the first.
             await intake.holding[2].wait()
             assert await checkpoints(azurite, container) == {"0": 2}
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # time passes, publish still held: the checkpoint stays
             assert await checkpoints(azurite, container) == {"0": 2}
             intake.release[2].set()
             await wait_for_checkpoints(azurite, container, {"0": 8})
@@ -375,7 +378,9 @@ async def test_a_restarted_source_resumes_after_the_last_checkpoint(
         async with trio.open_nursery() as nursery:
             source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=3)
             await nursery.start(source.run, second)
-            await wait_until(lambda: len(second.events) >= 6)
+            await wait_until_async(
+                lambda: len(second.events) >= 6, timeout=TIMEOUT, what="six events"
+            )
             await wait_for_checkpoints(azurite, container, {"0": 11})
             nursery.cancel_scope.cancel(reason="test done")
     assert second.bodies() == [b"%d" % i for i in range(6, 12)]
@@ -405,7 +410,7 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             body = b"%s-%d" % (prefix.encode(), i)
             await send(emulator, partitions[i % 4], [body])
             sent.append(body)
-            await trio.sleep(pause)
+            await trio.sleep(pause)  # a producer's pace: events keep coming during a rebalance
 
     async def run_in(
         scope: trio.CancelScope,
@@ -428,18 +433,26 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             await feed("before", 20, 0)
             a_source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=5)
             await nursery.start(run_in, a_scope, a_done, a_source, a)
-            await wait_until(lambda: len(a.events) >= 20)
+            await wait_until_async(
+                lambda: len(a.events) >= 20, timeout=TIMEOUT, what="A's 20 events"
+            )
 
             # B joins while events keep coming: the partitions are rebalanced under load.
             nursery.start_soon(feed, "during", 60, 0.03)
             b_source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=5)
             await nursery.start(run_in, trio.CancelScope(), trio.Event(), b_source, b)
-            while True:
-                shares = Counter((await owners(azurite, container)).values())
-                if sorted(shares.values()) == [2, 2] and len(sent) == 80:
-                    break
-                await trio.sleep(0.1)
-            await wait_until(lambda: set(a.bodies()) | set(b.bodies()) == set(sent))
+            await wait_until_async(lambda: len(sent) == 80, timeout=TIMEOUT, what="the feed")
+            await wait_for_async(
+                lambda: owners(azurite, container),
+                lambda found: sorted(Counter(found.values()).values()) == [2, 2],
+                timeout=TIMEOUT,
+                what="two partitions owned by each instance",
+            )
+            await wait_until_async(
+                lambda: set(a.bodies()) | set(b.bodies()) == set(sent),
+                timeout=TIMEOUT,
+                what="every event sent so far to be published",
+            )
             assert b.events, "the second instance never got a partition"
             # Settle: every partition checkpointed up to its last event.
             last = {p: len(emulator.events(p)) - 1 for p in partitions}
@@ -451,7 +464,11 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             a_scope.cancel(reason="instance A stops")
             await a_done.wait()
             await feed("after", 20, 0)
-            await wait_until(lambda: set(a.bodies()) | set(b.bodies()) == set(sent))
+            await wait_until_async(
+                lambda: set(a.bodies()) | set(b.bodies()) == set(sent),
+                timeout=TIMEOUT,
+                what="B to publish the events sent after A stopped",
+            )
             shares = Counter((await owners(azurite, container)).values())
             assert list(shares.values()) == [4], shares
             await wait_for_checkpoints(

@@ -52,6 +52,8 @@ async def test_crashing_stage_restarts_with_backoff(autojump_clock: trio.testing
 
     async with trio.open_nursery() as nursery:
         await nursery.start(sup._supervise, "download", stage)
+        # Virtual time (autojump): 100 s pass at once, room for the three restarts and their
+        # backoff, and for a fourth crash that must not come.
         await trio.sleep(100)
         assert sup.pipeline is not None
         sup.pipeline.lifecycle.drain()

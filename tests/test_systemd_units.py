@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
+from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
@@ -362,7 +363,7 @@ class TracedDaemon:
                  sys.executable, "-m", "lakeferry", "run", "-c", str(env.config)],
                 stdout=log, stderr=log, cwd=ROOT,
             )  # fmt: skip
-        wait_until(self.ready, 120, "the traced daemon to report ready")
+        wait_until(self.ready, timeout=120, what="the traced daemon to report ready")
         self.pid = self.find_daemon(self.proc.pid)
 
     @staticmethod
@@ -437,13 +438,15 @@ def judge(env: DaemonEnv, origin: Origin, daemon: TracedDaemon, prefix: str) -> 
             metric("lakeferry_stage_messages_total", stage="results") >= landed
             and metric("lakeferry_dlq_total") >= 1
         ),
-        120,
-        "the traced daemon to land the files",
+        timeout=120,
+        what="the traced daemon to land the files",
         interval=0.5,
     )
     assert metric("lakeferry_retries_total") >= 1
     daemon.signal(signal.SIGHUP)
-    wait_until(lambda: metric("lakeferry_reloads_total", result="applied") >= 1, 30, "reload")
+    wait_until(
+        lambda: metric("lakeferry_reloads_total", result="applied") >= 1, timeout=30, what="reload"
+    )
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(60) == 0, daemon.log.read_text()[-3000:]
     trace = Trace(daemon.trace)
