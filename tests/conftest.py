@@ -1,6 +1,7 @@
 """Test configuration: shared fixtures live in ``tests/helpers``."""
 
 pytest_plugins = [
+    "helpers.markers",
     "helpers.fixtures",
     "helpers.daemon",
     "helpers.kafka",

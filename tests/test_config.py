@@ -136,6 +136,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_config_cli(tmp_path: Path) -> None:
     ok = run_cli("check-config", str(DEFAULT))
     assert ok.returncode == 0, ok.stderr

@@ -136,6 +136,7 @@ def test_the_control_endpoint_faults_a_client_in_another_process(dfs_emulator: A
     client.close()
 
 
+@pytest.mark.slow
 def test_runs_from_the_command_line(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(TOOLS / "dfs_emulator.py"), "--port", "0", "--root",

@@ -20,6 +20,9 @@ import pytest
 from helpers.daemon import DaemonEnv, harness
 from helpers.wait import wait_until
 
+# Every test here runs the lakeferry CLI against a daemon's bus.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from helpers.daemon import DaemonEnv
+from helpers.markers import starts_processes
 from helpers.origin import Origin, content, sha256_of
 from helpers.plugins import plugin_context, task_for
 from helpers.wait import wait_for
@@ -387,6 +388,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 @pytest.fixture
+@starts_processes
 def tiny_volume(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (a real file system that fills up); unmounted afterwards."""
     path = tmp_path / "tiny"

@@ -24,6 +24,9 @@ from azure.eventhub.exceptions import EventHubError
 from helpers.tools import load_tool
 from helpers.wait import wait_for, wait_until
 
+# Seconds per test: the real azure-eventhub SDK connects, links and waits on the emulator.
+pytestmark = pytest.mark.slow
+
 emulator_tool: Any = load_tool("eventhubs_emulator")
 TIMEOUT = 10.0
 

@@ -195,6 +195,7 @@ def _decodes(raw: bytes) -> bool:
     return True
 
 
+@pytest.mark.slow  # seconds: 200 examples, each a trip through the intake
 @BUDGET
 @given(st.lists(raw_events, min_size=1, max_size=6))
 @example([DEEP])
@@ -417,6 +418,7 @@ async def _fetch(url: str) -> tuple[PipelineError | None, list[str]]:
     return error, spy.connects
 
 
+@pytest.mark.slow  # seconds: 200 examples, each a real download attempt
 @BUDGET
 @given(url=hostile_urls().filter(lambda u: u.split("://")[0].lower() in ("http", "https")))
 @example(url="http://user:SECRETpw@0177.0.0.1:80/x?sig=SECRETsig")

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers.daemon import DaemonEnv
 from helpers.dfs import RemoteControl
 from helpers.origin import Origin, sha256_of
@@ -38,7 +36,6 @@ def landed(env: DaemonEnv) -> float:
     return env.metric("lakeferry_stage_messages_total", stage="results")
 
 
-@pytest.mark.slow
 def test_a_503_storm_mid_run_lands_everything_exactly_once(
     daemon_env: DaemonEnv, origin: Origin, dfs_emulator: Any, tmp_path: Path
 ) -> None:

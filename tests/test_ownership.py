@@ -39,7 +39,6 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     daemon_env: DaemonEnv,
 ) -> None:
@@ -71,7 +70,6 @@ def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     assert (env.state / "lakeferry.lock").read_text().strip() == str(again.pid)
 
 
-@pytest.mark.slow
 def test_an_embedded_bus_outside_the_state_folder_is_owned_as_well(
     daemon_env: DaemonEnv,
 ) -> None:
@@ -88,7 +86,6 @@ def test_an_embedded_bus_outside_the_state_folder_is_owned_as_well(
     )
 
 
-@pytest.mark.slow
 def test_kafka_workers_share_a_state_folder_but_not_an_instance(kafka_env: DaemonEnv) -> None:
     env = kafka_env
     first, _ = env.start_worker("download", "download-1")
@@ -112,7 +109,6 @@ def unit_restart_policy(unit: Path) -> tuple[str, set[str]]:
     return service.get("Restart", "no"), set(service.get("RestartPreventExitStatus", "").split())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("key", ["metrics", "live"])
 def test_a_listen_address_in_use_exits_2_which_the_units_do_not_restart(
     daemon_env: DaemonEnv, key: str

@@ -29,6 +29,9 @@ from lakeferry_delta.maintenance import (
     vacuum_due,
 )
 
+# Seconds per test: every one writes, compacts and vacuums real Delta tables.
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 30
 HOUR = 3600.0
 LOGGER = "test.delta.maintenance"

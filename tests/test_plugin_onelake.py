@@ -685,6 +685,7 @@ def _temporaries(emulator: Any) -> list[str]:
     return [n for n in names if ".lakeferry-tmp-" in n]
 
 
+@pytest.mark.slow
 async def test_a_put_killed_mid_way_is_swept_by_the_owners_next_start(
     tmp_path: Path, dfs_emulator: Any
 ) -> None:

@@ -286,7 +286,6 @@ async def test_malformed_urls(tmp_path: Path, sftp_server: SftpServer) -> None:
     assert await reason_of(tmp_path, d, sftp_server.url("x") + "/") == "malformed"
 
 
-@pytest.mark.slow
 def test_daemon_lands_sftp_files(daemon_env: DaemonEnv, sftp_server: SftpServer) -> None:
     env = daemon_env
     env.data["downloaders"]["sftp"] = sftp_server.settings()

@@ -80,6 +80,7 @@ def test_every_kind_renders_a_complete_package(kind: plugin_template.Kind) -> No
     assert set(core) <= {"lakeferry.api", "lakeferry.testing"}, core
 
 
+@pytest.mark.slow
 def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     for bad in ("Acme", "1acme", "acme!", "acme--x", ""):
         out = subprocess.run(
@@ -97,6 +98,7 @@ def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     assert "already exists" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: Path) -> None:
     lakeferry("plugin", "new", "mem", "--kind", "downloader", "--dir", str(tmp_path))
     package = tmp_path / "lakeferry-mem"
@@ -142,6 +144,7 @@ def test_a_generated_downloader_installs_passes_the_kit_and_is_listed(tmp_path: 
         shutil.rmtree(package, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cache", "sink"])
 def test_the_generated_cache_and_sink_pass_their_kits(tmp_path: Path, kind: str) -> None:
     """The templates follow the protocols as they are now (a cache's reservation grows, a

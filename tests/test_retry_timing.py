@@ -31,7 +31,7 @@ def key_for(partition: int) -> bytes:
     return f"k{i}".encode()
 
 
-@pytest.fixture(params=["embedded", "kafka"])
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.slow)])
 async def bus(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Bus]:
     opened: Bus
     if request.param == "embedded":

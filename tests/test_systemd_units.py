@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from helpers.daemon import DaemonEnv
+from helpers.markers import starts_processes
 from helpers.origin import Origin
 from helpers.wait import wait_until
 
@@ -75,6 +76,7 @@ def run_installer(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
+@starts_processes
 def staged(tmp_path: Path) -> Path:
     """The units as the installer writes them into a root, with a stub at the prefix."""
     result = run_installer("--root", str(tmp_path / "root"), "--prefix", str(tmp_path / "prefix"))
@@ -177,6 +179,7 @@ def test_stop_timeout_leaves_room_for_the_drain() -> None:
 # -- the installer ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bus", ["embedded", "kafka"])
 def test_installer_stages_units_user_and_a_valid_config(tmp_path: Path, bus: str) -> None:
     root = tmp_path / "root"
@@ -203,6 +206,7 @@ def test_installer_stages_units_user_and_a_valid_config(tmp_path: Path, bus: str
     assert f"bus {bus}" in check.stdout
 
 
+@pytest.mark.slow
 def test_installer_keeps_an_existing_config(tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert run_installer("--root", str(root)).returncode == 0
@@ -214,6 +218,7 @@ def test_installer_keeps_an_existing_config(tmp_path: Path) -> None:
     assert "exists: kept" in again.stdout
 
 
+@pytest.mark.slow
 def test_installer_refuses_to_touch_the_real_root_unprivileged_or_bad_arguments(
     tmp_path: Path,
 ) -> None:
@@ -233,6 +238,7 @@ def unit_environment(unit: Path, instance: str = "") -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_each_unit_gets_its_own_ports_and_the_state_directory(tmp_path: Path) -> None:
     """The installed configs read what the units set: two stage workers on one machine get
     distinct metrics and live-feed ports, and everything lives in /var/lib/lakeferry."""

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
 
 azurite_tool: Any = load_tool("azurite/azurite")
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     try:
         running = azurite_tool.start(azurite_tool.free_port(), tmp_path_factory.mktemp("azurite"))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
 
 harness: Any = load_tool("harness")
@@ -114,6 +115,7 @@ class DaemonEnv:
 
 
 @pytest.fixture
+@starts_processes
 def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
     env = DaemonEnv(tmp_path)
     yield env
@@ -122,6 +124,7 @@ def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
 
 
 @pytest.fixture
+@starts_processes
 def kafka_env(tmp_path: Path, kafka_broker: Any) -> Iterator[DaemonEnv]:
     """A daemon environment on the shared test broker, with topics of its own."""
     import uuid

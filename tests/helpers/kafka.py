@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from helpers.markers import starts_processes
+
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "kafka.py"
 _NAME = "lakeferry_tools_kafka"
 
@@ -70,6 +72,7 @@ def start_broker(workdir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     broker = start_broker(tmp_path_factory.mktemp("kafka"))
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
 from helpers.wait import wait_until
 
@@ -75,6 +76,7 @@ def _serves_ssh(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         raise RuntimeError(f"{SSHD} is missing: run `make system-deps` (openssh-server)")
