@@ -9,4 +9,5 @@ pytest_plugins = [
     "helpers.dfs",
     "helpers.hypothesis_profile",
     "helpers.sftp",
+    "pytester",  # tests/test_markers.py runs pytest inside pytest
 ]

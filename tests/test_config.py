@@ -39,7 +39,7 @@ def test_default_config_is_valid(registry: Registry) -> None:
     cfg = load_config(DEFAULT, registry, env={})
     assert cfg.core.download.concurrency == 50
     assert cfg.core.upload.concurrency == 40
-    assert cfg.core.retry.delays == [300, 600, 1200, 2400]
+    assert cfg.core.retry.delays == [300.0, 600.0, 1200.0, 2400.0]
     assert cfg.cache.kind == "localfs"
     assert cfg.cache.settings.quota == 20 * 2**30
     # Relative to the file's folder (etc/): the checkout's var/lakeferry.

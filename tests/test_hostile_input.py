@@ -183,8 +183,9 @@ async def _intake(batch: list[bytes]) -> tuple[list[Event], list[DeadLetter]]:
             topics = TopicsConfig()
             tasks = [DOWNLOAD.decode(r.value) async for r in bus.scan(topics.pending)]
             letters = [DLQ.decode(r.value) async for r in bus.scan(topics.dlq)]
-    assert all(isinstance(x, DeadLetter) for x in letters)
-    return [t.event for t in tasks], letters  # type: ignore[misc]
+    dead = [x for x in letters if isinstance(x, DeadLetter)]
+    assert dead == letters  # letters, no tombstones
+    return [t.event for t in tasks], dead
 
 
 def _decodes(raw: bytes) -> bool:

@@ -27,7 +27,7 @@ def inventory(tmp_path: Path) -> Any:
     reg = load_registry().get("inventory", "delta")
     settings = reg.settings_type(
         inventory_uri=str(tmp_path / "inv"), events_uri=str(tmp_path / "ev")
-    )  # type: ignore[call-arg]
+    )
     return reg.factory(settings, PluginContext(state_dir=tmp_path, logger=get_logger("test")))
 
 

@@ -302,7 +302,7 @@ def allowed_syscalls() -> frozenset[str]:
     allowed: set[str] = set()
     for value in unit_setting("SystemCallFilter"):
         deny = value.startswith("~")
-        names = set()
+        names: set[str] = set()
         for item in value.lstrip("~").split():
             names |= syscall_group(item) if item.startswith("@") else {item}
         allowed = allowed - names if deny else allowed | names

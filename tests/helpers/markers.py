@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Generator
+from types import FrameType
 from typing import Any, TypeVar
 
 import pytest
@@ -47,6 +48,12 @@ SPAWN_EVENTS = frozenset(
 )
 """Audit events that start a process (``docs.python.org/3/library/audit_events.html``)."""
 
+LOOKUP_MODULES = frozenset({"platform", "ctypes.util"})
+"""Standard modules that run a short helper once per interpreter to look something up
+(``uname -p`` for ``platform.processor()``, which SDKs call for their user agent; ``ldconfig``
+for ``ctypes.util.find_library``): whichever test comes first would be blamed, so these are not
+counted."""
+
 
 def starts_processes(fixture: F) -> F:
     """Declare a fixture as one that starts processes: the tests that use it are ``slow``.
@@ -63,8 +70,17 @@ class _Guard:
         self.started: list[str] = []
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if self.watching and event in SPAWN_EVENTS:
+        if self.watching and event in SPAWN_EVENTS and not _from_a_lookup():
             self.started.append(f"{event} {_describe(args)}")
+
+
+def _from_a_lookup() -> bool:
+    frame: FrameType | None = sys._getframe(2)  # the caller of the audited call
+    while frame is not None:
+        if frame.f_globals.get("__name__") in LOOKUP_MODULES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _describe(args: tuple[Any, ...]) -> str:
