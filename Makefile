@@ -1,11 +1,11 @@
 # lakeferry — developer entry points. Every target installs what it needs first.
 #   make install   create .venv with lakeferry, its plugins and the dev tools (idempotent)
 #   make run       run the daemon on etc/lakeferry.toml (embedded bus, local sink)
-#   make test      run the test suite, all of it (~11 min on 2 cores; CI runs this)
+#   make test      run the test suite, all of it (~11 min on 2 cores; CI runs make lint, then this)
 #   make test-fast the tests not marked slow (no processes started, none takes seconds): under
 #                  a minute, for the edit-test loop; `make test` before pushing
 #   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
-#   make lint      ruff + mypy (strict on daemon/)
+#   make lint      ruff + mypy (strict on daemon/, plugins/, tests/, tools/ and bench/)
 #   make chaos     the pipeline on Kafka under kills, a broker restart and a sink storm
 #   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
 #   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
