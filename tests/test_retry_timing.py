@@ -75,7 +75,7 @@ async def test_rung_messages_wait_for_their_due_time_per_partition(bus: Bus) -> 
             for partition in range(PARTITIONS):
                 await producer.send(topic, b"warm-up", key=key_for(partition))
             await wait_until_async(
-                lambda: len(warmed) == PARTITIONS, timeout=30, what="a warm-up record per partition"
+                lambda: len(warmed) >= PARTITIONS, timeout=30, what="a warm-up record per partition"
             )
             now_ms = int(time.time() * 1000)
             # (partition, due in ms from now): partition 0's head waits; 1 and 2 are due early
