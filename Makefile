@@ -1,9 +1,11 @@
 # lakeferry — developer entry points. Every target installs what it needs first.
 #   make install   create .venv with lakeferry, its plugins and the dev tools (idempotent)
 #   make run       run the daemon on etc/lakeferry.toml (embedded bus, local sink)
-#   make test      run the test suite
+#   make test      run the test suite, all of it (~11 min on 2 cores; CI runs make lint, then this)
+#   make test-fast the tests not marked slow (no processes started, none takes seconds): under
+#                  a minute, for the edit-test loop; `make test` before pushing
 #   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
-#   make lint      ruff + mypy (strict on daemon/)
+#   make lint      ruff + mypy (strict on daemon/, plugins/, tests/, tools/ and bench/)
 #   make chaos     the pipeline on Kafka under kills, a broker restart and a sink storm
 #   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
 #   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
@@ -25,7 +27,7 @@ KAFKA_PORT ?= 9092
 KAFKA_DIR  ?= var/kafka
 KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test lint fmt demo chaos bench clean distclean kafka-dist kafka-up kafka-down \
+.PHONY: install run test test-fast lint fmt demo chaos bench clean distclean kafka-dist kafka-up kafka-down \
 	system-deps systemd-check install-systemd
 
 install: $(STAMP)
@@ -45,6 +47,11 @@ run: $(STAMP)
 
 test: $(STAMP) kafka-dist system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Starts no Kafka, daemon or other process (tests/helpers/markers.py fails a test that does
+# without the slow marker), so it needs neither kafka-dist nor system-deps.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 system-deps:
 	@sh tools/system_deps.sh

@@ -92,7 +92,7 @@ class BusContract:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(consume)
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # the consumer waits in next()
             for i in range(3):
                 await bus.producer().send(topic, b"late-%d" % i)
         assert sorted(r.value for r in got) == [b"late-0", b"late-1", b"late-2"]
@@ -306,7 +306,7 @@ class BusContract:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(consume)
-            await trio.sleep(self.quiet_s)
+            await trio.sleep(self.quiet_s)  # time passes: a paused partition yields nothing
             assert not got
             consumer.resume(tp)
         assert [r.value for r in got] == [b"held"]
@@ -378,8 +378,7 @@ class BusContract:
                     await consumer.next()
 
             nursery.start_soon(wait_for_record)
-            await trio.testing.wait_all_tasks_blocked()
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # next() is waiting
             await consumer.aclose()
         with pytest.raises(trio.ClosedResourceError):
             await consumer.next()

@@ -1,6 +1,7 @@
 """Test configuration: shared fixtures live in ``tests/helpers``."""
 
 pytest_plugins = [
+    "helpers.markers",
     "helpers.fixtures",
     "helpers.daemon",
     "helpers.kafka",
@@ -8,4 +9,5 @@ pytest_plugins = [
     "helpers.dfs",
     "helpers.hypothesis_profile",
     "helpers.sftp",
+    "pytester",  # tests/test_markers.py runs pytest inside pytest
 ]

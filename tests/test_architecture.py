@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from helpers.daemon import DaemonEnv
+from helpers.wait import wait_until_async
 from lakeferry.bus.base import Record
 from lakeferry.buses import open_bus
 from lakeferry.config import Config, _flatten, parse_config
@@ -98,15 +99,13 @@ async def test_a_stage_declared_like_the_real_ones_runs_in_the_supervisor(tmp_pa
     supervisor = Supervisor(cfg, load_registry(), stages=(echo.spec,))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(supervisor.run)
-        with trio.fail_after(30):
-            while supervisor.pipeline is None:  # built after the bus is open
-                await trio.sleep(0.01)
+        # The pipeline is built once the bus is open.
+        await wait_until_async(lambda: supervisor.pipeline is not None, timeout=30, what="start")
         pipeline = supervisor.pipeline
+        assert pipeline is not None
         for i in range(5):
             await pipeline.producer.send(cfg.core.topics.results, f"r{i}".encode(), key=b"k")
-        with trio.fail_after(30):
-            while len(echo.seen) < 5:
-                await trio.sleep(0.01)
+        await wait_until_async(lambda: len(echo.seen) == 5, timeout=30, what="5 records handled")
         # Derived from the spec alone: its limiter, its consumer group, no component built.
         assert pipeline.limiters["echo"].total_tokens == 3
         assert supervisor._consumed_topics() == {"lakeferry.echo": [cfg.core.topics.results]}

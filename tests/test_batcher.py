@@ -43,8 +43,8 @@ async def test_a_steady_stream_fills_a_batch_until_max_wait(
         start = trio.current_time()
         for i in range(100):  # one item every 10 ms: never quiet for QUIET
             nursery.start_soon(b.add, i)
-            await trio.sleep(QUIET / 2)
-        await trio.sleep(1)
+            await trio.sleep(QUIET / 2)  # virtual time: the stream's pace
+        await trio.sleep(1)  # virtual time: past max_wait, the rest is flushed
         nursery.cancel_scope.cancel()
     first_at, first = flushed[0]
     assert first_at - start == 0.5
@@ -60,7 +60,7 @@ async def test_a_full_batch_is_written_at_once(autojump_clock: trio.testing.Mock
         start = trio.current_time()
         for i in range(3):
             nursery.start_soon(b.add, i)
-        await trio.sleep(QUIET / 4)
+        await trio.sleep(QUIET / 4)  # virtual time: less than QUIET, yet the full batch is out
         [(at, items)] = flushed
         assert (at, sorted(items)) == (start, [0, 1, 2])
         nursery.cancel_scope.cancel()

@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+# Every test here runs nginx (the benchmark's origin) or the benchmark's tools.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -62,6 +62,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@pytest.mark.slow
 async def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "bus.db"
     async with await EmbeddedBus.open(path) as bus:
@@ -90,6 +91,7 @@ async def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
     assert acked <= set(seqs), f"lost acknowledged records: {sorted(acked - set(seqs))[:10]}"
 
 
+@pytest.mark.slow
 async def test_another_process_produces_while_we_consume(bus: EmbeddedBus) -> None:
     await bus.ensure_topics([TopicSpec("shared", 2)])
     consumer = bus.consumer("readers", ["shared"])

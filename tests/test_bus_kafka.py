@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.bus.base import OutgoingRecord, TopicSpec
 from lakeferry.bus.kafka import BUFFER_HIGH, KafkaBus
 
@@ -32,15 +33,19 @@ async def test_a_partition_paused_for_backpressure_is_fetched_again_after_a_reba
     seen: set[bytes] = set()
     with trio.fail_after(90):
         seen.add((await consumer.next()).value)
-        while consumer._buffers.count < BUFFER_HIGH:  # fill the buffers without taking records
-            await trio.sleep(0.05)
+        # The buffers fill up without records being taken.
+        await wait_until_async(
+            lambda: consumer._buffers.count >= BUFFER_HIGH, timeout=90, what="full buffers"
+        )
         # A second member joins (everything is revoked and reassigned), then leaves again.
         joiner = other.consumer(group, [topic])
-        while len(consumer.assignment()) != 1:
-            await trio.sleep(0.05)
+        await wait_for_async(
+            consumer.assignment, lambda tps: len(tps) == 1, timeout=90, what="one partition left"
+        )
         await joiner.aclose()
-        while len(consumer.assignment()) != 2:
-            await trio.sleep(0.05)
+        await wait_for_async(
+            consumer.assignment, lambda tps: len(tps) == 2, timeout=90, what="both partitions back"
+        )
         while len(seen) < total:
             record = await consumer.next()
             seen.add(record.value)

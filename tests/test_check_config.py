@@ -16,6 +16,9 @@ import pytest
 
 from helpers.daemon import harness
 
+# Every test here runs lakeferry as a process (check-config, run).
+pytestmark = pytest.mark.slow
+
 Mutation = Callable[[dict[str, Any], Path], None]
 
 
@@ -82,7 +85,6 @@ def key_of(stderr: str) -> str:
     return line.removeprefix("lakeferry: config error: ").split(": ", 1)[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_check_config_refuses_what_a_start_refuses_with_the_same_key(
     tmp_path: Path, case: str

@@ -30,11 +30,11 @@ async def test_opens_after_consecutive_failures_and_half_opens(
     async with trio.open_nursery() as nursery:
         for _ in range(3):
             nursery.start_soon(uploader)
-        await trio.sleep(10.5)
+        await trio.sleep(10.5)  # virtual time: just past the cooldown
         # After the cooldown exactly one probe goes through; the others keep waiting.
         assert passed == [10.0]
         breaker.failure()  # the probe failed: open for another cooldown
-        await trio.sleep(10.1)
+        await trio.sleep(10.1)  # virtual time: just past the second cooldown
         assert passed == pytest.approx([10.0, 20.5])
         breaker.success()  # the second probe succeeded: everyone proceeds
     assert passed == pytest.approx([10.0, 20.5, 20.6])

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from helpers.daemon import DaemonEnv
+from helpers.markers import starts_processes
 from lakeferry.cli import build_parser
 
 # -- help ----------------------------------------------------------------------------------------
@@ -66,6 +67,7 @@ def test_every_help_has_a_description_an_example_and_no_markup(path: str) -> Non
         assert action.help not in (None, "", argparse.SUPPRESS), f"lakeferry {path}: {flag}"
 
 
+@pytest.mark.slow
 def test_help_of_a_real_process_names_the_example() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lakeferry", "dlq", "purge", "--help"],
@@ -135,6 +137,7 @@ CASES: list[tuple[str, str]] = [
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every case run as a real process (four at a time), keyed by its command line."""
     root = tmp_path_factory.mktemp("usage")
@@ -191,6 +194,7 @@ def test_a_mistake_is_one_line_and_exit_2(
     assert result.stdout == "", result.stdout
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_one_line_that_says_it_is_a_bug(tmp_path: Path) -> None:
     """The last resort: an error no command expected is reported on one line (exit 1), with the
     way to see the traceback, and shown with ``LAKEFERRY_TRACEBACK=1``."""

@@ -40,7 +40,7 @@ def test_default_config_is_valid(registry: Registry) -> None:
     cfg = load_config(DEFAULT, registry, env={})
     assert cfg.core.download.concurrency == 50
     assert cfg.core.upload.concurrency == 40
-    assert cfg.core.retry.delays == [300, 600, 1200, 2400]
+    assert cfg.core.retry.delays == [300.0, 600.0, 1200.0, 2400.0]
     assert cfg.cache.kind == "localfs"
     assert cfg.cache.settings.quota == 20 * 2**30
     # Relative to the file's folder (etc/): the checkout's var/lakeferry.
@@ -137,6 +137,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_config_cli(tmp_path: Path) -> None:
     ok = run_cli("check-config", str(DEFAULT))
     assert ok.returncode == 0, ok.stderr

@@ -11,7 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers.daemon import harness
+
+# The test here runs the lakeferry CLI as a process.
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 [daemon]

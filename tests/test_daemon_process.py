@@ -10,8 +10,9 @@ import signal
 import time
 from pathlib import Path
 
-from helpers.daemon import DaemonEnv, origin_events, wait_until
+from helpers.daemon import DaemonEnv, origin_events
 from helpers.origin import Origin
+from helpers.wait import wait_for, wait_until
 
 events = origin_events
 
@@ -26,11 +27,11 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
     env = daemon_env
     daemon = env.start()
     first = env.submit_events(events(origin, "k9a", 300, flaky_every=10))
-    wait_until(lambda: landed(env) >= 40, 60, "some files to land")
+    wait_until(lambda: landed(env) >= 40, timeout=60, what="some files to land")
     daemon.kill()  # SIGKILL mid-run: work in every stage is in flight
     second = env.submit_events(events(origin, "k9b", 100))  # queued while the daemon is down
     daemon = env.start()
-    wait_until(lambda: landed(env) >= 20, 60, "progress after the first restart")
+    wait_until(lambda: landed(env) >= 20, timeout=60, what="progress after the first restart")
     daemon.kill()
     daemon = env.start()
 
@@ -38,7 +39,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
         _code, counts = env.audit(first, second)
         return counts["in_flight"] == 0 and counts["landed"] == 400
 
-    wait_until(settled, 120, "all 400 events to land", interval=1)
+    wait_until(settled, timeout=120, what="all 400 events to land", interval=1)
     code, counts = env.audit(first, second)
     assert counts == {
         "events": 400, "landed": 400, "dead_lettered": 0, "purged": 0, "in_flight": 0, "lost": 0,
@@ -58,8 +59,8 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(
     batch = env.submit_events(events(origin, "term", 20, slow=1.5))
     wait_until(
         lambda: env.metric("lakeferry_stage_in_flight", stage="download") >= 5,
-        30,
-        "downloads in flight",
+        timeout=30,
+        what="downloads in flight",
     )
     in_flight = env.metric("lakeferry_stage_in_flight", stage="download")
     started = time.monotonic()
@@ -74,10 +75,11 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(
     fetched = sum(origin.count(f"/slow/term-{i}.bin") for i in range(20))
     assert fetched >= in_flight
     env.start()
-    wait_until(
-        lambda: env.audit(batch)[1]["landed"] == 20,
-        60,
-        "the rest to land after restart",
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["landed"] == 20,
+        timeout=60,
+        what="the rest to land after restart",
         interval=1,
     )
     code, counts = env.audit(batch)
@@ -110,10 +112,17 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     assert env.metric("lakeferry_stage_capacity", stage="download") == 7
     assert env.metric("lakeferry_stage_capacity", stage="upload") == 3
     assert env.metric("lakeferry_config_restart_pending") == 1
-    wait_until(lambda: env.metric("lakeferry_cache_quota_bytes") == 2**30, 5, "the new quota")
+    wait_until(
+        lambda: env.metric("lakeferry_cache_quota_bytes") == 2**30, timeout=5, what="the new quota"
+    )
     # The new http settings govern the next download: 5000 bytes is now too large.
     big = env.submit_events([{"id": "hup-big", "url": origin.file_url("hup-big.bin", 5000)}])
-    wait_until(lambda: env.audit(big)[1]["dead_lettered"] == 1, 30, "the too-large file")
+    wait_for(
+        lambda: env.audit(big)[1],
+        lambda counts: counts["dead_lettered"] == 1,
+        timeout=30,
+        what="the too-large file",
+    )
     assert "too_large" in env.cli("dlq", "list").stdout
     # ...and debug lines now appear in the log.
     assert any(e.get("level") == "debug" for e in daemon.logs())
@@ -146,8 +155,12 @@ def test_sighup_reloads_live_and_refuses_a_broken_config(
     env.write(good)
     small = [{"id": f"hup-{i}", "url": origin.file_url(f"h{i}.bin", 1000 + i)} for i in range(30)]
     batch = env.submit_events(small)
-    wait_until(
-        lambda: env.audit(batch)[1]["landed"] == 30, 60, "files to land after reloads", interval=1
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["landed"] == 30,
+        timeout=60,
+        what="files to land after reloads",
+        interval=1,
     )
     assert daemon.terminate() == 0
 
@@ -167,7 +180,9 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
     ids = out.stdout.split()
     assert len(ids) == 2
     wait_until(
-        lambda: "not_found" in env.cli("dlq", "list").stdout, 30, "the 404 to be dead-lettered"
+        lambda: "not_found" in env.cli("dlq", "list").stdout,
+        timeout=30,
+        what="the 404 to be dead-lettered",
     )
     letters = env.letters()
     assert [(x["event_id"], x["reason"], x["stage"]) for x in letters] == [
@@ -181,8 +196,8 @@ def test_submit_urls_and_dlq_tools(daemon_env: DaemonEnv, origin: Origin, tmp_pa
     assert "replayed 1" in replay.stdout
     wait_until(
         lambda: env.metric("lakeferry_dlq_total", reason="not_found") >= 2,
-        30,
-        "the replay to fail again",
+        timeout=30,
+        what="the replay to fail again",
     )
     shown = env.shown(ids[1])
     assert shown["letter"]["task"]["replays"] == 1
@@ -239,8 +254,14 @@ def test_spool_folder_events_land_and_bad_lines_are_dead_lettered(
     staging.write_text("\n".join(lines) + "\n")
     staging.rename(spool / "batch-001.jsonl")  # writers write elsewhere, then rename in
     moved = spool / "done" / "batch-001.jsonl"
-    wait_until(moved.exists, 30, "the file to be moved aside")
-    wait_until(lambda: env.audit()[1]["landed"] == 12, 60, "spooled events to land", interval=0.5)
+    wait_until(moved.exists, timeout=30, what="the file to be moved aside")
+    wait_for(
+        lambda: env.audit()[1],
+        lambda counts: counts["landed"] == 12,
+        timeout=60,
+        what="spooled events to land",
+        interval=0.5,
+    )
     code, counts = env.audit()
     assert code == 0
     assert (counts["dead_lettered"], counts["lost"], counts["duplicate_rows"]) == (2, 0, 0)
@@ -269,7 +290,9 @@ def test_a_full_cache_makes_downloads_wait_not_fail(daemon_env: DaemonEnv, origi
         peak = max(peak, env.metric("lakeferry_cache_bytes"))
         return env.audit(submitted)[1]["landed"] == 24
 
-    wait_until(all_landed, 90, "all files to pass through the small cache", interval=0.3)
+    wait_until(
+        all_landed, timeout=90, what="all files to pass through the small cache", interval=0.3
+    )
     code, counts = env.audit(submitted)
     assert (code, counts["dead_lettered"], counts["lost"]) == (0, 0, 0)
     assert env.metric("lakeferry_dlq_total") == 0
@@ -284,7 +307,12 @@ def test_sas_tokens_never_leak(daemon_env: DaemonEnv, origin: Origin) -> None:
     good = origin.file_url("sas-good.bin", 3000) + f"&sv=2024-01-01&{secret}"
     gone = f"{origin.url}/missing/sas-gone.bin?sv=2024-01-01&{secret}"
     batch = env.submit_events([{"id": "sas-good", "url": good}, {"id": "sas-gone", "url": gone}])
-    wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 30, "both events to finish")
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=30,
+        what="both events to finish",
+    )
     outputs = {
         "daemon log": env.log.read_text(),
         "metrics": str(env.metrics()),
@@ -316,8 +344,8 @@ def test_sighup_lowers_concurrency_without_dropping_in_flight_work(
     batch = env.submit_events(events(origin, "shrink", 60, slow=1.0))
     wait_until(
         lambda: env.metric("lakeferry_stage_in_flight", stage="download") >= 40,
-        30,
-        "40 downloads in flight",
+        timeout=30,
+        what="40 downloads in flight",
     )
     env.data["download"]["concurrency"] = 5
     env.write()
@@ -334,7 +362,7 @@ def test_sighup_lowers_concurrency_without_dropping_in_flight_work(
             peak_after = max(peak_after, in_flight)
         return env.audit(batch)[1]["landed"] == 60
 
-    wait_until(done, 90, "all 60 to land", interval=0.3)
+    wait_until(done, timeout=90, what="all 60 to land", interval=0.3)
     assert peak_after <= 5
     assert sum(origin.count(f"/slow/shrink-{i}.bin") for i in range(60)) == 60  # none refetched
     code, counts = env.audit(batch)

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import DaemonEnv, harness, wait_until
+from helpers.daemon import DaemonEnv, harness
+from helpers.wait import wait_until
+
+# Every test here runs the lakeferry CLI against a daemon's bus.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +39,7 @@ def letters_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonEnv]
         ]
         path.write_text("\n".join([*lines, '{"id": "bad", "url": 5}']) + "\n")
         env.spool(path)  # `lakeferry submit` would refuse the malformed one
-        wait_until(lambda: len(env.letters()) == 5, 60, "five letters")
+        wait_until(lambda: len(env.letters()) == 5, timeout=60, what="five letters")
         assert daemon.terminate() == 0
         yield env
     finally:

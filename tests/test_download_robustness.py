@@ -23,9 +23,11 @@ from typing import Any
 import pytest
 import trio
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
+from helpers.markers import starts_processes
 from helpers.origin import Origin, content, sha256_of
 from helpers.plugins import plugin_context, task_for
+from helpers.wait import wait_for
 from lakeferry.api import (
     CacheEntry,
     PermanentError,
@@ -386,6 +388,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 @pytest.fixture
+@starts_processes
 def tiny_volume(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (a real file system that fills up); unmounted afterwards."""
     path = tmp_path / "tiny"
@@ -433,7 +436,13 @@ def test_daemon_resumes_and_retries_a_checksum_mismatch_once(
             {"id": "mismatch", "url": wrong, "sha256": "0" * 64},
         ]
     )
-    wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 60, "both events to settle", 1)
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=60,
+        what="both events to settle",
+        interval=1,
+    )
     code, counts = env.audit(batch)
     assert (counts["landed"], counts["dead_lettered"], counts["lost"]) == (1, 1, 0)
     # The resumed file: two requests, the second for the rest only; every byte sent once.
@@ -472,13 +481,19 @@ def test_daemon_waits_out_a_full_cache_volume(
     daemon = env.start()
     batch = env.submit_events(events)
     daemon.wait_for_log("cache volume full; waiting in place", timeout=30)
-    time.sleep(2)  # several backoff rounds
+    time.sleep(2)  # time passes (several backoff rounds) and nothing may give up or go wrong
     assert env.metric("lakeferry_stage_messages_total", stage="results") == 0
     assert env.metric("lakeferry_retries_total") == 0
     assert env.metric("lakeferry_dlq_total") == 0
     assert env.metric("lakeferry_stage_in_flight", stage="download") >= 1  # holding its slot
     filler.unlink()  # room again
-    wait_until(lambda: env.audit(batch)[1]["landed"] == 3, 60, "the files to land", 1)
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["landed"] == 3,
+        timeout=60,
+        what="the files to land",
+        interval=1,
+    )
     code, counts = env.audit(batch)  # re-hashes every landed file
     assert (counts["checksum_mismatches"], counts["missing_in_sink"], counts["lost"]) == (0, 0, 0)
     assert code == 0
@@ -546,7 +561,13 @@ def test_a_body_without_size_never_outgrows_the_cache_quota(
     daemon = env.start()
     with CacheSampler(cache) as sampler:
         batch = env.submit_events(events)
-        wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 90, "every event to settle", 1)
+        wait_for(
+            lambda: env.audit(batch)[1],
+            lambda counts: counts["in_flight"] == 0,
+            timeout=90,
+            what="every event to settle",
+            interval=1,
+        )
     code, counts = env.audit(batch)
     assert (counts["landed"], counts["dead_lettered"], counts["lost"]) == (2, 2, 0)
     found = letters(env)

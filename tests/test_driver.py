@@ -6,9 +6,11 @@ from pathlib import Path
 
 import trio
 
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.bus.base import Record, TopicPartition
 from lakeferry.bus.embedded import EmbeddedBus
-from lakeferry.stages.driver import Lifecycle, StageDriver
+from lakeferry.lifecycle import Lifecycle
+from lakeferry.stages.driver import StageDriver
 
 
 async def test_only_the_contiguous_completed_offset_is_committed(tmp_path: Path) -> None:
@@ -34,13 +36,25 @@ async def test_only_the_contiguous_completed_offset_is_committed(tmp_path: Path)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
-            while sorted(finished) != [0, 2]:
-                await trio.sleep(0.01)
-            await trio.sleep(0.1)  # several commit intervals
-            assert (await bus.committed("g", topic)) == {0: 1}  # not 3: offset 1 is unfinished
+            await wait_for_async(
+                lambda: sorted(finished), lambda done: done == [0, 2], timeout=10, what="0 and 2"
+            )
+            await wait_for_async(
+                lambda: bus.committed("g", topic),
+                lambda offsets: offsets == {0: 1},
+                timeout=10,
+                what="offset 0 to be committed",
+            )
+            # Several commit intervals pass with offset 2 finished: the commit stays at 1, not 3,
+            # since offset 1 is unfinished.
+            await trio.sleep(0.1)
+            assert (await bus.committed("g", topic)) == {0: 1}
             release.set()
-            while tp not in driver.tracker.partitions() or driver.tracker.in_flight() > 0:
-                await trio.sleep(0.01)
+            await wait_until_async(
+                lambda: tp in driver.tracker.partitions() and driver.tracker.in_flight() == 0,
+                timeout=10,
+                what="offset 1 to finish",
+            )
             lifecycle.drain()
     assert (await bus.committed("g", topic)) == {0: 3}
     await consumer.aclose()
@@ -57,7 +71,7 @@ async def test_drain_lets_in_flight_work_finish_then_commits(tmp_path: Path) -> 
 
     async def handler(record: Record) -> None:
         started.set()
-        await trio.sleep(0.3)
+        await trio.sleep(0.3)  # the work, still under way when the drain begins
         done.append(record.offset)
 
     lifecycle = Lifecycle(shutdown_grace=5)
@@ -84,8 +98,13 @@ async def test_grace_expiry_cancels_and_commits_only_finished_work(tmp_path: Pat
     for i in range(2):
         await bus.producer().send(topic, str(i).encode(), key=b"k")
 
+    started: list[int] = []
+    finished: list[int] = []
+
     async def handler(record: Record) -> None:
-        await trio.sleep(0.05 if record.offset == 0 else 60)
+        started.append(record.offset)
+        await trio.sleep(0.05 if record.offset == 0 else 60)  # the work: 1 outlasts the grace
+        finished.append(record.offset)
 
     lifecycle = Lifecycle(shutdown_grace=0.5)
     consumer = bus.consumer("g", [topic])
@@ -96,8 +115,13 @@ async def test_grace_expiry_cancels_and_commits_only_finished_work(tmp_path: Pat
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
-            await trio.sleep(0.2)
+            await wait_until_async(
+                lambda: finished == [0] and started == [0, 1],
+                timeout=10,
+                what="offset 0 done and offset 1 under way",
+            )
             lifecycle.drain()
     assert (await bus.committed("g", topic)) == {0: 1}  # offset 1 will be redelivered
+    assert finished == [0]
     await consumer.aclose()
     await bus.aclose()

@@ -17,8 +17,9 @@ from typing import Any
 import trio
 import trio.testing
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin, sha256_of
+from helpers.wait import wait_for, wait_until
 from lakeferry.ledger import IdLedger, fingerprint
 from lakeferry.messages import Event
 
@@ -30,7 +31,13 @@ def letters(env: DaemonEnv) -> dict[str, dict[str, Any]]:
 
 
 def settle(env: DaemonEnv, *batches: Path) -> dict[str, int]:
-    wait_until(lambda: env.audit(*batches)[1]["in_flight"] == 0, 60, "the events to settle", 0.5)
+    wait_for(
+        lambda: env.audit(*batches)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=60,
+        what="the events to settle",
+        interval=0.5,
+    )
     return env.audit(*batches)[1]
 
 
@@ -95,12 +102,12 @@ def test_a_landed_id_is_not_fetched_again_and_a_new_url_for_it_is_refused(
             env.metric("lakeferry_stage_messages_total", stage="download", outcome="landed_before")
             == 2
         ),
-        60,
-        "the re-sent events to be skipped",
+        timeout=60,
+        what="the re-sent events to be skipped",
     )
     assert origin.count("/files/once.bin") == 1  # skipped before download
     other = env.submit_events([{"id": "once", "url": origin.file_url("other.bin", 10)}])
-    wait_until(lambda: len(letters(env)) == 1, 60, "the conflicting event's letter")
+    wait_until(lambda: len(letters(env)) == 1, timeout=60, what="the conflicting event's letter")
     [letter] = letters(env).values()
     assert (letter["reason"], letter["event_id"]) == ("duplicate_id", "once")
     assert origin.count("/files/other.bin") == 0

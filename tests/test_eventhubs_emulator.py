@@ -11,9 +11,9 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
@@ -22,8 +22,15 @@ from azure.eventhub.aio import EventHubProducerClient as AioProducerClient
 from azure.eventhub.exceptions import EventHubError
 
 from helpers.tools import load_tool
+from helpers.wait import wait_for, wait_until
 
-emulator_tool: Any = load_tool("eventhubs_emulator")
+# Seconds per test: the real azure-eventhub SDK connects, links and waits on the emulator.
+pytestmark = pytest.mark.slow
+
+if TYPE_CHECKING:
+    import eventhubs_emulator as emulator_tool  # tools/ is on mypy's path: the checker reads it
+else:
+    emulator_tool = load_tool("eventhubs_emulator")
 TIMEOUT = 10.0
 
 
@@ -34,13 +41,6 @@ def emulator() -> Iterator[Any]:
         yield running
     finally:
         running.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Receiving:
@@ -81,11 +81,20 @@ class Receiving:
     def bodies(self) -> list[str]:
         return [e.body_as_str() for e in self.events]
 
+    def wait_for_events(self, count: int, what: str) -> None:
+        wait_until(lambda: len(self.events) >= count, timeout=TIMEOUT, what=what)
+
+
+def data_of(event: EventData) -> bytes:
+    """The bytes of a data body: the SDK yields its sections, though ``EventData.body`` is
+    annotated as any AMQP value."""
+    return b"".join(cast(Iterable[bytes], event.body))
+
 
 def receive(emulator: Any, partition: str, count: int, **options: Any) -> list[EventData]:
     with Receiving(emulator.connection_string, partition, **options) as receiving:
-        wait_for(lambda: len(receiving.events) >= count)
-        time.sleep(0.2)  # nothing more arrives
+        receiving.wait_for_events(count, f"{count} events")
+        time.sleep(0.2)  # time passes and nothing more arrives
     return receiving.events
 
 
@@ -150,7 +159,15 @@ def test_sending_single_events_batches_and_keys(emulator: Any) -> None:
 
 def test_receiving_from_every_starting_position(emulator: Any) -> None:
     emulator.send("1", [f"e{i}" for i in range(3)])
-    time.sleep(0.01)  # distinct enqueued times for the time filter
+    # Distinct enqueued times for the time filter: the next events are sent once the emulator's
+    # clock (milliseconds) has moved past the first ones'.
+    first_enqueued = emulator.events("1")[-1].enqueued_ms
+    wait_until(
+        lambda: emulator_tool.now_ms() > first_enqueued,
+        timeout=TIMEOUT,
+        what="the emulator's clock to tick",
+        interval=0.001,
+    )
     emulator.send("1", [f"e{i}" for i in range(3, 6)])
     stored = emulator.events("1")
 
@@ -187,13 +204,22 @@ def test_receiving_from_every_starting_position(emulator: Any) -> None:
         receiving.thread.start()
     try:
         for name, receiving in receivers.items():
-            wait_for(lambda r=receiving, n=name: len(r.events) >= len(expected[n]))
-        wait_for(lambda: len(emulator.receivers("1")) == len(receivers))
+            receiving.wait_for_events(len(expected[name]), f"the {name} receiver's events")
+        wait_until(
+            lambda: len(emulator.receivers("1")) == len(receivers),
+            timeout=TIMEOUT,
+            what="every receiver attached",
+        )
         # @latest gets only what is sent once it is attached; the others get it too.
         emulator.send("1", ["after"])
         for receiving in receivers.values():
-            wait_for(lambda r=receiving: r.bodies()[-1:] == ["after"])
-        time.sleep(0.2)  # nothing more arrives
+            wait_for(
+                receiving.bodies,
+                lambda bodies: bodies[-1:] == ["after"],
+                timeout=TIMEOUT,
+                what="'after' at every receiver",
+            )
+        time.sleep(0.2)  # time passes and nothing more arrives
     finally:
         for receiving in receivers.values():
             receiving.client.close()
@@ -228,7 +254,11 @@ def test_properties_annotations_and_runtime_metrics_round_trip(emulator: Any) ->
         starting_position="-1",
         track_last_enqueued_event_properties=True,
     ) as receiving:
-        wait_for(lambda: receiving.last_enqueued is not None)
+        wait_until(
+            lambda: receiving.last_enqueued is not None,
+            timeout=TIMEOUT,
+            what="the last enqueued event's properties",
+        )
     [got] = receiving.events
     assert receiving.last_enqueued is not None
     assert receiving.last_enqueued["sequence_number"] == 0
@@ -236,7 +266,7 @@ def test_properties_annotations_and_runtime_metrics_round_trip(emulator: Any) ->
     assert receiving.last_enqueued["enqueued_time"] == dt.datetime.fromtimestamp(
         stored.enqueued_ms / 1000, dt.UTC
     )
-    assert b"".join(got.body) == b"\x00binary\xff"
+    assert data_of(got) == b"\x00binary\xff"
     assert got.properties == {b"kind": b"test", b"n": 7}
     assert got.content_type == "application/octet-stream"
     assert got.partition_key == b"k"
@@ -249,25 +279,30 @@ def test_a_large_event_travels_in_several_frames(emulator: Any) -> None:
         client.send_event(EventData(body), partition_id="0")
     assert emulator.events("0")[0].body == body
     [got] = receive(emulator, "0", 1, starting_position="-1")
-    assert b"".join(got.body) == body
+    assert data_of(got) == body
 
 
 def test_an_epoch_receiver_takes_the_partition_from_others(emulator: Any) -> None:
     emulator.send("0", ["x"])
     cs = emulator.connection_string
     with Receiving(cs, "0", starting_position="-1", owner_level=1) as first:
-        wait_for(lambda: len(first.events) == 1)
+        wait_until(lambda: len(first.events) == 1, timeout=TIMEOUT, what="the first's event")
         assert emulator.receivers("0") == [("$Default", 1)]
         with Receiving(cs, "0", starting_position="-1", owner_level=1) as second:
-            wait_for(lambda: len(second.events) == 1)
-            wait_for(lambda: bool(first.errors))
+            wait_until(lambda: len(second.events) == 1, timeout=TIMEOUT, what="the second's event")
+            wait_until(lambda: first.errors, timeout=TIMEOUT, what="the first to be cut off")
             assert "stolen" in str(first.errors[0]) or "epoch" in str(first.errors[0])
             assert emulator.receivers("0") == [("$Default", 1)]
             with Receiving(cs, "0", starting_position="-1") as plain:
-                wait_for(lambda: bool(plain.errors))
+                wait_until(lambda: plain.errors, timeout=TIMEOUT, what="the plain receiver refused")
                 assert plain.events == []
             emulator.send("0", ["y"])
-            wait_for(lambda: second.bodies() == ["x", "y"])
+            wait_for(
+                second.bodies,
+                lambda bodies: bodies == ["x", "y"],
+                timeout=TIMEOUT,
+                what="x and y at the second",
+            )
         assert first.bodies() == ["x"]
 
 
@@ -284,7 +319,7 @@ def test_events_persist_across_a_restart(tmp_path: Path) -> None:
         assert second.send("1", [b"c"]) == [2]
         assert second.events("1")[2].offset > before[1].offset
         got = receive(second, "1", 3, starting_position="-1")
-        assert [b"".join(e.body) for e in got] == [b"a", b"b", b"c"]
+        assert [data_of(e) for e in got] == [b"a", b"b", b"c"]
         assert [e.partition_key for e in got] == [b"key", b"key", None]
     finally:
         second.stop()
@@ -306,14 +341,14 @@ def test_the_aio_client(emulator: Any) -> None:
             props = await producer.get_partition_properties(partition)
             assert props["last_enqueued_sequence_number"] == 3
 
-        received: list[tuple[str, int, str]] = []
+        received: list[tuple[str, int | None, str]] = []
 
         async def on_batch(context: Any, events: list[EventData]) -> None:
             received.extend(
                 (context.partition_id, e.sequence_number, e.body_as_str()) for e in events
             )
 
-        async def collect(count: int, **options: Any) -> list[tuple[str, int, str]]:
+        async def collect(count: int, **options: Any) -> list[tuple[str, int | None, str]]:
             received.clear()
             # The aio processor sleeps a whole balancing interval before it notices close().
             consumer = AioConsumerClient.from_connection_string(
@@ -323,10 +358,13 @@ def test_the_aio_client(emulator: Any) -> None:
                 task = asyncio.create_task(
                     consumer.receive_batch(on_batch, max_wait_time=0.1, **options)
                 )
-                deadline = time.monotonic() + TIMEOUT
-                while len(received) < count:
-                    assert time.monotonic() < deadline, "timed out"
-                    await asyncio.sleep(0.02)
+                # The helper is sync (or trio): it polls from a thread, reading a list's length.
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: len(received) >= count,
+                    timeout=TIMEOUT,
+                    what=f"{count} events",
+                )
             await task
             return list(received)
 

@@ -36,9 +36,10 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
 from helpers.plugins import plugin_context, task_for
+from helpers.wait import wait_for
 from lakeferry.admission import Admission
 from lakeferry.api import (
     Event,
@@ -169,8 +170,9 @@ async def _intake(batch: list[bytes]) -> tuple[list[Event], list[DeadLetter]]:
             topics = TopicsConfig()
             tasks = [DOWNLOAD.decode(r.value) async for r in bus.scan(topics.pending)]
             letters = [DLQ.decode(r.value) async for r in bus.scan(topics.dlq)]
-    assert all(isinstance(x, DeadLetter) for x in letters)
-    return [t.event for t in tasks], letters  # type: ignore[misc]
+    dead = [x for x in letters if isinstance(x, DeadLetter)]
+    assert dead == letters  # letters, no tombstones
+    return [t.event for t in tasks], dead
 
 
 def _decodes(raw: bytes) -> bool:
@@ -181,6 +183,7 @@ def _decodes(raw: bytes) -> bool:
     return True
 
 
+@pytest.mark.slow  # seconds: 200 examples, each a trip through the intake
 @BUDGET
 @given(st.lists(raw_events, min_size=1, max_size=6))
 @example([DEEP])
@@ -403,6 +406,7 @@ async def _fetch(url: str) -> tuple[PipelineError | None, list[str]]:
     return error, spy.connects
 
 
+@pytest.mark.slow  # seconds: 200 examples, each a real download attempt
 @BUDGET
 @given(url=hostile_urls().filter(lambda u: u.split("://")[0].lower() in ("http", "https")))
 @example(url="http://user:SECRETpw@0177.0.0.1:80/x?sig=SECRETsig")
@@ -461,8 +465,12 @@ def test_daemon_survives_hostile_events(daemon_env: DaemonEnv, origin: Origin) -
     assert "(nothing sent; 12 of 14 events refused)" in result.stderr
     # ...so it reaches the daemon the way a producer's file would: through the spool.
     env.spool(events_file)
-    wait_until(
-        lambda: env.audit(events_file)[1]["in_flight"] == 0, 60, "hostile events to settle", 1
+    wait_for(
+        lambda: env.audit(events_file)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=60,
+        what="hostile events to settle",
+        interval=1,
     )
     letters = env.letters()
     by_key = {x["key"]: x["reason"] for x in letters}  # keyed by event id when readable

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from typing import Any
 
-from helpers.daemon import ROOT_DIR, DaemonEnv, wait_until
+from helpers.daemon import ROOT_DIR, DaemonEnv
+from helpers.wait import wait_until
 
 
 def _unreachable(prefix: str, n: int) -> list[dict[str, str]]:
@@ -26,7 +27,7 @@ def test_lag_of_a_stopped_stage_shows_in_kafka_consumer_groups(
     env = kafka_env
     daemon = env.start()
     env.submit_events(_unreachable("seen", 12))  # every partition gets some
-    wait_until(lambda: len(env.letters()) == 12, 120, "twelve letters")
+    wait_until(lambda: len(env.letters()) == 12, timeout=120, what="twelve letters")
     assert daemon.terminate() == 0  # the ingest group has committed all twelve
     env.submit_events(_unreachable("waiting", 5))
 

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers.daemon import DaemonEnv, harness, origin_events, wait_until
+from helpers.daemon import DaemonEnv, harness, origin_events
 from helpers.origin import Origin
+from helpers.wait import wait_for, wait_until
 
 events = origin_events
 
@@ -46,14 +47,17 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
     # Both download workers share the partitions through the consumer group.
     wait_until(
         lambda: downloaded("download-1") > 5 and downloaded("download-2") > 5,
-        60,
-        "both download workers to work",
+        timeout=60,
+        what="both download workers to work",
     )
     victim = env.daemons[1]
     assert victim.stages == "download"
     victim.kill()  # SIGKILL mid-run: its in-flight downloads are redelivered to the other worker
     wait_until(
-        lambda: settled(env, 240, batch), 180, "everything to land after the kill", interval=1
+        lambda: settled(env, 240, batch),
+        timeout=180,
+        what="everything to land after the kill",
+        interval=1,
     )
     code, counts = env.audit(batch)
     assert counts == {
@@ -71,8 +75,8 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
             harness.scrape(ports[survivor]).get("lakeferry_cache_files") == 0
             and harness.scrape(ports[survivor]).get("lakeferry_cache_bytes") == 0
         ),
-        30,
-        "the download worker's cache gauges to read the emptied cache",
+        timeout=30,
+        what="the download worker's cache gauges to read the emptied cache",
     )
     for daemon in env.daemons:
         if daemon.alive():
@@ -85,23 +89,35 @@ def test_broker_outage_is_reported_and_survived(
     env = kafka_env
     daemon = env.start()
     first = env.submit_events(events(origin, "out-a", 60))
-    wait_until(lambda: env.audit(first)[1]["landed"] >= 20, 60, "some files to land")
+    wait_for(
+        lambda: env.audit(first)[1],
+        lambda counts: counts["landed"] >= 20,
+        timeout=60,
+        what="some files to land",
+    )
     kafka_broker.stop()
     try:
         started = time.monotonic()
-        wait_until(lambda: env.metric("lakeferry_bus_up") == 0, 30, "the outage to be reported")
-        time.sleep(max(0.0, 20 - (time.monotonic() - started)))  # ~20 s without a broker
+        wait_until(
+            lambda: env.metric("lakeferry_bus_up") == 0,
+            timeout=30,
+            what="the outage to be reported",
+        )
+        # The outage under test: ~20 s without a broker, which the daemon must sit out.
+        time.sleep(max(0.0, 20 - (time.monotonic() - started)))
         assert daemon.alive()
         assert env.metric("lakeferry_bus_outages_total") >= 1
         assert any(e.get("msg") == "kafka unreachable" for e in daemon.logs())
     finally:
         kafka_broker.start()
-    wait_until(lambda: env.metric("lakeferry_bus_up") == 1, 60, "the recovery to be reported")
+    wait_until(
+        lambda: env.metric("lakeferry_bus_up") == 1, timeout=60, what="the recovery to be reported"
+    )
     second = env.submit_events(events(origin, "out-b", 30))
     wait_until(
         lambda: settled(env, 90, first, second),
-        120,
-        "everything to land after the outage",
+        timeout=120,
+        what="everything to land after the outage",
         interval=1,
     )
     code, counts = env.audit(first, second)
@@ -160,15 +176,27 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
 
     worker = download_worker().start()
     first = env.submit_events(events(origin, "before", 20))
-    wait_until(lambda: settled(env, 20, first), 90, "the first batch to land", interval=0.5)
+    wait_until(
+        lambda: settled(env, 20, first), timeout=90, what="the first batch to land", interval=0.5
+    )
     worker.kill()
     started = time.monotonic()
     worker = download_worker().start()
     second = env.submit_events(events(origin, "after", 20))
-    wait_until(lambda: downloaded() >= 20, 50, "the restarted worker to download", 0.1)
+    wait_until(
+        lambda: downloaded() >= 20,
+        timeout=50,
+        what="the restarted worker to download",
+        interval=0.1,
+    )
     working_again = time.monotonic() - started
     print(f"restarted download worker working again after {working_again:.1f}s")
-    wait_until(lambda: settled(env, 40, first, second), 90, "the second batch to land", 0.5)
+    wait_until(
+        lambda: settled(env, 40, first, second),
+        timeout=90,
+        what="the second batch to land",
+        interval=0.5,
+    )
     code, counts = env.audit(first, second)
     assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
     assert code == 0
@@ -200,9 +228,16 @@ def test_a_results_writer_frozen_mid_commit_is_overtaken_and_its_commit_refused(
     )
     env.start_worker("results", "results-2")
     batch = env.submit_events(events(origin, "frz", 200))
-    wait_until(lambda: process_state(frozen.pid) == "T", 90, "results-1 to freeze mid-commit")
+    wait_until(
+        lambda: process_state(frozen.pid) == "T", timeout=90, what="results-1 to freeze mid-commit"
+    )
     # Frozen past the session timeout (6 s here): results-2 records everything meanwhile.
-    wait_until(lambda: settled(env, 200, batch), 120, "results-2 to land everything", 1)
+    wait_until(
+        lambda: settled(env, 200, batch),
+        timeout=120,
+        what="results-2 to land everything",
+        interval=1,
+    )
     os.kill(frozen.pid, signal.SIGCONT)
     refused = frozen.wait_for_log("batch write failed; retrying", timeout=60)
     assert "concurrent" in json.dumps(refused).lower()

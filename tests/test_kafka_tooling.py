@@ -22,6 +22,9 @@ from helpers.kafka import (
     unique,
 )
 
+# Every test here runs Kafka's tools or Java.
+pytestmark = pytest.mark.slow
+
 
 def consume(bootstrap: str, group: str, topic: str, count: int, timeout: float = 20) -> list[Any]:
     """Read ``count`` records with a fresh member of ``group``; commit after each one."""

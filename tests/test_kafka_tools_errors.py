@@ -14,6 +14,9 @@ import pytest
 
 from helpers.daemon import harness
 
+# Every test here runs the lakeferry CLI as a process.
+pytestmark = pytest.mark.slow
+
 TOOLS = [
     ["submit", "http://127.0.0.1:9/a.bin"],
     ["dlq", "list"],

@@ -6,15 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from typing import Any
 
 import trio
 from rich.console import Console
 from trio_websocket import open_websocket_url
 
-from helpers.daemon import ROOT_DIR, DaemonEnv, wait_until
+from helpers.daemon import ROOT_DIR, DaemonEnv
 from helpers.origin import Origin
+from helpers.wait import wait_for, wait_until
 from lakeferry.top import render
 
 SNAPSHOT: dict[str, Any] = {
@@ -57,9 +57,19 @@ def test_feed_pushes_snapshots_of_a_running_daemon(daemon_env: DaemonEnv, origin
         [{"id": f"live-{i}", "url": origin.file_url(f"live-{i}.bin", 2000)} for i in range(20)]
         + [{"id": "live-gone", "url": f"{origin.url}/missing/live.bin?sig=SECRET"}]
     )
-    wait_until(lambda: env.audit(batch)[1]["in_flight"] == 0, 30, "the batch to finish")
-    time.sleep(1.2)
-    snapshot = trio.run(_first_snapshot, url)
+    wait_for(
+        lambda: env.audit(batch)[1],
+        lambda counts: counts["in_flight"] == 0,
+        timeout=30,
+        what="the batch to finish",
+    )
+    # The feed pushes a snapshot every second: wait for one taken after the batch finished.
+    snapshot = wait_for(
+        lambda: trio.run(_first_snapshot, url),
+        lambda s: s["stages"]["results"]["done"] >= 20 and s["dlq"],
+        timeout=10,
+        what="a snapshot of the finished batch",
+    )
     assert snapshot["stages"]["results"]["done"] == 20
     assert snapshot["stages"]["download"]["capacity"] == 50
     assert snapshot["dlq"] == {"not_found": 1}
@@ -86,12 +96,14 @@ def test_top_in_a_real_terminal(daemon_env: DaemonEnv) -> None:
             )
             return out.stdout
 
-        wait_until(lambda: "stages" in screen() and "download" in screen(), 20, "top to draw")
+        wait_until(
+            lambda: "stages" in screen() and "download" in screen(), timeout=20, what="top to draw"
+        )
         shown = screen()
         assert "bus embedded up" in shown
         assert "q quits" in shown
         subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
-        wait_until(lambda: "EXITED=0" in screen(), 10, "top to exit on q")
+        wait_until(lambda: "EXITED=0" in screen(), timeout=10, what="top to exit on q")
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,6 +21,7 @@ from lakeferry.messages import (
     DlqTombstone,
     DownloadTask,
     Event,
+    TopicCodec,
     UploadResult,
     decode_event,
 )
@@ -101,13 +103,14 @@ def test_bad_events_refused(raw: bytes) -> None:
 
 
 def test_roundtrip_every_kind() -> None:
-    for name, codec in [
+    codecs: list[tuple[str, TopicCodec[Any]]] = [
         ("event_v1.json", EVENT),
         ("download_task_v1.json", DOWNLOAD),
         ("cached_file_v1.json", CACHED),
         ("upload_result_v1.json", RESULT),
         ("dead_letter_v1.json", DLQ),
         ("dlq_tombstone_v1.json", DLQ),
-    ]:
+    ]
+    for name, codec in codecs:
         message = codec.decode(sample(name))
-        assert codec.decode(codec.encode(message)) == message  # type: ignore[arg-type]
+        assert codec.decode(codec.encode(message)) == message

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
+from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "etc" / "prometheus" / "alerts.yml"
@@ -212,6 +213,7 @@ def alert_rules() -> tuple[list[str], list[Rule]]:
 # -- promtool on the files -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_alert_rules_pass_promtool() -> None:
     result = run_promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -220,6 +222,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
+@pytest.mark.slow
 def test_example_prometheus_config_passes_promtool() -> None:
     result = run_promtool("check", "config", str(PROMETHEUS_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -239,6 +242,7 @@ def test_every_alert_has_a_duration_a_severity_and_words_for_the_operator() -> N
     assert [n for n in names if f"`{n}`" not in catalogue] == [], "alerts missing from the docs"
 
 
+@pytest.mark.slow
 def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     """Every panel query, as Grafana would send it, parses (as a recording rule)."""
     substitutions = {
@@ -618,6 +622,7 @@ def rules_without_annotations(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ALERT_CASES))
 def test_alert_fires_when_it_should(
     case: str, rules_without_annotations: Path, tmp_path: Path
@@ -664,8 +669,8 @@ def scrape(daemon_env: DaemonEnv, origin: Origin) -> Iterator[str]:
             env.metric("lakeferry_stage_messages_total", stage="results") >= 9
             and env.metric("lakeferry_dlq_total") >= 1
         ),
-        60,
-        "the events to land or die",
+        timeout=60,
+        what="the events to land or die",
     )
     with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics", timeout=5) as r:
         yield r.read().decode()

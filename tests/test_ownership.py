@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonEnv, harness, wait_until
+from helpers.daemon import DaemonEnv, harness
+from helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
@@ -38,7 +39,6 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     daemon_env: DaemonEnv,
 ) -> None:
@@ -56,7 +56,12 @@ def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     events = env.submit_events([{"id": "beside-1", "url": "file:///nope/x.bin"}])
     listed = env.cli("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    wait_until(lambda: env.audit(events)[1]["dead_lettered"] == 1, 60, "the letter")
+    wait_for(
+        lambda: env.audit(events)[1],
+        lambda counts: counts["dead_lettered"] == 1,
+        timeout=60,
+        what="the letter",
+    )
     assert first.alive()
 
     # A SIGKILLed owner leaves its lock file behind; the lock itself dies with it.
@@ -65,7 +70,6 @@ def test_a_second_daemon_on_one_state_folder_exits_2_naming_the_owner(
     assert (env.state / "lakeferry.lock").read_text().strip() == str(again.pid)
 
 
-@pytest.mark.slow
 def test_an_embedded_bus_outside_the_state_folder_is_owned_as_well(
     daemon_env: DaemonEnv,
 ) -> None:
@@ -82,7 +86,6 @@ def test_an_embedded_bus_outside_the_state_folder_is_owned_as_well(
     )
 
 
-@pytest.mark.slow
 def test_kafka_workers_share_a_state_folder_but_not_an_instance(kafka_env: DaemonEnv) -> None:
     env = kafka_env
     first, _ = env.start_worker("download", "download-1")
@@ -106,7 +109,6 @@ def unit_restart_policy(unit: Path) -> tuple[str, set[str]]:
     return service.get("Restart", "no"), set(service.get("RestartPreventExitStatus", "").split())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("key", ["metrics", "live"])
 def test_a_listen_address_in_use_exits_2_which_the_units_do_not_restart(
     daemon_env: DaemonEnv, key: str

@@ -13,6 +13,7 @@ from lakeferry.metrics import Metrics
 from lakeferry.pipeline import NotBuilt, Pipeline
 from lakeferry.registry import load_registry
 from lakeferry.stages.catalog import specs
+from lakeferry.stagespec import Uses
 
 
 def config(tmp_path: Path) -> Any:
@@ -39,7 +40,7 @@ def config(tmp_path: Path) -> Any:
     ],
 )
 async def test_components_follow_the_stages(
-    tmp_path: Path, stages: tuple[str, ...], built: set[str], absent: set[str]
+    tmp_path: Path, stages: tuple[str, ...], built: set[Uses], absent: set[Uses]
 ) -> None:
     cfg = config(tmp_path)
     bus = await open_bus(cfg, create=True)

@@ -318,6 +318,7 @@ trio.run(main)
 """
 
 
+@pytest.mark.slow
 def test_reading_starts_no_arrow_cpp_threads(tmp_path: Path) -> None:
     # Arrow C++'s dataset scanner leaves a thread pool that aborts the process at exit about one
     # time in five ("terminate called without an active exception", exit -6): the CLI's audit

@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 from helpers.delta import Clock, event_row, inventory_row, operations
 from lakeferry.api import ConfigError, PluginContext, TransientError
 from lakeferry_delta import DeltaInventory, DeltaSettings
-from lakeferry_delta.credentials import display_uri, scrub, storage_options_for
+from lakeferry_delta.credentials import StorageOptions, display_uri, scrub, storage_options_for
 from lakeferry_delta.maintenance import COMPACTION_APP_ID
 
 LOGGER = logging.getLogger("test.delta.azure")
@@ -40,7 +40,7 @@ def options(uri: str, environ: dict[str, str] | None = None, **settings: Any) ->
     return resolve(uri, environ, **settings).options
 
 
-def resolve(uri: str, environ: dict[str, str] | None = None, **settings: Any) -> Any:
+def resolve(uri: str, environ: dict[str, str] | None = None, **settings: Any) -> StorageOptions:
     config = DeltaSettings(inventory_uri=uri, events_uri=uri, **settings)
     return storage_options_for(
         config, uri, setting="inventory.inventory_uri", logger=LOGGER, environ=environ or {}

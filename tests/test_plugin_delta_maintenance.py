@@ -29,6 +29,9 @@ from lakeferry_delta.maintenance import (
     vacuum_due,
 )
 
+# Seconds per test: every one writes, compacts and vacuums real Delta tables.
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 30
 HOUR = 3600.0
 LOGGER = "test.delta.maintenance"
@@ -106,8 +109,8 @@ def test_maintenance_settings(tmp_path: Path) -> None:
         DeltaSettings,
         dec_hook=dec_hook,
     )
-    assert (settings.compact_every, settings.vacuum_every) == (7200, 43200)
-    assert settings.vacuum_retention == 30 * 86400
+    assert (settings.compact_every, settings.vacuum_every) == (7200.0, 43200.0)
+    assert settings.vacuum_retention == 30 * 86400.0
     defaults = DeltaSettings(inventory_uri="i", events_uri="e")
     assert MaintenancePolicy.from_settings(defaults, "inventory") == POLICY
     with pytest.raises(ConfigError, match=r"inventory\.compact_every"):

@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
@@ -27,6 +27,7 @@ from azure.storage.blob import ContainerClient
 import lakeferry_eventhub
 from helpers.eventhub import source_for
 from helpers.tools import load_tool
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.api import ConfigError, PluginContext, RawEvent, Source
 from lakeferry.config import parse_config
 from lakeferry.registry import load_registry
@@ -35,7 +36,10 @@ from lakeferry_eventhub import EventHubSource, EventHubSourceSettings
 from lakeferry_eventhub.settings import Secrets
 
 ROOT = Path(__file__).resolve().parents[1]
-emulator_tool: Any = load_tool("eventhubs_emulator")
+if TYPE_CHECKING:
+    import eventhubs_emulator as emulator_tool  # tools/ is on mypy's path: the checker reads it
+else:
+    emulator_tool = load_tool("eventhubs_emulator")
 TIMEOUT = 20
 
 
@@ -126,15 +130,13 @@ async def owners(azurite: Any, container: str) -> dict[str, str]:
     return {p: meta.get("ownerid") or "" for p, meta in found.items()}
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Callers bound this with fail_after."""
-    while not condition():
-        await trio.sleep(0.02)
-
-
 async def wait_for_checkpoints(azurite: Any, container: str, expected: dict[str, int]) -> None:
-    while await checkpoints(azurite, container) != expected:
-        await trio.sleep(0.05)
+    await wait_for_async(
+        lambda: checkpoints(azurite, container),
+        lambda found: found == expected,
+        timeout=TIMEOUT,
+        what=f"checkpoints {expected}",
+    )
 
 
 async def send(emulator: Any, partition: str, bodies: list[bytes]) -> None:
@@ -168,7 +170,7 @@ def test_registers_the_eventhub_kind_and_checks_settings() -> None:
         "earliest",
     )
     assert settings.identity == "default"
-    assert settings.load_balancing_interval == 10
+    assert settings.load_balancing_interval == 10.0
     assert settings.ownership_expiration == 60
     assert settings.create_checkpoint_container is False
     source: Source = factory(settings, PluginContext(Path("x"), logging.getLogger("t")))
@@ -277,9 +279,13 @@ async def test_events_reach_the_intake_with_origins_and_are_checkpointed(
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: len(intake.events) >= 15)
+            await wait_until_async(
+                lambda: len(intake.events) >= 15, timeout=TIMEOUT, what="15 events"
+            )
             await send(emulator, "1", [b"p1-5"])  # arrives while receiving
-            await wait_until(lambda: len(intake.events) >= 16)
+            await wait_until_async(
+                lambda: len(intake.events) >= 16, timeout=TIMEOUT, what="the 16th event"
+            )
             await wait_for_checkpoints(azurite, container, {"0": 9, "1": 5})
             cancelled_at = time.monotonic()
             nursery.cancel_scope.cancel(reason="test done")
@@ -313,13 +319,13 @@ async def test_checkpoints_are_written_only_after_publish_returned(
             # The first publish has not returned: no checkpoint at all, however long it takes.
             await intake.holding[1].wait()
             assert await checkpoints(azurite, container) == {}
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # time passes, publish still held: still no checkpoint
             assert await checkpoints(azurite, container) == {}
             intake.release[1].set()
             # The second batch is being published: the checkpoint stays after the first.
             await intake.holding[2].wait()
             assert await checkpoints(azurite, container) == {"0": 2}
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # time passes, publish still held: the checkpoint stays
             assert await checkpoints(azurite, container) == {"0": 2}
             intake.release[2].set()
             await wait_for_checkpoints(azurite, container, {"0": 8})
@@ -350,7 +356,9 @@ async def test_a_restarted_source_resumes_after_the_last_checkpoint(
         async with trio.open_nursery() as nursery:
             source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=3)
             await nursery.start(source.run, second)
-            await wait_until(lambda: len(second.events) >= 6)
+            await wait_until_async(
+                lambda: len(second.events) >= 6, timeout=TIMEOUT, what="six events"
+            )
             await wait_for_checkpoints(azurite, container, {"0": 11})
             nursery.cancel_scope.cancel(reason="test done")
     assert second.bodies() == [b"%d" % i for i in range(6, 12)]
@@ -380,7 +388,7 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             body = b"%s-%d" % (prefix.encode(), i)
             await send(emulator, partitions[i % 4], [body])
             sent.append(body)
-            await trio.sleep(pause)
+            await trio.sleep(pause)  # a producer's pace: events keep coming during a rebalance
 
     async def run_in(
         scope: trio.CancelScope,
@@ -403,18 +411,26 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             await feed("before", 20, 0)
             a_source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=5)
             await nursery.start(run_in, a_scope, a_done, a_source, a)
-            await wait_until(lambda: len(a.events) >= 20)
+            await wait_until_async(
+                lambda: len(a.events) >= 20, timeout=TIMEOUT, what="A's 20 events"
+            )
 
             # B joins while events keep coming: the partitions are rebalanced under load.
             nursery.start_soon(feed, "during", 60, 0.03)
             b_source = source_for(emulator, azurite, container, monkeypatch, max_batch_size=5)
             await nursery.start(run_in, trio.CancelScope(), trio.Event(), b_source, b)
-            while True:
-                shares = Counter((await owners(azurite, container)).values())
-                if sorted(shares.values()) == [2, 2] and len(sent) == 80:
-                    break
-                await trio.sleep(0.1)
-            await wait_until(lambda: set(a.bodies()) | set(b.bodies()) == set(sent))
+            await wait_until_async(lambda: len(sent) == 80, timeout=TIMEOUT, what="the feed")
+            await wait_for_async(
+                lambda: owners(azurite, container),
+                lambda found: sorted(Counter(found.values()).values()) == [2, 2],
+                timeout=TIMEOUT,
+                what="two partitions owned by each instance",
+            )
+            await wait_until_async(
+                lambda: set(a.bodies()) | set(b.bodies()) == set(sent),
+                timeout=TIMEOUT,
+                what="every event sent so far to be published",
+            )
             assert b.events, "the second instance never got a partition"
             # Settle: every partition checkpointed up to its last event.
             last = {p: len(emulator.events(p)) - 1 for p in partitions}
@@ -426,7 +442,11 @@ async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(
             a_scope.cancel(reason="instance A stops")
             await a_done.wait()
             await feed("after", 20, 0)
-            await wait_until(lambda: set(a.bodies()) | set(b.bodies()) == set(sent))
+            await wait_until_async(
+                lambda: set(a.bodies()) | set(b.bodies()) == set(sent),
+                timeout=TIMEOUT,
+                what="B to publish the events sent after A stopped",
+            )
             shares = Counter((await owners(azurite, container)).values())
             assert list(shares.values()) == [4], shares
             await wait_for_checkpoints(

@@ -19,6 +19,7 @@ import trio.testing
 
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
+from helpers.wait import wait_for_async
 from lakeferry.api import NetGuard, PermanentError, PipelineError, Reason, TransientError, is_public
 from lakeferry.registry import load_registry
 from lakeferry.stages.bounded import BoundedWriter
@@ -154,8 +155,14 @@ async def test_clients_share_the_load(tmp_path: Path, origin: Origin) -> None:
             for i in range(12):
                 url = origin.file_url(f"share-{i}.bin", 1000, route="slow", delay=0.3)
                 nursery.start_soon(download, d, cache, url, f"share-{i}")
-            await trio.sleep(0.1)
-            assert d.pool.busy == [3, 3, 3, 3]
+            # Each download takes 0.3 s at the origin: all twelve are under way at once.
+            busy = await wait_for_async(
+                lambda: list(d.pool.busy),
+                lambda busy: sum(busy) == 12,
+                timeout=10,
+                what="all twelve downloads under way",
+            )
+            assert busy == [3, 3, 3, 3]
         assert d.pool.busy == [0, 0, 0, 0]
     for i in range(12):
         assert await cache.lookup(f"share-{i}") is not None

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here imports plugins in a fresh interpreter (a subprocess).
+pytestmark = pytest.mark.slow
+
 HEAVY = ("deltalake", "pyarrow", "azure.storage.filedatalake", "azure.eventhub", "paramiko")
 
 LOAD = """

@@ -17,6 +17,7 @@ import trio
 
 import lakeferry_kafka_source
 from helpers.kafka import committed, create_topic, produce, unique
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.api import Duration, PluginContext, RawEvent, Source
 from lakeferry.config import parse_config
 from lakeferry.errors import ConfigError
@@ -71,12 +72,6 @@ def offsets(events: Sequence[RawEvent]) -> list[tuple[str, int, int]]:
         assert m is not None, event.origin
         found.append((m.group(1), int(m.group(2)), int(m.group(3))))
     return found
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Callers bound this with fail_after."""
-    while not condition():
-        await trio.sleep(0.01)
 
 
 async def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -184,7 +179,9 @@ async def test_events_reach_the_intake_in_order_with_origins(kafka_broker: Any) 
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: len(intake.events) >= 62)
+            await wait_until_async(
+                lambda: len(intake.events) >= 62, timeout=TIMEOUT, what="62 events"
+            )
             nursery.cancel_scope.cancel(reason="test done")
 
     assert len(intake.events) == 62
@@ -222,12 +219,18 @@ async def test_offsets_are_committed_only_after_publish_returned(kafka_broker: A
             await intake.holding.wait()
             # publish has not returned: nothing may be committed, however long it takes
             assert await in_thread(committed, bootstrap, group, topic, [0]) == {0: NO_OFFSET}
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # time passes, publish still held: still nothing committed
             assert await in_thread(committed, bootstrap, group, topic, [0]) == {0: NO_OFFSET}
             intake.release.set()
-            await wait_until(lambda: len(intake.events) == 10)
-            while await in_thread(committed, bootstrap, group, topic, [0]) != {0: 10}:
-                await trio.sleep(0.05)
+            await wait_until_async(
+                lambda: len(intake.events) == 10, timeout=TIMEOUT, what="the ten events"
+            )
+            await wait_for_async(
+                lambda: in_thread(committed, bootstrap, group, topic, [0]),
+                lambda offsets: offsets == {0: 10},
+                timeout=TIMEOUT,
+                what="offset 10 to be committed",
+            )
             nursery.cancel_scope.cancel(reason="test done")
     assert [e.data for e in intake.events] == [b"%d" % i for i in range(10)]
 
@@ -255,7 +258,11 @@ async def test_a_new_source_resumes_after_the_last_published_batch(kafka_broker:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source_for(bootstrap, [topic], group, batch_max=3).run, second)
-            await wait_until(lambda: bool(second.events) and offsets(second.events)[-1][2] == 11)
+            await wait_until_async(
+                lambda: bool(second.events) and offsets(second.events)[-1][2] == 11,
+                timeout=TIMEOUT,
+                what="the second source to reach offset 11",
+            )
             nursery.cancel_scope.cancel(reason="test done")
     assert [o for _, _, o in offsets(second.events)] == list(range(len(published), 12))
     assert await in_thread(committed, bootstrap, group, topic, [0]) == {0: 12}
@@ -273,9 +280,14 @@ async def test_cancellation_while_idle_closes_promptly_and_leaves_the_group(
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: len(intake.events) == 1)
+            await wait_until_async(
+                lambda: len(intake.events) == 1, timeout=TIMEOUT, what="the event"
+            )
             assert await group_state(bootstrap, group) == "STABLE"
-            await trio.sleep(0.3)  # idle: the source is inside a poll
+            # Time passes with nothing to read: the source goes idle inside a poll, the state
+            # under test (not observable from here; were it not there yet, cancelling would
+            # only be quicker, never slower).
+            await trio.sleep(0.3)
             cancelled_at = time.monotonic()
             nursery.cancel_scope.cancel(reason="shutdown")
         took = time.monotonic() - cancelled_at
@@ -304,21 +316,25 @@ async def test_two_members_share_partitions_without_losing_records(kafka_broker:
     async def feed() -> None:
         for i in range(40):
             await in_thread(produce, bootstrap, topic, [b"%d" % i], partition=i % 4)
-            await trio.sleep(0.02)
+            await trio.sleep(0.02)  # a producer's pace: records keep coming during the rebalance
 
     a, b = RecordingIntake(), RecordingIntake()
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source_for(bootstrap, [topic], group, config=fast).run, a)
             nursery.start_soon(feed)
-            await wait_until(lambda: len(a.events) >= 5)
+            await wait_until_async(
+                lambda: len(a.events) >= 5, timeout=TIMEOUT, what="A's first events"
+            )
             # A second member joins mid-stream: the group rebalances under load.
             await nursery.start(source_for(bootstrap, [topic], group, config=fast).run, b)
 
             def seen() -> set[bytes]:
                 return {e.data for e in a.events + b.events}
 
-            await wait_until(lambda: len(seen()) == 40)
+            await wait_until_async(
+                lambda: len(seen()) == 40, timeout=TIMEOUT, what="all 40 records"
+            )
             nursery.cancel_scope.cancel(reason="test done")
     assert b.events, "the second member never got a partition"
     for intake in (a, b):  # each member saw each partition's records in offset order

@@ -691,8 +691,8 @@ async def test_a_waiting_download_sees_room_freed_by_another_process(tmp_path: P
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fourth)
-            await trio.sleep(0.3)
-            assert not admitted.is_set()  # full
+            await trio.sleep(0.3)  # time passes and the cache stays full: the fourth waits
+            assert not admitted.is_set()
             await uploader.remove("k0")  # the other process uploads one and frees its room
             await admitted.wait()  # seen through the periodic re-read of the disk
     assert await downloader.lookup("k3") is not None

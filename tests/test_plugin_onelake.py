@@ -29,6 +29,7 @@ from azure.identity import ClientSecretCredential, DefaultAzureCredential, Manag
 from azure.storage.filedatalake import DataLakeServiceClient
 
 from helpers.plugins import T0, plugin_context
+from helpers.wait import wait_until_async
 from lakeferry.api import (
     CacheEntry,
     ConfigError,
@@ -684,6 +685,7 @@ def _temporaries(emulator: Any) -> list[str]:
     return [n for n in names if ".lakeferry-tmp-" in n]
 
 
+@pytest.mark.slow
 async def test_a_put_killed_mid_way_is_swept_by_the_owners_next_start(
     tmp_path: Path, dfs_emulator: Any
 ) -> None:
@@ -706,10 +708,12 @@ async def test_a_put_killed_mid_way_is_swept_by_the_owners_next_start(
         [sys.executable, str(script), json.dumps(values), str(state)]
     )
     try:
-        with trio.fail_after(60):
-            while not _temporaries(dfs_emulator):
-                assert put.poll() is None, "the put ended on its own"
-                await trio.sleep(0.05)
+
+        def temporaries() -> list[str]:
+            assert put.poll() is None, "the put ended on its own"
+            return _temporaries(dfs_emulator)
+
+        await wait_until_async(temporaries, timeout=60, what="the put's temporary file")
     finally:
         put.send_signal(signal.SIGKILL)
         await put.wait()

@@ -13,9 +13,10 @@ import msgspec
 import pytest
 import trio
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.plugins import plugin_context, task_for
 from helpers.sftp import SftpServer
+from helpers.wait import wait_until
 from lakeferry.api import ConfigError, IPAddress, PermanentError, Reason, TransientError
 from lakeferry.registry import load_registry
 from lakeferry.testing import download_writer
@@ -285,7 +286,6 @@ async def test_malformed_urls(tmp_path: Path, sftp_server: SftpServer) -> None:
     assert await reason_of(tmp_path, d, sftp_server.url("x") + "/") == "malformed"
 
 
-@pytest.mark.slow
 def test_daemon_lands_sftp_files(daemon_env: DaemonEnv, sftp_server: SftpServer) -> None:
     env = daemon_env
     env.data["downloaders"]["sftp"] = sftp_server.settings()
@@ -305,7 +305,7 @@ def test_daemon_lands_sftp_files(daemon_env: DaemonEnv, sftp_server: SftpServer)
         counts = env.audit(submitted)[1]
         return counts["landed"] + counts["dead_lettered"] == len(events)
 
-    wait_until(settled, 60, "every sftp event landed or dead-lettered")
+    wait_until(settled, timeout=60, what="every sftp event landed or dead-lettered")
     code, counts = env.audit(submitted)
     assert code == 0, counts
     assert counts["landed"] == 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import lakeferry_spool
+from helpers.wait import wait_until_async
 from lakeferry.api import ConfigError, Duration, PluginContext, RawEvent, Source
 from lakeferry.units import dec_hook
 from lakeferry_spool import SpoolSettings, SpoolSource
@@ -79,10 +80,12 @@ def jsonl(*ids: str) -> bytes:
     return b"".join(b'{"id": "%s"}\n' % i.encode() for i in ids)
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll the file system (there is no event to wait on); callers bound it with fail_after."""
-    while not condition():
-        await trio.sleep(0.005)
+async def appears(path: Path) -> None:
+    """Wait for the source to move a file to ``path``: polls the file system (there is no event
+    to wait on)."""
+    await wait_until_async(
+        path.exists, timeout=TIMEOUT, what=f"the source to move a file to {path}", interval=0.005
+    )
 
 
 def write_lines(path: Path, template: bytes, count: int) -> int:
@@ -137,7 +140,7 @@ async def test_lines_published_in_order_with_origins(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert intake.batches == [
         [RawEvent(b'{"id": "1"}', f"spool:{path}:1"), RawEvent(b'{"id": "2"}', f"spool:{path}:4")],
@@ -160,10 +163,11 @@ async def test_files_in_name_order_and_others_ignored(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
-            await wait_until(lambda: (spool / "done" / "b.jsonl").exists())
+            await appears(spool / "done" / "b.jsonl")
             drop(spool, "0-late.jsonl", jsonl("late"))  # picked up by a later scan
-            await wait_until(lambda: (spool / "done" / "0-late.jsonl").exists())
-            await trio.sleep(0.05)  # a few more scans: the ignored files stay ignored
+            await appears(spool / "done" / "0-late.jsonl")
+            # Time for a few more scans (FAST is 10 ms): the ignored files stay ignored.
+            await trio.sleep(0.05)
             nursery.cancel_scope.cancel(reason="test over")
     assert [e.data for e in intake.events] == [
         b'{"id": "a1"}',
@@ -184,11 +188,11 @@ async def test_file_moved_only_after_publish_returned(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
             await intake.holding.wait()
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # scans go on while publish is held: the file stays
             assert path.exists()
             assert not (spool / "done" / "a.jsonl").exists()
             intake.release.set()
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             assert not path.exists()
             nursery.cancel_scope.cancel(reason="test over")
     assert len(intake.events) == 5
@@ -212,7 +216,7 @@ async def test_restart_resumes_after_the_last_published_batch(tmp_path: Path) ->
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(make_source(tmp_path, batch_lines=2).run, second)
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert [e.origin for e in second.events] == [f"spool:{path}:{n}" for n in range(5, 11)]
     assert [e.data for e in first.events + second.events] == jsonl(*ids).splitlines()
@@ -235,7 +239,7 @@ async def test_progress_of_another_file_with_the_same_name_is_ignored(tmp_path: 
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(make_source(tmp_path, batch_lines=2).run, second)
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert [e.data for e in second.events] == jsonl("new1", "new2", "new3", "new4").splitlines()
 
@@ -260,9 +264,9 @@ async def test_same_name_twice_keeps_both_in_done(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, intake)
             drop(spool, "a.jsonl", jsonl("1"))
-            await wait_until(lambda: (done / "a.jsonl").exists())
+            await appears(done / "a.jsonl")
             drop(spool, "a.jsonl", jsonl("2"))
-            await wait_until(lambda: (done / "a.1.jsonl").exists())
+            await appears(done / "a.1.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert (done / "a.jsonl").read_bytes() == jsonl("1")
     assert (done / "a.1.jsonl").read_bytes() == jsonl("2")
@@ -282,7 +286,7 @@ async def test_large_file_is_streamed(tmp_path: Path) -> None:
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
                 await nursery.start(make_source(tmp_path).run, intake)
-                await wait_until(lambda: (spool / "done" / "big.jsonl").exists())
+                await appears(spool / "done" / "big.jsonl")
                 nursery.cancel_scope.cancel(reason="test over")
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -301,7 +305,7 @@ async def test_an_overlong_line_is_cut_and_skipped_past(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(make_source(tmp_path, max_event_bytes=100).run, intake)
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert [(e.data, e.origin.rsplit(":", 1)[1]) for e in intake.events] == [
         (b"x" * 100, "1"),
@@ -331,11 +335,11 @@ async def test_unreadable_file_is_retried(tmp_path: Path, monkeypatch: pytest.Mo
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(make_source(tmp_path).run, intake)
-            await trio.sleep(0.1)
+            await trio.sleep(0.1)  # scans go on; an unreadable file yields nothing meanwhile
             if os.geteuid() != 0:
                 assert intake.events == []
                 path.chmod(0o644)
-            await wait_until(lambda: (spool / "done" / "a.jsonl").exists())
+            await appears(spool / "done" / "a.jsonl")
             nursery.cancel_scope.cancel(reason="test over")
     assert [e.data for e in intake.events] == [b'{"id": "1"}']
 

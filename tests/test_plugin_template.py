@@ -101,6 +101,7 @@ def test_every_kind_renders_a_complete_package(kind: plugin_template.Kind) -> No
     assert set(core) <= {"lakeferry.api", "lakeferry.testing"}, core
 
 
+@pytest.mark.slow
 def test_every_kind_meets_its_own_lint_settings_and_loads_without_pytest(tmp_path: Path) -> None:
     """The generated pyproject.toml sets ruff's rules and mypy's strict mode: the toys meet them.
 
@@ -155,6 +156,7 @@ def test_the_templates_are_package_data_that_ships_in_the_wheel() -> None:
             assert f"templates/{kind}/{name}" in shipped
 
 
+@pytest.mark.slow
 def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     for bad in ("Acme", "1acme", "acme!", "acme--x", ""):
         out = subprocess.run(
@@ -172,6 +174,7 @@ def test_bad_names_and_existing_directories_are_refused(tmp_path: Path) -> None:
     assert "already exists" in out.stderr
 
 
+@pytest.mark.slow
 def test_generated_packages_install_pass_the_kit_and_are_listed(tmp_path: Path) -> None:
     """A downloader and a source, each changed as an author would, in one environment."""
     lakeferry("plugin", "new", "mem", "--kind", "downloader", "--dir", str(tmp_path))
@@ -238,6 +241,7 @@ def test_generated_packages_install_pass_the_kit_and_are_listed(tmp_path: Path) 
             shutil.rmtree(package, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cache", "sink"])
 def test_the_generated_cache_and_sink_pass_their_kits(tmp_path: Path, kind: str) -> None:
     """The templates follow the protocols as they are now (a cache's reservation grows, a

@@ -73,6 +73,7 @@ def test_classify_error_first_result_wins() -> None:
     assert registry.classify(ValueError("v"), "download") is None
 
 
+@pytest.mark.slow
 def test_plugins_command_lists_versions_and_kinds() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "lakeferry", "plugins"],
@@ -216,6 +217,7 @@ def _cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow
 def test_plugins_command_shows_origin_blocked_and_failed(tmp_path: Path) -> None:
     (tmp_path / "dist").mkdir()
     dist = _broken_distribution(tmp_path / "dist")
@@ -236,6 +238,7 @@ def test_plugins_command_shows_origin_blocked_and_failed(tmp_path: Path) -> None
     assert statuses["http"] == "loaded"
 
 
+@pytest.mark.slow
 def test_required_plugin_failing_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "dist").mkdir()
     dist = _broken_distribution(tmp_path / "dist")
@@ -284,6 +287,7 @@ def test_a_plugin_named_like_a_built_in_is_reported_and_can_be_chosen(
     assert [(p.name, p.status) for p in chosen.skipped] == [("http", "blocked")]
 
 
+@pytest.mark.slow
 def test_plugins_command_and_start_warn_about_a_shadowed_plugin(tmp_path: Path) -> None:
     (tmp_path / "dist").mkdir()
     dist = _rival_http(tmp_path / "dist")

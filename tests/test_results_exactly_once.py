@@ -27,7 +27,7 @@ def inventory(tmp_path: Path) -> Any:
     reg = load_registry().get("inventory", "delta")
     settings = reg.settings_type(
         inventory_uri=str(tmp_path / "inv"), events_uri=str(tmp_path / "ev")
-    )  # type: ignore[call-arg]
+    )
     return reg.factory(settings, PluginContext(state_dir=tmp_path, logger=get_logger("test")))
 
 
@@ -149,7 +149,8 @@ async def test_another_writer_committing_between_any_two_calls_lands_nothing_twi
         root = tmp_path / f"n{n}"
         inv = inventory(root)
         member_a = ResultsStage(pipeline(inventory(root)))
-        member_b = ResultsStage(pipeline(inv))
+        pipeline_b = pipeline(inv)
+        member_b = ResultsStage(pipeline_b)
         await member_b.load()
         await member_a.load()
         member_b.once.on_assign([record(0, "x")[0].tp])
@@ -157,9 +158,11 @@ async def test_another_writer_committing_between_any_two_calls_lands_nothing_twi
         async def a_commits(a: ResultsStage = member_a) -> None:
             await flush_until_done(a, [record(0, "x")])
 
-        member_b.p.inventory = Interleaved(inventory(root), n, a_commits)
+        interleaved = Interleaved(inventory(root), n, a_commits)
+        pipeline_b.components.inventory = interleaved
         await flush_until_done(member_b, [record(1, "x"), record(2, "y")])
-        if member_b.p.inventory.calls <= n:  # B never got that far: A commits afterwards
+        assert interleaved.calls > 0, "the stage writes through the interleaved inventory"
+        if interleaved.calls <= n:  # B never got that far: A commits afterwards
             await a_commits()
         ids = sorted(r.event_id for r in await inv.read_inventory())
         assert ids == ["x", "y"], f"A committed before B's call {n}"

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import trio
 
+from helpers.wait import wait_until_async
 from lakeferry.bus.base import Bus, Record, TopicSpec
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.bus.kafka import KafkaBus
+from lakeferry.lifecycle import Lifecycle
 from lakeferry.retry import DUE_HEADER, due_ms
-from lakeferry.stages.driver import Lifecycle, StageDriver, seconds_until_ms
+from lakeferry.stages.driver import StageDriver, seconds_until_ms
 
 PARTITIONS = 3
 
@@ -30,7 +32,7 @@ def key_for(partition: int) -> bytes:
     return f"k{i}".encode()
 
 
-@pytest.fixture(params=["embedded", "kafka"])
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.slow)])
 async def bus(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Bus]:
     opened: Bus
     if request.param == "embedded":
@@ -73,8 +75,9 @@ async def test_rung_messages_wait_for_their_due_time_per_partition(bus: Bus) -> 
             producer = bus.producer()
             for partition in range(PARTITIONS):
                 await producer.send(topic, b"warm-up", key=key_for(partition))
-            while len(warmed) < PARTITIONS:
-                await trio.sleep(0.01)
+            await wait_until_async(
+                lambda: len(warmed) >= PARTITIONS, timeout=30, what="a warm-up record per partition"
+            )
             now_ms = int(time.time() * 1000)
             # (partition, due in ms from now): partition 0's head waits; 1 and 2 are due early
             plan = [
@@ -87,8 +90,9 @@ async def test_rung_messages_wait_for_their_due_time_per_partition(bus: Bus) -> 
                 await producer.send(
                     topic, b"task", key=key_for(partition), headers={DUE_HEADER: due}
                 )
-            while len(processed) < len(plan):
-                await trio.sleep(0.01)
+            await wait_until_async(
+                lambda: len(processed) >= len(plan), timeout=30, what="every retry processed"
+            )
             lifecycle.drain()
     await consumer.aclose()
 

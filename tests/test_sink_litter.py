@@ -10,8 +10,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from helpers.daemon import DaemonEnv, origin_events, wait_until
+from helpers.daemon import DaemonEnv, origin_events
 from helpers.origin import Origin
+from helpers.wait import wait_until
 
 
 def settled(env: DaemonEnv, *batches: Path, landed: int) -> bool:
@@ -29,8 +30,8 @@ def test_a_killed_daemons_temporary_files_are_swept_at_its_next_start(
     batch = env.submit_events(origin_events(origin, "litter", 150))
     wait_until(
         lambda: env.metric("lakeferry_stage_messages_total", stage="upload") >= 20,
-        60,
-        "uploads under way",
+        timeout=60,
+        what="uploads under way",
     )
     daemon.kill()
     # What a put killed between creating its temporary file and renaming it leaves behind
@@ -42,7 +43,9 @@ def test_a_killed_daemons_temporary_files_are_swept_at_its_next_start(
     assert counts["temp_files"] >= 1
 
     daemon = env.start()
-    wait_until(lambda: settled(env, batch, landed=150), 120, "every event to land", 1)
+    wait_until(
+        lambda: settled(env, batch, landed=150), timeout=120, what="every event to land", interval=1
+    )
     code, counts = env.audit(batch)
     assert (counts["temp_files"], counts["unrecorded_in_sink"]) == (0, 0)
     assert (counts["lost"], counts["duplicate_rows"], counts["missing_in_sink"]) == (0, 0, 0)
@@ -64,7 +67,9 @@ def test_the_audit_fails_on_litter_once_nothing_is_in_flight(
     env = daemon_env
     daemon = env.start()
     batch = env.submit_events(origin_events(origin, "clean", 5))
-    wait_until(lambda: settled(env, batch, landed=5), 60, "the events to land", 1)
+    wait_until(
+        lambda: settled(env, batch, landed=5), timeout=60, what="the events to land", interval=1
+    )
     assert env.audit(batch)[0] == 0
     sink = Path(env.data["sink"]["root"])
     (sink / "stray").mkdir()

@@ -22,10 +22,11 @@ from urllib.parse import quote
 import pytest
 import trio
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
 from helpers.network import SpyBackend, counting_listener
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
+from helpers.wait import wait_for, wait_until_async
 from lakeferry.api import (
     IPAddress,
     NetGuard,
@@ -254,7 +255,10 @@ async def test_core_connect_tcp_for_other_plugins() -> None:
         with pytest.raises(PermanentError) as caught:
             await guard.connect_tcp("127.0.0.2", refused.port)
         assert caught.value.reason == Reason.BLOCKED
-        await trio.sleep(0.2)
+        await wait_until_async(
+            lambda: allowed.accepted == 1, timeout=10, what="the allowed listener to accept"
+        )
+        await trio.sleep(0.2)  # time for a connection the guard must not make to show up
         assert (allowed.accepted, refused.accepted) == (1, 0)
 
 
@@ -351,6 +355,8 @@ async def test_redirects_to_private_targets_are_refused_at_each_hop(
                 download_writer(pending),
             )
             await pending.commit(expected_sha256=sha256_of("hop.bin", 100), expected_size=100)
+        # The origin counts a request before it answers, so the count is already complete;
+        # the pause is time for a connection that must not happen to reach a trap.
         await trio.sleep(0.2)
         assert origin.count("/goto") - before == len(targets)  # every first hop was served
         assert (trap.accepted, trap_v4.accepted) == (0, 0)
@@ -398,8 +404,12 @@ def test_daemon_dead_letters_blocked_urls(daemon_env: DaemonEnv, origin: Origin)
         events.append({"id": "ssrf-ok", "url": origin.file_url("ssrf-ok.bin", 4000)})
         daemon = env.start()
         batch = env.submit_events(events)
-        wait_until(
-            lambda: env.audit(batch)[1]["in_flight"] == 0, 60, "every event to settle", interval=1
+        wait_for(
+            lambda: env.audit(batch)[1],
+            lambda counts: counts["in_flight"] == 0,
+            timeout=60,
+            what="every event to settle",
+            interval=1,
         )
         letters = env.letters()
         assert {x["event_id"]: x["reason"] for x in letters} == dict.fromkeys(blocked, "blocked")

@@ -15,6 +15,9 @@ import pytest
 
 from helpers.daemon import harness
 
+# Every test here runs lakeferry submit as a process.
+pytestmark = pytest.mark.slow
+
 GOOD = "http://127.0.0.1:9/f.bin"
 
 

@@ -10,9 +10,9 @@ import trio.testing
 
 from lakeferry.config import parse_config
 from lakeferry.errors import StageCrashed
+from lakeferry.lifecycle import Lifecycle
 from lakeferry.pipeline import Pipeline
 from lakeferry.registry import load_registry
-from lakeferry.stages.driver import Lifecycle
 from lakeferry.supervisor import Supervisor
 
 
@@ -52,6 +52,8 @@ async def test_crashing_stage_restarts_with_backoff(autojump_clock: trio.testing
 
     async with trio.open_nursery() as nursery:
         await nursery.start(sup._supervise, "download", stage)
+        # Virtual time (autojump): 100 s pass at once, room for the three restarts and their
+        # backoff, and for a fourth crash that must not come.
         await trio.sleep(100)
         assert sup.pipeline is not None
         sup.pipeline.lifecycle.drain()

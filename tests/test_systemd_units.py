@@ -31,8 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import DaemonEnv, wait_until
+from helpers.daemon import DaemonEnv
+from helpers.markers import starts_processes
 from helpers.origin import Origin
+from helpers.wait import wait_until
 from lakeferry.stages.catalog import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,7 @@ def run_installer(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
+@starts_processes
 def staged(tmp_path: Path) -> Path:
     """The units as the installer writes them into a root, with a stub at the prefix."""
     result = run_installer("--root", str(tmp_path / "root"), "--prefix", str(tmp_path / "prefix"))
@@ -178,6 +181,7 @@ def test_stop_timeout_leaves_room_for_the_drain() -> None:
 # -- the installer ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bus", ["embedded", "kafka"])
 def test_installer_stages_units_user_and_a_valid_config(tmp_path: Path, bus: str) -> None:
     root = tmp_path / "root"
@@ -204,6 +208,7 @@ def test_installer_stages_units_user_and_a_valid_config(tmp_path: Path, bus: str
     assert f"bus {bus}" in check.stdout
 
 
+@pytest.mark.slow
 def test_installer_keeps_an_existing_config(tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert run_installer("--root", str(root)).returncode == 0
@@ -215,6 +220,7 @@ def test_installer_keeps_an_existing_config(tmp_path: Path) -> None:
     assert "exists: kept" in again.stdout
 
 
+@pytest.mark.slow
 def test_installer_refuses_to_touch_the_real_root_unprivileged_or_bad_arguments(
     tmp_path: Path,
 ) -> None:
@@ -234,6 +240,7 @@ def unit_environment(unit: Path, instance: str = "") -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_each_unit_gets_its_own_ports_and_the_state_directory(tmp_path: Path) -> None:
     """The installed configs read what the units set: two stage workers on one machine get
     distinct metrics and live-feed ports, and everything lives in /var/lib/lakeferry."""
@@ -297,7 +304,7 @@ def allowed_syscalls() -> frozenset[str]:
     allowed: set[str] = set()
     for value in unit_setting("SystemCallFilter"):
         deny = value.startswith("~")
-        names = set()
+        names: set[str] = set()
         for item in value.lstrip("~").split():
             names |= syscall_group(item) if item.startswith("@") else {item}
         allowed = allowed - names if deny else allowed | names
@@ -364,7 +371,7 @@ class TracedDaemon:
                  sys.executable, "-m", "lakeferry", "run", "-c", str(env.config)],
                 stdout=log, stderr=log, cwd=ROOT,
             )  # fmt: skip
-        wait_until(self.ready, 120, "the traced daemon to report ready")
+        wait_until(self.ready, timeout=120, what="the traced daemon to report ready")
         self.pid = self.find_daemon(self.proc.pid)
 
     @staticmethod
@@ -439,13 +446,15 @@ def judge(env: DaemonEnv, origin: Origin, daemon: TracedDaemon, prefix: str) -> 
             metric("lakeferry_stage_messages_total", stage="results") >= landed
             and metric("lakeferry_dlq_total") >= 1
         ),
-        120,
-        "the traced daemon to land the files",
+        timeout=120,
+        what="the traced daemon to land the files",
         interval=0.5,
     )
     assert metric("lakeferry_retries_total") >= 1
     daemon.signal(signal.SIGHUP)
-    wait_until(lambda: metric("lakeferry_reloads_total", result="applied") >= 1, 30, "reload")
+    wait_until(
+        lambda: metric("lakeferry_reloads_total", result="applied") >= 1, timeout=30, what="reload"
+    )
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(60) == 0, daemon.log.read_text()[-3000:]
     trace = Trace(daemon.trace)

@@ -283,8 +283,11 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
             if row is None:
                 problems.append(f"{event_id} did not land")
                 continue
-            data = read_sink(row.destination)
-            if hashlib.sha256(data).hexdigest() != want["sha256"] or row.sha256 != want["sha256"]:
+            landed_bytes = read_sink(row.destination)
+            if (
+                hashlib.sha256(landed_bytes).hexdigest() != want["sha256"]
+                or row.sha256 != want["sha256"]
+            ):
                 problems.append(f"{event_id} landed with the wrong sha256")
         elif dead.get(event_id) != want["outcome"]:
             problems.append(

@@ -687,7 +687,7 @@ class Store:
                     (account, fs, after),
                 )
             )
-        out = []
+        out: list[sqlite3.Row] = []
         for row in rows:
             path = row["path"]
             if directory and not _under(path, directory):
@@ -948,7 +948,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> IO[bytes]:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_IN_MEMORY, dir=self.server.emulator.store.root / "tmp"
+            max_size=SPOOL_IN_MEMORY, dir=str(self.server.emulator.store.root / "tmp")
         )
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:

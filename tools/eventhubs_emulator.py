@@ -144,7 +144,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _typed(kind: str, value: Any) -> dict[str, Any]:
+def _typed(kind: str | None, value: Any) -> dict[str, Any]:
     return {TYPE: kind, VALUE: value}
 
 
@@ -371,7 +371,7 @@ def delivery_payload(event: StoredEvent, runtime: PartitionLog | None = None) ->
     return bytes(out)
 
 
-def encode_event(body: bytes, *, properties: dict[str, Any] | None = None) -> bytes:
+def encode_event(body: bytes, *, properties: dict[str | bytes, Any] | None = None) -> bytes:
     """A message with one data section, as a producer would encode it."""
     out = bytearray()
     encode_payload(out, Message(data=[body], application_properties=properties))
@@ -655,11 +655,13 @@ class _Connection:
         else:
             link.delivery_count = fields[9] or 0
         filters = source[7] if len(source) > 7 else None
-        reply_source = Source(
+        # pyamqp gives every field but the address a default at run time (its NamedTuples'
+        # __new__.__defaults__), which its annotations do not say.
+        reply_source = Source(  # type: ignore[call-arg]
             address=address if server_sends else _text(source[0]) if source else None,
             filters=self._echo_filters(filters),
         )
-        reply_target = Target(address=_text(target[0]) if target else address)
+        reply_target = Target(address=_text(target[0]) if target else address)  # type: ignore[call-arg]
         self._write(
             session.channel,
             performatives.AttachFrame(
@@ -936,7 +938,7 @@ class _Connection:
     def _send_transfer(self, link: _Link, payload: bytes) -> None:
         session = link.session
         delivery_id = session.next_outgoing_id
-        fields = {
+        fields: dict[str, Any] = {
             "handle": link.handle,
             "delivery_id": delivery_id,
             "delivery_tag": struct.pack(">I", delivery_id & 0xFFFFFFFF),

@@ -7,16 +7,21 @@ Yields an ``Azurite`` with ``.blob_url`` (``http://127.0.0.1:PORT/devstoreaccoun
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
 
-azurite_tool: Any = load_tool("azurite/azurite")
+if TYPE_CHECKING:
+    from azurite import azurite as azurite_tool  # tools/ is on mypy's path: the checker reads it
+else:
+    azurite_tool = load_tool("azurite/azurite")
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     try:
         running = azurite_tool.start(azurite_tool.free_port(), tmp_path_factory.mktemp("azurite"))

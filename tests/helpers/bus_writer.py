@@ -41,7 +41,7 @@ async def produce(path: str, topic: str, count: int, tasks: int, delay: float) -
             await producer.send(topic, make_value(seq), key=key, headers={"seq": b"%d" % seq})
             print(f"ack {seq}", flush=True)
             if delay:
-                await trio.sleep(delay)
+                await trio.sleep(delay)  # the pace the caller asked for, not a wait
 
     async with trio.open_nursery() as nursery:
         for _ in range(tasks):

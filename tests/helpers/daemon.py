@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
 
-harness: Any = load_tool("harness")
+if TYPE_CHECKING:
+    import harness as harness  # tools/ is on mypy's path: the checker reads the module
+else:
+    harness = load_tool("harness")
 ROOT_DIR = harness.ROOT
 
 
@@ -79,10 +83,10 @@ class DaemonEnv:
         return json.loads(line)  # type: ignore[no-any-return]
 
     def metrics(self) -> dict[str, float]:
-        return harness.scrape(self.metrics_port)  # type: ignore[no-any-return]
+        return harness.scrape(self.metrics_port)
 
     def metric(self, name: str, **labels: str) -> float:
-        return harness.metric_sum(self.metrics(), name, **labels)  # type: ignore[no-any-return]
+        return harness.metric_sum(self.metrics(), name, **labels)
 
     def submit_events(self, events: list[dict[str, Any]]) -> Path:
         import json
@@ -114,6 +118,7 @@ class DaemonEnv:
 
 
 @pytest.fixture
+@starts_processes
 def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
     env = DaemonEnv(tmp_path)
     yield env
@@ -122,6 +127,7 @@ def daemon_env(tmp_path: Path) -> Iterator[DaemonEnv]:
 
 
 @pytest.fixture
+@starts_processes
 def kafka_env(tmp_path: Path, kafka_broker: Any) -> Iterator[DaemonEnv]:
     """A daemon environment on the shared test broker, with topics of its own."""
     import uuid
@@ -151,16 +157,3 @@ def origin_events(
             url = origin.file_url(name, size)
         out.append({"id": f"{prefix}-{i}", "url": url})
     return out
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
-) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

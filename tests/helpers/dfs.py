@@ -13,16 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from helpers.tools import load_tool
 
-dfs_tool: Any = load_tool("dfs_emulator")
+if TYPE_CHECKING:
+    import dfs_emulator as _module  # tools/ is on mypy's path: the checker reads it
 
-DEFAULT_ACCOUNT: str = dfs_tool.DEFAULT_ACCOUNT
-RemoteControl: Any = dfs_tool.RemoteControl
+    dfs_tool = _module
+else:
+    dfs_tool = load_tool("dfs_emulator")
+
+DEFAULT_ACCOUNT = dfs_tool.DEFAULT_ACCOUNT
+RemoteControl = dfs_tool.RemoteControl
 
 
 @pytest.fixture

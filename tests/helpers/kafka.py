@@ -29,9 +29,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from helpers.markers import starts_processes
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "kafka.py"
 _NAME = "lakeferry_tools_kafka"
@@ -49,7 +51,12 @@ def _load() -> ModuleType:
     return module
 
 
-kafka_tool: Any = _load()
+if TYPE_CHECKING:
+    from kafka import kafka  # tools/ is on mypy's path: the checker reads it
+
+    kafka_tool = kafka
+else:
+    kafka_tool = _load()
 """``tools/kafka/kafka.py`` as a module (``start``, ``stop``, ``status``, ``ensure_dist`` ...)."""
 
 Broker = kafka_tool.Broker
@@ -70,6 +77,7 @@ def start_broker(workdir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     broker = start_broker(tmp_path_factory.mktemp("kafka"))
     try:
@@ -93,7 +101,8 @@ def create_topic(
     bootstrap: str, name: str, partitions: int = 1, config: dict[str, str] | None = None
 ) -> str:
     """Create a topic and wait until it exists; returns its name."""
-    from confluent_kafka.admin import NewTopic
+    # confluent-kafka exports NewTopic at run time; its type stubs do not list it.
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     client = admin(bootstrap)  # must outlive the future: destroying it fails the request
     futures = client.create_topics(

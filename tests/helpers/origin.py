@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "origin.py"
 _NAME = "lakeferry_tools_origin"
 
 
-def _load():  # type: ignore[no-untyped-def]
+def _load() -> ModuleType:
     module = sys.modules.get(_NAME)
     if module is None:
         spec = importlib.util.spec_from_file_location(_NAME, _PATH)
@@ -27,7 +29,10 @@ def _load():  # type: ignore[no-untyped-def]
     return module
 
 
-_origin = _load()
+if TYPE_CHECKING:
+    import origin as _origin  # tools/ is on mypy's path: the checker reads it
+else:
+    _origin = _load()
 
 Origin = _origin.Origin
 OriginServer = _origin.OriginServer

@@ -13,14 +13,15 @@ import getpass
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from helpers.markers import starts_processes
 from helpers.tools import load_tool
+from helpers.wait import wait_until
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -63,21 +64,19 @@ def _keygen(path: Path) -> None:
     )
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"sshd did not listen on {port} within {timeout}s:\n{log.read_text()}")
+def _serves_ssh(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """Whether sshd answers on ``port`` with its banner; raises if it exited."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"sshd exited ({proc.returncode}):\n{log.read_text()}")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         raise RuntimeError(f"{SSHD} is missing: run `make system-deps` (openssh-server)")
@@ -124,7 +123,11 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer
             [str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        _wait_port(port, proc, log, timeout=15)
+        wait_until(
+            lambda: _serves_ssh(port, proc, log),
+            timeout=15,
+            what=f"sshd to serve on port {port} (its log: {log})",
+        )
         yield SftpServer(
             host="127.0.0.1",
             port=port,

@@ -490,7 +490,8 @@ def _serves_clients(bootstrap: str, timeout: float) -> bool:
     quiet = logging.getLogger("lakeferry.tools.kafka.readiness")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    # confluent-kafka takes a logging.Logger for "logger"; its annotations allow only scalars.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})  # type: ignore[dict-item]
     timeout = max(0.5, timeout)
     try:
         if not admin.list_topics(timeout=timeout).brokers:
