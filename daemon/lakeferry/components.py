@@ -145,6 +145,10 @@ class Downloader(Protocol):
     kept from an earlier attempt (see :class:`CacheWriter`); any other always gets an empty one.
     """
 
+    supports_resume: bool
+    """Whether :meth:`fetch` can continue after bytes kept from an earlier attempt. (A plugin
+    written before this was part of the protocol may lack it: the daemon takes that as False.)"""
+
     async def fetch(self, task: DownloadTask, out: DownloadWriter) -> None:
         """Write the whole body of ``task.event.url`` to ``out``.
 

@@ -50,6 +50,9 @@ class FileDownloaderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only
 class FileDownloader:
     """The ``file`` :class:`lakeferry.api.Downloader`."""
 
+    supports_resume = False
+    """A failed read starts again from the beginning of the file (local reads are cheap)."""
+
     def __init__(self, settings: FileDownloaderSettings, context: PluginContext) -> None:
         roots = []
         for root in settings.roots:
