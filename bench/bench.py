@@ -11,7 +11,8 @@ p50/p95/p99 (event created -> inventory row committed), CPU seconds per file, pe
 Peers on the same URL lists and the same nginx origin: ``aria2c -j 50`` (small and medium, a
 download-only peer), ``curl`` one large file at a time (one stream's physical limit), and a
 faithful baseline of the seed's old design (poll every 60 s, 10 parallel downloads, coupled
-upload) for latency. Results go to ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+upload) for latency. Results go to ``docs/benchmarks.md`` and ``docs/benchmarks.png`` (a quick
+run's to ``var/bench/benchmarks-quick.md`` and its ``.png``).
 """
 
 from __future__ import annotations
@@ -1068,13 +1069,20 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
     )
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--out",
+        help="the report (default: docs/benchmarks.md for a full run; a quick run's indicative "
+        "figures go to var/bench/benchmarks-quick.md, so that they never replace the full ones)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the report again from var/bench/results.json (after editing analysis.md)",
     )
     args = parser.parse_args()
+    if args.out is None:
+        quick_out = ROOT / "var" / "bench" / "benchmarks-quick.md"
+        args.out = str(quick_out if args.quick else ROOT / "docs" / "benchmarks.md")
     if args.report_only:
         saved = json.loads((ROOT / "var" / "bench" / "results.json").read_text())
         write_report(
