@@ -1,4 +1,8 @@
-"""The ``http`` downloader against the real test origin on 127.0.0.1 (``tools/origin.py``)."""
+"""The ``http`` downloader against the real test origin on 127.0.0.1 (``tools/origin.py``).
+
+Every test that builds a downloader runs on each engine (httpx, curl: ``http_engine`` in
+``helpers/http_engines.py``), each engine with an origin of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import email.utils
 import ipaddress
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers.http_engines import DownloaderFactory
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
 from helpers.wait import wait_for_async
@@ -27,20 +30,16 @@ from lakeferry.testing import download_writer
 from lakeferry.units import dec_hook
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_http.downloader import parse_retry_after
+from lakeferry_http.httpx_engine import HttpxEngine
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
 MiB = 2**20
-LOOPBACK = ["127.0.0.1/32"]
 
 
-@asynccontextmanager
-async def downloader(tmp_path: Path, **settings: Any) -> AsyncIterator[HttpDownloader]:
-    settings.setdefault("allow_networks", LOOPBACK)
-    d = HttpDownloader(HttpDownloaderSettings(**settings), plugin_context(tmp_path))
-    try:
-        yield d
-    finally:
-        await d.aclose()
+@pytest.fixture(scope="module")
+def origin(engine_origin: Origin) -> Origin:
+    """An origin per engine (the module's tests count requests per file name)."""
+    return engine_origin
 
 
 def make_cache(tmp_path: Path) -> LocalFsCache:
@@ -105,7 +104,9 @@ def test_settings_decode_from_config_values() -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-async def test_streams_body_into_the_cache_with_its_sha256(tmp_path: Path, origin: Origin) -> None:
+async def test_streams_body_into_the_cache_with_its_sha256(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     size = 5 * MiB + 123
     async with downloader(tmp_path) as d:
@@ -119,7 +120,9 @@ async def test_streams_body_into_the_cache_with_its_sha256(tmp_path: Path, origi
         assert await download(d, cache, empty, key="k3") == (sha256_of("empty.bin", 0), 0)
 
 
-async def test_body_is_streamed_not_held_in_memory(tmp_path: Path, origin: Origin) -> None:
+async def test_body_is_streamed_not_held_in_memory(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     size = 24 * MiB
     async with downloader(tmp_path) as d:
@@ -133,7 +136,9 @@ async def test_body_is_streamed_not_held_in_memory(tmp_path: Path, origin: Origi
     assert peak < 6 * MiB, f"peak {peak / MiB:.1f} MiB while downloading {size / MiB:.0f} MiB"
 
 
-async def test_redirects_are_followed_up_to_the_limit(tmp_path: Path, origin: Origin) -> None:
+async def test_redirects_are_followed_up_to_the_limit(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     name = "redirected.bin"
     async with downloader(tmp_path, max_redirects=3) as d:
@@ -148,24 +153,61 @@ async def test_redirects_are_followed_up_to_the_limit(tmp_path: Path, origin: Or
         assert "302" in str(error)
 
 
-async def test_clients_share_the_load(tmp_path: Path, origin: Origin) -> None:
+async def test_clients_share_the_load(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory, http_engine: str
+) -> None:
+    """httpx: downloads are spread over the clients' small pools. (curl has one multi handle;
+    :func:`test_downloads_run_side_by_side` holds for both.)"""
+    if http_engine != "httpx":
+        pytest.skip("httpx's client pool")
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, clients=4, pool_connections=4) as d:
+        assert isinstance(d.engine, HttpxEngine)
+        pool = d.engine.pool
         async with trio.open_nursery() as nursery:
             for i in range(12):
                 url = origin.file_url(f"share-{i}.bin", 1000, route="slow", delay=0.3)
                 nursery.start_soon(download, d, cache, url, f"share-{i}")
             # Each download takes 0.3 s at the origin: all twelve are under way at once.
             busy = await wait_for_async(
-                lambda: list(d.pool.busy),
+                lambda: list(pool.busy),
                 lambda busy: sum(busy) == 12,
                 timeout=10,
                 what="all twelve downloads under way",
             )
             assert busy == [3, 3, 3, 3]
-        assert d.pool.busy == [0, 0, 0, 0]
+        assert pool.busy == [0, 0, 0, 0]
     for i in range(12):
         assert await cache.lookup(f"share-{i}") is not None
+
+
+async def test_downloads_run_side_by_side(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
+    cache = make_cache(tmp_path)
+    names = [f"side-{i}.bin" for i in range(12)]
+    finished: list[str] = []
+
+    async def one(name: str) -> None:
+        await download(d, cache, origin.file_url(name, 70_000, route="slow", delay=2), name)
+        finished.append(name)
+
+    async with downloader(tmp_path) as d, trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+        # Each response waits 2 s at the origin: all twelve requests arrive before any ends.
+        await wait_for_async(
+            lambda: sum(origin.count(f"/slow/{name}") for name in names),
+            lambda requests: requests == 12,
+            timeout=10,
+            what="all twelve requests at the origin",
+        )
+        assert finished == []
+    assert sorted(finished) == sorted(names)
+    for name in names:
+        entry = await cache.lookup(name)
+        assert entry is not None
+        assert entry.sha256 == sha256_of(name, 70_000)
 
 
 # --- classification ------------------------------------------------------------------------------
@@ -188,7 +230,12 @@ async def test_clients_share_the_load(tmp_path: Path, origin: Origin) -> None:
     ],
 )
 async def test_status_codes_are_classified(
-    tmp_path: Path, origin: Origin, status: int, kind: type[PipelineError], reason: str
+    tmp_path: Path,
+    origin: Origin,
+    status: int,
+    kind: type[PipelineError],
+    reason: str,
+    downloader: DownloaderFactory,
 ) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path) as d:
@@ -201,7 +248,9 @@ async def test_status_codes_are_classified(
     assert error.retry_after is None
 
 
-async def test_retry_after_is_carried(tmp_path: Path, origin: Origin) -> None:
+async def test_retry_after_is_carried(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path) as d:
         for status in (429, 503):
@@ -225,7 +274,9 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("-5", now) is None
 
 
-async def test_flaky_origin_is_transient_then_succeeds(tmp_path: Path, origin: Origin) -> None:
+async def test_flaky_origin_is_transient_then_succeeds(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     name = "flaky-once.bin"
     url = origin.file_url(name, 70_000, route="flaky", fail=1)
@@ -237,7 +288,9 @@ async def test_flaky_origin_is_transient_then_succeeds(tmp_path: Path, origin: O
     assert origin.count(f"/flaky/{name}") == 2
 
 
-async def test_read_timeout_is_transient(tmp_path: Path, origin: Origin) -> None:
+async def test_read_timeout_is_transient(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, read_timeout=0.2) as d:
         url = origin.file_url("stalls.bin", 300_000, route="slow", delay=1, after=100_000)
@@ -246,7 +299,9 @@ async def test_read_timeout_is_transient(tmp_path: Path, origin: Origin) -> None
     assert error.reason == Reason.TIMEOUT
 
 
-async def test_total_timeout_is_transient(tmp_path: Path, origin: Origin) -> None:
+async def test_total_timeout_is_transient(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, read_timeout=5, total_timeout=0.3) as d:
         url = origin.file_url("too-slow.bin", 1000, route="slow", delay=1)
@@ -256,7 +311,9 @@ async def test_total_timeout_is_transient(tmp_path: Path, origin: Origin) -> Non
     assert "total_timeout" in str(error)
 
 
-async def test_refused_connection_is_transient(tmp_path: Path) -> None:
+async def test_refused_connection_is_transient(
+    tmp_path: Path, downloader: DownloaderFactory
+) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -267,7 +324,9 @@ async def test_refused_connection_is_transient(tmp_path: Path) -> None:
     assert error.reason == Reason.CONNECTION
 
 
-async def test_unresolvable_host_is_transient(tmp_path: Path) -> None:
+async def test_unresolvable_host_is_transient(
+    tmp_path: Path, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, connect_timeout=5) as d:
         error = await failure(d, cache, "http://no-such-host.invalid/file.bin")
@@ -275,7 +334,9 @@ async def test_unresolvable_host_is_transient(tmp_path: Path) -> None:
     assert error.reason in (Reason.CONNECTION, Reason.TIMEOUT)
 
 
-async def test_truncated_body_is_transient(tmp_path: Path, origin: Origin) -> None:
+async def test_truncated_body_is_transient(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path) as d:
         error = await failure(d, cache, origin.file_url("cut.bin", 500_000, route="truncated"))
@@ -284,7 +345,7 @@ async def test_truncated_body_is_transient(tmp_path: Path, origin: Origin) -> No
 
 
 async def test_announced_size_over_max_is_refused_before_reading(
-    tmp_path: Path, origin: Origin
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
 ) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, max_size=MiB) as d:
@@ -297,7 +358,9 @@ async def test_announced_size_over_max_is_refused_before_reading(
     assert caught.value.reason == Reason.TOO_LARGE
 
 
-async def test_body_over_max_is_refused_mid_stream(tmp_path: Path, origin: Origin) -> None:
+async def test_body_over_max_is_refused_mid_stream(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, max_size=MiB) as d:
         task = task_for(origin.file_url("huge.bin", 8 * MiB, route="chunked"))
@@ -309,7 +372,9 @@ async def test_body_over_max_is_refused_mid_stream(tmp_path: Path, origin: Origi
     assert caught.value.reason == Reason.TOO_LARGE
 
 
-async def test_size_contradicting_the_event_is_permanent(tmp_path: Path, origin: Origin) -> None:
+async def test_size_contradicting_the_event_is_permanent(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path) as d:
         error = await failure(d, cache, origin.file_url("sized.bin", 5000), size=4000)
@@ -322,14 +387,18 @@ async def test_size_contradicting_the_event_is_permanent(tmp_path: Path, origin:
         assert (type(error), error.reason) == (PermanentError, Reason.CHECKSUM_MISMATCH)
 
 
-async def test_unsupported_redirect_scheme_is_permanent(tmp_path: Path, origin: Origin) -> None:
+async def test_unsupported_redirect_scheme_is_permanent(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path) as d:
         error = await failure(d, cache, f"{origin.url}/goto?url=ftp://example.org/f")
     assert (type(error), error.reason) == (PermanentError, Reason.UNSUPPORTED_SCHEME)
 
 
-async def test_cancellation_mid_download_leaves_no_entry(tmp_path: Path, origin: Origin) -> None:
+async def test_cancellation_mid_download_leaves_no_entry(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     url = origin.file_url("cancelled.bin", 2 * MiB, route="slow", delay=2, after=MiB)
     async with downloader(tmp_path) as d:
@@ -345,7 +414,9 @@ async def test_cancellation_mid_download_leaves_no_entry(tmp_path: Path, origin:
 # --- the address guard ---------------------------------------------------------------------------
 
 
-async def test_loopback_is_blocked_by_default(tmp_path: Path, origin: Origin) -> None:
+async def test_loopback_is_blocked_by_default(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     async with downloader(tmp_path, allow_networks=[]) as d:
         error = await failure(d, cache, origin.file_url("guarded.bin", 10))
@@ -353,7 +424,9 @@ async def test_loopback_is_blocked_by_default(tmp_path: Path, origin: Origin) ->
     assert origin.count("/files/guarded.bin") == 0  # refused before connecting
 
 
-async def test_every_redirect_hop_is_checked(tmp_path: Path, origin: Origin) -> None:
+async def test_every_redirect_hop_is_checked(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path)
     port = origin.url.rsplit(":", 1)[1]
     async with downloader(tmp_path, allow_networks=["127.0.0.1/32"]) as d:

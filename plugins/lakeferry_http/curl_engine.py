@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING
+from urllib.parse import urljoin
 
 import httpx
 import pycurl
@@ -233,19 +234,20 @@ class CurlEngine:
             raise PermanentError(Reason.MALFORMED, f"invalid host name in {shown}") from None
 
     def _redirect(self, current: httpx.URL, location: str, shown: str) -> httpx.URL:
-        """The next hop: ``location`` against ``current``, pre-flighted by the guard."""
+        """The next hop: ``location`` against ``current``, pre-flighted by the guard first
+        (as text, before a URL parser that refuses ``0177.0.0.1`` could call it malformed)."""
+        try:
+            self._guard.check_url(urljoin(str(current), location))
+        except PermanentError as exc:
+            if exc.reason == Reason.BLOCKED:
+                raise
+            # Anything else about the Location is the URL parser's to report.
         try:
             target = current.join(location)
         except (httpx.InvalidURL, UnicodeError):
             raise TransientError(
                 Reason.CONNECTION, f"GET {shown}: invalid URL in a redirect's Location"
             ) from None
-        try:
-            self._guard.check_url(str(target))
-        except PermanentError as exc:
-            if exc.reason == Reason.BLOCKED:
-                raise
-            # Anything else about the Location is reported when the hop is parsed.
         if target.scheme not in _DEFAULT_PORTS:
             raise PermanentError(
                 Reason.UNSUPPORTED_SCHEME,
