@@ -10,6 +10,7 @@ import datetime as dt
 import email.utils
 import ipaddress
 import socket
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ import trio.testing
 from helpers.http_engines import DownloaderFactory
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
-from helpers.wait import wait_for_async
+from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.api import NetGuard, PermanentError, PipelineError, Reason, TransientError, is_public
 from lakeferry.registry import load_registry
 from lakeferry.stages.bounded import BoundedWriter
-from lakeferry.testing import download_writer
+from lakeferry.testing import ChunkRecorder, download_writer
 from lakeferry.units import dec_hook
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http.curl_engine import CurlEngine
 from lakeferry_http.downloader import parse_retry_after
 from lakeferry_http.httpx_engine import HttpxEngine
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
@@ -134,6 +136,34 @@ async def test_body_is_streamed_not_held_in_memory(
         finally:
             tracemalloc.stop()
     assert peak < 6 * MiB, f"peak {peak / MiB:.1f} MiB while downloading {size / MiB:.0f} MiB"
+
+
+class SlowWriter(ChunkRecorder):
+    """A cache writer slower than the origin: each write takes a while."""
+
+    async def write(self, chunk: bytes) -> None:
+        await trio.sleep(0.01)  # the pace of a slow disk is the thing under test
+        await super().write(chunk)
+
+
+async def test_a_slow_cache_holds_the_body_back(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
+    """The origin sends far faster than the writer takes: what is read ahead stays bounded
+    (curl: the transfer pauses until trio has taken its pieces)."""
+    size = 24 * MiB
+    async with downloader(tmp_path) as d:
+        await d.fetch(task_for(origin.file_url("warm-up-slow.bin", 1024)), ChunkRecorder())
+        out = SlowWriter()
+        tracemalloc.start()
+        try:
+            await d.fetch(task_for(origin.file_url("slow-cache.bin", size)), out)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert out.hexdigest() == sha256_of("slow-cache.bin", size)
+    assert peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB while downloading {size / MiB:.0f} MiB"
+    assert out.chunks >= 24  # no more than 1 MiB a write: about 0.3 s of writes, or more
 
 
 async def test_redirects_are_followed_up_to_the_limit(
@@ -409,6 +439,29 @@ async def test_cancellation_mid_download_leaves_no_entry(
     assert list(cache.root.rglob("*.part")) == []
     assert cache.usage().bytes == 0
     assert cache.reserved == 0
+
+
+async def test_curl_removes_a_cancelled_transfer_at_once(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory, http_engine: str
+) -> None:
+    """The cancelled fetch's easy handle leaves the multi handle (and its connection closes)
+    while the origin is still holding the response back; after aclose no worker thread runs."""
+    if http_engine != "curl":
+        pytest.skip("libcurl's multi handle")
+    url = origin.file_url("curl-cancelled.bin", 2 * MiB, route="slow", delay=3, after=MiB)
+    async with downloader(tmp_path) as d:
+        engine = d.engine
+        assert isinstance(engine, CurlEngine)
+        out = ChunkRecorder()
+        with trio.move_on_after(0.5) as scope:
+            await d.fetch(task_for(url), out)
+        assert scope.cancelled_caught
+        assert out.bytes_written <= MiB
+        await wait_until_async(
+            lambda: engine.in_flight == 0, timeout=1, what="the transfer to leave the multi"
+        )
+        assert any(t.name == "lakeferry-curl" for t in threading.enumerate())
+    assert not any(t.name == "lakeferry-curl" for t in threading.enumerate())
 
 
 # --- the address guard ---------------------------------------------------------------------------

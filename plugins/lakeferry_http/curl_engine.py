@@ -183,6 +183,11 @@ class CurlEngine:
     def connect_hook(self, hook: ConnectHook | None) -> None:
         self.multi.connect_hook = hook
 
+    @property
+    def in_flight(self) -> int:
+        """Transfers on the multi handle now (started and not yet removed)."""
+        return self.multi.in_flight
+
     async def wait(self, transfer: Transfer, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until the worker hands over something for ``transfer``; False on timeout."""
         event = transfer.event = trio.Event()
@@ -224,6 +229,7 @@ class CurlEngine:
             finally:
                 if transfer.outcome is None:
                     self.multi.cancel(transfer)
+                transfer.inbox.clear()  # what was not read, say after a limit, goes now
 
     def _parse(self, url: str, shown: str) -> httpx.URL:
         try:

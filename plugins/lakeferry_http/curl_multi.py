@@ -193,11 +193,18 @@ class MultiThread:
         self._commands: list[tuple[int, Transfer | None, int]] = []
         self._wake_pending = False
         self._thread: threading.Thread | None = None
+        self._loop: _Loop | None = None
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
 
     # -- trio's side ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Easy handles on the multi handle now (read from any thread)."""
+        loop = self._loop
+        return 0 if loop is None else len(loop.running)
 
     def submit(self, transfer: Transfer) -> None:
         self._command(_SUBMIT, transfer)
@@ -249,7 +256,7 @@ class MultiThread:
         return commands
 
     def _run(self) -> None:
-        loop = _Loop(self)
+        loop = self._loop = _Loop(self)
         try:
             loop.run()
         except BaseException as exc:  # the loop failed: end what runs, let the next start anew
@@ -281,14 +288,14 @@ class _Loop:
     # -- libcurl's callbacks --------------------------------------------------------------
 
     def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
-        if what == pycurl.POLL_REMOVE:
+        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
+            selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0
+        )
+        if what == pycurl.POLL_REMOVE or not events:
             if fd in self.watched:
                 self.watched.discard(fd)
                 self.selector.unregister(fd)
             return
-        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
-            selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0
-        )
         if fd in self.watched:
             self.selector.modify(fd, events)
         else:
@@ -403,9 +410,14 @@ class _Loop:
 
     def ack(self, transfer: Transfer, size: int) -> None:
         transfer.outstanding -= size
-        if transfer.paused and transfer.easy is not None and transfer.outstanding < HIGH_WATER:
+        easy = transfer.easy
+        if transfer.paused and easy is not None and transfer.outstanding < HIGH_WATER:
             transfer.paused = False
-            transfer.easy.pause(pycurl.PAUSE_CONT)  # may deliver the kept piece right away
+            try:
+                easy.pause(pycurl.PAUSE_CONT)  # may deliver the kept piece right away
+            except pycurl.error as exc:  # the transfer failed as it resumed
+                code, message = exc.args if len(exc.args) == 2 else (CLOSED, str(exc))
+                self.finish(easy, code or CLOSED, message)
 
     def finish(self, easy: pycurl.Curl, code: int, message: str) -> None:
         transfer = self.running.get(easy)
