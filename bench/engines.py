@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3, help="runs per engine (median shown)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the origin's files")
+    parser.add_argument("--engine", choices=ENGINES, action="append", help="default: both")
+    parser.add_argument(
+        "--into", choices=("cache", "memory"), action="append", help="default: both, in turn"
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="lakeferry-engines-www-"))
     www = work / "www"
@@ -163,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         urls = [(nginx.url(name), args.size, sha256_file(www / name)) for name in names]
         pid = nginx.worker_pid()
-        for engine in ENGINES:  # warm-up: imports, the page cache, nginx's open files
+        engines = args.engine or ENGINES
+        for engine in engines:  # warm-up: imports, the page cache, nginx's open files
             measure(engine, urls[:200], args.concurrency, "cache", pid)
         results: list[Run] = []
-        for into in ("cache", "memory"):
+        for into in args.into or ("cache", "memory"):
             for _ in range(args.runs):
-                for engine in ENGINES:
+                for engine in engines:
                     run = measure(engine, urls, args.concurrency, into, pid)
                     results.append(run)
                     print(
@@ -211,8 +216,9 @@ def report(results: list[Run], args: argparse.Namespace) -> str:
         "| engine | into | files/s | CPU per file (lakeferry) | CPU per file (nginx) |",
         "|---|---|---|---|---|",
     ]
-    for into in ("cache", "memory"):
-        for engine in ENGINES:
+    engines = args.engine or ENGINES
+    for into in args.into or ("cache", "memory"):
+        for engine in engines:
             run = median_run(results, engine, into)
             spread = [r.files_per_s for r in results if (r.engine, r.into) == (engine, into)]
             lines.append(
@@ -220,13 +226,14 @@ def report(results: list[Run], args: argparse.Namespace) -> str:
                 f"| {run.files_per_s:,.0f} ({min(spread):,.0f}–{max(spread):,.0f}) "
                 f"| {run.ms_per_file:.3f} ms | {run.origin_ms_per_file:.3f} ms |"
             )
-    httpx, curl = median_run(results, "httpx", "cache"), median_run(results, "curl", "cache")
-    lines += [
-        "",
-        f"curl / httpx through the cache: {curl.files_per_s / httpx.files_per_s:.1f}× the "
-        f"files/s at {curl.ms_per_file / httpx.ms_per_file:.2f}× the CPU per file "
-        "",
-    ]
+    for into in args.into or ("cache", "memory"):
+        if len(engines) < 2:
+            break
+        httpx, curl = median_run(results, "httpx", into), median_run(results, "curl", into)
+        lines.append(
+            f"\ncurl / httpx into {into}: {curl.files_per_s / httpx.files_per_s:.1f}× the "
+            f"files/s at {curl.ms_per_file / httpx.ms_per_file:.2f}× the CPU per file"
+        )
     return "\n".join(lines)
 
 
