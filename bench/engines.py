@@ -208,13 +208,18 @@ def median_run(results: list[Run], engine: str, into: str) -> Run:
     return runs[len(runs) // 2]
 
 
+def rate(files_per_s: float) -> str:
+    return f"{files_per_s:,.0f}" if files_per_s >= 100 else f"{files_per_s:.2f}"
+
+
 def report(results: list[Run], args: argparse.Namespace) -> str:
+    size = f"{args.size // 2**20} MiB" if args.size >= 2**20 else f"{args.size // 1024} KiB"
     lines = [
-        f"{args.files} × {args.size // 1024} KiB, {args.concurrency} at once, "
+        f"{args.files} × {size}, {args.concurrency} at once, "
         f"median of {args.runs} runs per engine ({os.cpu_count()} cores):",
         "",
-        "| engine | into | files/s | CPU per file (lakeferry) | CPU per file (nginx) |",
-        "|---|---|---|---|---|",
+        "| engine | into | files/s (range) | MB/s | CPU per file (lakeferry) | CPU per file (nginx) |",
+        "|---|---|---|---|---|---|",
     ]
     engines = args.engine or ENGINES
     for into in args.into or ("cache", "memory"):
@@ -223,7 +228,8 @@ def report(results: list[Run], args: argparse.Namespace) -> str:
             spread = [r.files_per_s for r in results if (r.engine, r.into) == (engine, into)]
             lines.append(
                 f"| {engine} | {'localfs cache' if into == 'cache' else 'memory (hash only)'} "
-                f"| {run.files_per_s:,.0f} ({min(spread):,.0f}–{max(spread):,.0f}) "
+                f"| {rate(run.files_per_s)} ({rate(min(spread))}–{rate(max(spread))}) "
+                f"| {run.files_per_s * args.size / 1e6:,.0f} "
                 f"| {run.ms_per_file:.3f} ms | {run.origin_ms_per_file:.3f} ms |"
             )
     for into in args.into or ("cache", "memory"):
