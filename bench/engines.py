@@ -5,10 +5,11 @@
 One nginx origin on loopback (as ``make bench`` sets it up) serves ``--files`` files of
 ``--size``; each engine downloads all of them, ``--concurrency`` at once, the way the download
 stage does (reserve in the cache, write through the quota-bounded writer, hash, commit) into
-a real ``localfs`` cache, in this process. Engines alternate run by run; the table shows the
-median run of each: files/s, CPU per file of this process (every thread: trio's, libcurl's
-worker, the cache's writer threads) and of the nginx worker. A second table does the same into
-an in-memory hashing writer instead of the cache: the engine's own cost.
+a real ``localfs`` cache, in this process. Engines alternate run by run (each after a ``sync``,
+as in ``make bench``); the table shows the median run of each: files/s, CPU per file of this
+process (every thread: trio's, libcurl's worker, the cache's writer threads) and of the nginx
+worker. The same again into an in-memory hashing writer instead of the cache: the engine's own
+cost.
 
 It needs nginx (``make system-deps``); the numbers are for docs/benchmarks.md ("The http
 downloader's engines").
@@ -140,6 +141,7 @@ def measure(
     into: str,
     nginx_pid: int,
 ) -> Run:
+    bench.settle()  # the previous run's files written back first, not during this one
     with tempfile.TemporaryDirectory(prefix="lakeferry-engines-") as tmp:
         cpu, origin = self_cpu(), process_cpu(nginx_pid)
         seconds = trio.run(fetch_all, engine, urls, concurrency, into, Path(tmp))
