@@ -38,6 +38,7 @@ from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.testing import ChunkRecorder
 from lakeferry.units import ByteSize, dec_hook
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http.curl_engine import CurlEngine
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ class Run:
     seconds: float
     cpu: float
     """CPU seconds of this process."""
+    trio_cpu: float
+    """... of which the trio thread's."""
+    curl_cpu: float
+    """... of which libcurl's worker thread's (curl engine)."""
     origin_cpu: float
     """CPU seconds of the nginx worker."""
 
@@ -68,6 +73,17 @@ class Run:
     @property
     def ms_per_file(self) -> float:
         return 1000 * self.cpu / self.files
+
+    def split(self) -> str:
+        """The CPU per file by thread: trio's, libcurl's, the others (the cache's writers)."""
+        per_file = [1000 * t / self.files for t in (self.trio_cpu, self.curl_cpu)]
+        parts = [f"trio {per_file[0]:.2f}"]
+        if self.curl_cpu:
+            parts.append(f"curl {per_file[1]:.2f}")
+        others = self.ms_per_file - sum(per_file)
+        if self.into == "cache":
+            parts.append(f"cache {others:.2f}")
+        return ", ".join(parts)
 
     @property
     def origin_ms_per_file(self) -> float:
@@ -91,8 +107,9 @@ async def fetch_all(
     concurrency: int,
     into: str,
     workdir: Path,
-) -> float:
-    """Download every URL; the seconds it took. Checks every file's sha256."""
+) -> tuple[float, float, float]:
+    """Download every URL; the seconds it took, the CPU seconds of the trio thread and of
+    libcurl's worker. Checks every file's sha256."""
     context = PluginContext(state_dir=workdir, logger=logging.getLogger("bench.engines"))
     settings = msgspec.convert(
         {"engine": engine, "allow_networks": ["127.0.0.1/32"]},
@@ -123,15 +140,19 @@ async def fetch_all(
                         await pending.abort()
                     raise
 
-    started = time.perf_counter()
+    started, trio_cpu = time.perf_counter(), time.thread_time()
     try:
         async with trio.open_nursery() as nursery:
             for index, (url, size, sha256) in enumerate(urls):
                 nursery.start_soon(one, index, url, size, sha256)
+        seconds, trio_cpu = time.perf_counter() - started, time.thread_time() - trio_cpu
     finally:
         await downloader.aclose()
         await cache.aclose()
-    return time.perf_counter() - started
+    curl_cpu = 0.0
+    if isinstance(downloader.engine, CurlEngine):
+        curl_cpu = downloader.engine.multi.cpu_seconds
+    return seconds, trio_cpu, curl_cpu
 
 
 def measure(
@@ -144,9 +165,11 @@ def measure(
     bench.settle()  # the previous run's files written back first, not during this one
     with tempfile.TemporaryDirectory(prefix="lakeferry-engines-") as tmp:
         cpu, origin = self_cpu(), process_cpu(nginx_pid)
-        seconds = trio.run(fetch_all, engine, urls, concurrency, into, Path(tmp))
+        seconds, trio_cpu, curl_cpu = trio.run(
+            fetch_all, engine, urls, concurrency, into, Path(tmp)
+        )
         cpu, origin = self_cpu() - cpu, process_cpu(nginx_pid) - origin
-    return Run(engine, into, len(urls), seconds, cpu, origin)
+    return Run(engine, into, len(urls), seconds, cpu, trio_cpu, curl_cpu, origin)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(run)
                     print(
                         f"{into:6} {engine:5} {run.files_per_s:7.0f} files/s "
-                        f"{run.ms_per_file:6.3f} ms CPU/file (nginx {run.origin_ms_per_file:.3f})",
+                        f"{run.ms_per_file:6.3f} ms CPU/file ({run.split()}; "
+                        f"nginx {run.origin_ms_per_file:.3f})",
                         file=sys.stderr,
                     )
         print(report(results, args))
@@ -220,8 +244,8 @@ def report(results: list[Run], args: argparse.Namespace) -> str:
         f"{args.files} × {size}, {args.concurrency} at once, "
         f"median of {args.runs} runs per engine ({os.cpu_count()} cores):",
         "",
-        "| engine | into | files/s (range) | MB/s | CPU per file (lakeferry) | CPU per file (nginx) |",
-        "|---|---|---|---|---|---|",
+        "| engine | into | files/s (range) | MB/s | CPU per file | by thread | nginx |",
+        "|---|---|---|---|---|---|---|",
     ]
     engines = args.engine or ENGINES
     for into in args.into or ("cache", "memory"):
@@ -232,7 +256,7 @@ def report(results: list[Run], args: argparse.Namespace) -> str:
                 f"| {engine} | {'localfs cache' if into == 'cache' else 'memory (hash only)'} "
                 f"| {rate(run.files_per_s)} ({rate(min(spread))}–{rate(max(spread))}) "
                 f"| {run.files_per_s * args.size / 1e6:,.0f} "
-                f"| {run.ms_per_file:.3f} ms | {run.origin_ms_per_file:.3f} ms |"
+                f"| {run.ms_per_file:.2f} ms | {run.split()} | {run.origin_ms_per_file:.2f} ms |"
             )
     for into in args.into or ("cache", "memory"):
         if len(engines) < 2:
