@@ -493,6 +493,8 @@ class _Loop:
         batches: dict[trio.lowlevel.TrioToken, list[Delivery]] = {}
         for transfer in self.touched:
             transfer.touched = False
+            # The lists change hands: trio reads them later, so the worker starts new ones
+            # (even an empty one: trio would read what the worker appended to it meanwhile).
             delivery: Delivery = (
                 transfer,
                 transfer.head_staged,
@@ -501,8 +503,7 @@ class _Loop:
                 transfer.paused,
             )
             transfer.head_staged = None
-            if transfer.staged:
-                transfer.staged = []
+            transfer.staged = []
             batches.setdefault(transfer.token, []).append(delivery)
         self.touched.clear()
         for token, deliveries in batches.items():
