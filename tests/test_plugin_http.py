@@ -240,6 +240,22 @@ async def test_downloads_run_side_by_side(
         assert entry.sha256 == sha256_of(name, 70_000)
 
 
+async def test_tls_is_verified_unless_turned_off(
+    tmp_path: Path, tls_origin: Origin, downloader: DownloaderFactory
+) -> None:
+    """The origin's certificate is self-signed: refused (a connection failure, transient, as a
+    certificate a site renews would be), and accepted with ``verify_tls = false``."""
+    cache = make_cache(tmp_path)
+    url = tls_origin.file_url("tls.bin", 70_000)
+    before = tls_origin.count("/files/tls.bin")  # one origin for both engines
+    async with downloader(tmp_path) as d:
+        error = await failure(d, cache, url)
+    assert (type(error), error.reason) == (TransientError, Reason.CONNECTION)
+    async with downloader(tmp_path, verify_tls=False) as d:
+        assert await download(d, cache, url) == (sha256_of("tls.bin", 70_000), 70_000)
+    assert tls_origin.count("/files/tls.bin") - before == 1  # the refused one got no request
+
+
 # --- classification ------------------------------------------------------------------------------
 
 
