@@ -139,10 +139,17 @@ async def test_body_is_streamed_not_held_in_memory(
 
 
 class SlowWriter(ChunkRecorder):
-    """A cache writer slower than the origin: each write takes a while."""
+    """A cache writer slower than the origin: 10 ms for every 256 KiB (25 MB/s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unpaced = 0
 
     async def write(self, chunk: bytes) -> None:
-        await trio.sleep(0.01)  # the pace of a slow disk is the thing under test
+        self.unpaced += len(chunk)
+        if self.unpaced >= 256 * 1024:
+            self.unpaced = 0
+            await trio.sleep(0.01)  # the pace of a slow disk is the thing under test
         await super().write(chunk)
 
 
@@ -151,7 +158,7 @@ async def test_a_slow_cache_holds_the_body_back(
 ) -> None:
     """The origin sends far faster than the writer takes: what is read ahead stays bounded
     (curl: the transfer pauses until trio has taken its pieces)."""
-    size = 24 * MiB
+    size = 16 * MiB
     async with downloader(tmp_path) as d:
         await d.fetch(task_for(origin.file_url("warm-up-slow.bin", 1024)), ChunkRecorder())
         out = SlowWriter()
@@ -163,7 +170,7 @@ async def test_a_slow_cache_holds_the_body_back(
             tracemalloc.stop()
     assert out.hexdigest() == sha256_of("slow-cache.bin", size)
     assert peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB while downloading {size / MiB:.0f} MiB"
-    assert out.chunks >= 24  # no more than 1 MiB a write: about 0.3 s of writes, or more
+    assert out.chunks >= 16  # no more than 1 MiB a write
 
 
 async def test_redirects_are_followed_up_to_the_limit(
@@ -214,26 +221,20 @@ async def test_clients_share_the_load(
 async def test_downloads_run_side_by_side(
     tmp_path: Path, origin: Origin, downloader: DownloaderFactory
 ) -> None:
+    """Twelve downloads at once are twelve requests under way at once: each response waits
+    1 s at the origin, and every download ends only after all twelve requests arrived."""
     cache = make_cache(tmp_path)
     names = [f"side-{i}.bin" for i in range(12)]
-    finished: list[str] = []
+    seen_at_end: dict[str, int] = {}
 
     async def one(name: str) -> None:
-        await download(d, cache, origin.file_url(name, 70_000, route="slow", delay=2), name)
-        finished.append(name)
+        await download(d, cache, origin.file_url(name, 70_000, route="slow", delay=1), name)
+        seen_at_end[name] = sum(origin.count(f"/slow/{other}") for other in names)
 
     async with downloader(tmp_path) as d, trio.open_nursery() as nursery:
         for name in names:
             nursery.start_soon(one, name)
-        # Each response waits 2 s at the origin: all twelve requests arrive before any ends.
-        await wait_for_async(
-            lambda: sum(origin.count(f"/slow/{name}") for name in names),
-            lambda requests: requests == 12,
-            timeout=10,
-            what="all twelve requests at the origin",
-        )
-        assert finished == []
-    assert sorted(finished) == sorted(names)
+    assert seen_at_end == dict.fromkeys(names, 12)
     for name in names:
         entry = await cache.lookup(name)
         assert entry is not None
