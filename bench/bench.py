@@ -408,6 +408,7 @@ def run_lakeferry(
         namespace=f"bench{int(time.time() * 1000)}.", shutdown_grace="60s",
     )  # fmt: skip
     data["downloaders"]["http"]["max_size"] = "4GiB"
+    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
     data["cache"]["quota"] = "8GiB"
     data["results"]["batch_wait"] = "200ms"
     data["ingest"]["concurrency"] = 64
@@ -665,6 +666,7 @@ def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Ngi
         namespace=f"retry{int(time.time() * 1000)}.",
     )  # fmt: skip
     data["sources"] = []
+    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
     config = harness.write_config(state / "lakeferry.toml", data)
     if kafka:
         harness.cli(config, "topics", "ensure", check=True)
@@ -807,7 +809,15 @@ def versions() -> str:
     kafka = found.group(1) if found else "?"
     libs = ", ".join(
         f"{name} {version(name)}"
-        for name in ("lakeferry", "trio", "httpx", "msgspec", "deltalake", "confluent-kafka")
+        for name in (
+            "lakeferry",
+            "trio",
+            "httpx",
+            "pycurl",
+            "msgspec",
+            "deltalake",
+            "confluent-kafka",
+        )
     )
     return (
         f"{libs} (librdkafka {confluent_kafka.libversion()[0]}); Apache Kafka {kafka}; "
@@ -815,6 +825,9 @@ def versions() -> str:
         f"{tool(['aria2c', '--version'])}; {tool(['curl', '--version']).split(' (')[0]}"
     )
 
+
+HTTP_ENGINE = "httpx"
+"""``[downloaders.http] engine`` of the lakeferry runs (``--http-engine``)."""
 
 TARGETS = (
     ("small", "files/s ≥ 1,000 on Kafka, and ≥ aria2c's"),
@@ -910,7 +923,8 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
         f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}. "
         "Origin: nginx on loopback; sink: local folder on the same disk (hard links from the "
         "cache); inventory: Delta table on the same disk. On Kafka each stage runs as its own "
-        "process (ingest, download, upload, results); on the embedded bus one process runs all.",
+        "process (ingest, download, upload, results); on the embedded bus one process runs all. "
+        f"The http downloader's engine: {HTTP_ENGINE}.",
         "",
         f"Versions: {versions()}.",
         "",
@@ -1062,6 +1076,7 @@ def chart(results: list[Result], path: Path) -> None:
 
 
 def main() -> int:
+    global HTTP_ENGINE
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--buses", default="embedded,kafka")
@@ -1075,6 +1090,12 @@ def main() -> int:
         "figures go to var/bench/benchmarks-quick.md, so that they never replace the full ones)",
     )
     parser.add_argument(
+        "--http-engine",
+        choices=("httpx", "curl"),
+        default=HTTP_ENGINE,
+        help="[downloaders.http] engine for every lakeferry run (default: %(default)s)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the report again from var/bench/results.json (after editing analysis.md)",
@@ -1083,6 +1104,7 @@ def main() -> int:
     if args.out is None:
         quick_out = ROOT / "var" / "bench" / "benchmarks-quick.md"
         args.out = str(quick_out if args.quick else ROOT / "docs" / "benchmarks.md")
+    HTTP_ENGINE = args.http_engine
     if args.report_only:
         saved = json.loads((ROOT / "var" / "bench" / "results.json").read_text())
         write_report(

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "helpers.markers",
     "helpers.fixtures",
+    "helpers.http_engines",
     "helpers.daemon",
     "helpers.kafka",
     "helpers.azurite",

@@ -1,6 +1,7 @@
 """The conformance kit (``lakeferry.testing``) run against every built-in component it covers.
 
-The same classes a site team's plugin subclasses: ``http`` against the test origin, ``file``
+The same classes a site team's plugin subclasses: ``http`` against the test origin (on each of
+its engines, httpx and curl), ``file``
 against a temporary root, the ``localfs`` cache and sink on temporary directories, and the
 ``onelake`` sink against the DFS emulator.
 """
@@ -36,11 +37,16 @@ MiB = 2**20
 class TestHttpDownloader(DownloaderConformance):
     @pytest.fixture
     def make_downloader(
-        self, origin: Origin, lakeferry_context: PluginContext
+        self, origin: Origin, lakeferry_context: PluginContext, http_engine: str
     ) -> Callable[[], Downloader]:
         host_port = origin.url.removeprefix("http://")
         settings = msgspec.convert(
-            {"allow_hosts": [host_port], "read_timeout": "0.5s", "connect_timeout": "2s"},
+            {
+                "engine": http_engine,
+                "allow_hosts": [host_port],
+                "read_timeout": "0.5s",
+                "connect_timeout": "2s",
+            },
             HttpDownloaderSettings,
             dec_hook=dec_hook,
         )

@@ -4,7 +4,8 @@ Most tests run the ``http`` downloader against the real origin (``/ranged`` supp
 If-Range, ETag and Last-Modified, and cuts its first response short) into the real ``localfs``
 cache, one attempt at a time the way the download stage does it (:func:`attempt`). The end of
 the file runs the daemon as a process: a resumed download, a checksum mismatch that repeats,
-and a cache on a tiny tmpfs that fills up (root only: mounting needs it).
+and a cache on a tiny tmpfs that fills up (root only: mounting needs it). Every test that
+downloads runs on each engine of the ``http`` downloader (httpx, curl), the daemon's too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from helpers.daemon import DaemonEnv
+from helpers.http_engines import DownloaderFactory
 from helpers.markers import starts_processes
 from helpers.origin import Origin, content, sha256_of
 from helpers.plugins import plugin_context, task_for
@@ -36,7 +37,7 @@ from lakeferry.api import (
 )
 from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.download import keep_partial_after
-from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http import HttpDownloader
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 from lakeferry_localfs.cache import LocalFsPendingFile
 
@@ -50,14 +51,18 @@ def make_cache(root: Path, **settings: Any) -> LocalFsCache:
     )
 
 
-@asynccontextmanager
-async def downloader(tmp_path: Path, **settings: Any) -> AsyncIterator[HttpDownloader]:
-    settings.setdefault("allow_networks", ["127.0.0.1/32"])
-    d = HttpDownloader(HttpDownloaderSettings(**settings), plugin_context(tmp_path))
-    try:
-        yield d
-    finally:
-        await d.aclose()
+@pytest.fixture(scope="module")
+def origin(engine_origin: Origin) -> Origin:
+    """An origin per engine (the ranged route keeps state per file name)."""
+    return engine_origin
+
+
+@pytest.fixture
+def daemon_env(daemon_env: DaemonEnv, http_engine: str) -> DaemonEnv:
+    """The daemon on the engine under test."""
+    daemon_env.data["downloaders"]["http"]["engine"] = http_engine
+    daemon_env.write()
+    return daemon_env
 
 
 async def attempt(
@@ -87,7 +92,9 @@ def leftovers(cache: LocalFsCache) -> list[str]:
 # --- resuming ------------------------------------------------------------------------------------
 
 
-async def test_second_attempt_fetches_only_the_rest(tmp_path: Path, origin: Origin) -> None:
+async def test_second_attempt_fetches_only_the_rest(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size, cut = "resume-etag.bin", 300_000, 100_000
     url = origin.file_url(name, size, route="ranged", cut=cut)
     cache = make_cache(tmp_path / "cache")
@@ -108,7 +115,9 @@ async def test_second_attempt_fetches_only_the_rest(tmp_path: Path, origin: Orig
     assert leftovers(cache) == []
 
 
-async def test_last_modified_is_a_validator_too(tmp_path: Path, origin: Origin) -> None:
+async def test_last_modified_is_a_validator_too(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size = "resume-lm.bin", 200_000
     url = origin.file_url(name, size, route="ranged", validator="last-modified")
     cache = make_cache(tmp_path / "cache")
@@ -124,7 +133,9 @@ async def test_last_modified_is_a_validator_too(tmp_path: Path, origin: Origin) 
     assert origin.bytes_sent(f"/ranged/{name}") == size
 
 
-async def test_changed_content_restarts_from_zero(tmp_path: Path, origin: Origin) -> None:
+async def test_changed_content_restarts_from_zero(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     """If-Range does not match: the server sends the new file whole; the kept bytes go."""
     name, size, cut = "resume-changed.bin", 150_000, 60_000
     url = origin.file_url(name, size, route="ranged", cut=cut, change=1)
@@ -138,7 +149,9 @@ async def test_changed_content_restarts_from_zero(tmp_path: Path, origin: Origin
     assert [r for r, _ in origin.ranged_requests(f"/ranged/{name}")] == [None, f"bytes={cut}-"]
 
 
-async def test_server_without_ranges_restarts_from_zero(tmp_path: Path, origin: Origin) -> None:
+async def test_server_without_ranges_restarts_from_zero(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size, cut = "resume-noranges.bin", 150_000, 50_000
     url = origin.file_url(name, size, route="ranged", cut=cut, ranges=0)
     cache = make_cache(tmp_path / "cache")
@@ -150,7 +163,9 @@ async def test_server_without_ranges_restarts_from_zero(tmp_path: Path, origin: 
     assert origin.bytes_sent(f"/ranged/{name}") == cut + size
 
 
-async def test_without_a_validator_nothing_is_kept(tmp_path: Path, origin: Origin) -> None:
+async def test_without_a_validator_nothing_is_kept(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size = "resume-novalidator.bin", 120_000
     url = origin.file_url(name, size, route="ranged", validator="none")
     cache = make_cache(tmp_path / "cache")
@@ -165,7 +180,7 @@ async def test_without_a_validator_nothing_is_kept(tmp_path: Path, origin: Origi
 
 
 async def test_unsatisfiable_range_restarts_with_a_plain_request(
-    tmp_path: Path, origin: Origin
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
 ) -> None:
     """More bytes kept than the file has now: 416, then one plain GET within the attempt."""
     name, size = "resume-416.bin", 80_000
@@ -182,7 +197,9 @@ async def test_unsatisfiable_range_restarts_with_a_plain_request(
     assert [r for r, _ in origin.ranged_requests(f"/ranged/{name}")] == ["bytes=100000-", None]
 
 
-async def test_permanent_failure_discards_the_partial(tmp_path: Path, origin: Origin) -> None:
+async def test_permanent_failure_discards_the_partial(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size = "resume-permanent.bin", 100_000
     url = origin.file_url(name, size, route="ranged")
     cache = make_cache(tmp_path / "cache")
@@ -198,7 +215,9 @@ async def test_permanent_failure_discards_the_partial(tmp_path: Path, origin: Or
     assert leftovers(cache) == []
 
 
-async def test_announced_total_over_max_size_on_resume(tmp_path: Path, origin: Origin) -> None:
+async def test_announced_total_over_max_size_on_resume(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     name, size = "resume-toolarge.bin", 300_000
     url = origin.file_url(name, size, route="ranged", cut=100_000)
     cache = make_cache(tmp_path / "cache")
@@ -314,7 +333,9 @@ async def test_nothing_is_kept_unless_asked(tmp_path: Path) -> None:
 # --- slow transfers and size limits ---------------------------------------------------------------
 
 
-async def test_slow_drip_fails_on_min_throughput(tmp_path: Path, origin: Origin) -> None:
+async def test_slow_drip_fails_on_min_throughput(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path / "cache")
     url = origin.file_url("drip-slow.bin", 5000, route="drip", chunk=100, every=0.25)
     async with downloader(tmp_path, min_throughput=1000, min_throughput_window=1) as d:
@@ -328,7 +349,7 @@ async def test_slow_drip_fails_on_min_throughput(tmp_path: Path, origin: Origin)
 
 
 async def test_steady_transfer_above_min_throughput_completes(
-    tmp_path: Path, origin: Origin
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
 ) -> None:
     cache = make_cache(tmp_path / "cache")
     url = origin.file_url("drip-ok.bin", 4000, route="drip", chunk=500, every=0.15)
@@ -337,7 +358,9 @@ async def test_steady_transfer_above_min_throughput_completes(
     assert entry.sha256 == sha256_of("drip-ok.bin", 4000)
 
 
-async def test_min_throughput_zero_turns_the_check_off(tmp_path: Path, origin: Origin) -> None:
+async def test_min_throughput_zero_turns_the_check_off(
+    tmp_path: Path, origin: Origin, downloader: DownloaderFactory
+) -> None:
     cache = make_cache(tmp_path / "cache")
     url = origin.file_url("drip-off.bin", 300, route="drip", chunk=100, every=0.4)
     async with downloader(tmp_path, min_throughput=0, min_throughput_window=0.3) as d:
@@ -400,7 +423,7 @@ def tiny_volume(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_real_full_disk_is_transient_and_publishes_nothing(
-    tmp_path: Path, origin: Origin, tiny_volume: Path
+    tmp_path: Path, origin: Origin, tiny_volume: Path, downloader: DownloaderFactory
 ) -> None:
     cache = make_cache(tiny_volume / "cache")
     url = origin.file_url("enospc.bin", 3 * MiB)

@@ -37,6 +37,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers.daemon import DaemonEnv
+from helpers.http_engines import ENGINES
 from helpers.origin import Origin
 from helpers.plugins import plugin_context, task_for
 from helpers.wait import wait_for
@@ -63,6 +64,8 @@ from lakeferry.stages.ingest import BusIntake
 from lakeferry.testing import download_writer
 from lakeferry.urls import check_url
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http.curl_engine import CurlEngine
+from lakeferry_http.httpx_engine import HttpxEngine
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
 T = TypeVar("T")
@@ -378,6 +381,11 @@ class NoNetwork(httpcore.AsyncNetworkBackend):
         await trio.lowlevel.checkpoint()
         raise httpcore.ConnectError(f"test: no network to {host}")
 
+    def check(self, host: str, port: int) -> None:
+        """The same, as the curl engine's connect hook (raising refuses the connection)."""
+        self.connects.append(host)
+        raise ConnectionRefusedError(f"test: no network to {host}")
+
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
 
@@ -387,11 +395,16 @@ async def private_dns(host: str, port: int) -> list[Any]:
     return [ipaddress.ip_address("10.0.0.1")]
 
 
-async def _fetch(url: str) -> tuple[PipelineError | None, list[str]]:
+async def _fetch(url: str, engine: str) -> tuple[PipelineError | None, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        d = HttpDownloader(HttpDownloaderSettings(clients=1), plugin_context(Path(tmp)))
+        settings = msgspec.convert({"engine": engine, "clients": 1}, HttpDownloaderSettings)
+        d = HttpDownloader(settings, plugin_context(Path(tmp)))
         spy = NoNetwork()
-        d.backend.inner = spy
+        if isinstance(d.engine, HttpxEngine):
+            d.engine.backend.inner = spy
+        else:
+            assert isinstance(d.engine, CurlEngine)
+            d.engine.connect_hook = spy.check
         d.guard.resolver = private_dns
         cache = LocalFsCache(LocalFsCacheSettings(path=tmp + "/cache"), plugin_context(Path(tmp)))
         pending = await cache.create("k")
@@ -412,8 +425,9 @@ async def _fetch(url: str) -> tuple[PipelineError | None, list[str]]:
 @example(url="http://user:SECRETpw@0177.0.0.1:80/x?sig=SECRETsig")
 @example(url="http://[::1/")
 @example(url="http://xn--/")  # idna.IDNAError escaped the downloader
-def test_http_downloader_classifies_every_url(url: str) -> None:
-    error, connects = trio.run(_fetch, url)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_http_downloader_classifies_every_url(url: str, engine: str) -> None:
+    error, connects = trio.run(_fetch, url, engine)
     assert error is not None  # nothing here can succeed: no network
     assert error.reason in (
         Reason.BLOCKED, Reason.MALFORMED, Reason.UNSUPPORTED_SCHEME, Reason.CONNECTION,

@@ -19,7 +19,14 @@ import pytest
 # Every test here imports plugins in a fresh interpreter (a subprocess).
 pytestmark = pytest.mark.slow
 
-HEAVY = ("deltalake", "pyarrow", "azure.storage.filedatalake", "azure.eventhub", "paramiko")
+HEAVY = (
+    "deltalake",
+    "pyarrow",
+    "azure.storage.filedatalake",
+    "azure.eventhub",
+    "paramiko",
+    "pycurl",
+)
 
 LOAD = """
 import json, logging, sys
@@ -107,6 +114,7 @@ def test_loading_the_plugins_imports_no_heavy_library(tmp_path: Path) -> None:
             id="eventhub-attribute",
         ),
         pytest.param("build('downloader', 'sftp')", ["paramiko"], id="sftp-factory"),
+        pytest.param("build('downloader', 'http', engine='curl')", ["pycurl"], id="curl-engine"),
         pytest.param(
             "import lakeferry_sftp; lakeferry_sftp.SftpDownloader",
             ["paramiko"],

@@ -4,6 +4,8 @@ Layers, from the inside out: the core's :class:`~lakeferry.api.NetGuard` (addres
 policy, resolve-once), the ``http`` downloader against the real test origin (pre-flight,
 connect-time and per-redirect-hop checks, with :class:`~helpers.network.SpyBackend` proving no
 connection was attempted), and the daemon as a process (DLQ letters with reason ``blocked``).
+The downloader's tests and the daemon's run on each engine of the ``http`` downloader (httpx,
+curl); with curl the spy is the engine's connect hook (:func:`helpers.http_engines.spy_on`).
 
 Network rule: traffic goes to loopback only. Names are resolved by injected resolvers (no DNS);
 non-loopback addresses appear only as *targets the guard refuses*, and the spy backend turns
@@ -14,15 +16,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
+import msgspec
 import pytest
 import trio
 
 from helpers.daemon import DaemonEnv
+from helpers.http_engines import spy_on
 from helpers.network import SpyBackend, counting_listener
 from helpers.origin import Origin, sha256_of
 from helpers.plugins import plugin_context, task_for
@@ -65,17 +70,44 @@ async def no_dns(host: str, port: int) -> list[IPAddress]:
 
 
 @asynccontextmanager
-async def guarded_downloader(
-    tmp_path: Path, resolver: Any = no_dns, **settings: Any
+async def open_guarded(
+    engine: str, tmp_path: Path, resolver: Any = no_dns, **settings: Any
 ) -> AsyncIterator[tuple[HttpDownloader, SpyBackend]]:
+    settings["engine"] = engine
     d = HttpDownloader(HttpDownloaderSettings(**settings), plugin_context(tmp_path))
-    spy = SpyBackend()
-    d.backend.inner = spy
+    spy = spy_on(d)
     d.guard.resolver = resolver
     try:
         yield d, spy
     finally:
         await d.aclose()
+
+
+class GuardedFactory(Protocol):
+    def __call__(
+        self, tmp_path: Path, resolver: Any = ..., **settings: Any
+    ) -> AbstractAsyncContextManager[tuple[HttpDownloader, SpyBackend]]: ...
+
+
+@pytest.fixture
+def guarded_downloader(http_engine: str) -> GuardedFactory:
+    """``guarded_downloader(tmp_path, resolver, **settings)``: a downloader on the engine under
+    test, its names resolved by ``resolver``, its connections spied on."""
+    return partial(open_guarded, http_engine)
+
+
+@pytest.fixture(scope="module")
+def origin(engine_origin: Origin) -> Origin:
+    """An origin per engine (the tests count requests per path)."""
+    return engine_origin
+
+
+@pytest.fixture
+def daemon_env(daemon_env: DaemonEnv, http_engine: str) -> DaemonEnv:
+    """The daemon on the engine under test."""
+    daemon_env.data["downloaders"]["http"]["engine"] = http_engine
+    daemon_env.write()
+    return daemon_env
 
 
 async def fetch_error(d: HttpDownloader, tmp_path: Path, url: str) -> PipelineError:
@@ -266,14 +298,18 @@ async def test_core_connect_tcp_for_other_plugins() -> None:
 
 
 @pytest.mark.parametrize("url", BLOCKED_URLS)
-async def test_downloader_refuses_before_connecting(tmp_path: Path, url: str) -> None:
+async def test_downloader_refuses_before_connecting(
+    tmp_path: Path, url: str, guarded_downloader: GuardedFactory
+) -> None:
     async with guarded_downloader(tmp_path) as (d, spy):
         error = await fetch_error(d, tmp_path, url)
     assert (type(error), error.reason) == (PermanentError, Reason.BLOCKED)
     assert spy.connects == []
 
 
-async def test_loopback_spellings_of_the_origin_are_blocked(tmp_path: Path, origin: Origin) -> None:
+async def test_loopback_spellings_of_the_origin_are_blocked(
+    tmp_path: Path, origin: Origin, guarded_downloader: GuardedFactory
+) -> None:
     port = port_of(origin)
     spellings = ["127.0.0.1", "localhost", "2130706433", "0177.0.0.1", "0x7f000001", "127.1"]
     async with guarded_downloader(tmp_path) as (d, spy):
@@ -284,7 +320,9 @@ async def test_loopback_spellings_of_the_origin_are_blocked(tmp_path: Path, orig
     assert not any(origin.count(f"/files/ssrf-{h}") for h in spellings)
 
 
-async def test_public_looking_name_with_a_private_answer(tmp_path: Path) -> None:
+async def test_public_looking_name_with_a_private_answer(
+    tmp_path: Path, guarded_downloader: GuardedFactory
+) -> None:
     resolver = FakeResolver(
         {"files.example.com": ["10.0.0.7"], "meta.example.net": ["169.254.169.254"]}
     )
@@ -297,7 +335,7 @@ async def test_public_looking_name_with_a_private_answer(tmp_path: Path) -> None
 
 
 async def test_name_is_resolved_once_and_the_checked_address_is_pinned(
-    tmp_path: Path, origin: Origin
+    tmp_path: Path, origin: Origin, guarded_downloader: GuardedFactory
 ) -> None:
     port = port_of(origin)
     resolver = FakeResolver({"origin.example.test": ["127.0.0.1"]})
@@ -318,7 +356,7 @@ async def test_name_is_resolved_once_and_the_checked_address_is_pinned(
 
 
 async def test_redirects_to_private_targets_are_refused_at_each_hop(
-    tmp_path: Path, origin: Origin
+    tmp_path: Path, origin: Origin, guarded_downloader: GuardedFactory
 ) -> None:
     """The origin is allowed by host:port; where it redirects is not, however it is spelled."""
     port = port_of(origin)
@@ -365,11 +403,14 @@ async def test_redirects_to_private_targets_are_refused_at_each_hop(
     assert {p for _, p in spy.connects} == {port}
 
 
-def test_allow_hosts_setting_is_validated(tmp_path: Path) -> None:
+def test_allow_hosts_setting_is_validated(tmp_path: Path, http_engine: str) -> None:
     from lakeferry.api import ConfigError
 
+    settings = msgspec.convert(
+        {"engine": http_engine, "allow_hosts": ["a b"]}, HttpDownloaderSettings
+    )
     with pytest.raises(ConfigError) as caught:
-        HttpDownloader(HttpDownloaderSettings(allow_hosts=["a b"]), plugin_context(tmp_path))
+        HttpDownloader(settings, plugin_context(tmp_path))
     assert caught.value.key == "downloaders.http.allow_hosts"
 
 
@@ -380,7 +421,7 @@ def test_daemon_dead_letters_blocked_urls(daemon_env: DaemonEnv, origin: Origin)
     """End to end: only the origin's host:port is allowed; everything else is ``blocked``."""
     env = daemon_env
     port = port_of(origin)
-    env.data["downloaders"]["http"] = {"allow_networks": [], "allow_hosts": [f"127.0.0.1:{port}"]}
+    env.data["downloaders"]["http"].update(allow_networks=[], allow_hosts=[f"127.0.0.1:{port}"])
     env.write()
     with counting_listener("127.0.0.2") as trap, counting_listener("127.0.0.1") as trap_v4:
         blocked = {

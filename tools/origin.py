@@ -99,6 +99,8 @@ class OriginServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # a burst of connections (libcurl opens them all at once) waits
+    # in the backlog; with socketserver's 5, the rest had their handshake retried a second later
 
     def __init__(self, address: tuple[str, int], *, verbose: bool = False) -> None:
         super().__init__(address, OriginHandler)

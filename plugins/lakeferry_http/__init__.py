@@ -1,8 +1,9 @@
 """lakeferry built-in plugin ``http``: a downloader for ``http://`` and ``https://`` URLs.
 
-Streams with httpx over a few small connection pools, classifies every failure as transient or
-permanent, and connects only to public addresses unless ``allow_networks`` says otherwise. See
-:class:`~lakeferry_http.downloader.HttpDownloader` and :mod:`lakeferry_http.guard`.
+Streams with httpx (:mod:`lakeferry_http.httpx_engine`) or libcurl
+(:mod:`lakeferry_http.curl_engine`, ``engine = "curl"``), classifies every failure as transient
+or permanent, and connects only to public addresses unless ``allow_networks`` says otherwise.
+See :class:`~lakeferry_http.downloader.HttpDownloader`.
 """
 
 from __future__ import annotations

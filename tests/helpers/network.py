@@ -63,11 +63,23 @@ def counting_listener(host: str = "127.0.0.2") -> Iterator[CountingListener]:
 
 
 class SpyBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's trio backend that records every connect and allows loopback addresses only."""
+    """httpcore's trio backend that records every connect and allows loopback addresses only.
+
+    The curl engine connects in libcurl, not through httpcore: there the spy is the engine's
+    ``connect_hook`` (:meth:`check`), called before each socket is opened; its AssertionError
+    refuses the connection (and the recorded connect fails the test).
+    """
 
     def __init__(self) -> None:
         self.inner = httpcore.TrioBackend()
         self.connects: list[tuple[str, int]] = []
+
+    def check(self, host: str, port: int) -> None:
+        """Record a connect; refuse it unless the address is loopback."""
+        self.connects.append((host, port))
+        # The guard hands over checked addresses, never names; and tests reach loopback only.
+        address = ipaddress.ip_address(host)
+        assert address.is_loopback, f"the test would have connected to {host}"
 
     async def connect_tcp(
         self,
@@ -77,10 +89,7 @@ class SpyBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        self.connects.append((host, port))
-        # The guard hands over checked addresses, never names; and tests reach loopback only.
-        address = ipaddress.ip_address(host)
-        assert address.is_loopback, f"the test would have connected to {host}"
+        self.check(host, port)
         return await self.inner.connect_tcp(
             host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
         )
