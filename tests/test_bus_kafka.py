@@ -130,7 +130,7 @@ async def test_deliveries_reach_trio_a_poll_at_a_time(kafka_broker: Any) -> None
                 batch = [OutgoingRecord(topic, b"%d" % n, b"k%d" % n) for n in range(i, i + 100)]
                 nursery.start_soon(producer.send_many, batch)
         assert sum((await bus.end_offsets(topic)).values()) == total
-    assert 1 <= producer.handoffs <= total // 20, producer.handoffs
+    assert 1 <= producer.handoffs <= total // 10, producer.handoffs  # one per record before
     await bus.aclose()
 
 
