@@ -113,3 +113,56 @@ async def test_watermarks_of_a_topic_just_created_are_read(kafka_broker: Any) ->
             assert await bus.end_offsets(topic) == {0: 0, 1: 0, 2: 0, 3: 0}
             assert await bus.committed(f"g-{uuid.uuid4().hex[:8]}", topic) == {}
     await bus.aclose()
+
+
+async def test_deliveries_reach_trio_a_poll_at_a_time(kafka_broker: Any) -> None:
+    """Delivery reports cross into trio once per ``poll()`` that served them, not once per
+    record: a thousand records acknowledged in a handful of produce requests resolve in a
+    handful of hand-offs, and every send returns only once its records are acknowledged."""
+    bus = await KafkaBus.open(kafka_broker.bootstrap)
+    topic = f"dr-{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([TopicSpec(topic, 2)])
+    producer = bus.producer()
+    total = 1000
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(0, total, 100):  # ten concurrent sends of 100
+                batch = [OutgoingRecord(topic, b"%d" % n, b"k%d" % n) for n in range(i, i + 100)]
+                nursery.start_soon(producer.send_many, batch)
+        assert sum((await bus.end_offsets(topic)).values()) == total
+    assert 1 <= producer.handoffs <= total // 10, producer.handoffs  # one per record before
+    await bus.aclose()
+
+
+async def test_a_record_not_delivered_fails_its_send_and_only_its_send(kafka_broker: Any) -> None:
+    """A record the broker never acknowledges (here: its topic does not exist and the broker
+    creates none) fails the ``send_many`` it belongs to, after ``message.timeout.ms``; a send
+    sharing the same poll with it succeeds."""
+    from lakeferry.errors import BusError
+
+    bus = await KafkaBus.open(
+        kafka_broker.bootstrap, producer={"message.timeout.ms": 1500}, operation_timeout=5.0
+    )
+    good = f"dr-{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([TopicSpec(good, 1)])
+    producer = bus.producer()
+    outcome: dict[str, BaseException | None] = {}
+
+    async def send(name: str, records: list[OutgoingRecord]) -> None:
+        try:
+            await producer.send_many(records)
+            outcome[name] = None
+        except BusError as exc:
+            outcome[name] = exc
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                send, "mixed", [OutgoingRecord(good, b"1"), OutgoingRecord("no-such-topic", b"2")]
+            )
+            nursery.start_soon(send, "good", [OutgoingRecord(good, b"3")])
+    assert outcome["good"] is None
+    assert isinstance(outcome["mixed"], BusError)
+    assert "1 of 2 record(s) not delivered" in str(outcome["mixed"])
+    assert await bus.end_offsets(good) == {0: 2}
+    await bus.aclose()

@@ -8,9 +8,10 @@ Threads, and why: librdkafka calls block (poll, commit, close, admin requests), 
 thread must never block. So:
 
 - the **producer** is shared by the whole process; ``produce()`` only enqueues (safe on the
-  trio thread), and one OS thread polls for delivery reports, handing each back to trio with
-  ``TrioToken.run_sync_soon``. ``send`` returns when the broker acknowledged (``acks=all``,
-  idempotence on).
+  trio thread), and one OS thread polls for delivery reports and hands all that one
+  ``poll()`` served back to trio in one ``TrioToken.run_sync_soon`` call (one hop per
+  acknowledged produce request, not per record). ``send`` returns when the broker acknowledged
+  (``acks=all``, idempotence on).
 - each **consumer** is owned by one OS thread that loops on ``consume()`` with a short timeout
   (so it keeps its group membership however busy the stage is) and runs every other operation
   on the consumer — commit, pause, resume, seek, close — between polls, as commands sent from

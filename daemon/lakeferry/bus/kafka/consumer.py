@@ -108,22 +108,26 @@ class KafkaConsumer:
             # Pause fetching only while the buffers are full. A partition the stage paused (a
             # retry rung waiting for its head's due time) keeps its records in the trio-side
             # buffer instead: resuming it is then instant, not one broker fetch round later.
+            was_held_back = held_back
             if held_back and self._buffers.count <= BUFFER_LOW:
                 held_back = False
             elif not held_back and self._buffers.count >= BUFFER_HIGH:
                 held_back = True
-            assigned = {_tp(tp) for tp in consumer.assignment()}
-            wanted = set(assigned) if held_back else set()
-            fresh = self._t_fresh & assigned
-            self._t_fresh.clear()
-            to_pause = (wanted - broker_paused) | (wanted & fresh)
-            to_resume = ((broker_paused - wanted) | (fresh - wanted)) & assigned
-            if to_pause:
-                consumer.pause([KTopicPartition(t, p) for t, p in to_pause])
-            if to_resume:
-                consumer.resume([KTopicPartition(t, p) for t, p in to_resume])
-            broker_paused.clear()
-            broker_paused.update(wanted)
+            # Only a change of state or a fresh assignment can change what must be paused (a
+            # revoked partition needs nothing), so most rounds skip straight to the poll.
+            if held_back != was_held_back or self._t_fresh:
+                assigned = {_tp(tp) for tp in consumer.assignment()}
+                wanted = set(assigned) if held_back else set()
+                fresh = self._t_fresh & assigned
+                self._t_fresh.clear()
+                to_pause = (wanted - broker_paused) | (wanted & fresh)
+                to_resume = ((broker_paused - wanted) | (fresh - wanted)) & assigned
+                if to_pause:
+                    consumer.pause([KTopicPartition(t, p) for t, p in to_pause])
+                if to_resume:
+                    consumer.resume([KTopicPartition(t, p) for t, p in to_resume])
+                broker_paused.clear()
+                broker_paused.update(wanted)
             generations = dict(self._generation)
             # poll() returns as soon as one record is there; consume(n, timeout) would wait for n
             # records or the whole timeout, adding its timeout to every hop's latency.
@@ -201,11 +205,18 @@ class KafkaConsumer:
         return None if lost else offsets
 
     def _deliver(self, records: list[Record], generations: dict[TopicPartition, int]) -> None:
+        by_tp: dict[TopicPartition, list[Record]] = {}
         for record in records:
-            tp = record.tp
+            tp = TopicPartition(record.topic, record.partition)
+            run = by_tp.get(tp)
+            if run is None:
+                by_tp[tp] = [record]
+            else:
+                run.append(record)
+        for tp, run in by_tp.items():
             if tp not in self._buffers or generations.get(tp, 0) != self._generation.get(tp, 0):
                 continue  # revoked, or sought since this poll began (it is fetched again)
-            self._buffers.extend(tp, [record])
+            self._buffers.extend(tp, run)
         self._wake()
 
     def _pop(self) -> Record | None:

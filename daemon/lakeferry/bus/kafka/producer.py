@@ -1,7 +1,15 @@
-"""The Kafka bus's producer: one per process, a thread for delivery reports."""
+"""The Kafka bus's producer: one per process, a thread for delivery reports.
+
+Deliveries are handed to trio in batches: a delivery report only notes its outcome (on the
+poll thread, inside ``poll()``), and once ``poll()`` returns, everything it served crosses into
+trio in *one* ``run_sync_soon`` call. One produce request acknowledges many records at once
+(``linger.ms``), so this is one thread hop per acknowledged request instead of one per record;
+and a :meth:`KafkaProducer.send_many` call waits on one event for all of its records.
+"""
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 from collections.abc import Mapping, Sequence
@@ -20,17 +28,20 @@ from lakeferry.errors import BusError
 if TYPE_CHECKING:
     from lakeferry.bus.kafka.client import KafkaBus
 
+POLL_INTERVAL = 0.05
+"""How long the poll thread waits for delivery reports before looking at its stop flag."""
 
-class _Waiter:
-    __slots__ = ("done", "error")
 
-    def __init__(self) -> None:
+class _Pending:
+    """The records of one :meth:`KafkaProducer.send_many` call that are not acknowledged yet.
+    Touched only on the trio thread."""
+
+    __slots__ = ("done", "errors", "left")
+
+    def __init__(self, count: int) -> None:
         self.done = trio.Event()
-        self.error: str | None = None
-
-    def resolve(self, error: str | None) -> None:
-        self.error = error
-        self.done.set()
+        self.left = count
+        self.errors: list[str] = []
 
 
 class KafkaProducer:
@@ -49,22 +60,43 @@ class KafkaProducer:
             **bus._producer_conf,
         }
         self._producer = confluent_kafka.Producer(conf)
+        # Delivery reports not yet handed to trio: appended by whichever thread serves them
+        # (the poll thread; ``flush()`` at close), taken by the poll thread only.
+        self._reports: collections.deque[tuple[_Pending, KafkaError | None]] = collections.deque()
+        self.handoffs = 0
+        """How many times delivery reports crossed into trio (for tests and curiosity)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._poll_loop, name="lakeferry-kafka-producer", daemon=True
         )
         self._thread.start()
 
+    # -- the poll thread ---------------------------------------------------------------------
+
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            self._producer.poll(POLL_INTERVAL)
+            self._hand_over()
+        self._hand_over()  # what flush() served at close
 
-    def _delivered(self, waiter: _Waiter, err: KafkaError | None, _msg: Any) -> None:
-        """Delivery report, on the poll thread."""
-        error = None if err is None else err.str()
-        if err is None:
+    def _delivered(self, pending: _Pending, err: KafkaError | None, _msg: Any) -> None:
+        """Delivery report of one record, inside ``poll()`` or ``flush()``: only noted here."""
+        self._reports.append((pending, err))
+
+    def _hand_over(self) -> None:
+        """Everything served since the last call, to trio in one hop."""
+        reports = self._reports
+        if not reports:
+            return
+        batch = []
+        while reports:  # popleft is atomic; a report appended meanwhile goes next time
+            batch.append(reports.popleft())
+        if any(err is None for _, err in batch):
             self._bus._set_health(True, "delivered")
-        self._bus._from_thread(lambda: waiter.resolve(error))
+        self.handoffs += 1
+        self._bus._from_thread(functools.partial(_resolve, batch))
+
+    # -- trio side ---------------------------------------------------------------------------
 
     async def send(
         self,
@@ -77,28 +109,31 @@ class KafkaProducer:
         await self.send_many([OutgoingRecord(topic, value, key, headers or {})])
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> None:
-        waiters: list[_Waiter] = []
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        pending = _Pending(len(records))
+        on_delivery = functools.partial(self._delivered, pending)
+        produce = self._producer.produce
         for record in records:
-            waiter = _Waiter()
             while True:
                 try:
-                    self._producer.produce(
+                    produce(
                         record.topic,
                         record.value,
                         record.key,
                         headers=list(record.headers.items()) or None,
-                        on_delivery=functools.partial(self._delivered, waiter),
+                        on_delivery=on_delivery,
                     )
                     break
                 except BufferError:
                     await trio.sleep(0.01)  # librdkafka's queue is full: let it drain
-            waiters.append(waiter)
-        await trio.lowlevel.checkpoint()
-        for waiter in waiters:
-            await waiter.done.wait()
-        failed = [w.error for w in waiters if w.error is not None]
-        if failed:
-            raise BusError(f"{len(failed)} of {len(waiters)} record(s) not delivered: {failed[0]}")
+        await pending.done.wait()
+        if pending.errors:
+            raise BusError(
+                f"{len(pending.errors)} of {len(records)} record(s) not delivered: "
+                f"{pending.errors[0]}"
+            )
 
     async def aclose(self) -> None:
         timeout = self._bus.operation_timeout
@@ -107,3 +142,13 @@ class KafkaProducer:
             log.error("records not delivered at close", extra={"count": left})
         self._stop.set()
         await trio.to_thread.run_sync(self._thread.join, 2.0)
+
+
+def _resolve(reports: list[tuple[_Pending, KafkaError | None]]) -> None:
+    """On the trio thread: count the reports against their :class:`_Pending`."""
+    for pending, err in reports:
+        if err is not None:
+            pending.errors.append(err.str())
+        pending.left -= 1
+        if pending.left == 0:
+            pending.done.set()
