@@ -951,10 +951,11 @@ def run_azure(
         scrape = f"http://{data['metrics']['listen']}/metrics"
         others = {**emulators.pids(), **{k: v for k, v in ELSEWHERE.items() if k == "nginx"}}
 
-        def phase(events: list[dict[str, Any]], send: Callable[[], None]) -> Result:
+        def phase(name: str, events: list[dict[str, Any]], send: Callable[[], None]) -> Result:
             assert daemon is not None
             target = rows_committed(urllib.request.urlopen(scrape).read().decode()) + len(events)
-            profiler = Profiler(daemon.pid, work / "profile-azure.txt") if profile else None
+            out = work / f"profile-{name}.txt"
+            profiler = Profiler(daemon.pid, out) if profile else None
             cpu0, requests0 = cpu_seconds(daemon.pid), emulators.sink_requests()
             others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
             anon = 0.0
@@ -967,7 +968,7 @@ def run_azure(
             cpu = cpu_seconds(daemon.pid) - cpu0
             elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
             if profiler is not None:
-                print(f"== azure: {cpu_split(daemon.pid)}")
+                print(f"== {name}: {cpu_split(daemon.pid)}")
                 print(stage_durations(urllib.request.urlopen(scrape).read().decode()))
                 print(profiler.stop())
             return Result(
@@ -989,7 +990,7 @@ def run_azure(
             burst_events.extend(event(i, "azure") for i in range(n))
             emulators.send(burst_events)
 
-        burst = phase([{}] * n, send_burst)
+        burst = phase("azure", [{}] * n, send_burst)
         burst.scenario = "azure"
         rows = {r["event_id"]: r for r in emulators.read_inventory(run)}
         ours = [rows[e["id"]] for e in burst_events]
@@ -1013,7 +1014,7 @@ def run_azure(
                 i += len(chunk)
                 time.sleep(max(0.0, started + i / rate - time.monotonic()))
 
-        steady = phase([{}] * steady_n, send_steady)
+        steady = phase("azure-steady", [{}] * steady_n, send_steady)
         steady.scenario = "azure latency"
         rows = {r["event_id"]: r for r in emulators.read_inventory(run)}
         ours = [rows[f"azure-steady-{k}"] for k in range(steady_n)]

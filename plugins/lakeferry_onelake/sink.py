@@ -387,6 +387,22 @@ class OneLakeSink:
         is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
         return Held(int(props.size or 0), metadata, is_directory)
 
+    def _put_small(self, blob: BlobClient, data: bytes, file: SinkFile, rel: str,
+                   metadata: dict[str, str]) -> bool:  # fmt: skip
+        """In a worker thread: one Put Blob of ``data`` that only creates (If-None-Match ``*``);
+        when something is already there, skip it if it is this file, else overwrite it. True
+        when skipped. A new file costs one request, a redelivered one two (409, HEAD)."""
+        put = partial(
+            blob.upload_blob, data, length=len(data), metadata=metadata, validate_content=True
+        )
+        try:
+            put(overwrite=False)
+        except ResourceExistsError:
+            if _same(self._blob_properties(blob), file, rel):
+                return True
+            put(overwrite=True)
+        return False
+
     async def _put_blob(
         self, file: SinkFile, rel: str, path: str, metadata: dict[str, str]
     ) -> PutOutcome:
@@ -396,31 +412,25 @@ class OneLakeSink:
         and sent with Content-MD5 (``validate_content``), which the service checks."""
         blob = self._container.get_blob_client(path)
         local = file.cache.local_path(file.key)
-        if file.size <= self._settings.chunk_size and local is not None:
-            # The common case, in one worker thread: read and check the cached file, look at
-            # the target, put. One thread hop, two requests.
-            def put_small() -> bool:
-                data = _read_checked(local, file, rel)
-                if _same(self._blob_properties(blob), file, rel):
-                    return True
-                blob.upload_blob(
-                    data, length=len(data), metadata=metadata, overwrite=True,
-                    validate_content=True,
-                )  # fmt: skip
-                return False
+        if file.size <= self._settings.chunk_size:
+            if local is not None:
+                # The common case, in one worker thread: read and check the cached file, put
+                # it. One thread hop, one request.
+                def put_small() -> bool:
+                    data = _read_checked(local, file, rel)
+                    return self._put_small(blob, data, file, rel, metadata)
 
-            skipped = await self._call(f"put {rel!r}", put_small)
+                skipped = await self._call(f"put {rel!r}", put_small)
+            else:
+                data = await self._read_whole(file, rel)
+                skipped = await self._call(
+                    f"put {rel!r}", self._put_small, blob, data, file, rel, metadata
+                )
             return PutOutcome(rel, skipped=skipped)
+        # Large: look first (a redelivered large file is not sent again), then the blocks.
         held = await self._call(f"stat {rel!r}", self._blob_properties, blob)
         if _same(held, file, rel):
             return PutOutcome(rel, skipped=True)
-        if file.size <= self._settings.chunk_size:
-            data = await self._read_whole(file, rel)
-            await self._call(
-                f"put {rel!r}", blob.upload_blob, data, length=len(data), metadata=metadata,
-                overwrite=True, validate_content=True,
-            )  # fmt: skip
-            return PutOutcome(rel, skipped=False)
         prefix = uuid.uuid4().hex
         blocks: list[BlobBlock] = []
         h = hashlib.sha256()
