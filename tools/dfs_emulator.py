@@ -35,8 +35,18 @@ Covered (the operation names are the keys of ``stats()["ops"]``):
   ``SourcePathNotFound`` / ``RenameDestinationParentPathNotFound``;
 - ``delete``: ``DELETE`` (``recursive=true`` for directories, else 409 ``DirectoryNotEmpty``);
 - metadata: ``set_metadata`` (Blob ``PUT ?comp=metadata``), ``get_metadata`` (Blob ``GET
-  ?comp=metadata``), ``set_properties`` (DFS ``PATCH ?action=setProperties``); ``put_blob`` (a
-  whole Block Blob ``PUT``) and ``set_http_headers`` (``PUT ?comp=properties``) as a courtesy;
+  ?comp=metadata``), ``set_properties`` (DFS ``PATCH ?action=setProperties``),
+  ``set_http_headers`` (``PUT ?comp=properties``);
+- Block Blob uploads, as azure-storage-blob 12.x makes them (the ``onelake`` sink's ``api =
+  "blob"``): ``put_blob`` (``PUT`` with ``x-ms-blob-type: BlockBlob``, ``x-ms-meta-*``,
+  Content-MD5 checked, If-None-Match ``*``: 409 ``BlobAlreadyExists``) — the whole file at
+  once: the bytes go to a new blob file and one transaction points the path at it, so a reader
+  never sees it half-written; ``put_block`` (``PUT ?comp=block&blockid=``, Content-MD5 checked;
+  blocks are durable and invisible) and ``put_block_list`` (``PUT ?comp=blocklist`` with an XML
+  ``<BlockList>`` of ``<Latest>`` / ``<Uncommitted>`` ids: the blocks in that order become the
+  file at once, 400 ``InvalidBlockList`` for an unknown id; every staged block of the path is
+  dropped). Parents are created as for ``create_file``; a directory in the way is 409
+  ``PathConflict``;
 - errors as the SDK parses them: the ``x-ms-error-code`` header plus a JSON body
   (``{"error": {"code", "message"}}``) on DFS calls or an XML ``<Error>`` on Blob calls.
 
@@ -56,7 +66,8 @@ subprocess can be faulted from the test process; :class:`RemoteControl` wraps it
 - ``drop_connections(n, ops=None, after=False)``: the next n requests get no response, the socket
   is closed (``after=True``: the request is carried out first, then the response is lost);
 - ``reset()``: no more faults; ``stats()`` / ``reset_stats()``: requests per operation (arrived,
-  and answered 2xx), statuses, faults injected, appended bytes and the largest append.
+  and answered 2xx), statuses, faults injected, appended bytes, the largest append and block,
+  and how many request bodies carried a Content-MD5 that was checked (``md5_checked``).
 
 HTTP control (not faulted, no auth): ``POST /_emulator/faults`` with JSON such as
 ``{"storm": {"status": 503, "seconds": 5, "retry_after": 1}}`` (keys ``fail_next``, ``storm``,
@@ -71,16 +82,18 @@ serves what was flushed, and keeps what was appended but not yet flushed.
 Not covered: signature/token/SAS verification, ACLs and permissions (``setAccessControl`` is
 accepted and ignored; owner/group/permissions are fixed), leases (lease headers are ignored),
 customer-provided keys, encryption context, expiry, snapshots/versions/soft delete, the Blob
-list/block/page/append-blob APIs (``list_blobs``, ``stage_block``...), Blob ``comp=list`` of
-containers, tags, query acceleration, ``If-Modified-Since``/``If-Unmodified-Since`` and the
-``x-ms-source-if-*`` rename conditions, paginated recursive delete, secondary endpoints, HTTPS
-(so the SDK refuses token credentials against it: "Token credential is only supported with
-HTTPS"). Hierarchical-namespace edge cases it resolves its own way: a rename onto an existing
-directory is 409 ``PathConflict`` (no move *into* the directory in posix mode); appends are
-staged wherever they point and only the flush checks positions; a flush with If-None-Match
-``*`` onto an existing file is 409 ``PathAlreadyExists``; names are not validated as strictly
-as the service does (any filesystem name is accepted, e.g. a OneLake workspace ``My
-Workspace``); metadata values outside Latin-1 are sent as raw UTF-8 bytes in ``x-ms-meta-*``.
+list/page/append-blob APIs (``list_blobs``...), ``Committed`` entries in a block list and Get
+Block List (no committed block lists are kept), the expiry of uncommitted blocks, Put Blob from
+URL, access tiers, Blob ``comp=list`` of containers, tags, query acceleration, ``If-Modified-
+Since``/``If-Unmodified-Since`` and the ``x-ms-source-if-*`` rename conditions, paginated
+recursive delete, secondary endpoints, HTTPS (so the SDK refuses token credentials against it:
+"Token credential is only supported with HTTPS"). Hierarchical-namespace edge cases it resolves
+its own way: a rename onto an existing directory is 409 ``PathConflict`` (no move *into* the
+directory in posix mode); appends are staged wherever they point and only the flush checks
+positions; a flush with If-None-Match ``*`` onto an existing file is 409 ``PathAlreadyExists``;
+names are not validated as strictly as the service does (any filesystem name is accepted, e.g. a
+OneLake workspace ``My Workspace``); metadata values outside Latin-1 are sent as raw UTF-8 bytes
+in ``x-ms-meta-*``.
 
 Which endpoint the SDK (12.26) uses, seen by running it against this emulator: the Blob API for
 ``create_file_system`` / ``exists`` / ``get_file_system_properties`` / ``delete_file_system``
@@ -88,9 +101,11 @@ Which endpoint the SDK (12.26) uses, seen by running it against this emulator: t
 ``x-ms-range``, retried without a range after a 416 on an empty file) and ``set_metadata``
 (``?comp=metadata``); the DFS API for ``create_file`` / ``create_directory``, ``append_data``,
 ``flush_data``, ``rename_file`` (``mode=legacy``), ``delete_file`` / ``delete_directory`` and
-``get_paths``. ``upload_data(overwrite=False)`` appends to a path it never created and flushes
-with If-None-Match ``*``, so an append to a missing path creates a *pending* file here, invisible
-until flushed.
+``get_paths``. azure-storage-blob's ``upload_blob`` is one Put Blob up to
+``max_single_put_size`` and Put Block + Put Block List above; ``stage_block`` and
+``commit_block_list`` are those two calls. ``upload_data(overwrite=False)`` appends to a path
+it never created and flushes with If-None-Match ``*``, so an append to a missing path creates a
+*pending* file here, invisible until flushed.
 
 Standard library only: ``python tools/dfs_emulator.py --port 10004 --root var/dfs``.
 """

@@ -1,11 +1,36 @@
 """The ``onelake`` sink: lands cached files in OneLake or any ADLS Gen2 account, atomically.
 
-A put, each step one call of the synchronous ``azure-storage-file-datalake`` client in a worker
-thread (its aio client is asyncio and cannot run under trio):
+Every request is a call of the Azure SDK's synchronous clients in a worker thread (their aio
+clients are asyncio and cannot run under trio), all over one ``requests`` session whose pool
+holds ``max_connections`` connections, as many as the worker threads the sink uses at once. The
+session reads the environment (proxies, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) once, when the
+sink is built, instead of on every request.
+
+``api = "blob"`` (the default): through the Blob endpoint that OneLake and ADLS Gen2 serve
+beside the DFS one (``account_url`` with ``.dfs.`` turned into ``.blob.``), azure-storage-blob:
+
+- A file of at most ``chunk_size`` bytes: read whole from the cache (in the same worker thread
+  when the cache is on local disk) and checked against the cache's size and sha256
+  (PermanentError ``size_mismatch`` / ``checksum_mismatch`` / ``cache_missing``), then one Put
+  Blob that only creates (If-None-Match ``*``), with the metadata ``lakeferry_sha256`` and
+  ``lakeferry_event_id`` and Content-MD5 (``validate_content``), which the service checks. If
+  something is there already (409), its properties decide: the same size and
+  ``lakeferry_sha256`` -> the put reports ``skipped`` (idempotency); a directory -> PermanentError
+  ``invalid_path``; anything else is replaced by a Put Blob that overwrites. A new small file
+  costs one request and one worker-thread hop.
+- A larger file: its properties first (skipped as above), then one Put Block per ``chunk_size``
+  bytes (Content-MD5 each, never the whole file in memory), hashing what is sent, and, once size
+  and sha256 match the cache's record, one Put Block List with the metadata.
+
+Put Blob and Put Block List are atomic by themselves: a reader sees the old file or the new one,
+never a partial one; blocks not committed are invisible and the service drops them after a week.
+There is no temporary path, so nothing to rename, journal or sweep. The response of the
+committing request is the proof: there is no read-back.
+
+``api = "dfs"``: through the DFS endpoint, azure-storage-file-datalake:
 
 1. Read the target's properties. A file whose size and ``lakeferry_sha256`` metadata match the
-   cached file is left alone: the put reports ``skipped`` (idempotency; a redelivered upload
-   costs one HEAD request).
+   cached file is left alone: the put reports ``skipped``.
 2. Create ``.<name>.lakeferry-tmp-<uuid>`` in the target's directory (parent directories are
    created by the service, so the rename below needs no request of its own) with the metadata
    ``lakeferry_sha256`` and ``lakeferry_event_id``, after writing its path down in this
@@ -19,13 +44,14 @@ thread (its aio client is asyncio and cannot run under trio):
    older file: a reader sees the old file or the new one, never a partial one.
 5. Read the target's properties again and check size and checksum metadata.
 
-Temporary files: a failed put deletes its temporary file (best effort, shielded from
-cancellation, for at most 10 s); one that cannot be deleted (the sink is down) is retried by
+Temporary files (``dfs`` only): a failed put deletes its temporary file (best effort, shielded
+from cancellation, for at most 10 s); one that cannot be deleted (the sink is down) is retried by
 later successful puts. One left by a killed process is in that process's journal (in the state
 folder, named after :attr:`lakeferry.api.PluginContext.owner`), and its next start deletes it
-before the first put (:meth:`OneLakeSink.sweep`) — no listing of the lake needed. A process that
-never comes back leaves its leftovers to ``lakeferry audit`` (``temp_files``) and to a
-lifecycle rule or ``azcopy remove --include-pattern '.*.lakeferry-tmp-*'``.
+before the first put (:meth:`OneLakeSink.sweep`, with either ``api``, so a switch from ``dfs`` to
+``blob`` leaves nothing behind) — no listing of the lake needed. A process that never comes back
+leaves its leftovers to ``lakeferry audit`` (``temp_files``) and to a lifecycle rule or ``azcopy
+remove --include-pattern '.*.lakeferry-tmp-*'``.
 
 ``stat`` reads the properties: size and the ``lakeferry_sha256`` metadata; for a file landed by
 something else, without that metadata, it downloads and hashes the file.
@@ -34,7 +60,7 @@ Destinations come from :func:`render_destination` (already checked for safety) b
 ``base_path``; the returned destination is that relative path, which ``stat`` accepts back.
 
 Cancellation: a request already sent runs to its end in its worker thread (at most ``timeout``
-per attempt); the put then stops and cleans up.
+per attempt); the put then stops (``dfs``: and cleans up).
 
 Error handling: see :mod:`lakeferry_onelake.errors`.
 """
