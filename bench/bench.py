@@ -961,9 +961,12 @@ def run_azure(
             others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
             anon = 0.0
             send()
+            deadline = time.monotonic() + 600
             while rows_committed(urllib.request.urlopen(scrape).read().decode()) < target:
                 if not daemon.alive():
                     raise RuntimeError(f"the daemon died:\n{daemon.tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: fewer than {target} inventory rows after 600 s")
                 anon = max(anon, anon_mib(daemon.pid))
                 time.sleep(0.2)
             cpu = cpu_seconds(daemon.pid) - cpu0
