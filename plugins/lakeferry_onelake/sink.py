@@ -413,11 +413,13 @@ class OneLakeSink:
         is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
         return Held(int(props.size or 0), metadata, is_directory)
 
-    def _put_small(self, blob: BlobClient, data: bytes, file: SinkFile, rel: str,
+    def _put_small(self, path: str, data: bytes, file: SinkFile, rel: str,
                    metadata: dict[str, str]) -> bool:  # fmt: skip
         """In a worker thread: one Put Blob of ``data`` that only creates (If-None-Match ``*``);
         when something is already there, skip it if it is this file, else overwrite it. True
-        when skipped. A new file costs one request, a redelivered one two (409, HEAD)."""
+        when skipped. A new file costs one request, a redelivered one two (409, HEAD). The
+        SDK's client for the path is built here too, off the event loop (0.3-0.6 ms each)."""
+        blob = self._container.get_blob_client(path)
         put = partial(
             blob.upload_blob, data, length=len(data), metadata=metadata, validate_content=True
         )
@@ -436,7 +438,6 @@ class OneLakeSink:
         per chunk + Put Block List: each atomic, nothing visible before it, no temporary path.
         Bytes are checked against the cache's size and sha256 before the committing request,
         and sent with Content-MD5 (``validate_content``), which the service checks."""
-        blob = self._container.get_blob_client(path)
         local = file.cache.local_path(file.key)
         if file.size <= self._settings.chunk_size:
             if local is not None:
@@ -444,15 +445,16 @@ class OneLakeSink:
                 # it. One thread hop, one request.
                 def put_small() -> bool:
                     data = _read_checked(local, file, rel)
-                    return self._put_small(blob, data, file, rel, metadata)
+                    return self._put_small(path, data, file, rel, metadata)
 
                 skipped = await self._call(f"put {rel!r}", put_small)
             else:
                 data = await self._read_whole(file, rel)
                 skipped = await self._call(
-                    f"put {rel!r}", self._put_small, blob, data, file, rel, metadata
+                    f"put {rel!r}", self._put_small, path, data, file, rel, metadata
                 )
             return PutOutcome(rel, skipped=skipped)
+        blob = self._container.get_blob_client(path)
         # Large: look first (a redelivered large file is not sent again), then the blocks.
         held = await self._call(f"stat {rel!r}", self._blob_properties, blob)
         if _same(held, file, rel):
