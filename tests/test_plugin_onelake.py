@@ -587,6 +587,25 @@ async def test_a_lost_rename_response_then_the_retry_is_skipped(
     assert list(dfs_emulator.files("landing")) == ["l.bin"]
 
 
+async def test_a_block_list_whose_response_is_lost_is_not_refused_on_the_sdks_retry(
+    tmp_path: Path, dfs_emulator: Any
+) -> None:
+    """The SDK sends Put Block List again when the first response is lost; the blocks are
+    committed by then, so the service answers 400 InvalidBlockList to the retry. The file is
+    there, whole: that is a landed file, not a rejected one."""
+    blob_only()
+    cache = MemoryCache()
+    data = os.urandom(300 * KiB)
+    async with open_sink(
+        tmp_path, dfs_emulator, chunk_size=128 * KiB, max_single_request_retries=1
+    ) as sink:
+        dfs_emulator.drop_connections(1, ops=["put_block_list"], after=True)
+        assert not (await sink.put(cache.add("k", data), "big.bin", event())).skipped
+    stats = dfs_emulator.stats()
+    assert (stats["ops"]["put_block_list"], stats["statuses"]["400"]) == (2, 1)
+    assert dfs_emulator.read_file("landing", "big.bin") == data
+
+
 async def test_temporary_files_that_could_not_be_deleted_are_retried(
     tmp_path: Path, dfs_emulator: Any
 ) -> None:

@@ -20,7 +20,9 @@ beside the DFS one (``account_url`` with ``.dfs.`` turned into ``.blob.``), azur
   costs one request and one worker-thread hop.
 - A larger file: its properties first (skipped as above), then one Put Block per ``chunk_size``
   bytes (Content-MD5 each, never the whole file in memory), hashing what is sent, and, once size
-  and sha256 match the cache's record, one Put Block List with the metadata.
+  and sha256 match the cache's record, one Put Block List with the metadata (refused as
+  ``InvalidBlockList`` when the SDK repeats it after a lost response: the blocks are committed
+  already, and the properties then decide).
 
 Put Blob and Put Block List are atomic by themselves: a reader sees the old file or the new one,
 never a partial one; blocks not committed are invisible and the service drops them after a week.
@@ -78,7 +80,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import trio
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobBlock, BlobClient, ContainerClient
 from azure.storage.filedatalake import (
@@ -474,8 +476,21 @@ class OneLakeSink:
 
         await self._chunks(file, rel, stage, h)
         # Uncommitted blocks are invisible, and the service drops them after a week.
-        await self._call(f"commit {rel!r}", blob.commit_block_list, blocks, metadata=metadata)
+        await self._call(f"commit {rel!r}", self._commit, blob, blocks, file, rel, metadata)
         return PutOutcome(rel, skipped=False)
+
+    def _commit(self, blob: BlobClient, blocks: list[BlobBlock], file: SinkFile, rel: str,
+                metadata: dict[str, str]) -> None:  # fmt: skip
+        """In a worker thread: Put Block List. When the SDK sent it again because the first
+        response was lost, the blocks are committed by then and the retry is refused (400
+        ``InvalidBlockList``): the file is there if its size and sha256 say so."""
+        try:
+            blob.commit_block_list(blocks, metadata=metadata)
+        except HttpResponseError as exc:
+            if error_code(exc) != "InvalidBlockList" or not _same(
+                self._blob_properties(blob), file, rel
+            ):
+                raise
 
     async def _read_whole(self, file: SinkFile, rel: str) -> bytes:
         """The cached file (at most ``chunk_size``), read through the cache and checked."""
