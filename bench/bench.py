@@ -97,6 +97,8 @@ class Result:
     """CPU seconds the run cost the origin and the broker."""
     """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
+    idle_cpu: float = 0.0
+    """Of ``cpu_seconds``, what the tool would have spent idle over as long (Azure scenario)."""
     sink_requests: int = 0
     """Requests the sink's server answered (the Azure scenario: the DFS emulator's count)."""
     error: str = ""
@@ -998,7 +1000,12 @@ def run_azure(
             if time.monotonic() > deadline or not daemon.alive():
                 raise RuntimeError(f"the warm-up events did not land:\n{daemon.tail()}")
             time.sleep(0.2)
-        time.sleep(5)  # the partitions' owners settle (load_balancing_interval = 1 s)
+        # The partitions' owners settle (load_balancing_interval = 1 s); meanwhile, what the
+        # daemon costs with nothing to do (the source's receive and load-balancing threads,
+        # the bench's metric scrapes), to tell a slower run's share of it from per-file work.
+        idle0, idle_t0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(5)
+        idle_rate = (cpu_seconds(daemon.pid) - idle0) / (time.monotonic() - idle_t0)
 
         burst_events: list[dict[str, Any]] = []
 
@@ -1006,8 +1013,10 @@ def run_azure(
             burst_events.extend(event(i, "azure") for i in range(n))
             emulators.send(burst_events)
 
+        burst_t0 = time.monotonic()
         burst = phase("azure", [{}] * n, send_burst)
         burst.scenario = "azure"
+        burst.idle_cpu = idle_rate * (time.monotonic() - burst_t0)
         rows = {r["event_id"]: r for r in emulators.read_inventory(run)}
         ours = [rows[e["id"]] for e in burst_events]
         burst.seconds = (
@@ -1286,7 +1295,14 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
                 f"- {r.scenario}: {r.sink_requests / r.files:.1f} requests to the DFS emulator "
                 f"per file ({AZURE_SINK.get('api', 'the default')} API)"
             )
-    if any(r.scenario.startswith("azure") and r.sink_requests for r in results):
+        if r.scenario == "azure" and r.idle_cpu and r.files:
+            lines.append(
+                f"- azure: of lakeferry's CPU, {r.idle_cpu / r.files * 1000:.2f} ms per file is "
+                "what the daemon spends idle over as long (measured before the burst: the event "
+                "hub client's threads, the bench's metric scrapes); net of it, "
+                f"{(r.cpu_seconds - r.idle_cpu) / r.files * 1000:.2f} ms per file"
+            )
+    if any(r.scenario.startswith("azure") and (r.sink_requests or r.idle_cpu) for r in results):
         lines.append("")
     ratios = []
     by = {(r.scenario, r.tool): r for r in results if not r.error}
