@@ -4,6 +4,11 @@ Scenarios (``--quick`` scales them down to finish in about two minutes):
 
 - ``small``: many 64 KiB files; ``medium``: 16 MiB files; ``large``: 1 GiB files (sink on the
   same disk); ``latency``: a steady offered load at half the measured small-file maximum.
+- ``azure``: the production path on the emulators (``make demo AZURE=1``'s): the Event Hubs
+  emulator as the source, the ``onelake`` sink on the DFS emulator, the Delta inventory on
+  Azurite, one daemon on the embedded bus; a burst of small files, then a steady load at half
+  the burst's rate. Each emulator runs as its own process, its CPU reported apart from
+  lakeferry's.
 
 Each runs on the embedded bus and on Kafka. Figures: files/s, MB/s, end-to-end latency
 p50/p95/p99 (event created -> inventory row committed), CPU seconds per file, peak RSS.
@@ -60,15 +65,17 @@ class Scale:
     old_poll: float
     retry_events: int
     retry_ladder: tuple[str, ...]
+    azure: int = 0
+    """Small files in the Azure scenario's burst (its steady load runs ``latency_seconds``)."""
 
 
 FULL = Scale(
     small=20_000, medium=500, large=4, large_size=GiB, latency_seconds=60, old_poll=60,
-    retry_events=500, retry_ladder=("1s", "2s", "4s", "8s"),
+    retry_events=500, retry_ladder=("1s", "2s", "4s", "8s"), azure=3_000,
 )  # fmt: skip
 QUICK = Scale(
     small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
-    retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"),
+    retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"), azure=400,
 )  # fmt: skip
 
 
@@ -90,6 +97,10 @@ class Result:
     """CPU seconds the run cost the origin and the broker."""
     """The largest anonymous memory seen in one of the tool's processes (sampled)."""
     rung_lateness: dict[str, dict[str, float]] = field(default_factory=dict)
+    idle_cpu: float = 0.0
+    """Of ``cpu_seconds``, what the tool would have spent idle over as long (Azure scenario)."""
+    sink_requests: int = 0
+    """Requests the sink's server answered (the Azure scenario: the DFS emulator's count)."""
     error: str = ""
     """Why the run failed (then its figures mean nothing); the report shows it in the tool's row."""
 
@@ -782,6 +793,270 @@ def lateness_by_rung(scrape: str) -> dict[str, dict[str, float]]:
     return out
 
 
+# -- the Azure path -----------------------------------------------------------------------------
+
+AZURE_HUB = "files"
+AZURE_FS = "Bench Workspace"
+AZURE_BASE = "Bench.Lakehouse/Files/landing"
+AZURE_CONTAINER = "lakehouse"
+AZURE_SINK: dict[str, Any] = {}
+"""Extra ``[sink]`` settings of the Azure runs (``--onelake-api``)."""
+
+
+class AzureEmulators:
+    """Azurite, the Event Hubs emulator and the DFS emulator, each a process of its own (so
+    that each one's CPU can be told apart from lakeferry's and the benchmark's)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from azurite import azurite as azurite_tool
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.azurite = azurite_tool.start(harness.free_port(), workdir / "azurite")
+        try:
+            self.eventhubs, hub_cs = self._serve("eventhubs", [
+                "eventhubs_emulator.py", "--port", str(harness.free_port()), "--hub", AZURE_HUB,
+                "--partitions", "4",
+            ])  # fmt: skip
+            self.dfs, self.dfs_url = self._serve("dfs", [
+                "dfs_emulator.py", "--port", "0", "--root", str(workdir / "dfs"),
+            ])  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        from azure.storage.blob import BlobServiceClient
+
+        with BlobServiceClient.from_connection_string(self.azurite.connection_string) as blob:
+            blob.create_container(AZURE_CONTAINER)
+        self.hub_connection_string = hub_cs
+        self.env = {
+            "LAKEFERRY_BENCH_EVENTHUB": hub_cs,
+            "LAKEFERRY_BENCH_BLOB": self.azurite.connection_string,
+            "LAKEFERRY_ONELAKE_ACCOUNT_KEY": azurite_tool.KEY,
+            # deltalake's emulator mode: the Blob endpoint without the account path
+            "AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{self.azurite.port}",
+        }
+        self.table = f"abfss://{AZURE_CONTAINER}@{azurite_tool.ACCOUNT}.dfs.core.windows.net/Tables"
+
+    def _serve(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a tool from tools/; its first line on stdout is where it listens."""
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tools" / args[0]), *args[1:]],
+            stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+        )  # fmt: skip
+        log.close()
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line:
+            raise RuntimeError(f"the {name} emulator exited {proc.wait(10)} before it listened")
+        return proc, line
+
+    def pids(self) -> dict[str, int]:
+        assert self.azurite.process is not None
+        return {
+            "event hubs emulator": self.eventhubs.pid,
+            "DFS emulator": self.dfs.pid,
+            "azurite": self.azurite.process.pid,
+        }
+
+    def sink_requests(self) -> int:
+        from dfs_emulator import RemoteControl
+
+        return int(RemoteControl(self.dfs_url.rsplit("/", 1)[0]).stats()["requests"])
+
+    def configure(self, data: dict[str, Any], run: str) -> None:
+        """Point a daemon config at the emulators, as ``make demo AZURE=1`` does."""
+        data["sources"] = [{
+            "kind": "eventhub", "eventhub_name": AZURE_HUB,
+            "connection_string_env": "LAKEFERRY_BENCH_EVENTHUB",
+            "checkpoint_connection_string_env": "LAKEFERRY_BENCH_BLOB",
+            "checkpoint_container": "checkpoints", "create_checkpoint_container": True,
+            "load_balancing_interval": "1s", "max_wait_time": "200ms",
+        }]  # fmt: skip
+        data["sink"] = {
+            "kind": "onelake", "account_url": self.dfs_url, "filesystem": AZURE_FS,
+            "base_path": f"{AZURE_BASE}/{run}", "credential": "account_key",
+            "create_filesystem": True, **AZURE_SINK,
+        }  # fmt: skip
+        data["inventory"] = {
+            "kind": "delta", "inventory_uri": f"{self.table}/{run}_inventory",
+            "events_uri": f"{self.table}/{run}_events", "credential": "emulator",
+        }  # fmt: skip
+
+    def send(self, events: list[dict[str, Any]]) -> None:
+        from azure.eventhub import EventData, EventHubProducerClient
+
+        producer = EventHubProducerClient.from_connection_string(self.hub_connection_string)
+        with producer:
+            batch = producer.create_batch()
+            for event in events:
+                data = EventData(json.dumps(event))
+                try:
+                    batch.add(data)
+                except ValueError:  # full: send it, start the next
+                    producer.send_batch(batch)
+                    batch = producer.create_batch()
+                    batch.add(data)
+            if len(batch):
+                producer.send_batch(batch)
+
+    def read_inventory(self, run: str) -> list[dict[str, Any]]:
+        import deltalake
+
+        from lakeferry_delta.schema import read_columns
+
+        os.environ["AZURITE_BLOB_STORAGE_URL"] = self.env["AZURITE_BLOB_STORAGE_URL"]
+        table = deltalake.DeltaTable(
+            f"{self.table}/{run}_inventory", storage_options={"azure_storage_use_emulator": "true"}
+        )
+        columns = ["event_id", "committed_at", "event_created_at"]
+        return read_columns(table, columns).to_pylist()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.azurite.stop()
+
+
+def run_azure(
+    urls: list[tuple[str, int]],
+    n: int,
+    steady_seconds: float,
+    work: Path,
+    profile: bool = False,
+) -> list[Result]:
+    """The Azure path: after a warm-up (8 files), a burst of ``n`` small files (files/s, CPU per
+    file, each emulator's CPU apart), then a steady load at half the burst's rate for
+    ``steady_seconds`` (latency). One daemon on the embedded bus; events carry ``created_at`` =
+    when they were sent."""
+    state = work / "lf"
+    shutil.rmtree(state, ignore_errors=True)
+    emulators = AzureEmulators(work / "emulators")
+    daemon: harness.DaemonProcess | None = None
+    try:
+        run = f"bench{int(time.time() * 1000)}"
+        data = harness.config_dict(state, metrics_port=harness.free_port(), shutdown_grace="60s")
+        data["downloaders"]["http"]["engine"] = HTTP_ENGINE
+        data["results"]["batch_wait"] = "200ms"
+        emulators.configure(data, run)
+        config = harness.write_config(state / "lakeferry.toml", data)
+        settle()
+        daemon = harness.DaemonProcess(config, state / "daemon.log", env=emulators.env).start()
+        scrape = f"http://{data['metrics']['listen']}/metrics"
+        others = {**emulators.pids(), **{k: v for k, v in ELSEWHERE.items() if k == "nginx"}}
+
+        def phase(name: str, events: list[dict[str, Any]], send: Callable[[], None]) -> Result:
+            assert daemon is not None
+            target = rows_committed(urllib.request.urlopen(scrape).read().decode()) + len(events)
+            out = work / f"profile-{name}.txt"
+            profiler = Profiler(daemon.pid, out) if profile else None
+            cpu0, requests0 = cpu_seconds(daemon.pid), emulators.sink_requests()
+            others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
+            anon = 0.0
+            send()
+            deadline = time.monotonic() + 600
+            while rows_committed(urllib.request.urlopen(scrape).read().decode()) < target:
+                if not daemon.alive():
+                    raise RuntimeError(f"the daemon died:\n{daemon.tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: fewer than {target} inventory rows after 600 s")
+                anon = max(anon, anon_mib(daemon.pid))
+                time.sleep(0.2)
+            cpu = cpu_seconds(daemon.pid) - cpu0
+            elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
+            if profiler is not None:
+                print(f"== {name}: {cpu_split(daemon.pid)}")
+                print(stage_durations(urllib.request.urlopen(scrape).read().decode()))
+                print(profiler.stop())
+            return Result(
+                "", "lakeferry (event hub → onelake)", len(events), 0.0,
+                sum(urls[i % len(urls)][1] for i in range(len(events))), [], cpu,
+                peak_rss_mib(daemon.pid), peak_anon_mib=anon, cpu_elsewhere=elsewhere,
+                sink_requests=emulators.sink_requests() - requests0,
+            )  # fmt: skip
+
+        def event(i: int, prefix: str) -> dict[str, Any]:
+            return {
+                "id": f"{prefix}-{i}", "url": urls[i % len(urls)][0],
+                "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            }  # fmt: skip
+
+        # Warm up as a daemon that has been running would be: the source owns its partitions
+        # (claimed one per load-balancing round), the Delta tables exist, connections are open.
+        warm = [event(i, "azure-warm") for i in range(8)]
+        warm_target = len(warm)
+        emulators.send(warm)
+        deadline = time.monotonic() + 120
+        while rows_committed(urllib.request.urlopen(scrape).read().decode()) < warm_target:
+            if time.monotonic() > deadline or not daemon.alive():
+                raise RuntimeError(f"the warm-up events did not land:\n{daemon.tail()}")
+            time.sleep(0.2)
+        # The partitions' owners settle (load_balancing_interval = 1 s); meanwhile, what the
+        # daemon costs with nothing to do (the source's receive and load-balancing threads,
+        # the bench's metric scrapes), to tell a slower run's share of it from per-file work.
+        idle0, idle_t0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(5)
+        idle_rate = (cpu_seconds(daemon.pid) - idle0) / (time.monotonic() - idle_t0)
+
+        burst_events: list[dict[str, Any]] = []
+
+        def send_burst() -> None:
+            burst_events.extend(event(i, "azure") for i in range(n))
+            emulators.send(burst_events)
+
+        burst_t0 = time.monotonic()
+        burst = phase("azure", [{}] * n, send_burst)
+        burst.scenario = "azure"
+        burst.idle_cpu = idle_rate * (time.monotonic() - burst_t0)
+        rows = {r["event_id"]: r for r in emulators.read_inventory(run)}
+        ours = [rows[e["id"]] for e in burst_events]
+        burst.seconds = (
+            max(r["committed_at"] for r in ours).timestamp()
+            - min(r["event_created_at"] for r in ours).timestamp()
+        )
+        burst.latencies = [
+            (r["committed_at"] - r["event_created_at"]).total_seconds() for r in ours
+        ]
+        rate = max(1.0, burst.files_per_s / 2)
+        steady_n = max(1, int(rate * steady_seconds))
+
+        def send_steady() -> None:
+            started = time.monotonic()
+            per = max(1, int(rate * 0.25))
+            i = 0
+            while i < steady_n:
+                chunk = [event(k, "azure-steady") for k in range(i, min(steady_n, i + per))]
+                emulators.send(chunk)
+                i += len(chunk)
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+
+        steady = phase("azure-steady", [{}] * steady_n, send_steady)
+        steady.scenario = "azure latency"
+        rows = {r["event_id"]: r for r in emulators.read_inventory(run)}
+        ours = [rows[f"azure-steady-{k}"] for k in range(steady_n)]
+        steady.seconds = (
+            max(r["committed_at"] for r in ours).timestamp()
+            - min(r["event_created_at"] for r in ours).timestamp()
+        )
+        steady.latencies = [
+            (r["committed_at"] - r["event_created_at"]).total_seconds() for r in ours
+        ]
+        return [burst, steady]
+    finally:
+        if daemon is not None and daemon.alive():
+            daemon.terminate(120)
+        emulators.stop()
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -876,6 +1151,23 @@ def target_rows(results: list[Result]) -> list[str]:
                 f"| p95 end to end ≤ 1 s at half load ({bus}) | {p95:.2f} s | "
                 f"{'met' if p95 <= 1 else 'not met'} |"
             )
+    azure = by.get(("azure", "lakeferry (event hub → onelake)"))
+    local = by.get(("small", "lakeferry (embedded)"))
+    if azure and local and azure.files and local.files:
+        ours_ms = azure.cpu_seconds / azure.files * 1000
+        local_ms = local.cpu_seconds / local.files * 1000
+        rows.append(
+            f"| Azure path: lakeferry CPU per small file ≤ 2 × the local path's | "
+            f"{ours_ms:.2f} ms vs {local_ms:.2f} ms ({ours_ms / local_ms:.1f} ×) | "
+            f"{'met' if ours_ms <= 2 * local_ms else 'not met'} |"
+        )
+    azure_lat = by.get(("azure latency", "lakeferry (event hub → onelake)"))
+    azure_p95 = azure_lat.pct(95) if azure_lat else None
+    if azure_p95 is not None:
+        rows.append(
+            f"| Azure path: p95 end to end ≤ 1 s at half its maximum rate | {azure_p95:.2f} s | "
+            f"{'met' if azure_p95 <= 1 else 'not met'} |"
+        )
     for bus in ("embedded", "kafka"):
         retry = by.get(("retry", f"lakeferry ({bus})"))
         if retry and retry.rung_lateness:
@@ -885,6 +1177,10 @@ def target_rows(results: list[Result]) -> list[str]:
                 f"{worst_p95:.3f} s | {'met' if worst_p95 <= 1 else 'not met'} |"
             )
     return rows
+
+
+def _raise(exc: BaseException) -> Result:
+    raise exc
 
 
 def elsewhere(r: Result) -> str:
@@ -936,7 +1232,7 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
         + (" Quick-mode figures are indicative only." if quick else ""),
         "",
     ]
-    for scenario in ("small", "medium", "large", "latency"):
+    for scenario in ("small", "medium", "large", "latency", "azure", "azure latency"):
         rows = [r for r in results if r.scenario == scenario]
         if not rows:
             continue
@@ -993,6 +1289,21 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
                     + " |"
                 )
         lines += ["", "Lateness is interpolated inside histogram buckets, as Prometheus does.", ""]
+    for r in results:
+        if r.scenario.startswith("azure") and r.sink_requests and r.files:
+            lines.append(
+                f"- {r.scenario}: {r.sink_requests / r.files:.1f} requests to the DFS emulator "
+                f"per file ({AZURE_SINK.get('api', 'the default')} API)"
+            )
+        if r.scenario == "azure" and r.idle_cpu and r.files:
+            lines.append(
+                f"- azure: of lakeferry's CPU, {r.idle_cpu / r.files * 1000:.2f} ms per file is "
+                "what the daemon spends idle over as long (measured before the burst: the event "
+                "hub client's threads, the bench's metric scrapes); net of it, "
+                f"{(r.cpu_seconds - r.idle_cpu) / r.files * 1000:.2f} ms per file"
+            )
+    if any(r.scenario.startswith("azure") and (r.sink_requests or r.idle_cpu) for r in results):
+        lines.append("")
     ratios = []
     by = {(r.scenario, r.tool): r for r in results if not r.error}
     for scenario in ("small", "medium"):
@@ -1080,7 +1391,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--buses", default="embedded,kafka")
-    parser.add_argument("--scenarios", default="small,medium,large,latency,retry")
+    parser.add_argument("--scenarios", default="small,medium,large,latency,azure,retry")
     parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
     )
@@ -1096,6 +1407,11 @@ def main() -> int:
         help="[downloaders.http] engine for every lakeferry run (default: %(default)s)",
     )
     parser.add_argument(
+        "--onelake-api",
+        choices=("blob", "dfs"),
+        help="[sink] api of the Azure scenario's onelake sink (default: the sink's default)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the report again from var/bench/results.json (after editing analysis.md)",
@@ -1105,6 +1421,8 @@ def main() -> int:
         quick_out = ROOT / "var" / "bench" / "benchmarks-quick.md"
         args.out = str(quick_out if args.quick else ROOT / "docs" / "benchmarks.md")
     HTTP_ENGINE = args.http_engine
+    if args.onelake_api:
+        AZURE_SINK["api"] = args.onelake_api
     if args.report_only:
         saved = json.loads((ROOT / "var" / "bench" / "results.json").read_text())
         write_report(
@@ -1171,6 +1489,20 @@ def main() -> int:
             measure("latency", "old design", partial(
                 run_old_design, urls, rate, scale.latency_seconds, scale.old_poll, work / "old"
             ))  # fmt: skip
+        if "azure" in scenarios:
+            urls = [(nginx.url(name), size) for name, size in plan["small"]]
+            try:
+                azure = run_azure(
+                    urls, scale.azure, scale.latency_seconds, work / "azure", args.profile
+                )
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                results.append(
+                    attempt("azure", "lakeferry (event hub → onelake)", partial(_raise, exc))
+                )
+            else:
+                for r in azure:
+                    results.append(r)
+                    print(json.dumps({k: v for k, v in asdict(r).items() if k != "latencies"}))
         if "retry" in scenarios:
             for bus in buses:
                 measure("retry", f"lakeferry ({bus})", partial(

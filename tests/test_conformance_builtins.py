@@ -112,13 +112,20 @@ class TestLocalFsSink(SinkConformance):
 
 
 class TestOneLakeSink(SinkConformance):
-    @pytest.fixture
+    """Both ways of landing a file: ``api = "blob"`` (the default) and ``"dfs"``."""
+
+    @pytest.fixture(params=["blob", "dfs"])
     def make_sink(
-        self, dfs_emulator: Any, lakeferry_context: PluginContext, monkeypatch: pytest.MonkeyPatch
+        self,
+        dfs_emulator: Any,
+        lakeferry_context: PluginContext,
+        monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest,
     ) -> Callable[[], Sink]:
         monkeypatch.setenv("LAKEFERRY_ONELAKE_SAS", "sv=2024-01-01&sig=c2VjcmV0")
         settings = msgspec.convert(
             {
+                "api": request.param,
                 "account_url": dfs_emulator.account_url(),
                 "filesystem": "landing",
                 "credential": "sas",

@@ -2,7 +2,8 @@
 
 The ``onelake`` sink's tests cover the calls the sink makes; these cover what the emulator
 promises beyond them: durability across a restart, the flush rules, paging, directory renames,
-the control endpoint, and the command line.
+the Blob API's Put Blob and Put Block / Put Block List (with azure-storage-blob), the control
+endpoint, and the command line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import HttpResponse as LegacyHttpResponse
 from azure.core.rest import HttpResponse
+from azure.storage.blob import BlobBlock, ContainerClient
 from azure.storage.filedatalake import DataLakeServiceClient, FileSystemClient
 
 from helpers.dfs import RemoteControl, dfs_tool
@@ -171,3 +173,64 @@ def test_runs_from_the_command_line(tmp_path: Path) -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def blob_container(emulator: Any, name: str = "fs") -> ContainerClient:
+    """azure-storage-blob's client on the emulator (its Blob calls share the one port)."""
+    with filesystem(emulator, name):
+        pass
+    return ContainerClient(emulator.account_url(), name, credential=SAS)
+
+
+def test_put_blob_is_whole_at_once_with_parents_and_md5_checked(dfs_emulator: Any) -> None:
+    with blob_container(dfs_emulator) as container:
+        blob = container.get_blob_client("a/b/put.bin")
+        blob.upload_blob(b"x" * 1000, metadata={"k": "v"}, validate_content=True)
+        assert dfs_emulator.files("fs")["a/b/put.bin"]["metadata"] == {"k": "v"}
+        blob.upload_blob(b"second", overwrite=True, metadata={"k": "w"})
+        with pytest.raises(ResourceExistsError):  # overwrite=False: If-None-Match *
+            blob.upload_blob(b"third")
+        assert blob.download_blob().readall() == b"second"
+        props = blob.get_blob_properties()
+        assert (props.size, props.metadata) == (6, {"k": "w"})
+        with pytest.raises(ResourceExistsError):  # a directory is in the way
+            container.get_blob_client("a/b").upload_blob(b"z", overwrite=True)
+    with filesystem(dfs_emulator) as fs:
+        directory = fs.get_directory_client("a/b").get_directory_properties()
+    assert directory.metadata["hdi_isfolder"] == "true"
+    stats = dfs_emulator.stats()
+    assert stats["md5_checked"] == 1  # the one upload with validate_content
+    # a body that does not match its Content-MD5 is refused, and nothing changes
+    request = urllib.request.Request(
+        f"{dfs_emulator.account_url()}/fs/a/b/put.bin?{SAS}", data=b"corrupt", method="PUT",
+        headers={"x-ms-blob-type": "BlockBlob", "Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request)
+    with caught.value:
+        assert caught.value.headers["x-ms-error-code"] == "Md5Mismatch"
+    assert dfs_emulator.read_file("fs", "a/b/put.bin") == b"second"
+
+
+def test_blocks_are_invisible_until_the_block_list(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    with dfs_tool.serve(root) as emulator, blob_container(emulator) as container:
+        blob = container.get_blob_client("big/file.bin")
+        blob.stage_block("b-0", b"hello ", validate_content=True)
+        blob.stage_block("b-1", b"world", validate_content=True)
+        blob.stage_block("b-0", b"HELLO ")  # staged again: the later one counts
+        assert "big/file.bin" not in emulator.files("fs")
+        with pytest.raises(ResourceNotFoundError):
+            blob.get_blob_properties()
+        with pytest.raises(HttpResponseError) as caught:
+            blob.commit_block_list([BlobBlock("b-0"), BlobBlock("b-9")])
+        assert error_code(caught.value) == "InvalidBlockList"
+    with dfs_tool.serve(root) as emulator, blob_container(emulator) as container:
+        blob = container.get_blob_client("big/file.bin")  # staged blocks survive a restart
+        blob.commit_block_list([BlobBlock("b-0"), BlobBlock("b-1")], metadata={"k": "v"})
+        assert blob.download_blob().readall() == b"HELLO world"
+        assert emulator.files("fs")["big/file.bin"]["metadata"] == {"k": "v"}
+        with emulator.store.lock:
+            left = emulator.store.db.execute("SELECT count(*) FROM blocks").fetchone()[0]
+        assert left == 0  # committed or not, a path's blocks go with its block list
+        assert sorted(p.name for p in (root / "staging").iterdir()) == []

@@ -35,8 +35,18 @@ Covered (the operation names are the keys of ``stats()["ops"]``):
   ``SourcePathNotFound`` / ``RenameDestinationParentPathNotFound``;
 - ``delete``: ``DELETE`` (``recursive=true`` for directories, else 409 ``DirectoryNotEmpty``);
 - metadata: ``set_metadata`` (Blob ``PUT ?comp=metadata``), ``get_metadata`` (Blob ``GET
-  ?comp=metadata``), ``set_properties`` (DFS ``PATCH ?action=setProperties``); ``put_blob`` (a
-  whole Block Blob ``PUT``) and ``set_http_headers`` (``PUT ?comp=properties``) as a courtesy;
+  ?comp=metadata``), ``set_properties`` (DFS ``PATCH ?action=setProperties``),
+  ``set_http_headers`` (``PUT ?comp=properties``);
+- Block Blob uploads, as azure-storage-blob 12.x makes them (the ``onelake`` sink's ``api =
+  "blob"``): ``put_blob`` (``PUT`` with ``x-ms-blob-type: BlockBlob``, ``x-ms-meta-*``,
+  Content-MD5 checked, If-None-Match ``*``: 409 ``BlobAlreadyExists``) — the whole file at
+  once: the bytes go to a new blob file and one transaction points the path at it, so a reader
+  never sees it half-written; ``put_block`` (``PUT ?comp=block&blockid=``, Content-MD5 checked;
+  blocks are durable and invisible) and ``put_block_list`` (``PUT ?comp=blocklist`` with an XML
+  ``<BlockList>`` of ``<Latest>`` / ``<Uncommitted>`` ids: the blocks in that order become the
+  file at once, 400 ``InvalidBlockList`` for an unknown id; every staged block of the path is
+  dropped). Parents are created as for ``create_file``; a directory in the way is 409
+  ``PathConflict``;
 - errors as the SDK parses them: the ``x-ms-error-code`` header plus a JSON body
   (``{"error": {"code", "message"}}``) on DFS calls or an XML ``<Error>`` on Blob calls.
 
@@ -56,7 +66,8 @@ subprocess can be faulted from the test process; :class:`RemoteControl` wraps it
 - ``drop_connections(n, ops=None, after=False)``: the next n requests get no response, the socket
   is closed (``after=True``: the request is carried out first, then the response is lost);
 - ``reset()``: no more faults; ``stats()`` / ``reset_stats()``: requests per operation (arrived,
-  and answered 2xx), statuses, faults injected, appended bytes and the largest append.
+  and answered 2xx), statuses, faults injected, appended bytes, the largest append and block,
+  and how many request bodies carried a Content-MD5 that was checked (``md5_checked``).
 
 HTTP control (not faulted, no auth): ``POST /_emulator/faults`` with JSON such as
 ``{"storm": {"status": 503, "seconds": 5, "retry_after": 1}}`` (keys ``fail_next``, ``storm``,
@@ -71,16 +82,18 @@ serves what was flushed, and keeps what was appended but not yet flushed.
 Not covered: signature/token/SAS verification, ACLs and permissions (``setAccessControl`` is
 accepted and ignored; owner/group/permissions are fixed), leases (lease headers are ignored),
 customer-provided keys, encryption context, expiry, snapshots/versions/soft delete, the Blob
-list/block/page/append-blob APIs (``list_blobs``, ``stage_block``...), Blob ``comp=list`` of
-containers, tags, query acceleration, ``If-Modified-Since``/``If-Unmodified-Since`` and the
-``x-ms-source-if-*`` rename conditions, paginated recursive delete, secondary endpoints, HTTPS
-(so the SDK refuses token credentials against it: "Token credential is only supported with
-HTTPS"). Hierarchical-namespace edge cases it resolves its own way: a rename onto an existing
-directory is 409 ``PathConflict`` (no move *into* the directory in posix mode); appends are
-staged wherever they point and only the flush checks positions; a flush with If-None-Match
-``*`` onto an existing file is 409 ``PathAlreadyExists``; names are not validated as strictly
-as the service does (any filesystem name is accepted, e.g. a OneLake workspace ``My
-Workspace``); metadata values outside Latin-1 are sent as raw UTF-8 bytes in ``x-ms-meta-*``.
+list/page/append-blob APIs (``list_blobs``...), ``Committed`` entries in a block list and Get
+Block List (no committed block lists are kept), the expiry of uncommitted blocks, Put Blob from
+URL, access tiers, Blob ``comp=list`` of containers, tags, query acceleration, ``If-Modified-
+Since``/``If-Unmodified-Since`` and the ``x-ms-source-if-*`` rename conditions, paginated
+recursive delete, secondary endpoints, HTTPS (so the SDK refuses token credentials against it:
+"Token credential is only supported with HTTPS"). Hierarchical-namespace edge cases it resolves
+its own way: a rename onto an existing directory is 409 ``PathConflict`` (no move *into* the
+directory in posix mode); appends are staged wherever they point and only the flush checks
+positions; a flush with If-None-Match ``*`` onto an existing file is 409 ``PathAlreadyExists``;
+names are not validated as strictly as the service does (any filesystem name is accepted, e.g. a
+OneLake workspace ``My Workspace``); metadata values outside Latin-1 are sent as raw UTF-8 bytes
+in ``x-ms-meta-*``.
 
 Which endpoint the SDK (12.26) uses, seen by running it against this emulator: the Blob API for
 ``create_file_system`` / ``exists`` / ``get_file_system_properties`` / ``delete_file_system``
@@ -88,9 +101,11 @@ Which endpoint the SDK (12.26) uses, seen by running it against this emulator: t
 ``x-ms-range``, retried without a range after a 416 on an empty file) and ``set_metadata``
 (``?comp=metadata``); the DFS API for ``create_file`` / ``create_directory``, ``append_data``,
 ``flush_data``, ``rename_file`` (``mode=legacy``), ``delete_file`` / ``delete_directory`` and
-``get_paths``. ``upload_data(overwrite=False)`` appends to a path it never created and flushes
-with If-None-Match ``*``, so an append to a missing path creates a *pending* file here, invisible
-until flushed.
+``get_paths``. azure-storage-blob's ``upload_blob`` is one Put Blob up to
+``max_single_put_size`` and Put Block + Put Block List above; ``stage_block`` and
+``commit_block_list`` are those two calls. ``upload_data(overwrite=False)`` appends to a path
+it never created and flushes with If-None-Match ``*``, so an append to a missing path creates a
+*pending* file here, invisible until flushed.
 
 Standard library only: ``python tools/dfs_emulator.py --port 10004 --root var/dfs``.
 """
@@ -119,6 +134,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+from xml.etree import ElementTree
 
 DEFAULT_ACCOUNT = "devstoreaccount1"
 API_VERSION = "2025-01-05"
@@ -245,6 +261,9 @@ class Store:
                 modified REAL, length INTEGER, metadata TEXT, content_type TEXT,
                 content_md5 TEXT, blob TEXT, staging TEXT, staged TEXT, pending INTEGER,
                 PRIMARY KEY (account, fs, path));
+            CREATE TABLE IF NOT EXISTS blocks (
+                account TEXT, fs TEXT, path TEXT, block_id TEXT, staging TEXT, length INTEGER,
+                PRIMARY KEY (account, fs, path, block_id));
             """
         )
 
@@ -553,17 +572,127 @@ class Store:
 
     def put_blob(
         self, account: str, fs: str, path: str, body: IO[bytes], metadata: dict[str, str],
-        content_type: str | None,
+        content_type: str | None, *, content_md5: str | None = None,
+        if_none_match: str | None = None,
     ) -> sqlite3.Row:  # fmt: skip
-        self.create(
-            account, fs, path, "file", metadata=metadata, content_type=content_type,
-            if_match=None, if_none_match=None,
+        """Put Blob: the whole file in one request, visible all at once (the bytes go to a new
+        immutable blob file first, then one transaction points the path at it)."""
+        new_blob = uuid.uuid4().hex
+        tmp = self.root / "tmp" / f"{new_blob}.part"
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(body, out, COPY_CHUNK)
+            length = out.tell()
+        os.replace(tmp, self.blob_path(new_blob))
+        return self._commit_blob(
+            account, fs, path, new_blob, length, metadata, content_type, content_md5,
+            if_none_match,
         )  # fmt: skip
-        length = self.append(account, fs, path, 0, body)
-        return self.flush(
-            account, fs, path, length, retain=False, content_md5=None, content_type=None,
-            if_match=None,
-        )  # fmt: skip
+
+    def _commit_blob(
+        self, account: str, fs: str, path: str, new_blob: str, length: int,
+        metadata: dict[str, str], content_type: str | None, content_md5: str | None,
+        if_none_match: str | None,
+    ) -> sqlite3.Row:  # fmt: skip
+        """Point ``path`` at the complete blob file ``new_blob``, in one transaction, replacing
+        a file (and its staged appends and blocks); parents are created (hierarchical
+        namespace). The blob file is deleted again when the path cannot take it."""
+        replaced = None
+        blocks: list[sqlite3.Row] = []
+        try:
+            with self._tx() as db:
+                self.require_filesystem(account, fs, blob=True)
+                replaced = self.get(account, fs, path, pending=True)
+                existing = self.get(account, fs, path)
+                if existing is not None:
+                    if existing["kind"] == "directory":
+                        raise StoreError(409, "PathConflict", "the path exists as a directory.")
+                    if if_none_match == "*":
+                        raise StoreError(
+                            409, "BlobAlreadyExists", "The specified blob already exists."
+                        )
+                self._ensure_parents(db, account, fs, path)
+                now = _now()
+                created = existing["created"] if existing is not None else now
+                blocks = list(
+                    db.execute(
+                        "SELECT staging FROM blocks WHERE account=? AND fs=? AND path=?",
+                        (account, fs, path),
+                    )
+                )
+                db.execute(
+                    "DELETE FROM blocks WHERE account=? AND fs=? AND path=?", (account, fs, path)
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO paths VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                    (account, fs, path, "file", _new_etag(), created, now, length,
+                     json.dumps(metadata), content_type, content_md5, new_blob, None, "[]"),
+                )  # fmt: skip
+        except BaseException:
+            self.blob_path(new_blob).unlink(missing_ok=True)
+            raise
+        if replaced is not None:
+            self._discard(replaced["blob"], replaced["staging"])
+        for block in blocks:
+            self.staging_path(block["staging"]).unlink(missing_ok=True)
+        return self.require(account, fs, path)
+
+    def put_block(self, account: str, fs: str, path: str, block_id: str, body: IO[bytes]) -> int:
+        """Put Block: stage a block for a later Put Block List; invisible until then."""
+        staging = uuid.uuid4().hex
+        with self.staging_path(staging).open("wb") as out:
+            shutil.copyfileobj(body, out, COPY_CHUNK)
+            length = out.tell()
+        old = None
+        try:
+            with self._tx() as db:
+                self.require_filesystem(account, fs, blob=True)
+                existing = self.get(account, fs, path)
+                if existing is not None and existing["kind"] == "directory":
+                    raise StoreError(409, "PathConflict", "the path exists as a directory.")
+                old = db.execute(
+                    "SELECT staging FROM blocks WHERE account=? AND fs=? AND path=? AND block_id=?",
+                    (account, fs, path, block_id),
+                ).fetchone()
+                db.execute(
+                    "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
+                    (account, fs, path, block_id, staging, length),
+                )
+        except BaseException:
+            self.staging_path(staging).unlink(missing_ok=True)
+            raise
+        if old is not None:
+            self.staging_path(old["staging"]).unlink(missing_ok=True)
+        return length
+
+    def put_block_list(
+        self, account: str, fs: str, path: str, block_ids: list[str], metadata: dict[str, str],
+        content_type: str | None, *, if_none_match: str | None = None,
+    ) -> sqlite3.Row:  # fmt: skip
+        """Put Block List: the staged blocks, in this order, become the file at once."""
+        with self.lock:
+            staged = {
+                r["block_id"]: r["staging"]
+                for r in self.db.execute(
+                    "SELECT block_id, staging FROM blocks WHERE account=? AND fs=? AND path=?",
+                    (account, fs, path),
+                )
+            }
+        missing = [b for b in block_ids if b not in staged]
+        if missing:
+            raise StoreError(
+                400, "InvalidBlockList", f"the block list names {len(missing)} unknown blocks."
+            )
+        new_blob = uuid.uuid4().hex
+        tmp = self.root / "tmp" / f"{new_blob}.part"
+        with tmp.open("wb") as out:
+            for block_id in block_ids:
+                with self.staging_path(staged[block_id]).open("rb") as src:
+                    shutil.copyfileobj(src, out, COPY_CHUNK)
+            length = out.tell()
+        os.replace(tmp, self.blob_path(new_blob))
+        return self._commit_blob(
+            account, fs, path, new_blob, length, metadata, content_type, None, if_none_match
+        )
 
     def set_metadata(
         self, account: str, fs: str, path: str, metadata: dict[str, str], *, blob: bool
@@ -838,6 +967,8 @@ class Stats:
             self.faults: Counter[str] = Counter()
             self.appended_bytes = 0
             self.max_append_bytes = 0
+            self.max_block_bytes = 0
+            self.md5_checked = 0
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -848,6 +979,8 @@ class Stats:
                 "faults": dict(self.faults),
                 "appended_bytes": self.appended_bytes,
                 "max_append_bytes": self.max_append_bytes,
+                "max_block_bytes": self.max_block_bytes,
+                "md5_checked": self.md5_checked,
                 "requests": sum(self.ops.values()),
             }
 
@@ -885,6 +1018,10 @@ def classify(method: str, fs: str, path: str, q: dict[str, str], headers: Any) -
             return "set_http_headers"
         if comp is None and headers.get("x-ms-blob-type", "").lower() == "blockblob":
             return "put_blob"
+        if comp == "block":
+            return "put_block"
+        if comp == "blocklist":
+            return "put_block_list"
         return "unsupported"
     if method == "PATCH":
         return {
@@ -902,6 +1039,23 @@ def classify(method: str, fs: str, path: str, q: dict[str, str], headers: Any) -
     if method == "DELETE":
         return "delete"
     return "unsupported"
+
+
+def _block_list(body: bytes) -> list[str]:
+    """The block ids of a Put Block List body, in order (``Latest`` and ``Uncommitted``: this
+    emulator keeps no committed block lists, so ``Committed`` is refused)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise StoreError(400, "InvalidXmlDocument", f"bad block list: {exc}") from exc
+    ids: list[str] = []
+    for element in root:
+        if element.tag not in ("Latest", "Uncommitted"):
+            raise StoreError(
+                400, "InvalidBlockList", f"<{element.tag}> blocks are not supported here."
+            )
+        ids.append(element.text or "")
+    return ids
 
 
 def _is_dfs_call(method: str, q: dict[str, str], headers: Any) -> bool:
@@ -1282,8 +1436,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif op == "put_blob":
             self._check_md5(body)
             row = store.put_blob(
-                account, fs, path, body, self._meta_headers(), h.get("x-ms-blob-content-type")
+                account, fs, path, body, self._meta_headers(), h.get("x-ms-blob-content-type"),
+                content_md5=h.get("x-ms-blob-content-md5") or h.get("Content-MD5"),
+                if_none_match=h.get("If-None-Match"),
+            )  # fmt: skip
+            self._changed(
+                201, row, {"Content-MD5": row["content_md5"]} if row["content_md5"] else {}
             )
+        elif op == "put_block":
+            block_id = q.get("blockid", "")
+            if not block_id:
+                raise StoreError(400, "InvalidQueryParameterValue", "blockid is required")
+            self._check_md5(body)
+            length = store.put_block(account, fs, path, block_id, body)
+            with self.server.emulator.stats_.lock:
+                self.server.emulator.stats_.max_block_bytes = max(
+                    self.server.emulator.stats_.max_block_bytes, length
+                )
+            self._send(201, {"x-ms-request-server-encrypted": "true"})
+        elif op == "put_block_list":
+            row = store.put_block_list(
+                account, fs, path, _block_list(body.read()), self._meta_headers(),
+                h.get("x-ms-blob-content-type"), if_none_match=h.get("If-None-Match"),
+            )  # fmt: skip
             self._changed(201, row)
         elif op == "get_properties":
             row = store.require(account, fs, path, blob=blob)
@@ -1332,6 +1507,8 @@ class _Handler(BaseHTTPRequestHandler):
         expected = self.headers.get("Content-MD5")
         if not expected:
             return
+        with self.server.emulator.stats_.lock:
+            self.server.emulator.stats_.md5_checked += 1
         h = hashlib.md5()
         while chunk := body.read(COPY_CHUNK):
             h.update(chunk)

@@ -1,9 +1,12 @@
 """lakeferry built-in plugin ``onelake``: a sink for Microsoft OneLake and any ADLS Gen2 account.
 
-- sink kind ``onelake`` (:class:`~lakeferry_onelake.sink.OneLakeSink`): lands files through the
-  DFS API (``azure-storage-file-datalake``, sync client in worker threads): a temporary file,
-  appended in chunks, flushed and renamed into place; skips a target that already holds the
-  same size and sha256 (kept as metadata ``lakeferry_sha256``).
+- sink kind ``onelake`` (:class:`~lakeferry_onelake.sink.OneLakeSink`), sync SDK clients in
+  worker threads: ``api = "blob"`` (the default) lands a file with one Put Blob, or Put Block per
+  chunk + Put Block List, through the Blob endpoint (``azure-storage-blob``), each atomic with no
+  temporary path; ``api = "dfs"`` creates a temporary file through the DFS API
+  (``azure-storage-file-datalake``), appends in chunks, flushes and renames it into place. Both
+  skip a target that already holds the same size and sha256 (kept as metadata
+  ``lakeferry_sha256``).
 
 OneLake: ``account_url = "https://onelake.dfs.fabric.microsoft.com"``, ``filesystem`` = the
 workspace (name or GUID), ``base_path = "<lakehouse>.Lakehouse/Files/<folder>"`` (or

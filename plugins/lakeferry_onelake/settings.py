@@ -28,6 +28,7 @@ MiB = 2**20
 MAX_APPEND = 4000 * MiB
 """The service's limit for one append request."""
 
+Api = Literal["blob", "dfs"]
 CredentialKind = Literal["default", "service_principal", "sas", "account_key", "managed_identity"]
 SECRET_KINDS = frozenset({"service_principal", "sas", "account_key"})
 """Credential kinds that read a secret (client secret, SAS token, account key)."""
@@ -68,8 +69,16 @@ class OneLakeSinkSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``), or an absolute path."""
     secret_in_config: str = ""
     """The secret itself. Discouraged: use the environment or ``credential_file``."""
+    api: Api = "blob"
+    """How a file is landed. ``blob``: through the Blob endpoint that OneLake and ADLS Gen2 also
+    serve (``.dfs.`` in ``account_url`` becomes ``.blob.``, as the SDK does): one Put Blob for a
+    file of at most ``chunk_size`` bytes, Put Block per ``chunk_size`` + one Put Block List for a
+    larger one; each is atomic by itself, with no temporary path (2 requests per small file, with
+    the idempotency check). ``dfs``: create a temporary path, append, flush, rename it into place
+    and read its properties back (6 requests per small file)."""
     chunk_size: ByteSize = ByteSize(8 * MiB)
-    """Bytes per append request; each upload holds about this much in memory."""
+    """Bytes per append (``dfs``) or block (``blob``) request, and the largest file sent in one
+    Put Blob; each upload holds about this much in memory."""
     timeout: Duration = Duration(60)
     """Longest wait to connect, and between bytes of a response, per request."""
     max_single_request_retries: Annotated[int, Meta(ge=0, le=10)] = 1

@@ -1,11 +1,38 @@
 """The ``onelake`` sink: lands cached files in OneLake or any ADLS Gen2 account, atomically.
 
-A put, each step one call of the synchronous ``azure-storage-file-datalake`` client in a worker
-thread (its aio client is asyncio and cannot run under trio):
+Every request is a call of the Azure SDK's synchronous clients in a worker thread (their aio
+clients are asyncio and cannot run under trio), all over one ``requests`` session whose pool
+holds ``max_connections`` connections, as many as the worker threads the sink uses at once. The
+session reads the environment (proxies, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) once, when the
+sink is built, instead of on every request.
+
+``api = "blob"`` (the default): through the Blob endpoint that OneLake and ADLS Gen2 serve
+beside the DFS one (``account_url`` with ``.dfs.`` turned into ``.blob.``), azure-storage-blob:
+
+- A file of at most ``chunk_size`` bytes: read whole from the cache (in the same worker thread
+  when the cache is on local disk) and checked against the cache's size and sha256
+  (PermanentError ``size_mismatch`` / ``checksum_mismatch`` / ``cache_missing``), then one Put
+  Blob that only creates (If-None-Match ``*``), with the metadata ``lakeferry_sha256`` and
+  ``lakeferry_event_id`` and Content-MD5 (``validate_content``), which the service checks. If
+  something is there already (409), its properties decide: the same size and
+  ``lakeferry_sha256`` -> the put reports ``skipped`` (idempotency); a directory -> PermanentError
+  ``invalid_path``; anything else is replaced by a Put Blob that overwrites. A new small file
+  costs one request and one worker-thread hop.
+- A larger file: its properties first (skipped as above), then one Put Block per ``chunk_size``
+  bytes (Content-MD5 each, never the whole file in memory), hashing what is sent, and, once size
+  and sha256 match the cache's record, one Put Block List with the metadata (refused as
+  ``InvalidBlockList`` when the SDK repeats it after a lost response: the blocks are committed
+  already, and the properties then decide).
+
+Put Blob and Put Block List are atomic by themselves: a reader sees the old file or the new one,
+never a partial one; blocks not committed are invisible and the service drops them after a week.
+There is no temporary path, so nothing to rename, journal or sweep. The response of the
+committing request is the proof: there is no read-back.
+
+``api = "dfs"``: through the DFS endpoint, azure-storage-file-datalake:
 
 1. Read the target's properties. A file whose size and ``lakeferry_sha256`` metadata match the
-   cached file is left alone: the put reports ``skipped`` (idempotency; a redelivered upload
-   costs one HEAD request).
+   cached file is left alone: the put reports ``skipped``.
 2. Create ``.<name>.lakeferry-tmp-<uuid>`` in the target's directory (parent directories are
    created by the service, so the rename below needs no request of its own) with the metadata
    ``lakeferry_sha256`` and ``lakeferry_event_id``, after writing its path down in this
@@ -19,13 +46,14 @@ thread (its aio client is asyncio and cannot run under trio):
    older file: a reader sees the old file or the new one, never a partial one.
 5. Read the target's properties again and check size and checksum metadata.
 
-Temporary files: a failed put deletes its temporary file (best effort, shielded from
-cancellation, for at most 10 s); one that cannot be deleted (the sink is down) is retried by
+Temporary files (``dfs`` only): a failed put deletes its temporary file (best effort, shielded
+from cancellation, for at most 10 s); one that cannot be deleted (the sink is down) is retried by
 later successful puts. One left by a killed process is in that process's journal (in the state
 folder, named after :attr:`lakeferry.api.PluginContext.owner`), and its next start deletes it
-before the first put (:meth:`OneLakeSink.sweep`) — no listing of the lake needed. A process that
-never comes back leaves its leftovers to ``lakeferry audit`` (``temp_files``) and to a
-lifecycle rule or ``azcopy remove --include-pattern '.*.lakeferry-tmp-*'``.
+before the first put (:meth:`OneLakeSink.sweep`, with either ``api``, so a switch from ``dfs`` to
+``blob`` leaves nothing behind) — no listing of the lake needed. A process that never comes back
+leaves its leftovers to ``lakeferry audit`` (``temp_files``) and to a lifecycle rule or ``azcopy
+remove --include-pattern '.*.lakeferry-tmp-*'``.
 
 ``stat`` reads the properties: size and the ``lakeferry_sha256`` metadata; for a file landed by
 something else, without that metadata, it downloads and hashes the file.
@@ -34,7 +62,7 @@ Destinations come from :func:`render_destination` (already checked for safety) b
 ``base_path``; the returned destination is that relative path, which ``stat`` accepts back.
 
 Cancellation: a request already sent runs to its end in its worker thread (at most ``timeout``
-per attempt); the put then stops and cleans up.
+per attempt); the put then stops (``dfs``: and cleans up).
 
 Error handling: see :mod:`lakeferry_onelake.errors`.
 """
@@ -44,14 +72,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import trio
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobBlock, BlobClient, ContainerClient
 from azure.storage.filedatalake import (
     DataLakeFileClient,
     DataLakeServiceClient,
@@ -60,6 +91,7 @@ from azure.storage.filedatalake import (
 )
 from requests import Session
 from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies
 from urllib3.util.retry import Retry
 
 from lakeferry.api import (
@@ -117,9 +149,53 @@ def _tmp_name(path: str) -> str:
     return f"{parent}/{tmp}" if parent else tmp
 
 
-def _build_service(settings: OneLakeSinkSettings, credential: Any) -> DataLakeServiceClient:
-    # One requests session with a pool as large as the thread limiter, so concurrent uploads
-    # reuse connections instead of urllib3 discarding them ("connection pool is full").
+def _same(held: Held | None, file: SinkFile, rel: str) -> bool:
+    """Whether the sink already holds ``file`` (size and sha256 metadata); PermanentError when
+    a directory is in the way."""
+    if held is None:
+        return False
+    if held.is_directory:
+        raise PermanentError(Reason.INVALID_PATH, f"destination {rel!r} is a directory in the sink")
+    return held.size == file.size and held.metadata.get(META_SHA256) == file.sha256
+
+
+def _check(rel: str, file: SinkFile, size: int, sha256: str) -> None:
+    """PermanentError when what was read from the cache is not what the cache recorded."""
+    if size != file.size:
+        raise PermanentError(
+            Reason.SIZE_MISMATCH, f"cached file for {rel!r} has {size} bytes, expected {file.size}"
+        )
+    if sha256 != file.sha256:
+        raise PermanentError(
+            Reason.CHECKSUM_MISMATCH,
+            f"cached file for {rel!r} has sha256 {sha256}, expected {file.sha256}",
+        )
+
+
+def _read_checked(local: Path, file: SinkFile, rel: str) -> bytes:
+    """In a worker thread: a small cached file's bytes, checked against the cache's record."""
+    try:
+        data = local.read_bytes()
+    except FileNotFoundError as exc:
+        raise PermanentError(Reason.CACHE_MISSING, "the cached file is gone before upload") from exc
+    _check(rel, file, len(data), hashlib.sha256(data).hexdigest())
+    return data
+
+
+def blob_account_url(account_url: str) -> str:
+    """The Blob endpoint beside a DFS endpoint, derived as the SDK derives it."""
+    return account_url.replace(".dfs.", ".blob.", 1)
+
+
+def _session(settings: OneLakeSinkSettings) -> tuple[Session, str | bool]:
+    """One requests session for every call, and the TLS verification setting.
+
+    Its pool is as large as the thread limiter (``max_connections``), so concurrent uploads
+    reuse connections instead of urllib3 discarding them ("connection pool is full"). The
+    environment (proxies, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``) is read
+    once, here: with ``trust_env`` on, requests reads it again for every request, looks for a
+    ``~/.netrc`` each time, and that was 6 % of the daemon's samples on the Azure path.
+    """
     session = Session()
     adapter = HTTPAdapter(
         pool_connections=4,
@@ -128,11 +204,26 @@ def _build_service(settings: OneLakeSinkSettings, credential: Any) -> DataLakeSe
     )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    session.proxies.update(get_environ_proxies(settings.account_url))
+    session.proxies.update(get_environ_proxies(blob_account_url(settings.account_url)))
+    session.trust_env = False
+    verify: str | bool = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
+    return session, verify
+
+
+def _build_clients(
+    settings: OneLakeSinkSettings, credential: Any
+) -> tuple[DataLakeServiceClient, ContainerClient]:
+    """The DFS client, and the Blob client of the same filesystem; one transport for both."""
+    session, verify = _session(settings)
     transport = RequestsTransport(
         session=session,
         session_owner=True,
         connection_timeout=settings.timeout,
         read_timeout=settings.timeout,
+        connection_verify=verify,
     )
     # The SDK's default retry waits 15 s before its first retry; keep its retries few and
     # about a second apart, and leave longer waits to the upload stage (which honours
@@ -142,12 +233,23 @@ def _build_service(settings: OneLakeSinkSettings, credential: Any) -> DataLakeSe
         retry_total=settings.max_single_request_retries,
         random_jitter_range=0.5,  # type: ignore[arg-type]
     )
-    return DataLakeServiceClient(
+    service = DataLakeServiceClient(
         settings.account_url,
         credential=credential,
         transport=transport,
         retry_policy=retry,
     )
+    container = ContainerClient(
+        blob_account_url(settings.account_url),
+        settings.filesystem,
+        credential=credential,
+        transport=transport,
+        retry_policy=retry,
+        # one Put Blob up to chunk_size (the service takes up to 5000 MiB in one)
+        max_single_put_size=settings.chunk_size,
+        max_block_size=settings.chunk_size,
+    )
+    return service, container
 
 
 class OneLakeSink:
@@ -159,7 +261,7 @@ class OneLakeSink:
         self._base = check_base_path(settings.base_path)
         self._credential = build_credential(settings)
         try:
-            self._service = _build_service(settings, self._credential)
+            self._service, self._container = _build_clients(settings, self._credential)
         except ValueError as exc:  # e.g. "Token credential is only supported with HTTPS."
             self._close_credential()
             raise ConfigError(
@@ -271,18 +373,15 @@ class OneLakeSink:
     async def put(self, file: SinkFile, destination: str, event: Event) -> PutOutcome:
         rel, path = self._target(destination)
         await self._ensure_filesystem()
+        metadata = {META_SHA256: file.sha256, META_EVENT_ID: _event_id_metadata(event.id)}
+        if self._settings.api == "blob":
+            return await self._put_blob(file, rel, path, metadata)
         held = await self._call(f"stat {rel!r}", self._properties, path)
-        if held is not None:
-            if held.is_directory:
-                raise PermanentError(
-                    Reason.INVALID_PATH, f"destination {rel!r} is a directory in the sink"
-                )
-            if held.size == file.size and held.metadata.get(META_SHA256) == file.sha256:
-                return PutOutcome(rel, skipped=True)
+        if _same(held, file, rel):
+            return PutOutcome(rel, skipped=True)
 
         tmp = _tmp_name(path)
         tmp_client = self._file(tmp)
-        metadata = {META_SHA256: file.sha256, META_EVENT_ID: _event_id_metadata(event.id)}
         self._journal.begin(tmp)  # before it exists: a kill from here on leaves it listed
         try:
             await self._call(f"create {tmp!r}", tmp_client.create_file, metadata=metadata)
@@ -302,22 +401,137 @@ class OneLakeSink:
         await self._delete_orphans()
         return PutOutcome(rel, skipped=False)
 
+    # -- api = "blob" --------------------------------------------------------------------------
+
+    def _blob_properties(self, blob: BlobClient) -> Held | None:
+        """In a worker thread: what the Blob endpoint holds at ``blob``, or None."""
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if error_code(exc) in FILESYSTEM_MISSING:
+                raise
+            return None
+        metadata = dict(props.metadata or {})
+        is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
+        return Held(int(props.size or 0), metadata, is_directory)
+
+    def _put_small(self, path: str, data: bytes, file: SinkFile, rel: str,
+                   metadata: dict[str, str]) -> bool:  # fmt: skip
+        """In a worker thread: one Put Blob of ``data`` that only creates (If-None-Match ``*``);
+        when something is already there, skip it if it is this file, else overwrite it. True
+        when skipped. A new file costs one request, a redelivered one two (409, HEAD). The
+        SDK's client for the path is built here too, off the event loop (0.3-0.6 ms each)."""
+        blob = self._container.get_blob_client(path)
+        put = partial(
+            blob.upload_blob, data, length=len(data), metadata=metadata, validate_content=True
+        )
+        try:
+            put(overwrite=False)
+        except ResourceExistsError:
+            if _same(self._blob_properties(blob), file, rel):
+                return True
+            put(overwrite=True)
+        return False
+
+    async def _put_blob(
+        self, file: SinkFile, rel: str, path: str, metadata: dict[str, str]
+    ) -> PutOutcome:
+        """Land ``file`` at ``path`` with one Put Blob (at most ``chunk_size`` bytes) or Put Block
+        per chunk + Put Block List: each atomic, nothing visible before it, no temporary path.
+        Bytes are checked against the cache's size and sha256 before the committing request,
+        and sent with Content-MD5 (``validate_content``), which the service checks."""
+        local = file.cache.local_path(file.key)
+        if file.size <= self._settings.chunk_size:
+            if local is not None:
+                # The common case, in one worker thread: read and check the cached file, put
+                # it. One thread hop, one request.
+                def put_small() -> bool:
+                    data = _read_checked(local, file, rel)
+                    return self._put_small(path, data, file, rel, metadata)
+
+                skipped = await self._call(f"put {rel!r}", put_small)
+            else:
+                data = await self._read_whole(file, rel)
+                skipped = await self._call(
+                    f"put {rel!r}", self._put_small, path, data, file, rel, metadata
+                )
+            return PutOutcome(rel, skipped=skipped)
+        blob = self._container.get_blob_client(path)
+        # Large: look first (a redelivered large file is not sent again), then the blocks.
+        held = await self._call(f"stat {rel!r}", self._blob_properties, blob)
+        if _same(held, file, rel):
+            return PutOutcome(rel, skipped=True)
+        prefix = uuid.uuid4().hex
+        blocks: list[BlobBlock] = []
+        h = hashlib.sha256()
+
+        def stage_block(piece: bytes, block_id: str) -> None:
+            h.update(piece)
+            blob.stage_block(block_id, piece, length=len(piece), validate_content=True)
+
+        async def stage(piece: bytes, position: int) -> None:
+            block_id = f"{prefix}-{len(blocks):06d}"  # ids of one blob must be equally long
+            await self._call(f"put block of {rel!r} at {position}", stage_block, piece, block_id)
+            blocks.append(BlobBlock(block_id))
+
+        await self._chunks(file, rel, stage, h)
+        # Uncommitted blocks are invisible, and the service drops them after a week.
+        await self._call(f"commit {rel!r}", self._commit, blob, blocks, file, rel, metadata)
+        return PutOutcome(rel, skipped=False)
+
+    def _commit(self, blob: BlobClient, blocks: list[BlobBlock], file: SinkFile, rel: str,
+                metadata: dict[str, str]) -> None:  # fmt: skip
+        """In a worker thread: Put Block List. When the SDK sent it again because the first
+        response was lost, the blocks are committed by then and the retry is refused (400
+        ``InvalidBlockList``): the file is there if its size and sha256 say so."""
+        try:
+            blob.commit_block_list(blocks, metadata=metadata)
+        except HttpResponseError as exc:
+            if error_code(exc) != "InvalidBlockList" or not _same(
+                self._blob_properties(blob), file, rel
+            ):
+                raise
+
+    async def _read_whole(self, file: SinkFile, rel: str) -> bytes:
+        """The cached file (at most ``chunk_size``), read through the cache and checked."""
+        pieces: list[bytes] = []
+        h = hashlib.sha256()
+
+        async def keep(piece: bytes, position: int) -> None:
+            await trio.to_thread.run_sync(h.update, piece)
+            pieces.append(piece)
+
+        await self._chunks(file, rel, keep, h)
+        return b"".join(pieces)
+
+    # -- api = "dfs" ---------------------------------------------------------------------------
+
     async def _stream(self, file: SinkFile, client: DataLakeFileClient, rel: str) -> int:
         """Append the cached file in ``chunk_size`` pieces; its size once checked."""
         h = hashlib.sha256()
-        chunk_size = self._settings.chunk_size
-        position = 0
-        buffer = bytearray()
 
         def append(piece: bytes, offset: int) -> None:
             h.update(piece)
             client.append_data(piece, offset=offset, length=len(piece))
 
-        async def send(piece: bytes) -> None:
-            nonlocal position
+        async def send(piece: bytes, position: int) -> None:
             await self._call(f"append to {rel!r} at {position}", append, piece, position)
-            position += len(piece)
 
+        return await self._chunks(file, rel, send, h)
+
+    async def _chunks(
+        self,
+        file: SinkFile,
+        rel: str,
+        send: Callable[[bytes, int], Awaitable[None]],
+        h: Any,
+    ) -> int:
+        """Hand the cached file to ``send`` in ``chunk_size`` pieces (with their offsets), then
+        check what ``h`` (a sha256 that ``send`` updates) and the size say against the cache's
+        record: PermanentError ``size_mismatch`` / ``checksum_mismatch``."""
+        chunk_size = self._settings.chunk_size
+        position = 0
+        buffer = bytearray()
         try:
             async with file.cache.open(file.key) as chunks:
                 async for chunk in chunks:
@@ -325,23 +539,16 @@ class OneLakeSink:
                     while len(buffer) >= chunk_size:
                         piece = bytes(buffer[:chunk_size])
                         del buffer[:chunk_size]
-                        await send(piece)
+                        await send(piece, position)
+                        position += len(piece)
         except FileNotFoundError as exc:
             raise PermanentError(
                 Reason.CACHE_MISSING, "the cached file is gone before upload"
             ) from exc
         if buffer:
-            await send(bytes(buffer))
-        if position != file.size:
-            raise PermanentError(
-                Reason.SIZE_MISMATCH,
-                f"cached file for {rel!r} has {position} bytes, expected {file.size}",
-            )
-        if h.hexdigest() != file.sha256:
-            raise PermanentError(
-                Reason.CHECKSUM_MISMATCH,
-                f"cached file for {rel!r} has sha256 {h.hexdigest()}, expected {file.sha256}",
-            )
+            await send(bytes(buffer), position)
+            position += len(buffer)
+        _check(rel, file, position, h.hexdigest())
         return position
 
     async def _verify(self, file: SinkFile, rel: str, path: str) -> None:

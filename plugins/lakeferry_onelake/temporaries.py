@@ -1,7 +1,8 @@
 """Which temporary files this process may have left in the lake: a small local journal.
 
-A put creates its temporary file beside the target (creating it there also creates the target's
-parent directories, so the rename needs no extra request) and renames it into place. A process
+With ``api = "dfs"``, a put creates its temporary file beside the target (creating it there also
+creates the target's parent directories, so the rename needs no extra request) and renames it
+into place (``api = "blob"`` has no temporary files and writes nothing here). A process
 killed in between leaves the temporary file behind, and finding it by listing the lake would
 cost a listing of everything. So the path is written to a journal in the state folder *before*
 the file is created, and the next start of the same process (the same
