@@ -38,8 +38,9 @@ page cache survives it), and after a power loss an entry whose data did not reac
 fails the size check, or the sink's checksum check, and the task is downloaded again. The sink
 fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that.
 
-Resource handling: blocking file operations run in worker threads behind one limiter per cache;
-writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
+Resource handling: blocking file operations run in the cache's own worker threads, at most
+``IO_THREADS`` (:class:`~lakeferry_localfs.iothreads.IoThreads`: a queue in, results back to
+trio in batches, a fraction of the CPU of a ``trio.to_thread`` call each); writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
 thread hop each, and a full batch is written and hashed in a worker thread while the download
 fills the next one (one batch in flight per file; a write error surfaces at the next write or
 at commit). The part file is opened by the first batch written, and the last batch is
@@ -92,6 +93,7 @@ from lakeferry.api import (
     TransientError,
 )
 from lakeferry_localfs.folder import ready_folder
+from lakeferry_localfs.iothreads import IoThreads
 from lakeferry_localfs.partials import (
     Kept,
     in_use,
@@ -302,27 +304,20 @@ class LocalFsPendingFile:
         """Hand the buffered bytes to a worker thread and return while it writes them, so the
         download keeps reading: the network and the disk work at the same time. Waits first
         for the batch before (one write in flight per file, in order)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self._settle()
         if not self._buffer:
             return
         data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        limiter = self._cache.limiter
-        await limiter.acquire_on_behalf_of(self)
         done = self._writing = trio.Event()
-        token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome[None]) -> None:  # in the worker thread
-            def finish() -> None:
-                self._written_outcome = result
-                limiter.release_on_behalf_of(self)
-                done.set()
+        def deliver(result: outcome.Outcome[None]) -> None:  # in the trio thread
+            self._written_outcome = result
+            done.set()
 
-            with contextlib.suppress(trio.RunFinishedError):  # nobody is waiting any more
-                token.run_sync_soon(finish)
-
-        trio.lowlevel.start_thread_soon(functools.partial(self._write_sync, data), deliver)
+        self._cache.threads.submit(functools.partial(self._write_sync, data), deliver)
 
     async def _settle(self) -> None:
         """Wait for the batch being written (if any) and raise its error. Shielded: the file
@@ -418,7 +413,7 @@ class LocalFsCache:
         self._root = Path(settings.path).expanduser()
         self._log = context.logger
         self._fsync = settings.fsync
-        self._limiter = trio.CapacityLimiter(IO_THREADS)
+        self._threads = IoThreads(IO_THREADS, "lakeferry-cache")
         self._gate = QuotaGate(
             settings.quota, settings.unknown_size_estimate, refresh=self._refresh_usage
         )
@@ -467,13 +462,13 @@ class LocalFsCache:
         return self._xattrs
 
     @property
-    def limiter(self) -> trio.CapacityLimiter:
-        """Bounds the worker threads this cache keeps busy."""
-        return self._limiter
+    def threads(self) -> IoThreads:
+        """The worker threads of this cache's blocking file work."""
+        return self._threads
 
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Run blocking ``fn(*args)`` in a worker thread under this cache's limiter."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        """Run blocking ``fn(*args)`` in one of this cache's worker threads."""
+        return await self._threads.run(fn, *args)
 
     # -- start-up ---------------------------------------------------------------------------
 
