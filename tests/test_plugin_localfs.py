@@ -130,6 +130,19 @@ async def test_cache_round_trip_hashes_on_the_fly(tmp_path: Path, checksums: str
     assert parts(cache) == []
 
 
+async def test_a_batch_of_more_pieces_than_one_writev_takes(tmp_path: Path) -> None:
+    """Pieces are written as they came (no copy joining them): more than IOV_MAX in a batch
+    take several writev calls, in order."""
+    cache = make_cache(tmp_path)
+    data = os.urandom(3 * cache_module.IOV_MAX * 500)
+    async with cache.reserve(len(data)):
+        pending = await cache.create("tiny pieces")
+        for start in range(0, len(data), 500):
+            await pending.write(data[start : start + 500])
+        await pending.commit(expected_sha256=sha(data), expected_size=len(data))
+    assert cache.local_path("tiny pieces").read_bytes() == data
+
+
 async def test_commit_without_expectations_and_empty_file(tmp_path: Path, checksums: str) -> None:
     cache = make_cache(tmp_path)
     assert cache.stamps == (checksums == "stamps")

@@ -40,15 +40,16 @@ fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that
 
 Resource handling: blocking file operations run in the cache's own worker threads, at most
 ``IO_THREADS`` (:class:`~lakeferry_localfs.iothreads.IoThreads`: a queue in, results back to
-trio in batches, a fraction of the CPU of a ``trio.to_thread`` call each); writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
-thread hop each, and a full batch is written and hashed in a worker thread while the download
-fills the next one (one batch in flight per file; a write error surfaces at the next write or
-at commit). The part file is opened by the first batch written, and the last batch is
-written, hashed and published in the same call, so a file smaller than a batch costs one hop in
-all (thread hops, not bytes, are what small files spend their time on). Metadata work on a
-local disk takes microseconds, less than a hop, so a lookup (a ``stat`` and the read of the
-stamp) and the removal of a small entry run in the trio thread; the cache directory belongs on
-a local disk. Publishing is shielded from cancellation (it is short), and a
+trio in batches, a fraction of the CPU of a ``trio.to_thread`` call each); writes are batched to
+at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a thread hop each, and a
+full batch is written (one ``writev`` of the pieces as they came, not joined into a copy) and
+hashed in a worker thread while the download fills the next one (one batch in flight per file; a
+write error surfaces at the next write or at commit). The part file is opened by the first batch
+written, and the last batch is written, hashed and published in the same call, so a file smaller
+than a batch costs one hop in all (thread hops, not bytes, are what small files spend their time
+on). Metadata work on a local disk takes microseconds, less than a hop, so a lookup (a ``stat``
+and the read of the stamp) and the removal of a small entry run in the trio thread; the cache
+directory belongs on a local disk. Publishing is shielded from cancellation (it is short), and a
 worker-thread call that opens a file always completes, so a cancellation never strands an open
 file or half-done bookkeeping.
 
@@ -308,8 +309,7 @@ class LocalFsPendingFile:
         await self._settle()
         if not self._buffer:
             return
-        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
-        self._buffer.clear()
+        pieces, self._buffer = self._buffer, []
         self._buffered = 0
         done = self._writing = trio.Event()
 
@@ -317,7 +317,7 @@ class LocalFsPendingFile:
             self._written_outcome = result
             done.set()
 
-        self._cache.threads.submit(functools.partial(self._write_sync, data), deliver)
+        self._cache.threads.submit(functools.partial(self._write_sync, pieces), deliver)
 
     async def _settle(self) -> None:
         """Wait for the batch being written (if any) and raise its error. Shielded: the file
@@ -335,20 +335,16 @@ class LocalFsPendingFile:
         except OSError as exc:
             raise _io_error(exc, "cannot write to the cache") from exc
 
-    def _write_sync(self, data: bytes) -> None:
+    def _write_sync(self, pieces: list[bytes]) -> None:
+        """Write the pieces as they came (one ``writev``, not joined into a copy first) and
+        hash them, in a worker thread."""
         if self._fh is None:
             self._fh = self._cache.open_new(self._part)
-        # An unbuffered file may write less than asked (a full disk fails only on the next
-        # call): write the rest, so what is on disk is exactly what is hashed.
-        view = memoryview(data)
-        while view:
-            n = self._fh.write(view)
-            if n is None:  # non-blocking files only; never for a regular file
-                raise BlockingIOError(errno.EAGAIN, "write would block")
-            view = view[n:]
+        _write_all(self._fh.fileno(), pieces)
         # Hashing here keeps the trio thread free; hashlib releases the GIL on large buffers.
-        self._hash.update(data)
-        self._flushed += len(data)
+        for piece in pieces:
+            self._hash.update(piece)
+            self._flushed += len(piece)
 
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         if self._finished:
@@ -358,8 +354,7 @@ class LocalFsPendingFile:
         except PipelineError:
             await self.abort()
             raise
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        tail, self._buffer = self._buffer, []
         self._buffered = 0
         size = self._written
         if expected_size is not None and size != expected_size:
@@ -370,7 +365,7 @@ class LocalFsPendingFile:
         # One worker-thread call writes what is buffered, hashes it, and publishes the file
         # when its checksum is the expected one: a small file costs one thread hop in all.
         expected = expected_sha256.lower() if expected_sha256 is not None else None
-        digest = await self._cache.publish(self, data, expected)
+        digest = await self._cache.publish(self, tail, expected)
         if expected is not None and digest != expected:
             await self.abort()
             raise PermanentError(
@@ -634,7 +629,9 @@ class LocalFsCache:
         self._gate.add_used(kept.size)
         return True
 
-    async def publish(self, pending: LocalFsPendingFile, tail: bytes, expected: str | None) -> str:
+    async def publish(
+        self, pending: LocalFsPendingFile, tail: list[bytes], expected: str | None
+    ) -> str:
         """Write ``tail`` (the last buffered bytes) into ``pending``'s part file and move it into
         place under its name when its sha256 is ``expected`` (or nothing is expected); account
         for it. Returns the sha256: a different one than expected means nothing was published.
@@ -798,6 +795,26 @@ def _stamp_from_sidecar(shard: str, name: str) -> bool:
         os.unlink(data)
     os.unlink(meta)
     return usable
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+"""Pieces one ``writev`` call takes at most."""
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write every piece, in order. A write may stop short (a full disk fails only on the next
+    call): the rest is written, so what is on disk is exactly what is hashed."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + IOV_MAX])
+        while written:
+            size = len(views[first])
+            if written < size:
+                views[first] = views[first][written:]
+                break
+            written -= size
+            first += 1
 
 
 def _fsync_dir(path: Path) -> None:
