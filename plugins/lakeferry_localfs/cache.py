@@ -580,9 +580,12 @@ class LocalFsCache:
     async def create(self, key: str, *, resume: bool = False) -> LocalFsPendingFile:
         name = self._name(key)
         part = self._new_part(name)
+        kept_parts = self._kept.pop(name, None)
+        if not kept_parts:  # the usual case: nothing to take over or delete first
+            return LocalFsPendingFile(self, key, name, part, None)  # opened by its first write
         # Usually one: the download stage claims a key's partial on every attempt. More than
         # one only when several processes share the cache; the largest saves the most.
-        candidates = sorted(self._kept.pop(name, {}).items(), key=lambda kv: -kv[1])
+        candidates = sorted(kept_parts.items(), key=lambda kv: -kv[1])
         self._gate.add_used(-sum(size for _, size in candidates))  # now under our reservation
         with trio.CancelScope(shield=True):  # never cancelled with a file already open
             taken = None
