@@ -1,5 +1,5 @@
-"""The localfs plugin's worker threads (:mod:`lakeferry_localfs.iothreads`): a queue of jobs in,
-results back to trio in batches."""
+"""Worker threads for blocking work (:mod:`lakeferry.iothreads`): a queue of jobs in, results
+back to trio in batches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from helpers.wait import wait_until_async
-from lakeferry_localfs import iothreads
-from lakeferry_localfs.iothreads import IoThreads
+from lakeferry import iothreads
+from lakeferry.iothreads import IoThreads
 
 pytestmark = pytest.mark.trio
 

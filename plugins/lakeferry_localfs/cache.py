@@ -39,7 +39,7 @@ fails the size check, or the sink's checksum check, and the task is downloaded a
 fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that.
 
 Resource handling: blocking file operations run in the cache's own worker threads, at most
-``IO_THREADS`` (:class:`~lakeferry_localfs.iothreads.IoThreads`: a queue in, results back to
+``IO_THREADS`` (:class:`lakeferry.api.IoThreads`: a queue in, results back to
 trio in batches, a fraction of the CPU of a ``trio.to_thread`` call each); writes are batched to
 at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a thread hop each, and a
 full batch is written (one ``writev`` of the pieces as they came, not joined into a copy) and
@@ -86,6 +86,7 @@ from lakeferry.api import (
     CacheUsage,
     ConfigError,
     Duration,
+    IoThreads,
     LocalPath,
     PermanentError,
     PipelineError,
@@ -94,7 +95,6 @@ from lakeferry.api import (
     TransientError,
 )
 from lakeferry_localfs.folder import ready_folder
-from lakeferry_localfs.iothreads import IoThreads
 from lakeferry_localfs.partials import (
     Kept,
     in_use,

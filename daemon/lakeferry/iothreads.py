@@ -3,7 +3,9 @@
 Why not ``trio.to_thread.run_sync``: each call there is a thread hop of its own (a worker woken
 through a lock, the thread named with a system call, a ``run_sync_soon`` back with a wake-up of
 trio's loop), ~60 µs of CPU per call on this project's 2-core benchmark machine under 50
-concurrent downloads, where a small file's whole publish costs a few hundred. Here a job is
+concurrent downloads, where a small file's whole publish in the cache costs a few hundred.
+Used by the localfs cache (its file work) and the id ledger (its group commits); plugins get it
+from :mod:`lakeferry.api`. Here a job is
 appended to a queue; a thread that is already running takes the next job without sleeping,
 and jobs that finish close together go back to trio in one ``run_sync_soon``: 6 to 9 µs per job
 in the same test (``bench/analysis.md``).
