@@ -124,3 +124,17 @@ async def test_idle_threads_end(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pool.threads == 1
     await wait_until_async(lambda: pool.threads == 0, timeout=10, what="the idle thread to end")
     assert await pool.run(lambda: "again") == "again"  # a new one starts for the next job
+
+
+async def test_a_short_job_does_not_wait_behind_a_long_one() -> None:
+    """A write held up by the disk must not hold up the publish of a small file while another
+    thread could run it."""
+    pool = IoThreads(2, "test-io")
+    release = threading.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run, release.wait, 10)
+        await wait_until_async(lambda: pool.threads == 1, timeout=10, what="the long job's thread")
+        started = trio.current_time()
+        assert await pool.run(lambda: "short") == "short"  # (a job cannot be cancelled)
+        assert trio.current_time() - started < 5, "the short job waited for the long one"
+        release.set()

@@ -11,9 +11,10 @@ and jobs that finish close together go back to trio in one ``run_sync_soon``: 6 
 in the same test (``bench/analysis.md``).
 
 Scheduling: at most ``size`` threads, started when needed and ended after
-:data:`IDLE_SECONDS` without work. A queued job wakes an idle thread (or starts one) only when
-there are more queued jobs than running ones, so a busy thread finishes a short job before
-taking the next; a job never waits behind more than about one other.
+:data:`IDLE_SECONDS` without work. A queued job wakes an idle thread, else starts one while
+fewer than ``size`` run, as ``trio.to_thread`` with a limiter would: a short job never waits
+behind a long one (a large file's write held up by the disk) while a thread could take it.
+Jobs queue only while all ``size`` threads are busy.
 
 Error handling: an exception in a job is the job's outcome, raised where it is awaited (or
 handed to the ``deliver`` callback). Cancellation: :meth:`IoThreads.run` can be cancelled
@@ -51,7 +52,6 @@ class IoThreads:
         self._jobs = collections.deque()
         self._threads = 0
         self._idle = 0
-        self._running = 0
         self._done: dict[trio.lowlevel.TrioToken, list[tuple[Deliver, outcome.Outcome[Any]]]] = {}
 
     @property
@@ -64,8 +64,6 @@ class IoThreads:
         token = trio.lowlevel.current_trio_token()
         with self._lock:
             self._jobs.append((fn, deliver, token))
-            if len(self._jobs) <= self._running:
-                return  # a running thread takes it next
             if self._idle:
                 self._work.notify()
                 return
@@ -113,14 +111,12 @@ class IoThreads:
                         self._threads -= 1
                         return
                 fn, deliver, token = self._jobs.popleft()
-                self._running += 1
                 lock.release()
                 try:
                     result = outcome.capture(fn)
                     del fn
                 finally:
                     lock.acquire()
-                    self._running -= 1
                 batch = self._done.get(token)
                 if batch is not None:  # a delivery to that run is due already: join it
                     batch.append((deliver, result))
