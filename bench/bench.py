@@ -1101,8 +1101,8 @@ def versions() -> str:
     )
 
 
-HTTP_ENGINE = "httpx"
-"""``[downloaders.http] engine`` of the lakeferry runs (``--http-engine``)."""
+HTTP_ENGINE = "curl"
+"""``[downloaders.http] engine`` of the lakeferry runs (``--http-engine``; the daemon's default)."""
 
 TARGETS = (
     ("small", "files/s ≥ 1,000 on Kafka, and ≥ aria2c's"),

@@ -29,6 +29,7 @@ from lakeferry.units import dec_hook
 from lakeferry_file import FileDownloader, FileDownloaderSettings
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings, LocalFsSink, LocalFsSinkSettings
+from lakeferry_localfs import cache as localfs_cache
 from lakeferry_onelake import OneLakeSink, OneLakeSinkSettings
 
 MiB = 2**20
@@ -93,10 +94,18 @@ class TestFileDownloader(DownloaderConformance):
 
 
 class TestLocalFsCache(CacheConformance):
-    @pytest.fixture
+    @pytest.fixture(params=["stamps", "sidecars"])
     def make_cache(
-        self, tmp_path: Path, lakeferry_context: PluginContext
+        self,
+        tmp_path: Path,
+        lakeferry_context: PluginContext,
+        request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> Callable[[int], CacheBackend]:
+        """Checksums in xattrs, and in sidecars (as on a file system without user xattrs)."""
+        if request.param == "sidecars":
+            monkeypatch.setattr(localfs_cache, "xattrs_supported", lambda root: False)
+
         def make(quota: int) -> CacheBackend:
             settings = LocalFsCacheSettings(path=str(tmp_path / "cache"), quota=ByteSize(quota))
             return LocalFsCache(settings, lakeferry_context)

@@ -31,8 +31,9 @@ from lakeferry_localfs import (
     LocalFsSink,
     LocalFsSinkSettings,
 )
+from lakeferry_localfs import cache as cache_module
 from lakeferry_localfs.cache import WRITE_BATCH
-from lakeferry_localfs.sink import XATTR
+from lakeferry_localfs.stamp import XATTR
 
 MiB = 2**20
 
@@ -70,6 +71,19 @@ def parts(cache: LocalFsCache) -> list[Path]:
     return sorted(cache.root.rglob("*.part"))
 
 
+def files(cache: LocalFsCache) -> list[str]:
+    return sorted(p.name for p in cache.root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(params=["stamps", "sidecars"])
+def checksums(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the cache keeps each entry's sha256: in a stamp (an xattr), or, on a file system
+    without user xattrs, in ``.meta`` sidecars (this one has them: the probe is told no)."""
+    if request.param == "sidecars":
+        monkeypatch.setattr(cache_module, "xattrs_supported", lambda root: False)
+    return str(request.param)
+
+
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -95,8 +109,9 @@ def test_settings_decode_from_config_values(tmp_path: Path) -> None:
 # --- cache: writing and reading ----------------------------------------------------------------
 
 
-async def test_cache_round_trip_hashes_on_the_fly(tmp_path: Path) -> None:
+async def test_cache_round_trip_hashes_on_the_fly(tmp_path: Path, checksums: str) -> None:
     cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     data = os.urandom(3 * MiB + 12345)
     async with cache.reserve(len(data)):
         pending = await cache.create("event/1 ünïcode")
@@ -115,8 +130,22 @@ async def test_cache_round_trip_hashes_on_the_fly(tmp_path: Path) -> None:
     assert parts(cache) == []
 
 
-async def test_commit_without_expectations_and_empty_file(tmp_path: Path) -> None:
+async def test_a_batch_of_more_pieces_than_one_writev_takes(tmp_path: Path) -> None:
+    """Pieces are written as they came (no copy joining them): more than IOV_MAX in a batch
+    take several writev calls, in order."""
     cache = make_cache(tmp_path)
+    data = os.urandom(3 * cache_module.IOV_MAX * 500)
+    async with cache.reserve(len(data)):
+        pending = await cache.create("tiny pieces")
+        for start in range(0, len(data), 500):
+            await pending.write(data[start : start + 500])
+        await pending.commit(expected_sha256=sha(data), expected_size=len(data))
+    assert cache.local_path("tiny pieces").read_bytes() == data
+
+
+async def test_commit_without_expectations_and_empty_file(tmp_path: Path, checksums: str) -> None:
+    cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     pending = await cache.create("empty")
     entry = await pending.commit(expected_sha256=None, expected_size=None)
     assert entry == ("empty", 0, sha(b""))
@@ -143,10 +172,32 @@ async def test_commit_mismatch_is_permanent_and_leaves_nothing(
     assert parts(cache) == []
     assert cache.usage().bytes == 0
     await pending.abort()  # the download stage aborts after any failure: must be harmless
+    assert files(cache) == []
 
 
-async def test_abort_removes_the_part_file(tmp_path: Path) -> None:
+async def test_an_entry_is_one_file_with_its_checksum_stamped(tmp_path: Path) -> None:
+    """No sidecar: on ext4 without a journal, every file created and deleted made each later
+    create slower (the inode allocator skips recently deleted inodes one by one)."""
     cache = make_cache(tmp_path)
+    assert cache.stamps  # this file system keeps user xattrs
+    data = b"stamped" * 1000
+    await put_in_cache(cache, "k", data)
+    path = cache.local_path("k")
+    assert files(cache) == [path.name]
+    st = path.stat()
+    assert os.getxattr(path, XATTR) == f"{sha(data)}:{len(data)}:{st.st_mtime_ns}".encode()
+    assert await cache.lookup("k") == ("k", len(data), sha(data))
+    os.setxattr(path, XATTR, b"0" * 64 + f":{len(data)}:{st.st_mtime_ns}".encode())
+    assert await cache.lookup("k") == ("k", len(data), "0" * 64)  # the stamp is what counts
+    os.removexattr(path, XATTR)
+    assert await cache.lookup("k") is None
+    await cache.remove("k")
+    assert files(cache) == []
+
+
+async def test_abort_removes_the_part_file(tmp_path: Path, checksums: str) -> None:
+    cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     pending = await cache.create("k")
     await pending.write(b"x" * MiB)
     await pending._settle()  # the batch is on disk
@@ -172,8 +223,9 @@ async def test_cancelled_write_then_shielded_abort_leaves_no_entry(tmp_path: Pat
     assert parts(cache) == []
 
 
-async def test_recommit_replaces_entry_and_accounts_once(tmp_path: Path) -> None:
+async def test_recommit_replaces_entry_and_accounts_once(tmp_path: Path, checksums: str) -> None:
     cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     await put_in_cache(cache, "k", b"first version")
     await put_in_cache(cache, "k", b"second")
     assert await read_all(cache, "k") == b"second"
@@ -181,8 +233,11 @@ async def test_recommit_replaces_entry_and_accounts_once(tmp_path: Path) -> None
     assert cache.usage()[:2] == (6, 1)
 
 
-async def test_lookup_refuses_data_that_does_not_match_its_sidecar(tmp_path: Path) -> None:
+async def test_lookup_refuses_data_that_does_not_match_its_checksum_record(
+    tmp_path: Path, checksums: str
+) -> None:
     cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     await put_in_cache(cache, "k", b"0123456789")
     cache.local_path("k").write_bytes(b"short")
     assert await cache.lookup("k") is None
@@ -190,8 +245,9 @@ async def test_lookup_refuses_data_that_does_not_match_its_sidecar(tmp_path: Pat
     assert await cache.lookup("k") is None
 
 
-async def test_open_and_remove_of_missing_keys(tmp_path: Path) -> None:
+async def test_open_and_remove_of_missing_keys(tmp_path: Path, checksums: str) -> None:
     cache = make_cache(tmp_path)
+    assert cache.stamps == (checksums == "stamps")
     with pytest.raises(FileNotFoundError):
         async with cache.open("nope"):
             pass
@@ -205,19 +261,26 @@ async def test_open_and_remove_of_missing_keys(tmp_path: Path) -> None:
             pass
 
 
-async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path: Path) -> None:
+async def test_startup_scan_counts_entries_and_removes_crash_leftovers(
+    tmp_path: Path, checksums: str
+) -> None:
     cache = make_cache(tmp_path)
     await put_in_cache(cache, "kept", b"k" * 1000)
-    await put_in_cache(cache, "meta-only", b"m" * 10)
-    await put_in_cache(cache, "data-only", b"d" * 10)
+    await put_in_cache(cache, "unchecked", b"d" * 10)
     crashed = await cache.create("crashed")  # a download in progress when the process died
     await crashed.write(b"c" * (WRITE_BATCH + 1))
     await crashed._settle()  # the batch is on disk
     assert crashed._fh is not None
     crashed._fh.close()  # the process died: its file (and the lock on it) is gone
-    cache.local_path("meta-only").unlink()
-    data_only = cache.local_path("data-only")
-    data_only.with_name(data_only.name + ".meta").unlink()
+    unchecked = cache.local_path("unchecked")  # data without its checksum: not ours
+    if checksums == "stamps":
+        os.removexattr(unchecked, XATTR)
+    else:
+        unchecked.with_name(unchecked.name + ".meta").unlink()
+    # A sidecar without data: a crash between writing it and the rename.
+    lone = cache.local_path("lone")
+    lone.parent.mkdir(exist_ok=True)
+    lone.with_name(lone.name + ".meta").write_bytes(b'{"key":"lone","size":1,"sha256":"x"}')
     stranger = cache.root / "README.txt"
     stranger.write_text("not ours")
 
@@ -225,14 +288,31 @@ async def test_startup_scan_counts_entries_and_removes_crash_leftovers(tmp_path:
     assert parts(restarted) == []
     assert restarted.usage()[:2] == (1000, 1)
     assert await restarted.lookup("kept") == ("kept", 1000, sha(b"k" * 1000))
-    assert not data_only.exists()
-    assert sorted(p.name for p in restarted.root.rglob("*") if p.is_file()) == sorted(
-        [
-            restarted.local_path("kept").name,
-            restarted.local_path("kept").name + ".meta",
-            stranger.name,
-        ]
-    )
+    assert not unchecked.exists()
+    kept = restarted.local_path("kept").name
+    sidecars = [kept + ".meta"] if checksums == "sidecars" else []
+    assert files(restarted) == sorted([kept, *sidecars, stranger.name])
+
+
+async def test_start_up_stamps_entries_an_earlier_release_published_with_sidecars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "xattrs_supported", lambda root: False)
+        old = make_cache(tmp_path)
+        await put_in_cache(old, "a", b"a" * 100)
+        await put_in_cache(old, "b", b"b" * 200)
+        await put_in_cache(old, "wrong", b"w" * 300)
+    wrong = old.local_path("wrong")
+    wrong.write_bytes(b"w" * 299)  # its sidecar no longer describes it
+
+    cache = make_cache(tmp_path)
+    assert cache.stamps
+    assert cache.usage()[:2] == (300, 2)
+    assert await cache.lookup("a") == ("a", 100, sha(b"a" * 100))
+    assert await cache.lookup("b") == ("b", 200, sha(b"b" * 200))
+    assert await cache.lookup("wrong") is None
+    assert files(cache) == sorted([cache.local_path("a").name, cache.local_path("b").name])
 
 
 def test_unusable_cache_path_is_a_config_error(tmp_path: Path) -> None:

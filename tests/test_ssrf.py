@@ -25,6 +25,7 @@ from urllib.parse import quote
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from helpers.daemon import DaemonEnv
 from helpers.http_engines import spy_on
@@ -41,8 +42,9 @@ from lakeferry.api import (
     TransientError,
     parse_ip_literal,
 )
-from lakeferry.testing import download_writer
+from lakeferry.testing import ChunkRecorder, download_writer
 from lakeferry_http import HttpDownloader, HttpDownloaderSettings
+from lakeferry_http.curl_engine import CheckedLookups
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 
 
@@ -353,6 +355,128 @@ async def test_name_is_resolved_once_and_the_checked_address_is_pinned(
     assert entry.size == 5000
     assert resolver.lookups == ["origin.example.test"]
     assert spy.connects == [("127.0.0.1", port)]  # the address, never the name
+
+
+async def test_curl_resolves_a_burst_to_one_host_once(
+    tmp_path: Path, origin: Origin, guarded_downloader: GuardedFactory, http_engine: str
+) -> None:
+    """Twenty downloads from one name at once: one lookup (the others wait for its answer),
+    every connection to the checked address."""
+    if http_engine != "curl":
+        pytest.skip("the httpx engine resolves per new connection, in its pool")
+    port = port_of(origin)
+    resolver = FakeResolver({"burst.example.test": ["127.0.0.1"]})
+    settings = {"allow_networks": ["127.0.0.1/32"]}
+    async with guarded_downloader(tmp_path, resolver=resolver, **settings) as (d, spy):
+
+        async def one(i: int) -> None:
+            out = ChunkRecorder()
+            url = f"http://burst.example.test:{port}/files/burst-{i}.bin?size=3000"
+            await d.fetch(task_for(url), out)
+            assert out.hexdigest() == sha256_of(f"burst-{i}.bin", 3000)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+    assert resolver.lookups == ["burst.example.test"]
+    assert spy.connects
+    assert {address for address, _ in spy.connects} == {"127.0.0.1"}
+
+
+class SwitchingGuard(NetGuard):
+    """A guard whose resolver answers from a table the test changes, counting lookups."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.answers: dict[str, list[str]] = {}
+        self.started = trio.Event()
+        self.release = trio.Event()
+        self.release.set()
+        self.fail: Exception | None = None
+        super().__init__(resolver=self._resolve, **settings)
+        self.lookups = 0
+
+    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
+        self.lookups += 1
+        self.started.set()
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [ipaddress.ip_address(a) for a in self.answers[host]]
+
+
+async def test_checked_lookups_keep_only_allowed_answers_for_their_ttl(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    guard = SwitchingGuard(allow_networks=["127.0.0.1/32"])
+    lookups = CheckedLookups(guard, ttl=5.0, size=2)
+    guard.answers["h.test"] = ["10.0.0.7"]  # private: refused
+    for _ in range(2):
+        with pytest.raises(PermanentError) as refused:
+            await lookups.resolve("h.test", 80, 10)
+        assert refused.value.reason == Reason.BLOCKED
+    assert guard.lookups == 2  # a refusal is never kept
+    guard.answers["h.test"] = ["10.0.0.7", "127.0.0.1"]
+    pinned = await lookups.resolve("h.test", 80, 10)
+    assert pinned == (
+        [ipaddress.ip_address("127.0.0.1")],  # only the allowed address is kept and pinned
+        ["+h.test:80:127.0.0.1"],
+    )
+    guard.answers["h.test"] = ["127.0.0.9"]
+    await trio.sleep(4.9)
+    assert await lookups.resolve("h.test", 80, 10) == pinned  # within the TTL: reused
+    assert guard.lookups == 3
+    await trio.sleep(0.2)
+    with pytest.raises(PermanentError):  # past it: asked again, and refused again
+        await lookups.resolve("h.test", 80, 10)
+    assert guard.lookups == 4
+    # Per port (allow_hosts can name one), at most `size` kept, the oldest dropped first.
+    guard.answers["h.test"] = ["127.0.0.1"]
+    for port in (80, 81, 82, 81):
+        await lookups.resolve("h.test", port, 10)
+    assert guard.lookups == 7
+    await lookups.resolve("h.test", 80, 10)
+    assert guard.lookups == 8
+    # An IP literal is not looked up, but its check is kept too; never pinned (no name).
+    literal = await lookups.resolve("127.0.0.1", 8080, 10)
+    assert literal == ([ipaddress.ip_address("127.0.0.1")], [])
+
+
+async def test_checked_lookups_share_one_lookup_and_not_its_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    guard = SwitchingGuard(allow_networks=["127.0.0.1/32"])
+    lookups = CheckedLookups(guard)
+    guard.answers["h.test"] = ["127.0.0.1"]
+    results: list[object] = []
+
+    async def ask(host: str = "h.test") -> None:
+        try:
+            results.append(await lookups.resolve(host, 80, 10))
+        except PipelineError as exc:
+            results.append(exc.reason)
+
+    # Five at once while the first lookup hangs: one lookup, five answers.
+    guard.release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(ask)
+        await guard.started.wait()
+        await trio.sleep(1)
+        guard.release.set()
+    assert guard.lookups == 1
+    assert len(results) == 5
+    assert len(set(map(repr, results))) == 1
+    # A lookup that fails: each waiting request asks for itself (and gets its own error).
+    results.clear()
+    guard.fail = OSError(-2, "Name or service not known")
+    guard.release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(ask, "f.test")
+        await trio.sleep(1)
+        guard.release.set()
+    assert results == [Reason.CONNECTION] * 3
+    assert guard.lookups == 1 + 3
 
 
 async def test_redirects_to_private_targets_are_refused_at_each_hop(

@@ -39,6 +39,7 @@ from lakeferry.hookspecs import (
     RegisterSource,
     hookimpl,
 )
+from lakeferry.iothreads import IoThreads
 from lakeferry.messages import DownloadTask, Event
 from lakeferry.netguard import (
     IPAddress,
@@ -75,6 +76,7 @@ __all__ = [
     "Intake",
     "Inventory",
     "InventoryRow",
+    "IoThreads",
     "LocalPath",
     "LocalPathOrUri",
     "NetGuard",

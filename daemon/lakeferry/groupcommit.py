@@ -19,6 +19,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from lakeferry.iothreads import IoThreads
+
 Q = TypeVar("Q")
 R = TypeVar("R")
 
@@ -38,11 +40,10 @@ class _Batch(Generic[Q, R]):
 class GroupCommit(Generic[Q, R]):
     """Runs ``work(requests) -> results`` (same length, same order) for batches of requests."""
 
-    def __init__(
-        self, work: Callable[[Sequence[Q]], list[R]], limiter: trio.CapacityLimiter | None = None
-    ) -> None:
+    def __init__(self, work: Callable[[Sequence[Q]], list[R]], threads: IoThreads) -> None:
         self._work = work
-        self._limiter = limiter or trio.CapacityLimiter(1)
+        self._threads = threads
+        """Where ``work`` runs: one batch at a time (others may share the threads)."""
         self._filling: _Batch[Q, R] = _Batch()
         self._running = False
         self._ran = trio.Event()
@@ -75,9 +76,7 @@ class GroupCommit(Generic[Q, R]):
         live = [(i, r) for i, r in enumerate(batch.requests) if r is not _WITHDRAWN]
         try:
             with trio.CancelScope(shield=True):
-                results = await trio.to_thread.run_sync(
-                    partial(self._work, [r for _, r in live]), limiter=self._limiter
-                )
+                results = await self._threads.run(partial(self._work, [r for _, r in live]))
             slots: list[R | None] = [None] * len(batch.requests)
             for (i, _), result in zip(live, results, strict=True):
                 slots[i] = result

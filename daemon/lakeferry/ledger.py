@@ -37,6 +37,7 @@ from typing import NamedTuple
 import trio
 
 from lakeferry.groupcommit import GroupCommit
+from lakeferry.iothreads import IoThreads
 from lakeferry.messages import Event
 from lakeferry.sqlitetx import write_transaction
 from lakeferry.urls import redact_url
@@ -104,8 +105,9 @@ class _Request(NamedTuple):
 class IdLedger:
     """The ledger of one state folder (see the module docstring).
 
-    Resource handling: one SQLite connection, used only inside the group commit's worker
-    thread (one batch at a time) and :meth:`prune`; :meth:`aclose` closes it.
+    Resource handling: one SQLite connection, used only in one worker thread of its own
+    (:class:`lakeferry.iothreads.IoThreads`): the group commit's batches and :meth:`prune`, one
+    at a time; :meth:`aclose` closes it.
 
     Error handling: SQLite errors come out of :meth:`bind` and :meth:`land` as
     :class:`lakeferry.groupcommit.BatchFailed`; the stages treat them as transient.
@@ -122,8 +124,9 @@ class IdLedger:
         with write_transaction(self._conn):
             for statement in _SCHEMA:
                 self._conn.execute(statement)
-        self._limiter = trio.CapacityLimiter(1)
-        self._commits: GroupCommit[_Request, Binding | None] = GroupCommit(self._run, self._limiter)
+        self._thread = IoThreads(1, "lakeferry-ledger")
+        """The one thread that uses the connection: batches and pruning, one at a time."""
+        self._commits: GroupCommit[_Request, Binding | None] = GroupCommit(self._run, self._thread)
 
     @property
     def batches(self) -> int:
@@ -173,11 +176,11 @@ class IdLedger:
             with write_transaction(self._conn):
                 return self._conn.execute("DELETE FROM ids WHERE bound_ms < ?", (oldest,)).rowcount
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        return await self._thread.run(work)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+            await self._thread.run(self._conn.close)
 
 
 def _request(op: str, event: Event) -> _Request:

@@ -8,11 +8,15 @@ reads on), and cancels it when it leaves early. A small file costs trio a few wa
 one per read.
 
 The network guard, on every hop: libcurl never resolves a name itself and never follows a
-redirect. For each hop, trio resolves the host once through the guard
+redirect. For each hop, trio resolves the host through the guard
 (:meth:`lakeferry.api.NetGuard.resolve`: only allowed addresses remain, none is ``blocked``),
 pins the name to exactly those addresses (``CURLOPT_RESOLVE``), and the open-socket callback
 checks the address of every socket libcurl opens against them
-(:meth:`~lakeferry.api.NetGuard.check_peer`) before the socket exists. A redirect ends the
+(:meth:`~lakeferry.api.NetGuard.check_peer`) before the socket exists. The guard's answer for
+a host and port is reused for :data:`LOOKUP_TTL` seconds (:class:`CheckedLookups`; a burst of
+requests to one host resolves it once, and requests arriving while it resolves wait for that
+answer): only allowed addresses are ever kept, a refusal or a failure never is, and a reused
+answer is pinned and checked exactly like a fresh one. A redirect ends the
 hop's transfer; its ``Location`` is checked (:meth:`~lakeferry.api.NetGuard.check_url`) and
 fetched as the next hop, up to ``max_redirects``, so a redirect to a private address is
 refused like a first URL would be. URLs are parsed by httpx's parser, as with the httpx
@@ -35,7 +39,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urljoin
 
 import httpx
@@ -43,6 +47,7 @@ import pycurl
 import trio
 
 from lakeferry.api import (
+    IPAddress,
     NetGuard,
     PermanentError,
     PipelineError,
@@ -64,6 +69,81 @@ if TYPE_CHECKING:
     from lakeferry_http.downloader import HttpDownloaderSettings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+LOOKUP_TTL = 5.0
+"""Seconds the guard's answer for a host and port is reused (see :class:`CheckedLookups`)."""
+LOOKUP_ENTRIES = 1024
+"""Hosts (with their ports) whose answers are kept at most; the oldest goes first."""
+
+
+class Pinned(NamedTuple):
+    """The guard's answer for a host and port: the addresses a connection may reach, and the
+    ``CURLOPT_RESOLVE`` entries pinning a name to them (none for an IP literal)."""
+
+    allowed: list[IPAddress]
+    resolve: list[str]
+
+
+class CheckedLookups:
+    """The guard's recent answers, so a burst of requests to one host resolves it once.
+
+    An answer is kept for ``ttl`` seconds (trio's clock), at most ``size`` of them. Only what
+    :meth:`NetGuard.resolve` returned is kept: the allowed addresses alone; a refusal
+    (``blocked``), a failure or a cancelled lookup leaves nothing behind. Requests for a host
+    being resolved wait for that lookup instead of starting their own; when it fails, each
+    asks the guard itself (so each gets its own answer and its own error).
+    """
+
+    def __init__(self, guard: NetGuard, *, ttl: float = LOOKUP_TTL, size: int = LOOKUP_ENTRIES):
+        self._guard = guard
+        self._ttl = ttl
+        self._size = size
+        self._answers: dict[tuple[str, int], tuple[float, Pinned]] = {}
+        self._resolving: dict[tuple[str, int], trio.Event] = {}
+
+    async def resolve(self, host: str, port: int, timeout: float) -> Pinned:  # noqa: ASYNC109
+        key = (host, port)
+        kept = self._fresh(key)
+        if kept is not None:
+            await trio.lowlevel.checkpoint()
+            return kept
+        busy = self._resolving.get(key)
+        if busy is not None:  # another request is resolving this host: its answer will do
+            with trio.move_on_after(timeout) as waited:
+                await busy.wait()
+            kept = self._fresh(key)
+            if kept is not None:
+                return kept
+            if waited.cancelled_caught:
+                raise TransientError(Reason.TIMEOUT, f"resolving {host} timed out")
+            return await self._ask(host, port, timeout)  # it failed: ask for ourselves
+        done = self._resolving[key] = trio.Event()
+        try:
+            return await self._ask(host, port, timeout)
+        finally:
+            del self._resolving[key]
+            done.set()
+
+    def _fresh(self, key: tuple[str, int]) -> Pinned | None:
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        if trio.current_time() < found[0]:
+            return found[1]
+        del self._answers[key]
+        return None
+
+    async def _ask(self, host: str, port: int, timeout: float) -> Pinned:  # noqa: ASYNC109
+        allowed = await self._guard.resolve(host, port, timeout=timeout)
+        resolve: list[str] = []
+        if parse_ip_literal(host) is None:  # a name: pin it to the checked addresses
+            addresses = ",".join(f"[{ip}]" if ip.version == 6 else str(ip) for ip in allowed)
+            resolve = [f"+{host}:{port}:{addresses}"]
+        pinned = Pinned(allowed, resolve)
+        while len(self._answers) >= self._size:
+            del self._answers[next(iter(self._answers))]  # the oldest
+        self._answers[(host, port)] = (trio.current_time() + self._ttl, pinned)
+        return pinned
 
 
 def curl_error(outcome: Outcome, shown: str) -> PipelineError:
@@ -173,6 +253,8 @@ class CurlEngine:
             logger,
         )
         self._headers = {"User-Agent": settings.user_agent, **settings.headers}
+        self.lookups = CheckedLookups(guard)
+        """The guard's recent answers, reused for :data:`LOOKUP_TTL` seconds."""
 
     @property
     def connect_hook(self) -> ConnectHook | None:
@@ -272,18 +354,14 @@ class CurlEngine:
         if not host:
             raise PermanentError(Reason.MALFORMED, f"GET {shown}: URL without a host")
         port = target.port or _DEFAULT_PORTS[scheme]
-        allowed = await self._guard.resolve(host, port, timeout=self._settings.connect_timeout)
-        resolve: list[str] = []
-        if parse_ip_literal(host) is None:  # a name: pin it to the checked addresses
-            addresses = ",".join(f"[{ip}]" if ip.version == 6 else str(ip) for ip in allowed)
-            resolve = [f"+{host}:{port}:{addresses}"]
+        pinned = await self.lookups.resolve(host, port, self._settings.connect_timeout)
         transfer = Transfer(
             str(target),
             [f"{name}: {value}" for name, value in headers.items()],
             host,
             port,
-            allowed,
-            resolve,
+            pinned.allowed,
+            pinned.resolve,
         )
         self.multi.submit(transfer)
         return transfer

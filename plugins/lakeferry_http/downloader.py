@@ -1,8 +1,8 @@
 """The ``http`` downloader: streams ``http://`` and ``https://`` bodies into the cache.
 
-Two engines speak HTTP for it, chosen by ``engine``: httpx (the default,
-:mod:`lakeferry_http.httpx_engine`) and libcurl through pycurl
-(:mod:`lakeferry_http.curl_engine`). Everything else is decided here, once, for both: what a
+Two engines speak HTTP for it, chosen by ``engine``: libcurl through pycurl (the default,
+:mod:`lakeferry_http.curl_engine`: half the CPU per file, see bench/analysis.md) and httpx
+(:mod:`lakeferry_http.httpx_engine`). Everything else is decided here, once, for both: what a
 status means, resuming, size limits, slow transfers. Either way bodies are streamed piece by
 piece as they arrive straight to the cache writer (which batches disk writes), never held
 whole, and every connection, including each redirect hop, goes through the core's SSRF guard
@@ -83,9 +83,10 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 class HttpDownloaderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[downloaders.http]``."""
 
-    engine: Literal["httpx", "curl"] = "httpx"
-    """What speaks HTTP: ``httpx``, or ``curl`` (libcurl's multi interface through pycurl, in
-    one worker thread per downloader; several times less CPU per small file)."""
+    engine: Literal["httpx", "curl"] = "curl"
+    """What speaks HTTP: ``curl`` (libcurl's multi interface through pycurl, in one worker
+    thread per downloader; half of httpx's CPU per small file, see bench/analysis.md), or
+    ``httpx``."""
 
     connect_timeout: Duration = Duration(10)
     """Seconds to resolve the host and open a connection (each redirect hop too)."""

@@ -1,4 +1,4 @@
-"""The ``http`` downloader's httpx engine (``engine = "httpx"``, the default).
+"""The ``http`` downloader's httpx engine (``engine = "httpx"``; the default is ``"curl"``).
 
 Resource handling: a handful of small httpx clients instead of one big pool. httpcore's pool
 scans every connection for every request, so one pool shared by 50 download slots collapses

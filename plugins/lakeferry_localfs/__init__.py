@@ -1,7 +1,8 @@
 """lakeferry built-in plugin ``localfs``: a cache directory with a byte quota, and a local sink.
 
 - cache kind ``localfs`` (:class:`~lakeferry_localfs.cache.LocalFsCache`): complete files under
-  a directory, published atomically with a checksum sidecar, admission-controlled by a quota;
+  a directory, published atomically with their checksum (an xattr), admission-controlled by a
+  quota;
 - sink kind ``localfs`` (:class:`~lakeferry_localfs.sink.LocalFsSink`): lands files under a root
   directory, hard-linked from the cache when possible, skipping identical files.
 """

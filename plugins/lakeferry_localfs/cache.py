@@ -4,17 +4,25 @@ Layout, for a key whose sha256 hex is ``name`` (keys are arbitrary strings; thei
 safe, fixed-length file name)::
 
     <path>/<name[:2]>/<name>                  the data, present only when complete
-    <path>/<name[:2]>/<name>.meta             JSON sidecar: key, size, sha256
     <path>/<name[:2]>/<name>.<token>.part     a download in progress, or a kept partial
     <path>/<name[:2]>/<name>.<token>.resume   JSON sidecar of a kept partial: key, validator,
                                               size, kept_at
 
-A file is written as ``.part`` while its sha256 is computed on the fly, then published: any
-older data under the key is unlinked, the ``.meta`` sidecar is written, and the part is renamed
-into place. Data therefore never exists without a matching sidecar, and a crash at any point
-leaves either the complete old state, nothing, or leftovers that the start-up scan deletes
-(``.part`` files, sidecars without data). :meth:`LocalFsCache.lookup` still checks the sidecar
-against the data's size before trusting an entry.
+A complete file's sha256 is in its own extended attribute, the stamp of
+:mod:`lakeferry_localfs.stamp` (``user.lakeferry.sha256``: sha256, size, mtime), which the
+localfs sink keeps on the files it lands too. A file is written as ``.part`` while its sha256
+is computed on the fly, then stamped and renamed into place (replacing older data under the
+key in one step): data therefore never exists without its checksum, and a crash at any point
+leaves the complete old state, the complete new one, or a ``.part`` file that the start-up
+scan deletes. :meth:`LocalFsCache.lookup` trusts an entry only while its stamp matches the
+data's size and mtime. One inode per file and nothing else created or deleted: on ext4, the
+cost of creating a file grows with the inodes recently deleted near it.
+
+Where the file system keeps no user extended attributes (tmpfs before Linux 6.6, some network
+file systems), the checksum goes in a JSON sidecar instead, ``<name>.meta`` (key, size,
+sha256): publishing unlinks any older data, writes the sidecar, then renames the part into
+place, and the scan deletes sidecars without data and data without a sidecar. A cache written
+with sidecars (by an earlier release) is stamped by the start-up scan, its sidecars deleted.
 
 Resuming: ``abort(keep_partial=True)`` of a file with a validator keeps its part file, fsynced
 and cut to the bytes known written, and writes its ``.resume`` sidecar next to it. A later
@@ -30,16 +38,18 @@ page cache survives it), and after a power loss an entry whose data did not reac
 fails the size check, or the sink's checksum check, and the task is downloaded again. The sink
 fsyncs what it lands. ``fsync = true`` trades throughput for not relying on that.
 
-Resource handling: blocking file operations run in worker threads behind one limiter per cache;
-writes are batched to at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a
-thread hop each, and a full batch is written and hashed in a worker thread while the download
-fills the next one (one batch in flight per file; a write error surfaces at the next write or
-at commit). The part file is opened by the first batch written, and the last batch is
-written, hashed and published in the same call, so a file smaller than a batch costs one hop in
-all (thread hops, not bytes, are what small files spend their time on). Metadata work on a
-local disk takes microseconds, less than a hop, so a lookup (a ``stat`` and the read of a tiny
-sidecar) and the removal of a small entry run in the trio thread; the cache directory belongs on
-a local disk. Publishing is shielded from cancellation (it is short), and a
+Resource handling: blocking file operations run in the cache's own worker threads, at most
+``IO_THREADS`` (:class:`lakeferry.api.IoThreads`: a queue in, results back to
+trio in batches, a fraction of the CPU of a ``trio.to_thread`` call each); writes are batched to
+at least ``WRITE_BATCH`` bytes so a stream of small chunks does not pay a thread hop each, and a
+full batch is written (one ``writev`` of the pieces as they came, not joined into a copy) and
+hashed in a worker thread while the download fills the next one (one batch in flight per file; a
+write error surfaces at the next write or at commit). The part file is opened by the first batch
+written, and the last batch is written, hashed and published in the same call, so a file smaller
+than a batch costs one hop in all (thread hops, not bytes, are what small files spend their time
+on). Metadata work on a local disk takes microseconds, less than a hop, so a lookup (a ``stat``
+and the read of the stamp) and the removal of a small entry run in the trio thread; the cache
+directory belongs on a local disk. Publishing is shielded from cancellation (it is short), and a
 worker-thread call that opens a file always completes, so a cancellation never strands an open
 file or half-done bookkeeping.
 
@@ -56,6 +66,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -75,6 +86,7 @@ from lakeferry.api import (
     CacheUsage,
     ConfigError,
     Duration,
+    IoThreads,
     LocalPath,
     PermanentError,
     PipelineError,
@@ -93,6 +105,7 @@ from lakeferry_localfs.partials import (
     write_kept,
 )
 from lakeferry_localfs.quota import QuotaGate, Reservation
+from lakeferry_localfs.stamp import XATTR, parse_stamp, stamp
 
 MiB = 2**20
 GiB = 2**30
@@ -145,6 +158,45 @@ def _io_error(exc: OSError, what: str) -> TransientError:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def xattrs_supported(root: Path) -> bool:
+    """Whether files under ``root`` keep user extended attributes (else: ``.meta`` sidecars)."""
+    probe = root / f".xattr-probe-{secrets.token_hex(6)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.setxattr(fd, XATTR, b"probe")
+    except OSError as exc:
+        if exc.errno not in _NO_XATTRS:
+            raise
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    return True
+
+
+def _read_stamped(path: Path) -> tuple[os.stat_result, str] | None:
+    """The data file's stat and the sha256 its stamp records; None when it is gone, has no
+    stamp, or its stamp does not describe it. Tried twice: a publish that replaced the file
+    between the two calls is not a miss."""
+    for _ in range(2):
+        try:
+            raw = os.getxattr(path, XATTR)
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return None
+            raise
+        sha256 = parse_stamp(raw, st)
+        if sha256 is not None:
+            return st, sha256
+    return None
 
 
 class _ChunkReader:
@@ -253,27 +305,19 @@ class LocalFsPendingFile:
         """Hand the buffered bytes to a worker thread and return while it writes them, so the
         download keeps reading: the network and the disk work at the same time. Waits first
         for the batch before (one write in flight per file, in order)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self._settle()
         if not self._buffer:
             return
-        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
-        self._buffer.clear()
+        pieces, self._buffer = self._buffer, []
         self._buffered = 0
-        limiter = self._cache.limiter
-        await limiter.acquire_on_behalf_of(self)
         done = self._writing = trio.Event()
-        token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome[None]) -> None:  # in the worker thread
-            def finish() -> None:
-                self._written_outcome = result
-                limiter.release_on_behalf_of(self)
-                done.set()
+        def deliver(result: outcome.Outcome[None]) -> None:  # in the trio thread
+            self._written_outcome = result
+            done.set()
 
-            with contextlib.suppress(trio.RunFinishedError):  # nobody is waiting any more
-                token.run_sync_soon(finish)
-
-        trio.lowlevel.start_thread_soon(functools.partial(self._write_sync, data), deliver)
+        self._cache.threads.submit(functools.partial(self._write_sync, pieces), deliver)
 
     async def _settle(self) -> None:
         """Wait for the batch being written (if any) and raise its error. Shielded: the file
@@ -291,20 +335,16 @@ class LocalFsPendingFile:
         except OSError as exc:
             raise _io_error(exc, "cannot write to the cache") from exc
 
-    def _write_sync(self, data: bytes) -> None:
+    def _write_sync(self, pieces: list[bytes]) -> None:
+        """Write the pieces as they came (one ``writev``, not joined into a copy first) and
+        hash them, in a worker thread."""
         if self._fh is None:
             self._fh = self._cache.open_new(self._part)
-        # An unbuffered file may write less than asked (a full disk fails only on the next
-        # call): write the rest, so what is on disk is exactly what is hashed.
-        view = memoryview(data)
-        while view:
-            n = self._fh.write(view)
-            if n is None:  # non-blocking files only; never for a regular file
-                raise BlockingIOError(errno.EAGAIN, "write would block")
-            view = view[n:]
+        _write_all(self._fh.fileno(), pieces)
         # Hashing here keeps the trio thread free; hashlib releases the GIL on large buffers.
-        self._hash.update(data)
-        self._flushed += len(data)
+        for piece in pieces:
+            self._hash.update(piece)
+            self._flushed += len(piece)
 
     async def commit(self, *, expected_sha256: str | None, expected_size: int | None) -> CacheEntry:
         if self._finished:
@@ -314,8 +354,7 @@ class LocalFsPendingFile:
         except PipelineError:
             await self.abort()
             raise
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        tail, self._buffer = self._buffer, []
         self._buffered = 0
         size = self._written
         if expected_size is not None and size != expected_size:
@@ -326,7 +365,7 @@ class LocalFsPendingFile:
         # One worker-thread call writes what is buffered, hashes it, and publishes the file
         # when its checksum is the expected one: a small file costs one thread hop in all.
         expected = expected_sha256.lower() if expected_sha256 is not None else None
-        digest = await self._cache.publish(self, data, expected)
+        digest = await self._cache.publish(self, tail, expected)
         if expected is not None and digest != expected:
             await self.abort()
             raise PermanentError(
@@ -369,7 +408,7 @@ class LocalFsCache:
         self._root = Path(settings.path).expanduser()
         self._log = context.logger
         self._fsync = settings.fsync
-        self._limiter = trio.CapacityLimiter(IO_THREADS)
+        self._threads = IoThreads(IO_THREADS, "lakeferry-cache")
         self._gate = QuotaGate(
             settings.quota, settings.unknown_size_estimate, refresh=self._refresh_usage
         )
@@ -378,10 +417,17 @@ class LocalFsCache:
         """File name -> size of every complete entry, for quota accounting."""
         self._kept: dict[str, dict[Path, int]] = {}
         """File name -> {part file: size} of the partials kept for resuming (used bytes too)."""
+        self._xattrs = True
+        """Entries carry their sha256 as a stamp (False: in ``.meta`` sidecars)."""
+        # Part files are named by a random prefix for this cache object and a counter: unique
+        # among the processes sharing the cache (and "x" mode fails rather than share one),
+        # without a call for random bytes per file.
+        self._tokens = (f"{secrets.token_hex(4)}{n:x}" for n in itertools.count())
         ready_folder("cache.path", settings.path, check_only=context.check_only)
         if context.check_only:
             return
         try:
+            self._xattrs = xattrs_supported(self._root)
             self._scan()
         except OSError as exc:
             raise ConfigError("cache.path", f"cannot use {str(self._root)!r}: {exc}") from exc
@@ -403,16 +449,21 @@ class LocalFsCache:
         return self._root / name[:2] / f"{name}.meta"
 
     def _new_part(self, name: str) -> Path:
-        return self._root / name[:2] / f"{name}.{secrets.token_hex(6)}.part"
+        return self._root / name[:2] / f"{name}.{next(self._tokens)}.part"
 
     @property
-    def limiter(self) -> trio.CapacityLimiter:
-        """Bounds the worker threads this cache keeps busy."""
-        return self._limiter
+    def stamps(self) -> bool:
+        """Whether entries carry their sha256 as a stamp (else in ``.meta`` sidecars)."""
+        return self._xattrs
+
+    @property
+    def threads(self) -> IoThreads:
+        """The worker threads of this cache's blocking file work."""
+        return self._threads
 
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Run blocking ``fn(*args)`` in a worker thread under this cache's limiter."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        """Run blocking ``fn(*args)`` in one of this cache's worker threads."""
+        return await self._threads.run(fn, *args)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -421,6 +472,7 @@ class LocalFsCache:
         old to resume. Runs once, in the constructor."""
         orphans = 0
         expired = 0
+        migrated = 0
         oldest = time.time() - self._partial_max_age
         for shard in os.scandir(self._root):
             if not (shard.is_dir(follow_symlinks=False) and _SHARD.match(shard.name)):
@@ -462,14 +514,24 @@ class LocalFsCache:
             for sidecar in resumes.values():  # its partial is gone
                 os.unlink(sidecar)
                 orphans += 1
-            for name in data.keys() - metas:  # never written by us without a sidecar
-                os.unlink(os.path.join(shard.path, name))
-                orphans += 1
+            for name in data.keys() - metas:
+                path = os.path.join(shard.path, name)
+                if self._xattrs and _read_stamped(Path(path)) is not None:
+                    self._entries[name] = data[name]
+                else:  # never published by us without a checksum
+                    os.unlink(path)
+                    orphans += 1
             for name in metas - data.keys():  # published sidecar, crash before the rename
                 os.unlink(os.path.join(shard.path, f"{name}.meta"))
                 orphans += 1
             for name in data.keys() & metas:
-                self._entries[name] = data[name]
+                if not self._xattrs:
+                    self._entries[name] = data[name]
+                elif _stamp_from_sidecar(shard.path, name):
+                    self._entries[name] = data[name]
+                    migrated += 1
+                else:
+                    orphans += 1
         self._log.info(
             "cache scanned",
             extra={
@@ -479,6 +541,8 @@ class LocalFsCache:
                 "orphans_removed": orphans,
                 "partials_kept": sum(len(k) for k in self._kept.values()),
                 "partials_expired": expired,
+                "checksums": "stamps" if self._xattrs else "sidecars",
+                "sidecars_converted": migrated,
             },
         )
 
@@ -489,6 +553,9 @@ class LocalFsCache:
         data, meta = self._data_path(name), self._meta_path(name)
 
         def check() -> CacheEntry | None:
+            if self._xattrs:
+                stamped = _read_stamped(data)
+                return None if stamped is None else CacheEntry(key, stamped[0].st_size, stamped[1])
             try:
                 raw = meta.read_bytes()
                 size = data.stat().st_size
@@ -502,8 +569,8 @@ class LocalFsCache:
                 return None
             return CacheEntry(key, found.size, found.sha256)
 
-        # In this thread: a stat and the read of a sidecar of ~150 bytes on a local disk cost
-        # microseconds, a worker-thread hop far more (see the module docstring).
+        # In this thread: a stat and the read of the stamp (or of a sidecar of ~150 bytes) on a
+        # local disk cost microseconds, a worker-thread hop far more (see the module docstring).
         await trio.lowlevel.checkpoint()
         return check()
 
@@ -513,9 +580,12 @@ class LocalFsCache:
     async def create(self, key: str, *, resume: bool = False) -> LocalFsPendingFile:
         name = self._name(key)
         part = self._new_part(name)
+        kept_parts = self._kept.pop(name, None)
+        if not kept_parts:  # the usual case: nothing to take over or delete first
+            return LocalFsPendingFile(self, key, name, part, None)  # opened by its first write
         # Usually one: the download stage claims a key's partial on every attempt. More than
         # one only when several processes share the cache; the largest saves the most.
-        candidates = sorted(self._kept.pop(name, {}).items(), key=lambda kv: -kv[1])
+        candidates = sorted(kept_parts.items(), key=lambda kv: -kv[1])
         self._gate.add_used(-sum(size for _, size in candidates))  # now under our reservation
         with trio.CancelScope(shield=True):  # never cancelled with a file already open
             taken = None
@@ -540,8 +610,11 @@ class LocalFsCache:
     @staticmethod
     def open_new(part: Path) -> IO[bytes]:
         """Create and lock a new part file (in a worker thread)."""
-        part.parent.mkdir(exist_ok=True)
-        fh = part.open("xb", buffering=0)
+        try:
+            fh = part.open("xb", buffering=0)
+        except FileNotFoundError:  # the shard's first file
+            part.parent.mkdir(exist_ok=True)
+            fh = part.open("xb", buffering=0)
         lock(fh)  # other processes sharing the cache see it is in use
         return fh
 
@@ -559,14 +632,16 @@ class LocalFsCache:
         self._gate.add_used(kept.size)
         return True
 
-    async def publish(self, pending: LocalFsPendingFile, tail: bytes, expected: str | None) -> str:
+    async def publish(
+        self, pending: LocalFsPendingFile, tail: list[bytes], expected: str | None
+    ) -> str:
         """Write ``tail`` (the last buffered bytes) into ``pending``'s part file and move it into
         place under its name when its sha256 is ``expected`` (or nothing is expected); account
         for it. Returns the sha256: a different one than expected means nothing was published.
         """
         name, part, size = pending._name, pending._part, pending.bytes_written
         data, meta = self._data_path(name), self._meta_path(name)
-        fsync = self._fsync
+        fsync, stamps = self._fsync, self._xattrs
 
         def publish_sync() -> str:
             if tail or pending._fh is None:
@@ -576,13 +651,17 @@ class LocalFsCache:
                 return digest
             fh = pending._fh
             assert fh is not None
+            if stamps:
+                # Stamped before the rename: the data appears with its checksum, in one step.
+                fd = fh.fileno()
+                os.setxattr(fd, XATTR, stamp(digest, size, os.fstat(fd).st_mtime_ns))
             if fsync:
                 os.fsync(fh.fileno())
             fh.close()
-            # Old data goes first, so no moment exists where new sidecar meets old data.
-            _unlink(data)
-            meta_bytes = _META_ENCODER.encode(_Meta(pending._key, size, digest))
-            meta.write_bytes(meta_bytes)
+            if not stamps:
+                # Old data goes first, so no moment exists where new sidecar meets old data.
+                _unlink(data)
+                meta.write_bytes(_META_ENCODER.encode(_Meta(pending._key, size, digest)))
             os.replace(part, data)
             if fsync:
                 _fsync_dir(data.parent)
@@ -622,7 +701,8 @@ class LocalFsCache:
 
         def remove_sync() -> None:
             _unlink(data)  # data first: without it the entry is gone for lookup()
-            _unlink(meta)
+            if not self._xattrs:
+                _unlink(meta)
 
         size = self._entries.get(name)
         if size is None:  # published by another process sharing the cache
@@ -632,7 +712,7 @@ class LocalFsCache:
                 size = 0  # gone already (or unreadable: the unlinks will say)
         if size <= INLINE_UNLINK:
             await trio.lowlevel.checkpoint()
-            remove_sync()  # a small file: two unlinks cost microseconds; a hop costs more
+            remove_sync()  # a small file: an unlink costs microseconds; a hop costs more
         else:
             await self.run_sync(remove_sync)  # freeing a large file's extents takes a while
         self._gate.add_used(-self._entries.pop(name, 0))
@@ -640,6 +720,8 @@ class LocalFsCache:
     async def _refresh_usage(self) -> int:
         """Bytes held on disk, by every process sharing the cache: complete entries and kept
         partials. Upload workers in other processes free room this process cannot see."""
+
+        stamps = self._xattrs
 
         def walk() -> tuple[dict[str, int], int]:
             entries: dict[str, int] = {}
@@ -653,7 +735,7 @@ class LocalFsCache:
                     if not _NAME.match(name):
                         continue
                     with contextlib.suppress(FileNotFoundError):
-                        if suffix == "" and f"{name}.meta" in names:
+                        if suffix == "" and (stamps or f"{name}.meta" in names):
                             entries[name] = item.stat(follow_symlinks=False).st_size
                         elif file_name.endswith(".part") and (
                             file_name.removesuffix(".part") + ".resume" in names
@@ -697,6 +779,45 @@ class LocalFsCache:
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def _stamp_from_sidecar(shard: str, name: str) -> bool:
+    """Convert an entry an earlier release published with a ``.meta`` sidecar: stamp its data
+    and delete the sidecar. False (both deleted) when the sidecar does not describe the data."""
+    data, meta = os.path.join(shard, name), os.path.join(shard, f"{name}.meta")
+    try:
+        with open(meta, "rb") as fh:
+            found = _META_DECODER.decode(fh.read())
+        st = os.stat(data)
+        usable = found.size == st.st_size and hashlib.sha256(found.key.encode()).hexdigest() == name
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        usable = False
+    if usable:
+        os.setxattr(data, XATTR, stamp(found.sha256, st.st_size, st.st_mtime_ns))
+    else:
+        os.unlink(data)
+    os.unlink(meta)
+    return usable
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+"""Pieces one ``writev`` call takes at most."""
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write every piece, in order. A write may stop short (a full disk fails only on the next
+    call): the rest is written, so what is on disk is exactly what is hashed."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + IOV_MAX])
+        while written:
+            size = len(views[first])
+            if written < size:
+                views[first] = views[first][written:]
+                break
+            written -= size
+            first += 1
 
 
 def _fsync_dir(path: Path) -> None:

@@ -67,8 +67,8 @@ from lakeferry.api import (
     safe_relative_path,
 )
 from lakeferry_localfs.folder import ready_folder
+from lakeferry_localfs.stamp import XATTR, parse_stamp, stamp
 
-XATTR = "user.lakeferry.sha256"
 HASH_CHUNK = 1024 * 1024
 HASH_STEP = 64 * 1024 * 1024
 """Bytes hashed per worker-thread call, so a cancellation is noticed between steps."""
@@ -117,7 +117,7 @@ def _hash_some(fh: BinaryIO, h: hashlib._Hash, limit: int) -> int:
 
 
 def _stamp(st: os.stat_result, sha256: str) -> bytes:
-    return f"{sha256}:{st.st_size}:{st.st_mtime_ns}".encode()
+    return stamp(sha256, st.st_size, st.st_mtime_ns)
 
 
 def _read_stamp(path: Path, st: os.stat_result) -> str | None:
@@ -126,10 +126,7 @@ def _read_stamp(path: Path, st: os.stat_result) -> str | None:
         raw = os.getxattr(path, XATTR, follow_symlinks=False)
     except (OSError, AttributeError):  # absent, unsupported, or no xattrs on this platform
         return None
-    sha256, _, rest = raw.decode("ascii", "replace").partition(":")
-    if rest == f"{st.st_size}:{st.st_mtime_ns}" and len(sha256) == 64:
-        return sha256
-    return None
+    return parse_stamp(raw, st)
 
 
 def _write_stamp(path: Path, sha256: str, hashed: os.stat_result | None = None) -> None:
