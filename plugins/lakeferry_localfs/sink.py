@@ -19,8 +19,14 @@ A target that holds *different* bytes is overwritten: the file being landed is t
 (two events that render the same destination mean the later one wins; give events distinct paths
 to keep both).
 
-Durability: with ``fsync`` on (the default) the file and its directory are forced to disk before
-the put returns, because the inventory records the file as landed right after.
+Durability: with ``fsync`` on (the default) a put returns only once its file and its name are on
+disk, because the inventory records the file as landed right after; a skipped put too, once the
+file it found is (a put whose round had not ended, or a process that crashed before its round,
+may have left it there). The syncs are shared: puts hand their files to a durability round
+(:mod:`lakeferry_localfs.durability`: the temporary files' bytes synced, renamed into place, the
+names synced, two ``syncfs`` calls for every file of the round), and a small linked file is
+linked, re-hashed and stamped in that round's worker-thread call too. The bytes are on disk
+before the rename, so a name never points at bytes a crash could lose.
 
 Error handling: unsafe destinations (``..``, absolute paths, control characters, a path that
 resolves outside the root through a symlink) and a directory in the way are PermanentError
@@ -66,6 +72,7 @@ from lakeferry.api import (
     render_destination,
     safe_relative_path,
 )
+from lakeferry_localfs.durability import DurabilityRounds, Landing, find_syncfs, fsync_path
 from lakeferry_localfs.folder import ready_folder
 
 XATTR = "user.lakeferry.sha256"
@@ -74,6 +81,10 @@ HASH_STEP = 64 * 1024 * 1024
 """Bytes hashed per worker-thread call, so a cancellation is noticed between steps."""
 IO_THREADS = 8
 """Worker threads one sink may keep busy at once."""
+ROUND_STAGE_MAX = 1024 * 1024
+"""With fsync on, a linked file up to this size is linked, re-hashed and stamped by the
+durability round's own worker-thread call; a larger one in a call of its own (its hashing would
+hold up every put of the round)."""
 
 _LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 _NOT_A_PATH = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP}
@@ -178,12 +189,9 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _stamped(tmp: Path, sha256: str) -> bool:
+    _write_stamp(tmp, sha256)
+    return True
 
 
 class LocalFsSink:
@@ -201,6 +209,9 @@ class LocalFsSink:
             raise ConfigError("sink.path_template", str(exc)) from exc
         self._staging = self._root / STAGING
         self._mine = self._staging / context.owner
+        self._durable = (
+            DurabilityRounds(self._root, syncfs=find_syncfs()) if settings.fsync else None
+        )
 
     @property
     def root(self) -> Path:
@@ -307,18 +318,35 @@ class LocalFsSink:
         tmp = self._mine / f"{secrets.token_hex(8)}-{target.name[:80]}"
         source = file.cache.local_path(file.key) if self._settings.link else None
         if source is not None and file.size <= HASH_STEP:
-            # The usual case, in one worker-thread call: no file at the target, the cached file
-            # hard-linked, re-hashed (it is small) and renamed into place.
+            # The usual case: no file at the target, the cached file hard-linked, re-hashed (it
+            # is small) and renamed into place in one worker-thread call (with fsync on, in the
+            # durability round's call when the file is small enough to share it).
+            stage = partial(self._stage_linked, rel, target, tmp, file, source)
             try:
-                if await self._run(self._land_linked, rel, target, tmp, file, source):
-                    return PutOutcome(rel, skipped=False)
-            except OSError as exc:
-                raise _io_error(exc, f"cannot land {rel!r}") from exc
+                if self._durable is None:
+                    landed = await self._run(self._land_linked, stage, tmp, target)
+                elif file.size <= ROUND_STAGE_MAX:
+                    landed = await self._durable.land(Landing(target, tmp, stage))
+                else:
+                    landed = await self._run(stage) and await self._durable.land(
+                        Landing(target, tmp)
+                    )
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await self._run(_unlink, tmp)
+                if isinstance(exc, OSError):
+                    raise _io_error(exc, f"cannot land {rel!r}") from exc
+                raise
+            if landed:
+                return PutOutcome(rel, skipped=False)
         return await self._put_in_steps(file, rel, target, tmp)
 
-    def _land_linked(self, rel: str, target: Path, tmp: Path, file: SinkFile, source: Path) -> bool:
-        """Land a small file by hard link; False (nothing done) when the target is taken or the
-        file system cannot link: then the put goes :meth:`_put_in_steps`."""
+    def _stage_linked(
+        self, rel: str, target: Path, tmp: Path, file: SinkFile, source: Path
+    ) -> bool:
+        """Hard-link a small cached file to ``tmp``, check it and stamp its checksum; False
+        (nothing done) when the target is taken or the file system cannot link: then the put
+        goes :meth:`_put_in_steps`."""
         self._prepare_dir(rel, target)
         if _inspect(rel, target, directory_is_error=True) is not None:
             return False
@@ -332,10 +360,18 @@ class LocalFsSink:
             else:
                 landed = tmp.stat().st_size, None
             self._check(file, rel, landed)
-            self._publish(tmp, target, file.sha256)
+            _write_stamp(tmp, file.sha256)
         except BaseException:
             _unlink(tmp)
             raise
+        return True
+
+    @staticmethod
+    def _land_linked(stage: Callable[[], bool], tmp: Path, target: Path) -> bool:
+        """Without fsync: stage the file, then rename it into place."""
+        if not stage():
+            return False
+        os.replace(tmp, target)
         return True
 
     async def _put_in_steps(self, file: SinkFile, rel: str, target: Path, tmp: Path) -> PutOutcome:
@@ -345,6 +381,10 @@ class LocalFsSink:
             if held is not None and held.st.st_size == file.size:
                 existing = held.recorded_sha256 or (await self._sha256(target))[1]
                 if existing == file.sha256:
+                    if self._durable is not None:
+                        # Whoever put it there (a put whose round is still running, a process
+                        # that crashed before its round) may not have made it durable yet.
+                        await self._durable.land(Landing(target))
                     return PutOutcome(rel, skipped=True)
         except FileNotFoundError:
             pass  # removed while we looked: land the file
@@ -359,14 +399,18 @@ class LocalFsSink:
                     if self._settings.verify:
                         async with trio.open_nursery() as nursery:
                             if self._settings.fsync:  # the disk writes while the CPU hashes
-                                nursery.start_soon(self._run, _fsync_path, tmp)
+                                nursery.start_soon(self._run, fsync_path, tmp)
                             landed = await self._sha256(tmp)
                     else:
                         landed = (await self._run(os.stat, tmp)).st_size, None
                 if landed is None:
                     landed = await self._copy(file, tmp)
                 self._check(file, rel, landed)
-                await self._run(self._publish, tmp, target, file.sha256)
+                stamped = partial(_stamped, tmp, file.sha256)
+                if self._durable is not None:
+                    await self._durable.land(Landing(target, tmp, stamped))
+                else:
+                    await self._run(self._land_linked, stamped, tmp, target)
             except OSError as exc:
                 raise _io_error(exc, f"cannot land {rel!r}") from exc
         except BaseException:
@@ -443,13 +487,7 @@ class LocalFsSink:
                 f"cached file for {rel!r} has sha256 {digest}, expected {file.sha256}",
             )
 
-    def _publish(self, tmp: Path, target: Path, sha256: str) -> None:
-        _write_stamp(tmp, sha256)
-        if self._settings.fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, target)
-        if self._settings.fsync:
-            _fsync_path(target.parent, directory=True)
-
     async def aclose(self) -> None:
+        if self._durable is not None:
+            await self._durable.aclose()
         await trio.lowlevel.checkpoint()
