@@ -81,6 +81,8 @@ HASH_STEP = 64 * 1024 * 1024
 """Bytes hashed per worker-thread call, so a cancellation is noticed between steps."""
 IO_THREADS = 8
 """Worker threads one sink may keep busy at once."""
+KNOWN_FOLDERS = 4096
+"""Checked folders remembered (forgotten all at once when full)."""
 ROUND_STAGE_MAX = 1024 * 1024
 """With fsync on, a linked file up to this size is linked, re-hashed and stamped by the
 durability round's own worker-thread call; a larger one in a call of its own (its hashing would
@@ -209,6 +211,9 @@ class LocalFsSink:
             raise ConfigError("sink.path_template", str(exc)) from exc
         self._staging = self._root / STAGING
         self._mine = self._staging / context.owner
+        self._staging_ready = False
+        self._folders: dict[Path, tuple[int, int]] = {}
+        """Folders checked to be inside the root, with their device and inode numbers."""
         self._durable = (
             DurabilityRounds(self._root, syncfs=find_syncfs()) if settings.fsync else None
         )
@@ -335,7 +340,7 @@ class LocalFsSink:
                 with trio.CancelScope(shield=True):
                     await self._run(_unlink, tmp)
                 if isinstance(exc, OSError):
-                    raise _io_error(exc, f"cannot land {rel!r}") from exc
+                    raise self._io_failed(exc, f"cannot land {rel!r}") from exc
                 raise
             if landed:
                 return PutOutcome(rel, skipped=False)
@@ -375,6 +380,7 @@ class LocalFsSink:
         return True
 
     async def _put_in_steps(self, file: SinkFile, rel: str, target: Path, tmp: Path) -> PutOutcome:
+        self._staging_ready = False  # not taken for granted on this slower way
         try:
             await self._run(self._prepare_dir, rel, target)
             held = await self._run(partial(_inspect, directory_is_error=True), rel, target)
@@ -389,7 +395,7 @@ class LocalFsSink:
         except FileNotFoundError:
             pass  # removed while we looked: land the file
         except OSError as exc:
-            raise _io_error(exc, f"cannot prepare {rel!r}") from exc
+            raise self._io_failed(exc, f"cannot prepare {rel!r}") from exc
 
         try:
             try:
@@ -412,7 +418,7 @@ class LocalFsSink:
                 else:
                     await self._run(self._land_linked, stamped, tmp, target)
             except OSError as exc:
-                raise _io_error(exc, f"cannot land {rel!r}") from exc
+                raise self._io_failed(exc, f"cannot land {rel!r}") from exc
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._run(_unlink, tmp)
@@ -422,17 +428,61 @@ class LocalFsSink:
     # -- the steps of a put, each run in a worker thread unless async -----------------------
 
     def _prepare_dir(self, rel: str, target: Path) -> None:
-        self._mine.mkdir(parents=True, exist_ok=True)
+        """Make the target's folder (and this process's staging folder), checking that it is
+        inside the root. Each folder is created and checked once: a folder checked before costs
+        one ``stat`` (the same directory still?), a new folder in one a ``mkdir``."""
+        if not self._staging_ready:
+            self._mine.mkdir(parents=True, exist_ok=True)
+            self._staging_ready = True
+        folder = target.parent
+        if self._known(folder):
+            return
+        if folder != self._root and self._known(folder.parent):
+            try:
+                os.mkdir(folder)  # created here, in a checked folder: inside the root too
+                return
+            except FileExistsError:
+                pass  # a folder (checked below) or a file in the way
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise PermanentError(
                 Reason.INVALID_PATH, f"destination {rel!r}: a file is in the way of its directory"
             ) from exc
-        if not target.parent.resolve(strict=True).is_relative_to(self._root):
+        if not folder.resolve(strict=True).is_relative_to(self._root):
             raise PermanentError(
                 Reason.INVALID_PATH, f"destination {rel!r} resolves outside the sink root"
             )
+        if len(self._folders) >= KNOWN_FOLDERS:
+            self._folders.clear()
+        while folder.is_relative_to(self._root):  # it and every folder above it, to the root
+            st = os.stat(folder)
+            self._folders[folder] = st.st_dev, st.st_ino
+            if folder == self._root:
+                break
+            folder = folder.parent
+
+    def _known(self, folder: Path) -> bool:
+        """Whether ``folder`` is still the directory checked before: one deleted since, or
+        replaced by a symlink to another one, is not."""
+        checked = self._folders.get(folder)
+        if checked is None:
+            return False
+        try:
+            st = os.stat(folder)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != checked:
+            self._folders.pop(folder, None)
+            return False
+        return True
+
+    def _io_failed(self, exc: OSError, what: str) -> PipelineError:
+        """The error to raise for a put's I/O failure; the folders are checked afresh after one
+        (an operator may have removed one)."""
+        self._staging_ready = False
+        self._folders.clear()
+        return _io_error(exc, what)
 
     def _link(self, source: Path, tmp: Path) -> bool:
         """Hard-link the cached file; False when this file system cannot (then: copy)."""
@@ -443,7 +493,12 @@ class LocalFsSink:
                 raise PermanentError(
                     Reason.CACHE_MISSING, "the cached file is gone before upload"
                 ) from exc
-            raise
+            if not self._staging_ready:
+                raise
+            self._staging_ready = False  # removed since it was made: make it again, once
+            self._mine.mkdir(parents=True, exist_ok=True)
+            self._staging_ready = True
+            return self._link(source, tmp)
         except OSError as exc:
             if exc.errno in _LINK_UNSUPPORTED:
                 return False
