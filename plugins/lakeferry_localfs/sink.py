@@ -497,8 +497,8 @@ class LocalFsSink:
                 raise
             self._staging_ready = False  # removed since it was made: make it again, once
             self._mine.mkdir(parents=True, exist_ok=True)
+            os.link(source, tmp)
             self._staging_ready = True
-            return self._link(source, tmp)
         except OSError as exc:
             if exc.errno in _LINK_UNSUPPORTED:
                 return False
