@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -301,3 +302,27 @@ def test_syncfs_is_found_on_linux_from_5_8(monkeypatch: pytest.MonkeyPatch) -> N
     assert find_syncfs() is None  # its syncfs drops write-back errors
     monkeypatch.setattr(platform, "release", lambda: "6.1.0-13-amd64")
     assert find_syncfs() is not None
+
+
+async def test_small_files_cost_no_worker_thread_hop_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linked, re-hashed and stamped in their round's worker-thread call: a hop a round, not one
+    (or more) a put."""
+    n = 16
+    files = await cached_files(tmp_path, *(os.urandom(64 * 1024) for _ in range(n)))
+    sink = make_sink(tmp_path, "fsync")
+    hops = 0
+    real = trio.to_thread.run_sync
+
+    async def run_sync(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(sink.put, files[i], f"ev-{i}/f.bin", EVENT)
+    assert hops < n  # one a put before
+    assert hops == rounds_of(sink).rounds
