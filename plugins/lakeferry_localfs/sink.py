@@ -106,7 +106,8 @@ class LocalFsSinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     link: bool = True
     """Hard-link from the cache when it is on the same file system instead of copying."""
     fsync: bool = True
-    """Force each landed file and its directory to disk before reporting it landed."""
+    """Report a file landed (or skipped) only once it and its name are on disk; the puts of a
+    moment share the syncs (:mod:`lakeferry_localfs.durability`)."""
     verify: bool = True
     """Re-hash the landed bytes and refuse them unless they match the cached file's sha256."""
 
