@@ -893,3 +893,69 @@ async def test_refresh_reads_what_other_processes_did(tmp_path: Path) -> None:
     assert downloader.usage()[:2] == (5000, 2)  # what it counted alone
     assert (await downloader.refresh())[:2] == (0, 0)
     assert downloader.usage()[:2] == (0, 0)
+
+
+# --- sink: folders, created and checked once -------------------------------------------------
+
+
+async def test_a_checked_folder_is_not_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    resolved: list[Path] = []
+    real = Path.resolve
+
+    def resolve(self: Path, strict: bool = False) -> Path:
+        resolved.append(self)
+        return real(self, strict=strict)
+
+    monkeypatch.setattr(Path, "resolve", resolve)
+    file = await cached_file(cache, "k", b"data")
+    for i in range(3):
+        await sink.put(file, f"2024/01/02/ev-{i}/f.bin", EVENT)
+        await sink.put(file, f"2024/01/02/f{i}.bin", EVENT)
+    # The first put checks its folder and those above it; a new folder inside a checked one
+    # is created inside the root by construction, and a checked folder costs a stat.
+    assert resolved == [sink.root / "2024/01/02/ev-0"]
+    for i in range(3):
+        assert (sink.root / f"2024/01/02/ev-{i}/f.bin").read_bytes() == b"data"
+        assert (sink.root / f"2024/01/02/f{i}.bin").read_bytes() == b"data"
+
+
+async def test_a_checked_folder_replaced_by_a_symlink_out_of_the_root_is_refused(
+    tmp_path: Path,
+) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    file = await cached_file(cache, "k", b"data")
+    await sink.put(file, "d/a.bin", EVENT)
+    await sink.put(file, "d/sub/a.bin", EVENT)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    shutil.rmtree(sink.root / "d")
+    (sink.root / "d").symlink_to(outside)
+    for destination in ("d/b.bin", "d/sub/b.bin", "d/new/b.bin"):
+        with pytest.raises(PermanentError) as caught:
+            await sink.put(file, destination, EVENT)
+        assert caught.value.reason == Reason.INVALID_PATH
+    assert [p for p in outside.rglob("*") if not p.is_dir()] == []
+
+
+async def test_removed_folders_are_made_again(tmp_path: Path) -> None:
+    """An operator may remove folders of the sink, the staging folder included, while it runs."""
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    file = await cached_file(cache, "k", b"data")
+    await sink.put(file, "d/a.bin", EVENT)
+    shutil.rmtree(sink.root / "d")
+    assert await sink.put(file, "d/b.bin", EVENT) == ("d/b.bin", False)
+    shutil.rmtree(sink.root / STAGING)
+    assert await sink.put(file, "d/c.bin", EVENT) == ("d/c.bin", False)
+    copier = make_sink(tmp_path, link=False)
+    await copier.put(file, "d/d.bin", EVENT)
+    shutil.rmtree(sink.root / STAGING)
+    assert await copier.put(file, "d/e.bin", EVENT) == ("d/e.bin", False)
+    assert sorted(p.name for p in (sink.root / "d").iterdir()) == [
+        "b.bin",
+        "c.bin",
+        "d.bin",
+        "e.bin",
+    ]

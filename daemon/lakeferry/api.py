@@ -31,6 +31,7 @@ from lakeferry.components import (
 )
 from lakeferry.errors import ConfigError, PermanentError, PipelineError, Reason, TransientError
 from lakeferry.failpoints import failpoint
+from lakeferry.groupcommit import BatchFailed, GroupCommit
 from lakeferry.hookspecs import (
     RegisterCache,
     RegisterDownloader,
@@ -60,6 +61,7 @@ from lakeferry.urls import redact_url
 __all__ = [
     "STAGING",
     "STALE_TEMPORARY",
+    "BatchFailed",
     "ByteSize",
     "CacheBackend",
     "CacheEntry",
@@ -72,6 +74,7 @@ __all__ = [
     "Duration",
     "Event",
     "EventRow",
+    "GroupCommit",
     "IPAddress",
     "Intake",
     "Inventory",

@@ -19,8 +19,14 @@ A target that holds *different* bytes is overwritten: the file being landed is t
 (two events that render the same destination mean the later one wins; give events distinct paths
 to keep both).
 
-Durability: with ``fsync`` on (the default) the file and its directory are forced to disk before
-the put returns, because the inventory records the file as landed right after.
+Durability: with ``fsync`` on (the default) a put returns only once its file and its name are on
+disk, because the inventory records the file as landed right after; a skipped put too, once the
+file it found is (a put whose round had not ended, or a process that crashed before its round,
+may have left it there). The syncs are shared: puts hand their files to a durability round
+(:mod:`lakeferry_localfs.durability`: the temporary files' bytes synced, renamed into place, the
+names synced, two ``syncfs`` calls for every file of the round), and a small linked file is
+linked, re-hashed and stamped in that round's worker-thread call too. The bytes are on disk
+before the rename, so a name never points at bytes a crash could lose.
 
 Error handling: unsafe destinations (``..``, absolute paths, control characters, a path that
 resolves outside the root through a symlink) and a directory in the way are PermanentError
@@ -66,6 +72,7 @@ from lakeferry.api import (
     render_destination,
     safe_relative_path,
 )
+from lakeferry_localfs.durability import DurabilityRounds, Landing, find_syncfs, fsync_path
 from lakeferry_localfs.folder import ready_folder
 from lakeferry_localfs.stamp import XATTR, parse_stamp, stamp
 
@@ -74,6 +81,12 @@ HASH_STEP = 64 * 1024 * 1024
 """Bytes hashed per worker-thread call, so a cancellation is noticed between steps."""
 IO_THREADS = 8
 """Worker threads one sink may keep busy at once."""
+KNOWN_FOLDERS = 4096
+"""Checked folders remembered (forgotten all at once when full)."""
+ROUND_STAGE_MAX = 1024 * 1024
+"""With fsync on, a linked file up to this size is linked, re-hashed and stamped by the
+durability round's own worker-thread call; a larger one in a call of its own (its hashing would
+hold up every put of the round)."""
 
 _LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 _NOT_A_PATH = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP}
@@ -93,7 +106,8 @@ class LocalFsSinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     link: bool = True
     """Hard-link from the cache when it is on the same file system instead of copying."""
     fsync: bool = True
-    """Force each landed file and its directory to disk before reporting it landed."""
+    """Report a file landed (or skipped) only once it and its name are on disk; the puts of a
+    moment share the syncs (:mod:`lakeferry_localfs.durability`)."""
     verify: bool = True
     """Re-hash the landed bytes and refuse them unless they match the cached file's sha256."""
 
@@ -175,12 +189,9 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _stamped(tmp: Path, sha256: str) -> bool:
+    _write_stamp(tmp, sha256)
+    return True
 
 
 class LocalFsSink:
@@ -198,6 +209,12 @@ class LocalFsSink:
             raise ConfigError("sink.path_template", str(exc)) from exc
         self._staging = self._root / STAGING
         self._mine = self._staging / context.owner
+        self._staging_ready = False
+        self._folders: dict[Path, tuple[int, int]] = {}
+        """Folders checked to be inside the root, with their device and inode numbers."""
+        self._durable = (
+            DurabilityRounds(self._root, syncfs=find_syncfs()) if settings.fsync else None
+        )
 
     @property
     def root(self) -> Path:
@@ -304,18 +321,35 @@ class LocalFsSink:
         tmp = self._mine / f"{secrets.token_hex(8)}-{target.name[:80]}"
         source = file.cache.local_path(file.key) if self._settings.link else None
         if source is not None and file.size <= HASH_STEP:
-            # The usual case, in one worker-thread call: no file at the target, the cached file
-            # hard-linked, re-hashed (it is small) and renamed into place.
+            # The usual case: no file at the target, the cached file hard-linked, re-hashed (it
+            # is small) and renamed into place in one worker-thread call (with fsync on, in the
+            # durability round's call when the file is small enough to share it).
+            stage = partial(self._stage_linked, rel, target, tmp, file, source)
             try:
-                if await self._run(self._land_linked, rel, target, tmp, file, source):
-                    return PutOutcome(rel, skipped=False)
-            except OSError as exc:
-                raise _io_error(exc, f"cannot land {rel!r}") from exc
+                if self._durable is None:
+                    landed = await self._run(self._land_linked, stage, tmp, target)
+                elif file.size <= ROUND_STAGE_MAX:
+                    landed = await self._durable.land(Landing(target, tmp, stage))
+                else:
+                    landed = await self._run(stage) and await self._durable.land(
+                        Landing(target, tmp)
+                    )
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await self._run(_unlink, tmp)
+                if isinstance(exc, OSError):
+                    raise self._io_failed(exc, f"cannot land {rel!r}") from exc
+                raise
+            if landed:
+                return PutOutcome(rel, skipped=False)
         return await self._put_in_steps(file, rel, target, tmp)
 
-    def _land_linked(self, rel: str, target: Path, tmp: Path, file: SinkFile, source: Path) -> bool:
-        """Land a small file by hard link; False (nothing done) when the target is taken or the
-        file system cannot link: then the put goes :meth:`_put_in_steps`."""
+    def _stage_linked(
+        self, rel: str, target: Path, tmp: Path, file: SinkFile, source: Path
+    ) -> bool:
+        """Hard-link a small cached file to ``tmp``, check it and stamp its checksum; False
+        (nothing done) when the target is taken or the file system cannot link: then the put
+        goes :meth:`_put_in_steps`."""
         self._prepare_dir(rel, target)
         if _inspect(rel, target, directory_is_error=True) is not None:
             return False
@@ -329,24 +363,37 @@ class LocalFsSink:
             else:
                 landed = tmp.stat().st_size, None
             self._check(file, rel, landed)
-            self._publish(tmp, target, file.sha256)
+            _write_stamp(tmp, file.sha256)
         except BaseException:
             _unlink(tmp)
             raise
         return True
 
+    @staticmethod
+    def _land_linked(stage: Callable[[], bool], tmp: Path, target: Path) -> bool:
+        """Without fsync: stage the file, then rename it into place."""
+        if not stage():
+            return False
+        os.replace(tmp, target)
+        return True
+
     async def _put_in_steps(self, file: SinkFile, rel: str, target: Path, tmp: Path) -> PutOutcome:
+        self._staging_ready = False  # not taken for granted on this slower way
         try:
             await self._run(self._prepare_dir, rel, target)
             held = await self._run(partial(_inspect, directory_is_error=True), rel, target)
             if held is not None and held.st.st_size == file.size:
                 existing = held.recorded_sha256 or (await self._sha256(target))[1]
                 if existing == file.sha256:
+                    if self._durable is not None:
+                        # Whoever put it there (a put whose round is still running, a process
+                        # that crashed before its round) may not have made it durable yet.
+                        await self._durable.land(Landing(target))
                     return PutOutcome(rel, skipped=True)
         except FileNotFoundError:
             pass  # removed while we looked: land the file
         except OSError as exc:
-            raise _io_error(exc, f"cannot prepare {rel!r}") from exc
+            raise self._io_failed(exc, f"cannot prepare {rel!r}") from exc
 
         try:
             try:
@@ -356,16 +403,20 @@ class LocalFsSink:
                     if self._settings.verify:
                         async with trio.open_nursery() as nursery:
                             if self._settings.fsync:  # the disk writes while the CPU hashes
-                                nursery.start_soon(self._run, _fsync_path, tmp)
+                                nursery.start_soon(self._run, fsync_path, tmp)
                             landed = await self._sha256(tmp)
                     else:
                         landed = (await self._run(os.stat, tmp)).st_size, None
                 if landed is None:
                     landed = await self._copy(file, tmp)
                 self._check(file, rel, landed)
-                await self._run(self._publish, tmp, target, file.sha256)
+                stamped = partial(_stamped, tmp, file.sha256)
+                if self._durable is not None:
+                    await self._durable.land(Landing(target, tmp, stamped))
+                else:
+                    await self._run(self._land_linked, stamped, tmp, target)
             except OSError as exc:
-                raise _io_error(exc, f"cannot land {rel!r}") from exc
+                raise self._io_failed(exc, f"cannot land {rel!r}") from exc
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._run(_unlink, tmp)
@@ -375,17 +426,61 @@ class LocalFsSink:
     # -- the steps of a put, each run in a worker thread unless async -----------------------
 
     def _prepare_dir(self, rel: str, target: Path) -> None:
-        self._mine.mkdir(parents=True, exist_ok=True)
+        """Make the target's folder (and this process's staging folder), checking that it is
+        inside the root. Each folder is created and checked once: a folder checked before costs
+        one ``stat`` (the same directory still?), a new folder in one a ``mkdir``."""
+        if not self._staging_ready:
+            self._mine.mkdir(parents=True, exist_ok=True)
+            self._staging_ready = True
+        folder = target.parent
+        if self._known(folder):
+            return
+        if folder != self._root and self._known(folder.parent):
+            try:
+                os.mkdir(folder)  # created here, in a checked folder: inside the root too
+                return
+            except FileExistsError:
+                pass  # a folder (checked below) or a file in the way
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise PermanentError(
                 Reason.INVALID_PATH, f"destination {rel!r}: a file is in the way of its directory"
             ) from exc
-        if not target.parent.resolve(strict=True).is_relative_to(self._root):
+        if not folder.resolve(strict=True).is_relative_to(self._root):
             raise PermanentError(
                 Reason.INVALID_PATH, f"destination {rel!r} resolves outside the sink root"
             )
+        if len(self._folders) >= KNOWN_FOLDERS:
+            self._folders.clear()
+        while folder.is_relative_to(self._root):  # it and every folder above it, to the root
+            st = os.stat(folder)
+            self._folders[folder] = st.st_dev, st.st_ino
+            if folder == self._root:
+                break
+            folder = folder.parent
+
+    def _known(self, folder: Path) -> bool:
+        """Whether ``folder`` is still the directory checked before: one deleted since, or
+        replaced by a symlink to another one, is not."""
+        checked = self._folders.get(folder)
+        if checked is None:
+            return False
+        try:
+            st = os.stat(folder)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != checked:
+            self._folders.pop(folder, None)
+            return False
+        return True
+
+    def _io_failed(self, exc: OSError, what: str) -> PipelineError:
+        """The error to raise for a put's I/O failure; the folders are checked afresh after one
+        (an operator may have removed one)."""
+        self._staging_ready = False
+        self._folders.clear()
+        return _io_error(exc, what)
 
     def _link(self, source: Path, tmp: Path) -> bool:
         """Hard-link the cached file; False when this file system cannot (then: copy)."""
@@ -396,7 +491,12 @@ class LocalFsSink:
                 raise PermanentError(
                     Reason.CACHE_MISSING, "the cached file is gone before upload"
                 ) from exc
-            raise
+            if not self._staging_ready:
+                raise
+            self._staging_ready = False  # removed since it was made: make it again, once
+            self._mine.mkdir(parents=True, exist_ok=True)
+            os.link(source, tmp)
+            self._staging_ready = True
         except OSError as exc:
             if exc.errno in _LINK_UNSUPPORTED:
                 return False
@@ -440,13 +540,7 @@ class LocalFsSink:
                 f"cached file for {rel!r} has sha256 {digest}, expected {file.sha256}",
             )
 
-    def _publish(self, tmp: Path, target: Path, sha256: str) -> None:
-        _write_stamp(tmp, sha256)
-        if self._settings.fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, target)
-        if self._settings.fsync:
-            _fsync_path(target.parent, directory=True)
-
     async def aclose(self) -> None:
+        if self._durable is not None:
+            await self._durable.aclose()
         await trio.lowlevel.checkpoint()

@@ -12,7 +12,10 @@ until the cache quota is full. A permanent failure goes to the DLQ.
 Resource handling: when the cache no longer holds the file (a redelivery after the file was
 uploaded and removed), the sink is asked: an identical file there means the upload happened and
 the result is sent again (the results stage deduplicates); otherwise the task goes back to
-``downloads.pending`` to be fetched again. Nothing is lost either way.
+``downloads.pending`` to be fetched again. Nothing is lost either way. The file found is durable:
+a cache entry is removed only after its put returned, which a sink does once the file is durable
+(and the localfs sink syncs a file's bytes before a name points at them, so an identical file
+landed over it since is durable too, or the old one is still there after a crash).
 """
 
 from __future__ import annotations
