@@ -67,8 +67,6 @@ class Batcher(Generic[T]):
         self._full = trio.Event()
         self._closed_at = -math.inf
         """When the previous batch was closed (trio time)."""
-        self.flushes = 0
-        """Batches written (for tests and metrics)."""
 
     async def add(self, item: T) -> None:
         """Add ``item`` and return once the batch holding it is written."""
@@ -91,7 +89,6 @@ class Batcher(Generic[T]):
             self._full = trio.Event()
             self._closed_at = trio.current_time()
             await self._flush_with_retry(batch.items)
-            self.flushes += 1
             batch.done.set()
 
     async def _collect(self, batch: _Batch[T]) -> None:
