@@ -9,6 +9,11 @@ Scenarios (``--quick`` scales them down to finish in about two minutes):
   Azurite, one daemon on the embedded bus; a burst of small files, then a steady load at half
   the burst's rate. Each emulator runs as its own process, its CPU reported apart from
   lakeferry's.
+- ``soak``: the latency load for ``--soak-minutes`` (30 in a full run; not in a quick run's
+  defaults, 2 when asked for with ``--quick``) with Delta maintenance on and due often
+  (compaction, checkpoints, vacuum), sampling each process's anonymous and file-backed memory
+  every few seconds: the curve, start/end/peak and how flat it is go in the report. The sink's
+  files are deleted as they land (a 30-minute soak would otherwise fill the disk).
 
 Each runs on the embedded bus and on Kafka. Figures: files/s, MB/s, end-to-end latency
 p50/p95/p99 (event created -> inventory row committed), CPU seconds per file, peak RSS.
@@ -67,15 +72,18 @@ class Scale:
     retry_ladder: tuple[str, ...]
     azure: int = 0
     """Small files in the Azure scenario's burst (its steady load runs ``latency_seconds``)."""
+    soak_seconds: float = 1800.0
 
 
 FULL = Scale(
     small=20_000, medium=500, large=4, large_size=GiB, latency_seconds=60, old_poll=60,
     retry_events=500, retry_ladder=("1s", "2s", "4s", "8s"), azure=3_000,
+    soak_seconds=1800,
 )  # fmt: skip
 QUICK = Scale(
     small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
     retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"), azure=400,
+    soak_seconds=120,
 )  # fmt: skip
 
 
@@ -101,6 +109,10 @@ class Result:
     """Of ``cpu_seconds``, what the tool would have spent idle over as long (Azure scenario)."""
     sink_requests: int = 0
     """Requests the sink's server answered (the Azure scenario: the DFS emulator's count)."""
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    """Soak samples: ``{"t": seconds, "anon": {process: MiB}, "file": {process: MiB}}``."""
+    commits: int = 0
+    """Inventory commits of the run (versions in its Delta log)."""
     error: str = ""
     """Why the run failed (then its figures mean nothing); the report shows it in the tool's row."""
 
@@ -263,6 +275,17 @@ def anon_mib(pid: int) -> float:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """Anonymous and file-backed resident memory of ``pid`` now (MiB)."""
+    anon = files = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            anon = int(line.split()[1]) / 1024
+        elif line.startswith("RssFile:"):
+            files = int(line.split()[1]) / 1024
+    return anon, files
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -470,8 +493,14 @@ def run_lakeferry(
     return Result(
         scenario, f"lakeferry ({bus})", total, seconds, sum(s for _, s in urls),
         latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
-        cpu_elsewhere=elsewhere, cpu_by_process=cpu_by,
+        cpu_elsewhere=elsewhere, cpu_by_process=cpu_by, commits=inventory_commits(state),
     )  # fmt: skip
+
+
+def inventory_commits(state: Path) -> int:
+    """Commits in the inventory's Delta log (its creation and maintenance included)."""
+    log = state / "inventory" / "_delta_log"
+    return sum(1 for p in log.glob("*.json")) if log.exists() else 0
 
 
 def read_inventory(state: Path) -> list[dict[str, Any]]:
@@ -644,26 +673,134 @@ def run_latency(
     data["results"]["batch_wait"] = "100ms"
     _config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
     n = min(len(urls), int(rate * seconds))
+    feed_spool(spool, urls, rate, n, "lat")
+    wait_for_rows(scrape_urls["results" if "results" in scrape_urls else "all"], n)
+    seconds, latencies = stop_and_time(daemons, state)
+    return Result("latency", f"lakeferry ({bus})", n, seconds, 0, latencies)
+
+
+def feed_spool(
+    spool: Path,
+    urls: list[tuple[str, int]],
+    rate: float,
+    n: int,
+    prefix: str,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
+    """Offer ``n`` events at ``rate``/s into ``spool`` in 0.25 s slices, each stamped
+    ``created_at`` when written; event ``i`` fetches ``urls[i % len(urls)]`` (ids are unique,
+    URLs repeat). ``tick`` runs after each slice (the soak's sampling and sink cleaning)."""
     started = time.monotonic()
-    slice_s = 0.25
-    per = max(1, int(rate * slice_s))
+    per = max(1, int(rate * 0.25))
     i = 0
     while i < n:
-        chunk = urls[i : i + per]
+        count = min(per, n - i)
         now = dt.datetime.now(dt.UTC).isoformat()
         tmp = spool / f"{i}.jsonl.tmp"
         tmp.write_text(
             "".join(
-                json.dumps({"id": f"lat-{i + k}", "url": u, "created_at": now}) + "\n"
-                for k, (u, _) in enumerate(chunk)
+                json.dumps(
+                    {"id": f"{prefix}-{i + k}", "url": urls[(i + k) % len(urls)][0],
+                     "created_at": now}
+                ) + "\n"
+                for k in range(count)
             )
-        )
+        )  # fmt: skip
         tmp.rename(spool / f"{i}.jsonl")
-        i += len(chunk)
+        i += count
+        tick()
         time.sleep(max(0.0, started + (i / rate) - time.monotonic()))
+
+
+SOAK_SAMPLE_EVERY = 5.0
+"""Seconds between memory samples of a soak."""
+
+
+def run_soak(
+    bus: str,
+    urls: list[tuple[str, int]],
+    rate: float,
+    seconds: float,
+    state: Path,
+    kafka: str | None,
+) -> Result:
+    """The latency load for ``seconds`` with Delta maintenance on and due often: each
+    process's anonymous and file-backed memory every ``SOAK_SAMPLE_EVERY`` s. Landed files are
+    deleted from the sink as the run goes (the inventory keeps every row)."""
+    shutil.rmtree(state, ignore_errors=True)
+    settle()
+    data = harness.config_dict(
+        state, metrics_port=harness.free_port(), kafka=kafka,
+        namespace=f"soak{int(time.time() * 1000)}.",
+    )  # fmt: skip
+    spool = state / "spool-in"
+    spool.mkdir(parents=True)
+    data["sources"] = [{"kind": "spool", "path": str(spool), "poll_interval": "50ms"}]
+    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
+    data["results"]["batch_wait"] = "100ms"
+    data["inventory"].update(  # maintenance on, due within the run (the claims allow 5 min)
+        compact_every="5m", compact_min_files=10, compact_max_files=200,
+        checkpoint_every_commits=50, vacuum_every="10m", vacuum_retention="1m",
+        vacuum_enforce_retention=False,
+    )  # fmt: skip
+    _config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
+    sink = state / "sink"
+    samples: list[dict[str, Any]] = []
+    started = time.monotonic()
+    next_sample = started
+    cleaned = started
+
+    def tick() -> None:
+        nonlocal next_sample, cleaned
+        now = time.monotonic()
+        if now >= next_sample:
+            for name, daemon in daemons.items():
+                if not daemon.alive():
+                    raise RuntimeError(f"{name} died:\n{daemon.tail()}")
+            mem = {name: memory_mib(d.pid) for name, d in daemons.items()}
+            samples.append({
+                "t": round(now - started, 1),
+                "anon": {k: round(a, 1) for k, (a, _) in mem.items()},
+                "file": {k: round(f, 1) for k, (_, f) in mem.items()},
+            })  # fmt: skip
+            next_sample += SOAK_SAMPLE_EVERY
+        if now - cleaned >= 10:
+            clean_sink(sink, older_than=10)
+            cleaned = now
+
+    n = int(rate * seconds)
+    cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
+    feed_spool(spool, urls, rate, n, "soak", tick)
     wait_for_rows(scrape_urls["results" if "results" in scrape_urls else "all"], n)
-    seconds, latencies = stop_and_time(daemons, state)
-    return Result("latency", f"lakeferry ({bus})", n, seconds, 0, latencies)
+    tick()
+    cpu_by = {name: cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items()}
+    rss = {name: peak_rss_mib(d.pid) for name, d in daemons.items()}
+    seconds_taken, latencies = stop_and_time(daemons, state)
+    return Result(
+        "soak", f"lakeferry ({bus})", n, seconds_taken, 0, latencies, sum(cpu_by.values()),
+        max(rss.values()), rss,
+        peak_anon_mib=max((max(s["anon"].values()) for s in samples), default=0.0),
+        cpu_by_process=cpu_by, memory=samples, commits=inventory_commits(state),
+    )  # fmt: skip
+
+
+def clean_sink(sink: Path, older_than: float) -> None:
+    """Delete what landed in ``sink`` more than ``older_than`` seconds ago (one folder per
+    event in the bench's layout)."""
+    limit = time.time() - older_than
+    try:
+        entries = list(os.scandir(sink))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < limit:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
 
 
 def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Nginx) -> Result:
@@ -1169,6 +1306,17 @@ def target_rows(results: list[Result]) -> list[str]:
             f"{'met' if azure_p95 <= 1 else 'not met'} |"
         )
     for bus in ("embedded", "kafka"):
+        soak = by.get(("soak", f"lakeferry ({bus})"))
+        if soak and soak.memory:
+            figures = {name: soak_figures(soak, name) for name in soak.memory[-1]["anon"]}
+            peak = max(f["peak_all"] for f in figures.values())
+            growth = max(f["growth"] for f in figures.values())
+            rows.append(
+                f"| anonymous memory ≤ 100 MiB per process, flat within 10 % over the soak "
+                f"({bus}) | peak {peak:.0f} MiB, growth {growth:+.1%} at most | "
+                f"{'met' if peak <= 100 and growth <= 0.10 else 'not met'} |"
+            )
+    for bus in ("embedded", "kafka"):
         retry = by.get(("retry", f"lakeferry ({bus})"))
         if retry and retry.rung_lateness:
             worst_p95 = max(v.get("p95", 0.0) for v in retry.rung_lateness.values())
@@ -1181,6 +1329,79 @@ def target_rows(results: list[Result]) -> list[str]:
 
 def _raise(exc: BaseException) -> Result:
     raise exc
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 48) -> str:
+    """``values`` as a line of block characters (each the mean of its share), scaled from 0 to
+    the peak, so a flat curve reads flat."""
+    if not values:
+        return ""
+    step = max(1, -(-len(values) // width))
+    means = [statistics.fmean(values[i : i + step]) for i in range(0, len(values), step)]
+    top = max(means) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in means)
+
+
+def soak_figures(r: Result, process: str, kind: str = "anon") -> dict[str, float]:
+    """Start, end and peak of one process's memory over a soak, after warm-up (the first
+    fifth of the run, at most 5 minutes: tables, caches and pools fill), and ``growth``: the
+    peak after warm-up over the start."""
+    points = [(s["t"], s[kind][process]) for s in r.memory if process in s[kind]]
+    if not points:
+        return {}
+    warm = min(300.0, points[-1][0] / 5)
+    after = [v for t, v in points if t >= warm] or [points[-1][1]]
+    start = after[0]
+    return {
+        "start": start,
+        "end": after[-1],
+        "peak": max(after),
+        "peak_all": max(v for _, v in points),
+        "growth": max(after) / start - 1 if start else 0.0,
+    }
+
+
+def soak_lines(soaks: list[Result]) -> list[str]:
+    """The soak's memory curves: a table of figures per process and a sparkline of each."""
+    lines: list[str] = []
+    for r in soaks:
+        if not lines:
+            lines += [
+                "## soak: memory over time",
+                "",
+                "Anonymous memory (heap, buffers: the target) and file-backed memory (mapped "
+                "libraries such as deltalake's, shared and reclaimable) of each process, sampled "
+                f"every {SOAK_SAMPLE_EVERY:g} s under the latency load with Delta maintenance "
+                "on. Start and growth are taken after warm-up (the first fifth of the run, at "
+                "most 5 minutes); growth = peak after warm-up ÷ start − 1; flat means ≤ 10 %.",
+                "",
+            ]
+        if r.error:
+            lines += [f"- {r.tool}: failed: {r.error}", ""]
+            continue
+        minutes = r.memory[-1]["t"] / 60 if r.memory else 0.0
+        lines += [
+            f"### {r.tool}: {r.files:,} files in {minutes:.1f} min, "
+            f"{r.commits:,} inventory commits, p95 end to end {fmt(r.pct(95))} s",
+            "",
+            "| process | anon start MiB | anon end | anon peak | growth | file-backed end MiB "
+            "| anon curve |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        processes = sorted({k for s in r.memory for k in s["anon"]})
+        for name in processes:
+            a = soak_figures(r, name)
+            f = soak_figures(r, name, "file")
+            curve = sparkline([s["anon"][name] for s in r.memory if name in s["anon"]])
+            lines.append(
+                f"| {name} | {a['start']:.0f} | {a['end']:.0f} | {a['peak_all']:.0f} | "
+                f"{a['growth']:+.1%} | {f['end']:.0f} | `{curve}` |"
+            )
+        lines.append("")
+    return lines
 
 
 def elsewhere(r: Result) -> str:
@@ -1228,7 +1449,7 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
         f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half the "
         f"small-file maximum; the old design polls every {scale.old_poll:g} s; "
         f"{scale.retry_events} always-failing downloads climb the ladder "
-        f"{' → '.join(scale.retry_ladder)}."
+        f"{' → '.join(scale.retry_ladder)}; the soak lasts {scale.soak_seconds / 60:g} min."
         + (" Quick-mode figures are indicative only." if quick else ""),
         "",
     ]
@@ -1267,6 +1488,7 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
                 f"{f'{r.peak_anon_mib:.0f}' if r.peak_anon_mib else '-'} |"
             )
         lines.append("")
+    lines += soak_lines([r for r in results if r.scenario == "soak"])
     retries = [r for r in results if r.scenario == "retry"]
     if retries:
         lines += [
@@ -1391,7 +1613,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--buses", default="embedded,kafka")
-    parser.add_argument("--scenarios", default="small,medium,large,latency,azure,retry")
+    parser.add_argument(
+        "--scenarios",
+        help="comma-separated (default: small,medium,large,latency,azure,retry,soak; a quick run "
+        "leaves soak out unless named)",
+    )
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        help="length of the soak (default: 30, with --quick 2)",
+    )
+    parser.add_argument(
+        "--soak-rate",
+        type=float,
+        help="events/s of the soak (default: half the small-file maximum of this run, or 50 "
+        "when small is not run)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
     )
@@ -1431,6 +1668,10 @@ def main() -> int:
         )  # fmt: skip
         return 0
     scale = QUICK if args.quick else FULL
+    if args.soak_minutes is not None:
+        scale = Scale(**{**asdict(scale), "soak_seconds": args.soak_minutes * 60})
+    if args.scenarios is None:
+        args.scenarios = "small,medium,large,latency,azure,retry" + ("" if args.quick else ",soak")
     work = ROOT / "var" / "bench"
     plan = make_files(work / "www", scale)
     nginx = Nginx(work / "www", work / "nginx", probe=plan["small"][0][0])
@@ -1442,7 +1683,8 @@ def main() -> int:
 
     def measure(scenario: str, tool: str, run: Callable[[], Result]) -> None:
         results.append(attempt(scenario, tool, run))
-        print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k != "latencies"}))
+        skip = ("latencies", "memory")
+        print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k not in skip}))
 
     def bootstrap(bus: str) -> str | None:
         return broker.bootstrap if bus == "kafka" and broker else None
@@ -1470,17 +1712,17 @@ def main() -> int:
                     run_lakeferry, scenario, bus, urls, work / f"lf-{scenario}-{bus}",
                     bootstrap(bus), args.profile,
                 ))  # fmt: skip
+        small_max = max(
+            (
+                r.files_per_s
+                for r in results
+                if r.scenario == "small" and r.tool.startswith("lakeferry") and not r.error
+            ),
+            default=100.0,
+        )
+        rate = max(1.0, small_max / 2)
+        urls = [(nginx.url(name), size) for name, size in plan["small"]]
         if "latency" in scenarios:
-            small_max = max(
-                (
-                    r.files_per_s
-                    for r in results
-                    if r.scenario == "small" and r.tool.startswith("lakeferry") and not r.error
-                ),
-                default=100.0,
-            )
-            rate = max(1.0, small_max / 2)
-            urls = [(nginx.url(name), size) for name, size in plan["small"]]
             for bus in buses:
                 measure("latency", f"lakeferry ({bus})", partial(
                     run_latency, bus, urls, rate, scale.latency_seconds, work / f"lat-{bus}",
@@ -1503,6 +1745,13 @@ def main() -> int:
                 for r in azure:
                     results.append(r)
                     print(json.dumps({k: v for k, v in asdict(r).items() if k != "latencies"}))
+        if "soak" in scenarios:
+            soak_rate = args.soak_rate or rate
+            for bus in buses:
+                measure("soak", f"lakeferry ({bus})", partial(
+                    run_soak, bus, urls, soak_rate, scale.soak_seconds, work / f"soak-{bus}",
+                    bootstrap(bus),
+                ))  # fmt: skip
         if "retry" in scenarios:
             for bus in buses:
                 measure("retry", f"lakeferry ({bus})", partial(

@@ -85,3 +85,28 @@ def test_a_failing_peer_is_a_row_of_the_report(
     assert "| lakeferry (kafka) | 1,000 | 500.0 |" in report  # the other rows are intact
     assert "## Failed runs" in report
     assert "÷ aria2c" not in report  # no ratio against a run that failed
+
+
+def test_the_soak_report_shows_each_process_curve_and_the_memory_target(
+    bench: ModuleType,
+) -> None:
+    """Growth is taken after warm-up (the first fifth): a process that fills up at start and
+    then stays flat meets the target; one that keeps growing does not."""
+    memory: list[dict[str, Any]] = [
+        {"t": t, "anon": {"results": 40 + t / 10 if t < 60 else 60.0, "ingest": 50 + t / 10},
+         "file": {"results": 120.0, "ingest": 110.0}}
+        for t in range(0, 300, 5)
+    ]  # fmt: skip
+    soak = bench.Result("soak", "lakeferry (kafka)", 1000, 300.0, 0, [0.1, 0.2], memory=memory)
+    report = "\n".join(bench.report_lines([soak], bench.QUICK, True))
+    assert "## soak: memory over time" in report
+    assert "| results | 60 | 60 | 60 | +0.0% | 120 |" in report
+    assert "| ingest | 56 | 80 | 80 | +42.0% | 110 |" in report
+    assert "peak 80 MiB, growth +42.0% at most | not met |" in report
+    flat = bench.Result("soak", "lakeferry (kafka)", 1000, 300.0, 0, memory=[
+        {"t": s["t"], "anon": {"results": s["anon"]["results"]}, "file": {"results": 1.0}}
+        for s in memory
+    ])  # fmt: skip
+    assert "growth +0.0% at most | met |" in "\n".join(
+        bench.report_lines([flat], bench.QUICK, True)
+    )

@@ -150,3 +150,17 @@ def test_position_never_passes_unfinished_work(data: st.DataObject, offsets: lis
             committed = position
     assert tracker.committable().get(TP, committed) == offsets[-1] + 1
     assert tracker.in_flight() == 0
+
+
+def test_memory_follows_what_is_in_flight_not_what_finished_behind_a_stuck_record() -> None:
+    """One record stays in flight (an hour-long download) while 100,000 after it are taken
+    and finish: the position stays at the stuck one, and the tracker keeps a few offsets, not
+    one per record consumed since."""
+    tracker = OffsetTracker()
+    stuck = tracker.track(record(0))
+    for o in range(1, 100_001):
+        tracker.done(*tracker.track(record(o)))
+    assert tracker.committable() == {TP: 0}
+    assert len(tracker._parts[TP].taken) < 200
+    assert tracker.done(*stuck)
+    assert tracker.committable() == {TP: 100_001}

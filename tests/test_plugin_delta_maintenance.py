@@ -16,6 +16,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.table import TableOptimizer
 
 import lakeferry_delta.maintenance
+import lakeferry_delta.table
 from helpers.delta import Clock, event_row, inventory_row, live_files, operations
 from lakeferry.api import ConfigError, PluginContext
 from lakeferry.units import dec_hook
@@ -330,7 +331,12 @@ async def test_a_failed_compaction_is_retried_at_the_next_call(
     assert len(await inventory.read_inventory()) == 111
 
 
-async def test_checkpoint_when_deltalake_has_not_written_one(tmp_path: Path) -> None:
+async def test_checkpoint_when_deltalake_has_not_written_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table created with deltalake's default interval (100; by another tool or an older
+    # lakeferry): lakeferry creates its own with 10.
+    monkeypatch.setattr(lakeferry_delta.table, "CHECKPOINT_INTERVAL", 100)
     clock = Clock()
     inventory = make(tmp_path, clock, compact_every=0.0, vacuum_every=0.0)
     log = tmp_path / "inventory" / "_delta_log"

@@ -38,7 +38,9 @@ The steps
   started. Nothing happens while fewer than two small files share a partition. When the
   compaction fails after its claim, the next call tries again regardless of the claim.
 - Checkpoint: deltalake already writes one after every ``delta.checkpointInterval`` commits
-  (default 100) as part of the commit, whoever commits. This step is the net under it: when
+  (100 by default; 10 in the tables lakeferry creates, see
+  :data:`lakeferry_delta.table.CHECKPOINT_INTERVAL`) as part of the commit, whoever commits.
+  This step is the net under it: when
   ``_last_checkpoint`` is ``checkpoint_every_commits`` or more versions behind (a writer died
   between its commit and its checkpoint, or a lower figure is wanted), it writes one.
 - Vacuum (full: a listing of the table's folder), due ``vacuum_every`` after the last claim, at

@@ -33,6 +33,13 @@ R = TypeVar("R")
 REOPEN_EVERY = 100
 """Calls on one ``DeltaTable`` object before it is reopened (see the module docstring)."""
 
+CHECKPOINT_INTERVAL = 10
+"""``delta.checkpointInterval`` of the tables this module creates (deltalake's default: 100).
+deltalake reads every commit file since the last checkpoint at once, each read a call in its
+tokio blocking pool, whose threads live 10 s: with 100 a results process ran ~92 such threads
+(their stacks and thread arenas in its anonymous memory), with 10 ~45, for one small
+checkpoint every 10 commits. An existing table keeps its own setting."""
+
 REASON_CONFLICT = "inventory_conflict"
 REASON_UNAVAILABLE = "inventory_unavailable"
 REASON_SCHEMA = "inventory_schema"
@@ -161,6 +168,7 @@ class DeltaTableHandle:
                     mode="error",
                     partition_by=partition_by,
                     storage_options=options,
+                    configuration={"delta.checkpointInterval": str(CHECKPOINT_INTERVAL)},
                 )
             except DeltaError:
                 # Another process created it between our check and our create: use theirs.

@@ -5,7 +5,9 @@ may only be told "everything below N is done" once every taken record below N is
 commit position of a partition is the lowest offset still in flight, or the offset after the
 last one taken when nothing is in flight. :class:`OffsetTracker` keeps that position per
 partition with O(1) amortised work per call: a deque of the taken offsets in order, and a map
-from the in-flight ones to the generation they were taken in.
+from the in-flight ones to the generation they were taken in. Its memory follows the records in
+flight: done offsets waiting behind an unfinished one are dropped once they outnumber the
+in-flight ones twice over.
 
 Generations keep old work apart from new work. :meth:`OffsetTracker.forget` (partition
 revoked) and :meth:`OffsetTracker.reset` (seek) start a new generation, and a late
@@ -33,6 +35,11 @@ class Ticket(NamedTuple):
     tp: TopicPartition
     offset: int
     generation: int
+
+
+COMPACT_SLACK = 64
+"""Done offsets kept behind an unfinished one, beyond twice the in-flight count, before they
+are dropped: the tracker's memory follows what is in flight, not what finished after it."""
 
 
 class _PartitionState:
@@ -103,9 +110,15 @@ class OffsetTracker:
             raise ValueError(
                 f"{tp}: offset {offset} taken after {state.end - 1}; offsets must increase"
             )
-        state.taken.append(offset)
+        taken = state.taken
+        taken.append(offset)
         state.in_flight[offset] = state.generation
         state.end = offset + 1
+        if len(taken) > 2 * len(state.in_flight) + COMPACT_SLACK:
+            # One record stuck in flight (a long download) while the ones after it finish:
+            # those wait in ``taken`` behind it, one per record consumed since. Only the
+            # in-flight ones decide the position, so drop the rest (amortised O(1)).
+            state.taken = deque(o for o in taken if o in state.in_flight)
         return Ticket(tp, offset, state.generation)
 
     def done(self, tp: TopicPartition, offset: int, generation: int | None = None) -> bool:

@@ -6,9 +6,10 @@ below a partition's stored version, and results of event ids already landed (a s
 delivered an event twice puts two results at two offsets), are skipped. Every topic is keyed by
 event id, so one id is handled by one partition owner at a time.
 
-Phases of a batch: collect (until ``batch_rows`` or ``batch_wait``) → filter (skip by stored
-version, then by landed id) → write (one commit with rows + transactions) → release (handlers
-return, the driver commits the bus offsets).
+Phases of a batch: collect (until ``batch_rows``, ``batch_wait`` or quiet: see
+:mod:`lakeferry.stages.batcher`; under a high rate, fewer and larger commits) → filter (skip
+by stored version, then by landed id) → write (one commit with rows + transactions) → release
+(handlers return, the driver commits the bus offsets).
 
 Error handling: a failed Delta write is retried in place with backoff while the handlers wait,
 so backpressure reaches the consumer instead of piling up results.
