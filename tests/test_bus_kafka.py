@@ -11,6 +11,7 @@ import trio
 from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.bus.base import OutgoingRecord, TopicSpec
 from lakeferry.bus.kafka import BUFFER_HIGH, KafkaBus
+from lakeferry.errors import BusError
 
 FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
@@ -166,3 +167,44 @@ async def test_a_record_not_delivered_fails_its_send_and_only_its_send(kafka_bro
     assert "1 of 2 record(s) not delivered" in str(outcome["mixed"])
     assert await bus.end_offsets(good) == {0: 2}
     await bus.aclose()
+
+
+async def _next_while_polling(consumer: Any, other: Any) -> None:
+    """Wait for the consumer's next record while ``other`` (a raw client) polls, so it joins."""
+    while True:
+        await trio.to_thread.run_sync(other.poll, 0.2)
+        with trio.move_on_after(0.2):
+            await consumer.next()
+
+
+async def test_a_fenced_static_member_fails_its_consumer_instead_of_waiting_forever(
+    kafka_broker: Any,
+) -> None:
+    """Found by the chaos run and the broker-outage test under load: after an outage the ingest
+    stage's consumer was fenced ("Static consumer fenced by other consumer with same
+    group.instance.id", a fatal error in librdkafka) and its stage waited forever, so events
+    submitted after the outage were never ingested. A fatal error must fail the consumer (the
+    supervisor restarts the stage with a fresh one). Here a second member under the same
+    group.instance.id fences the first."""
+    from confluent_kafka import Consumer
+
+    bus = await KafkaBus.open(kafka_broker.bootstrap, consumer=FAST, member="node.fenced")
+    topic, group = f"fence-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([TopicSpec(topic, 1)])
+    await bus.producer().send_many([OutgoingRecord(topic, b"first", b"k")])
+    consumer = bus.consumer(group, [topic])
+    with trio.fail_after(90):
+        record = await consumer.next()
+    assert record.value == b"first"
+    same = {k: v for k, v in bus._consumer_config(group).items() if k != "error_cb"}
+    assert same["group.instance.id"] == "node.fenced"
+    usurper = Consumer(same)  # the same member name, the same group protocol
+    usurper.subscribe([topic])
+    try:
+        with trio.fail_after(90), pytest.raises(BusError) as failed:
+            await _next_while_polling(consumer, usurper)
+        assert "fenced" in str(failed.value).lower()
+    finally:
+        await trio.to_thread.run_sync(usurper.close)
+        await consumer.aclose()
+        await bus.aclose()

@@ -37,6 +37,11 @@ while trio awaits it without blocking.
 Error handling: a broker outage does not fail anything by itself: deliveries wait inside
 librdkafka (``message.timeout.ms``, 5 minutes by default), commits fail and are retried by the
 stage, and the bus reports the outage through ``on_health`` (logs and metrics) and its recovery.
+A *fatal* error of a consumer (librdkafka's word: most often a static member fenced because the
+group saw a newer member under its ``group.instance.id``, as can happen when a join's answer is
+lost in an outage) ends that consumer: its ``next()`` raises :class:`~lakeferry.errors.BusError`,
+the stage crashes, and the supervisor's restart joins with a fresh client. Before, the consumer
+kept polling a client librdkafka had given up on, and the stage waited forever.
 """
 
 from __future__ import annotations

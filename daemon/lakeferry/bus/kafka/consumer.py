@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 import trio
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from lakeferry.bus.base import (
@@ -69,6 +69,7 @@ class KafkaConsumer:
         self._failure: BaseException | None = None
         self._t_broker_paused: set[TopicPartition] = set()  # only the thread touches these
         self._t_fresh: set[TopicPartition] = set()
+        self._t_fatal: KafkaError | None = None
         self._thread = threading.Thread(
             target=self._thread_main, name=f"lakeferry-kafka-{group}", daemon=True
         )
@@ -77,8 +78,17 @@ class KafkaConsumer:
     # -- the consumer thread -----------------------------------------------------------------
 
     def _thread_main(self) -> None:
+        config = self._bus._consumer_config(self.group)
+        bus_errors: Callable[[KafkaError], None] = config["error_cb"]
+
+        def on_error(err: KafkaError) -> None:  # served by poll(), on this thread
+            if err.fatal():
+                self._t_fatal = err
+            bus_errors(err)
+
+        consumer: confluent_kafka.Consumer | None = None
         try:
-            consumer = confluent_kafka.Consumer(self._bus._consumer_config(self.group))
+            consumer = confluent_kafka.Consumer({**config, "error_cb": on_error})
             consumer.subscribe(
                 self._topics,
                 on_assign=self._t_assign,
@@ -89,6 +99,9 @@ class KafkaConsumer:
         except BaseException as exc:  # surfaced to trio by next()
             self._failure = exc
             self._bus._from_thread(self._wake)
+            if self._t_fatal is None:
+                return
+        if consumer is None:
             return
         try:
             consumer.close()
@@ -105,6 +118,10 @@ class KafkaConsumer:
                 except queue.Empty:
                     break
                 command(consumer)
+            if self._t_fatal is not None:
+                # Fenced by a newer member under this member's name, say: librdkafka will not
+                # use this client again. The stage fails, and its restart joins anew.
+                raise KafkaException(self._t_fatal)
             # Pause fetching only while the buffers are full. A partition the stage paused (a
             # retry rung waiting for its head's due time) keeps its records in the trio-side
             # buffer instead: resuming it is then instant, not one broker fetch round later.
@@ -139,6 +156,10 @@ class KafkaConsumer:
             for msg in msgs:
                 error = msg.error()
                 if error is not None:
+                    # This client is finished: let the stage start anew. (poll() reports it as
+                    # _FATAL, an error whose own fatal() is False.)
+                    if error.fatal() or error.code() == KafkaError._FATAL:
+                        raise KafkaException(error)
                     log.debug("consume error", extra={"error": error.str()})
                     continue
                 records.append(_record(msg))
