@@ -543,6 +543,12 @@ def attempt(scenario: str, tool: str, run: Callable[[], Result]) -> Result:
         return Result(scenario, tool, 0, 0.0, 0, error=reason)
 
 
+def drop_bytes(folder: Path) -> None:
+    """Delete what a run downloaded or landed, once its figures are taken (logs and tables
+    stay for a look afterwards)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_aria2c(scenario: str, urls: list[tuple[str, int]], out: Path) -> Result:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -1713,19 +1719,28 @@ def main() -> int:
             if scenario not in scenarios:
                 continue
             urls = [(nginx.url(name), size) for name, size in plan[scenario]]
+            # The bytes of medium and large runs go once measured: a full run would otherwise
+            # keep ~50 GB until its end (and stall on a full disk: lakeferry waits in place).
+            bulky = scenario != "small"
             if scenario in ("small", "medium"):
                 measure(
                     scenario, "aria2c -j 50", partial(run_aria2c, scenario, urls, work / "aria2c")
                 )
+                if bulky:
+                    drop_bytes(work / "aria2c")
             else:
                 curl = partial(run_curl, scenario, urls, work / "curl")
                 measure(scenario, "curl (one at a time)", curl)
                 measure(scenario, "curl, then fsync", partial(curl, fsync=True))
+                drop_bytes(work / "curl")
             for bus in buses:
                 measure(scenario, f"lakeferry ({bus})", partial(
                     run_lakeferry, scenario, bus, urls, work / f"lf-{scenario}-{bus}",
                     bootstrap(bus), args.profile,
                 ))  # fmt: skip
+                if bulky:
+                    drop_bytes(work / f"lf-{scenario}-{bus}" / "sink")
+                    drop_bytes(work / f"lf-{scenario}-{bus}" / "cache")
         small_max = max(
             (
                 r.files_per_s
