@@ -5,7 +5,8 @@ If-Range, ETag and Last-Modified, and cuts its first response short) into the re
 cache, one attempt at a time the way the download stage does it (:func:`attempt`). The end of
 the file runs the daemon as a process: a resumed download, a checksum mismatch that repeats,
 and a cache on a tiny tmpfs that fills up (root only: mounting needs it). Every test that
-downloads runs on each engine of the ``http`` downloader (httpx, curl), the daemon's too.
+downloads runs on each engine of the ``http`` downloader (httpx, curl); the daemon's tests on the
+default engine only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -37,12 +39,15 @@ from lakeferry.api import (
 )
 from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.download import keep_partial_after
-from lakeferry_http import HttpDownloader
+from lakeferry_http import HttpDownloader, HttpDownloaderSettings
 from lakeferry_localfs import LocalFsCache, LocalFsCacheSettings
 from lakeferry_localfs.cache import LocalFsPendingFile
 
 KiB = 1024
 MiB = 2**20
+DEFAULT_ENGINE = next(
+    f.default for f in msgspec.structs.fields(HttpDownloaderSettings) if f.name == "engine"
+)
 
 
 def make_cache(root: Path, **settings: Any) -> LocalFsCache:
@@ -59,7 +64,11 @@ def origin(engine_origin: Origin) -> Origin:
 
 @pytest.fixture
 def daemon_env(daemon_env: DaemonEnv, http_engine: str) -> DaemonEnv:
-    """The daemon on the engine under test."""
+    """The daemon, on the default engine only: a whole daemon per engine cost the suite a
+    minute, and what differs between the engines is covered engine by engine above (and in
+    tests/test_plugin_http.py, tests/test_ssrf.py and the conformance kit)."""
+    if http_engine != DEFAULT_ENGINE:
+        pytest.skip(f"daemon-level tests run on the default engine ({DEFAULT_ENGINE})")
     daemon_env.data["downloaders"]["http"]["engine"] = http_engine
     daemon_env.write()
     return daemon_env
