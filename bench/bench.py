@@ -657,6 +657,23 @@ def run_old_design(
     )
 
 
+def spool_load_config(state: Path, kafka: str | None, name: str) -> tuple[dict[str, Any], Path]:
+    """A fresh state folder and the config of a steady-load run: events from a spool folder
+    (polled every 50 ms), the bench's engine, inventory batches of at most 100 ms."""
+    shutil.rmtree(state, ignore_errors=True)
+    settle()
+    data = harness.config_dict(
+        state, metrics_port=harness.free_port(), kafka=kafka,
+        namespace=f"{name}{int(time.time() * 1000)}.",
+    )  # fmt: skip
+    spool = state / "spool-in"
+    spool.mkdir(parents=True)
+    data["sources"] = [{"kind": "spool", "path": str(spool), "poll_interval": "50ms"}]
+    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
+    data["results"]["batch_wait"] = "100ms"
+    return data, spool
+
+
 def run_latency(
     bus: str,
     urls: list[tuple[str, int]],
@@ -667,16 +684,7 @@ def run_latency(
 ) -> Result:
     """A steady offered load: ``rate`` events/s for ``seconds``, dropped into a spool folder in
     0.25 s slices, each event stamped ``created_at`` when written (the spool's polling counts)."""
-    shutil.rmtree(state, ignore_errors=True)
-    settle()
-    data = harness.config_dict(
-        state, metrics_port=harness.free_port(), kafka=kafka,
-        namespace=f"lat{int(time.time() * 1000)}.",
-    )  # fmt: skip
-    spool = state / "spool-in"
-    spool.mkdir(parents=True)
-    data["sources"] = [{"kind": "spool", "path": str(spool), "poll_interval": "50ms"}]
-    data["results"]["batch_wait"] = "100ms"
+    data, spool = spool_load_config(state, kafka, "lat")
     _config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
     n = min(len(urls), int(rate * seconds))
     feed_spool(spool, urls, rate, n, "lat")
@@ -733,17 +741,7 @@ def run_soak(
     """The latency load for ``seconds`` with Delta maintenance on and due often: each
     process's anonymous and file-backed memory every ``SOAK_SAMPLE_EVERY`` s. Landed files are
     deleted from the sink as the run goes (the inventory keeps every row)."""
-    shutil.rmtree(state, ignore_errors=True)
-    settle()
-    data = harness.config_dict(
-        state, metrics_port=harness.free_port(), kafka=kafka,
-        namespace=f"soak{int(time.time() * 1000)}.",
-    )  # fmt: skip
-    spool = state / "spool-in"
-    spool.mkdir(parents=True)
-    data["sources"] = [{"kind": "spool", "path": str(spool), "poll_interval": "50ms"}]
-    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
-    data["results"]["batch_wait"] = "100ms"
+    data, spool = spool_load_config(state, kafka, "soak")
     data["inventory"].update(  # maintenance on, due within the run (the claims allow 5 min)
         compact_every="5m", compact_min_files=10, compact_max_files=200,
         checkpoint_every_commits=50, vacuum_every="10m", vacuum_retention="1m",

@@ -252,6 +252,12 @@ def _build_clients(
     return service, container
 
 
+def _held(size: int | None, metadata: dict[str, str] | None) -> Held:
+    """What a path's properties say (the DFS and the Blob endpoint's alike)."""
+    meta = dict(metadata or {})
+    return Held(int(size or 0), meta, meta.get("hdi_isfolder", "").lower() == "true")
+
+
 class OneLakeSink:
     """The ``onelake`` :class:`lakeferry.api.Sink`."""
 
@@ -327,9 +333,7 @@ class OneLakeSink:
             if error_code(exc) in FILESYSTEM_MISSING:
                 raise
             return None
-        metadata = dict(props.metadata or {})
-        is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
-        return Held(int(props.size or 0), metadata, is_directory)
+        return _held(props.size, props.metadata)
 
     async def _ensure_filesystem(self) -> None:
         if self._filesystem_checked:
@@ -411,9 +415,7 @@ class OneLakeSink:
             if error_code(exc) in FILESYSTEM_MISSING:
                 raise
             return None
-        metadata = dict(props.metadata or {})
-        is_directory = metadata.get("hdi_isfolder", "").lower() == "true"
-        return Held(int(props.size or 0), metadata, is_directory)
+        return _held(props.size, props.metadata)
 
     def _put_small(self, path: str, data: bytes, file: SinkFile, rel: str,
                    metadata: dict[str, str]) -> bool:  # fmt: skip
