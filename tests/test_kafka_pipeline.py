@@ -18,11 +18,6 @@ from helpers.wait import wait_for, wait_until
 events = origin_events
 
 
-def settled(env: DaemonEnv, expected: int, *files: Any) -> bool:
-    _code, counts = env.audit(*files)
-    return counts["landed"] + counts["dead_lettered"] >= expected and counts["in_flight"] == 0
-
-
 def test_stages_as_separate_processes_survive_a_killed_download_worker(
     kafka_env: DaemonEnv, origin: Origin
 ) -> None:
@@ -53,12 +48,7 @@ def test_stages_as_separate_processes_survive_a_killed_download_worker(
     victim = env.daemons[1]
     assert victim.stages == "download"
     victim.kill()  # SIGKILL mid-run: its in-flight downloads are redelivered to the other worker
-    wait_until(
-        lambda: settled(env, 240, batch),
-        timeout=180,
-        what="everything to land after the kill",
-        interval=1,
-    )
+    env.wait_settled(batch, landed=240, timeout=180, what="everything to land after the kill")
     code, counts = env.audit(batch)
     assert counts == {
         "events": 240, "landed": 240, "dead_lettered": 0, "purged": 0, "in_flight": 0,
@@ -114,11 +104,8 @@ def test_broker_outage_is_reported_and_survived(
         lambda: env.metric("lakeferry_bus_up") == 1, timeout=60, what="the recovery to be reported"
     )
     second = env.submit_events(events(origin, "out-b", 30))
-    wait_until(
-        lambda: settled(env, 90, first, second),
-        timeout=120,
-        what="everything to land after the outage",
-        interval=1,
+    env.wait_settled(
+        first, second, landed=90, timeout=120, what="everything to land after the outage"
     )
     code, counts = env.audit(first, second)
     assert (code, counts["landed"], counts["lost"], counts["duplicate_rows"]) == (0, 90, 0, 0)
@@ -176,9 +163,7 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
 
     worker = download_worker().start()
     first = env.submit_events(events(origin, "before", 20))
-    wait_until(
-        lambda: settled(env, 20, first), timeout=90, what="the first batch to land", interval=0.5
-    )
+    env.wait_settled(first, landed=20, timeout=90, what="the first batch to land")
     worker.kill()
     started = time.monotonic()
     worker = download_worker().start()
@@ -191,12 +176,7 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
     )
     working_again = time.monotonic() - started
     print(f"restarted download worker working again after {working_again:.1f}s")
-    wait_until(
-        lambda: settled(env, 40, first, second),
-        timeout=90,
-        what="the second batch to land",
-        interval=0.5,
-    )
+    env.wait_settled(first, second, landed=40, timeout=90, what="the second batch to land")
     code, counts = env.audit(first, second)
     assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
     assert code == 0
@@ -232,12 +212,7 @@ def test_a_results_writer_frozen_mid_commit_is_overtaken_and_its_commit_refused(
         lambda: process_state(frozen.pid) == "T", timeout=90, what="results-1 to freeze mid-commit"
     )
     # Frozen past the session timeout (6 s here): results-2 records everything meanwhile.
-    wait_until(
-        lambda: settled(env, 200, batch),
-        timeout=120,
-        what="results-2 to land everything",
-        interval=1,
-    )
+    env.wait_settled(batch, landed=200, timeout=120, what="results-2 to land everything")
     os.kill(frozen.pid, signal.SIGCONT)
     refused = frozen.wait_for_log("batch write failed; retrying", timeout=60)
     assert "concurrent" in json.dumps(refused).lower()

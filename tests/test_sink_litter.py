@@ -15,11 +15,6 @@ from helpers.origin import Origin
 from helpers.wait import wait_until
 
 
-def settled(env: DaemonEnv, *batches: Path, landed: int) -> bool:
-    _code, counts = env.audit(*batches)
-    return counts["in_flight"] == 0 and counts["landed"] == landed
-
-
 def test_a_killed_daemons_temporary_files_are_swept_at_its_next_start(
     daemon_env: DaemonEnv, origin: Origin
 ) -> None:
@@ -43,9 +38,7 @@ def test_a_killed_daemons_temporary_files_are_swept_at_its_next_start(
     assert counts["temp_files"] >= 1
 
     daemon = env.start()
-    wait_until(
-        lambda: settled(env, batch, landed=150), timeout=120, what="every event to land", interval=1
-    )
+    env.wait_settled(batch, landed=150, dead_lettered=0, timeout=120, what="every event to land")
     code, counts = env.audit(batch)
     assert (counts["temp_files"], counts["unrecorded_in_sink"]) == (0, 0)
     assert (counts["lost"], counts["duplicate_rows"], counts["missing_in_sink"]) == (0, 0, 0)
@@ -67,9 +60,7 @@ def test_the_audit_fails_on_litter_once_nothing_is_in_flight(
     env = daemon_env
     daemon = env.start()
     batch = env.submit_events(origin_events(origin, "clean", 5))
-    wait_until(
-        lambda: settled(env, batch, landed=5), timeout=60, what="the events to land", interval=1
-    )
+    env.wait_settled(batch, landed=5, dead_lettered=0, timeout=60, what="the events to land")
     assert env.audit(batch)[0] == 0
     sink = Path(env.data["sink"]["root"])
     (sink / "stray").mkdir()

@@ -219,6 +219,18 @@ class DaemonProcess:
             time.sleep(0.05)
         raise TimeoutError(f"no {msg!r} log line within {timeout}s:\n{self.tail()}")
 
+    def complaints(self, n: int = 12) -> list[str]:
+        """The last ``n`` distinct warnings and errors this daemon logged since its start, each
+        once with how often: what a failed wait shows about the daemon it waited for."""
+        counts: dict[str, int] = {}
+        for entry in self.logs():
+            if entry.get("level") in ("warning", "error", "critical", "raw"):
+                key = f"{entry.get('level')}: {entry.get('msg')}"
+                if entry.get("error"):
+                    key += f" ({str(entry['error'])[:160]})"
+                counts[key] = counts.pop(key, 0) + 1  # re-inserted: ordered by last seen
+        return [f"{times}x {key}" for key, times in list(counts.items())[-n:]]
+
     def tail(self, n: int = 40) -> str:
         if not self.log_path.exists():
             return ""

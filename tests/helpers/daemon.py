@@ -116,6 +116,46 @@ class DaemonEnv:
         assert result.returncode in (0, 1), result.stderr
         return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
 
+    def wait_settled(
+        self,
+        *events_files: Path,
+        landed: int,
+        dead_lettered: int | None = None,
+        timeout: float,
+        what: str,
+    ) -> dict[str, int]:
+        """Audit until nothing is in flight and ``landed`` files (at least, when dead letters
+        are left open with ``dead_lettered=None``: landed + dead-lettered) are accounted for;
+        returns the counts. On a timeout the failure shows the last counts and what each
+        daemon complained about."""
+        from helpers.wait import wait_for
+
+        def done(counts: dict[str, int]) -> bool:
+            if counts["in_flight"]:
+                return False
+            if dead_lettered is None:
+                return counts["landed"] + counts["dead_lettered"] >= landed
+            return counts["landed"] == landed and counts["dead_lettered"] == dead_lettered
+
+        import os
+        import time
+
+        def probe() -> dict[str, int]:
+            started = time.monotonic()
+            counts = self.audit(*events_files)[1]
+            if os.environ.get("LAKEFERRY_TEST_TRACE"):
+                print(f"audit {time.monotonic() - started:.2f}s {counts}", flush=True)
+            return counts
+
+        try:
+            return wait_for(probe, done, timeout=timeout, what=what, interval=1)
+        except AssertionError as failure:
+            said = [
+                f"{d.log_path.name}{'' if d.alive() else ' (exited)'}: " + "; ".join(d.complaints())
+                for d in self.daemons
+            ]
+            raise AssertionError("\n".join([str(failure), *said])) from None
+
 
 @pytest.fixture
 @starts_processes
