@@ -1648,6 +1648,12 @@ def main() -> int:
         "when small is not run)",
     )
     parser.add_argument(
+        "--latency-rate",
+        type=float,
+        help="events/s of the latency load (default: half the small-file maximum of this run, "
+        "or 50 when small is not run)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
     )
     parser.add_argument(
@@ -1749,14 +1755,15 @@ def main() -> int:
         )
         rate = max(1.0, small_max / 2)
         urls = [(nginx.url(name), size) for name, size in plan["small"]]
+        latency_rate = args.latency_rate or rate
         if "latency" in scenarios:
             for bus in buses:
                 measure("latency", f"lakeferry ({bus})", partial(
-                    run_latency, bus, urls, rate, scale.latency_seconds, work / f"lat-{bus}",
+                    run_latency, bus, urls, latency_rate, scale.latency_seconds, work / f"lat-{bus}",
                     bootstrap(bus),
                 ))  # fmt: skip
             measure("latency", "old design", partial(
-                run_old_design, urls, rate, scale.latency_seconds, scale.old_poll, work / "old"
+                run_old_design, urls, latency_rate, scale.latency_seconds, scale.old_poll, work / "old"
             ))  # fmt: skip
         if "azure" in scenarios:
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
