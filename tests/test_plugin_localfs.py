@@ -724,11 +724,54 @@ async def test_missing_cached_file_is_cache_missing(tmp_path: Path, link: bool) 
 async def test_corrupted_cached_file_is_refused(tmp_path: Path, link: bool) -> None:
     cache, sink = make_cache(tmp_path), make_sink(tmp_path, link=link)
     file = await cached_file(cache, "k", b"good data")
-    cache.local_path("k").write_bytes(b"evil data")
+    path = cache.local_path("k")
+    before = path.stat().st_mtime_ns
+    path.write_bytes(b"evil data")
+    # Changed behind the cache's back: a new mtime (a write in the same clock tick keeps the
+    # old one; the test must not depend on the clock's granularity).
+    os.utime(path, ns=(before + 10**9, before + 10**9))
     with pytest.raises(PermanentError) as caught:
         await sink.put(file, "d/f.txt", EVENT)
     assert caught.value.reason == Reason.CHECKSUM_MISMATCH
     assert list((sink.root / "d").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [100_000, 3 * MiB])  # the round's own call, and a call apart
+async def test_a_linked_file_is_checked_by_its_stamp_without_reading_it(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linked inode is the one the cache hashed while writing it: its stamp says so, and
+    landing it reads none of its bytes again (a large file would be read twice)."""
+    import lakeferry_localfs.sink as sink_module
+
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    data = os.urandom(size)
+    file = await cached_file(cache, "k", data)
+
+    def no_reading(*_args: object) -> int:
+        raise AssertionError("a stamped linked file was hashed again")
+
+    monkeypatch.setattr(sink_module, "_hash_some", no_reading)
+    assert await sink.put(file, "d/f.bin", EVENT) == ("d/f.bin", False)
+    assert (sink.root / "d" / "f.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("size", [100_000, 3 * MiB])
+async def test_a_linked_file_without_a_stamp_is_hashed_and_a_mismatch_refused(
+    tmp_path: Path, size: int
+) -> None:
+    cache, sink = make_cache(tmp_path), make_sink(tmp_path)
+    data = os.urandom(size)
+    file = await cached_file(cache, "k", data)
+    path = cache.local_path("k")
+    os.removexattr(path, XATTR)  # e.g. copied in by hand: nothing vouches for the bytes
+    assert await sink.put(file, "d/ok.bin", EVENT) == ("d/ok.bin", False)
+    liar = SinkFile(cache, "k", size, sha(b"something else"))
+    os.removexattr(path, XATTR)  # the landed put stamped the shared inode
+    with pytest.raises(PermanentError) as caught:
+        await sink.put(liar, "d/bad.bin", EVENT)
+    assert caught.value.reason == Reason.CHECKSUM_MISMATCH
+    assert not (sink.root / "d" / "bad.bin").exists()
 
 
 async def test_without_fsync_or_verify_the_file_still_lands(tmp_path: Path) -> None:

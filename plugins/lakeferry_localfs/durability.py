@@ -6,7 +6,7 @@ small files a second those calls, not the bytes, are what the upload worker spen
 that has a file to land hands it to a round instead (:class:`lakeferry.api.GroupCommit`: whoever
 finds no round running runs one for every put queued so far, in one worker-thread call):
 
-1. *stage*: each landing's own step, when it has one (a small file's link, re-hash and checksum
+1. *stage*: each landing's own step, when it has one (a small file's link, checksum check and
    stamp, so that it costs no worker-thread hop of its own);
 2. *sync the bytes*: every temporary file of the round, data and inode (its checksum stamp
    included), so that a landed name never points at bytes a crash could still lose;

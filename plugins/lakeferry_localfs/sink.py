@@ -25,7 +25,9 @@ file it found is (a put whose round had not ended, or a process that crashed bef
 may have left it there). The syncs are shared: puts hand their files to a durability round
 (:mod:`lakeferry_localfs.durability`: the temporary files' bytes synced, renamed into place, the
 names synced, two ``syncfs`` calls for every file of the round), and a small linked file is
-linked, re-hashed and stamped in that round's worker-thread call too. The bytes are on disk
+linked, checked and stamped in that round's worker-thread call too. A linked file is checked by
+the stamp the cache gave its inode (a copy, or a file without a current stamp, is hashed), so
+landing a large file reads none of its bytes again. The bytes are on disk
 before the rename, so a name never points at bytes a crash could lose.
 
 Error handling: unsafe destinations (``..``, absolute paths, control characters, a path that
@@ -84,9 +86,9 @@ IO_THREADS = 8
 KNOWN_FOLDERS = 4096
 """Checked folders remembered (forgotten all at once when full)."""
 ROUND_STAGE_MAX = 1024 * 1024
-"""With fsync on, a linked file up to this size is linked, re-hashed and stamped by the
-durability round's own worker-thread call; a larger one in a call of its own (its hashing would
-hold up every put of the round)."""
+"""With fsync on, a linked file up to this size is linked, checked and stamped by the
+durability round's own worker-thread call; a larger one in a call of its own (hashing it, when
+it has no stamp, would hold up every put of the round)."""
 
 _LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 _NOT_A_PATH = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP}
@@ -109,7 +111,11 @@ class LocalFsSinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """Report a file landed (or skipped) only once it and its name are on disk; the puts of a
     moment share the syncs (:mod:`lakeferry_localfs.durability`)."""
     verify: bool = True
-    """Re-hash the landed bytes and refuse them unless they match the cached file's sha256."""
+    """Refuse landed bytes unless they match the cached file's sha256: a copy is hashed; a
+    hard-linked file is the very inode the cache hashed while writing it, so its stamp (see
+    :mod:`lakeferry_localfs.stamp`: valid only while its size and mtime are unchanged) is
+    checked instead, and the file is hashed only when it has no current stamp. (A stamp is
+    checked with ``verify`` off too: it costs one ``getxattr``.)"""
 
 
 def _io_error(exc: OSError, what: str) -> PipelineError:
@@ -187,6 +193,12 @@ def _open_binary(path: Path, mode: str) -> BinaryIO:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _stamped_checksum(path: Path) -> tuple[int, str | None]:
+    """Size and stamped sha256 of a hard-linked file (None: no current stamp, hash it)."""
+    st = path.stat(follow_symlinks=False)
+    return st.st_size, _read_stamp(path, st)
 
 
 def _stamped(tmp: Path, sha256: str) -> bool:
@@ -321,9 +333,10 @@ class LocalFsSink:
         tmp = self._mine / f"{secrets.token_hex(8)}-{target.name[:80]}"
         source = file.cache.local_path(file.key) if self._settings.link else None
         if source is not None and file.size <= HASH_STEP:
-            # The usual case: no file at the target, the cached file hard-linked, re-hashed (it
-            # is small) and renamed into place in one worker-thread call (with fsync on, in the
-            # durability round's call when the file is small enough to share it).
+            # The usual case: no file at the target, the cached file hard-linked, checked by
+            # its stamp (hashed when it has none: it is small) and renamed into place in one
+            # worker-thread call (with fsync on, in the durability round's call when the file
+            # is small enough to share it).
             stage = partial(self._stage_linked, rel, target, tmp, file, source)
             try:
                 if self._durable is None:
@@ -356,12 +369,11 @@ class LocalFsSink:
         if not self._link(source, tmp):
             return False
         try:
-            if self._settings.verify:
+            landed = _stamped_checksum(tmp)
+            if landed[1] is None and self._settings.verify:
                 with _open_binary(tmp, "rb") as fh:
                     h = hashlib.sha256()
-                    landed: tuple[int, str | None] = _hash_some(fh, h, HASH_STEP), h.hexdigest()
-            else:
-                landed = tmp.stat().st_size, None
+                    landed = _hash_some(fh, h, HASH_STEP), h.hexdigest()
             self._check(file, rel, landed)
             _write_stamp(tmp, file.sha256)
         except BaseException:
@@ -400,13 +412,12 @@ class LocalFsSink:
                 landed: tuple[int, str | None] | None = None
                 source = file.cache.local_path(file.key) if self._settings.link else None
                 if source is not None and await self._run(self._link, source, tmp):
-                    if self._settings.verify:
+                    landed = await self._run(_stamped_checksum, tmp)
+                    if landed[1] is None and self._settings.verify:
                         async with trio.open_nursery() as nursery:
                             if self._settings.fsync:  # the disk writes while the CPU hashes
                                 nursery.start_soon(self._run, fsync_path, tmp)
                             landed = await self._sha256(tmp)
-                    else:
-                        landed = (await self._run(os.stat, tmp)).st_size, None
                 if landed is None:
                     landed = await self._copy(file, tmp)
                 self._check(file, rel, landed)
