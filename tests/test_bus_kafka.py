@@ -116,6 +116,37 @@ async def test_watermarks_of_a_topic_just_created_are_read(kafka_broker: Any) ->
     await bus.aclose()
 
 
+async def test_offset_reads_keep_their_clients_and_still_see_every_new_record(
+    kafka_broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon reads its lag every few seconds and ``lakeferry audit`` reads offsets of
+    every topic: each read used to make (and close) a client of its own. The bus keeps one per
+    group for these reads, and a kept client must not answer from a stale cache."""
+    import confluent_kafka
+
+    made: list[str] = []
+    real = confluent_kafka.Consumer
+
+    def counting(conf: dict[str, Any]) -> Any:
+        made.append(str(conf.get("group.id")))
+        return real(conf)
+
+    bus = await KafkaBus.open(kafka_broker.bootstrap)
+    topic, group = f"reads-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([TopicSpec(topic, 2)])
+    producer = bus.producer()
+    monkeypatch.setattr(confluent_kafka, "Consumer", counting)
+    with trio.fail_after(60):
+        for round_ in range(1, 6):
+            await producer.send_many([OutgoingRecord(topic, b"x", b"k%d" % n) for n in range(3)])
+            assert sum((await bus.end_offsets(topic)).values()) == 3 * round_
+            assert await bus.committed(group, topic) == {}
+    assert len(made) == 2, made  # one for end offsets, one for the group: not two per round
+    await bus.aclose()
+    with pytest.raises(BusError, match="closed"):
+        await bus.end_offsets(topic)
+
+
 async def test_deliveries_reach_trio_a_poll_at_a_time(kafka_broker: Any) -> None:
     """Delivery reports cross into trio once per ``poll()`` that served them, not once per
     record: a thousand records acknowledged in a handful of produce requests resolve in a

@@ -85,6 +85,13 @@ class KafkaBus:
         self._admin = AdminClient(admin_conf)
         self._producer: KafkaProducer | None = None
         self._consumers: set[KafkaConsumer] = set()
+        self._readers: dict[str, confluent_kafka.Consumer] = {}
+        """Clients kept for offset reads, by group ("": end offsets), made on first use and
+        closed by :meth:`aclose`. The daemon reads its lag every few seconds: a client per read
+        cost a connection and librdkafka's threads each time (and a tool like ``lakeferry
+        audit`` ~65 ms a read). They only query (metadata, watermarks, committed offsets: calls
+        librdkafka allows from any thread) and never join their group."""
+        self._readers_lock = threading.Lock()
         self._health_thread = threading.Thread(
             target=self._watch_health, name="lakeferry-kafka-health", daemon=True
         )
@@ -288,38 +295,47 @@ class KafkaBus:
             }
         )
 
+    def _reader(self, group: str = "") -> confluent_kafka.Consumer:
+        """The kept client for offset reads of ``group`` ("": end offsets); any thread."""
+        with self._readers_lock:
+            if self._closed:
+                raise BusError("the bus is closed")
+            client = self._readers.get(group)
+            if client is None:
+                conf = (
+                    {**self._client, "group.id": group, "enable.auto.commit": False}
+                    if group
+                    else {**self._client, "group.id": f"lakeferry-reader-{uuid.uuid4().hex[:12]}"}
+                )
+                client = self._readers[group] = confluent_kafka.Consumer(conf)
+            return client
+
     async def end_offsets(self, topic: str) -> dict[int, int]:
         def work() -> dict[int, int]:
-            client = self._scan_client()
-            try:
-                meta = client.list_topics(topic, timeout=self.operation_timeout)
-                parts = meta.topics[topic].partitions if topic in meta.topics else {}
-                out = {}
-                for p in parts:
-                    _low, high = client.get_watermark_offsets(
-                        KTopicPartition(topic, p), timeout=self.operation_timeout
-                    )
-                    out[p] = high
-                return out
-            finally:
-                client.close()
+            client = self._reader()
+            meta = client.list_topics(topic, timeout=self.operation_timeout)
+            parts = meta.topics[topic].partitions if topic in meta.topics else {}
+            out = {}
+            for p in parts:
+                _low, high = client.get_watermark_offsets(
+                    KTopicPartition(topic, p), timeout=self.operation_timeout, cached=False
+                )
+                out[p] = high
+            return out
 
         result: dict[int, int] = await self._admin_call(work, f"cannot read the end of {topic}")
         return result
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         def work() -> dict[int, int]:
-            client = confluent_kafka.Consumer({**self._client, "group.id": group})
-            try:
-                meta = client.list_topics(topic, timeout=self.operation_timeout)
-                parts = meta.topics[topic].partitions if topic in meta.topics else {}
-                if not parts:
-                    return {}
-                tps = [KTopicPartition(topic, p) for p in parts]
-                got = client.committed(tps, timeout=self.operation_timeout)
-                return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-            finally:
-                client.close()
+            client = self._reader(group)
+            meta = client.list_topics(topic, timeout=self.operation_timeout)
+            parts = meta.topics[topic].partitions if topic in meta.topics else {}
+            if not parts:
+                return {}
+            tps = [KTopicPartition(topic, p) for p in parts]
+            got = client.committed(tps, timeout=self.operation_timeout)
+            return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
 
         result: dict[int, int] = await self._admin_call(
             work, f"cannot read {group}'s committed offsets of {topic}"
@@ -374,7 +390,11 @@ class KafkaBus:
             await member.aclose()
         if self._producer is not None:
             await self._producer.aclose()
-        self._closed = True
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = list(self._readers.values()), {}
+        for client in readers:
+            await trio.to_thread.run_sync(client.close)
 
 
 if TYPE_CHECKING:
