@@ -1,0 +1,89 @@
+"""What one inventory commit costs as a Delta table's live files grow.
+
+    .venv/bin/python bench/delta_commits.py [--commits 2000] [--rows 67] [--every 250]
+                                            [--checkpoint-interval 10]
+
+Commits the way the results stage does (``lakeferry_delta.inventory``): refresh the table
+(``update_incremental``), read the app transactions of four partitions, append ``--rows``
+rows with those transactions. No compaction runs, so every commit adds a live file. Prints the
+CPU and wall time per commit, by step, for every ``--every`` commits: whether a commit's cost
+follows the table's live files (bench/analysis.md, "Targets not met, and why").
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+COLUMNS = 10
+PARTITIONS = 4
+
+
+def rows(count: int, commit: int) -> pa.Table:
+    schema = pa.schema([(f"c{i}", pa.string()) for i in range(COLUMNS)])
+    values = {
+        f"c{i}": [f"commit-{commit}-row-{j}-column-{i}-{'x' * 24}" for j in range(count)]
+        for i in range(COLUMNS)
+    }
+    return pa.table(values, schema=schema)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--commits", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=67, help="rows per commit")
+    parser.add_argument("--every", type=int, default=250, help="commits per printed line")
+    parser.add_argument("--checkpoint-interval", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="delta-commits-") as folder:
+        path = str(Path(folder) / "table")
+        write_deltalake(
+            path,
+            rows(1, 0),
+            configuration={"delta.checkpointInterval": str(args.checkpoint_interval)},
+        )
+        table = DeltaTable(path)
+        spent = {"refresh": 0.0, "transactions": 0.0, "append": 0.0}
+        wall = 0.0
+        print(
+            "commits        live files  ms CPU per commit (refresh, transactions, append)  ms wall"
+        )
+        for commit in range(1, args.commits + 1):
+            began_wall = time.monotonic()
+            began = time.process_time()
+            table.update_incremental()
+            spent["refresh"] += time.process_time() - began
+            began = time.process_time()
+            for p in range(PARTITIONS):
+                table.transaction_version(f"app-{p}")
+            spent["transactions"] += time.process_time() - began
+            now_ms = int(time.time() * 1000)
+            properties = CommitProperties(
+                app_transactions=[
+                    Transaction(f"app-{p}", commit, now_ms) for p in range(PARTITIONS)
+                ]
+            )
+            began = time.process_time()
+            write_deltalake(table, rows(args.rows, commit), mode="append",
+                            commit_properties=properties)  # fmt: skip
+            spent["append"] += time.process_time() - began
+            wall += time.monotonic() - began_wall
+            if commit % args.every == 0:
+                per = {step: 1000 * cpu / args.every for step, cpu in spent.items()}
+                print(
+                    f"{commit - args.every + 1:>5}-{commit:<5}  {commit + 1:>10}  "
+                    f"{sum(per.values()):6.1f} ({per['refresh']:.1f}, {per['transactions']:.1f}, "
+                    f"{per['append']:.1f}){'':>21}{1000 * wall / args.every:7.1f}"
+                )
+                spent = dict.fromkeys(spent, 0.0)
+                wall = 0.0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
