@@ -1,11 +1,13 @@
 """What one inventory commit costs as a Delta table's live files grow.
 
     .venv/bin/python bench/delta_commits.py [--commits 2000] [--rows 67] [--every 250]
-                                            [--checkpoint-interval 10]
+                                            [--checkpoint-interval 10] [--compact-every N]
 
 Commits the way the results stage does (``lakeferry_delta.inventory``): refresh the table
 (``update_incremental``), read the app transactions of four partitions, append ``--rows``
-rows with those transactions. No compaction runs, so every commit adds a live file. Prints the
+rows with those transactions. No compaction runs unless ``--compact-every N`` (then
+``optimize.compact()`` after every N commits, its CPU shown apart), so every commit adds a live
+file. Prints the
 CPU and wall time per commit, by step, for every ``--every`` commits: whether a commit's cost
 follows the table's live files (bench/analysis.md, "Targets not met, and why").
 """
@@ -39,6 +41,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=67, help="rows per commit")
     parser.add_argument("--every", type=int, default=250, help="commits per printed line")
     parser.add_argument("--checkpoint-interval", type=int, default=10)
+    parser.add_argument(
+        "--compact-every", type=int, default=0, help="compact after every N commits (0: never)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="delta-commits-") as folder:
         path = str(Path(folder) / "table")
@@ -49,9 +54,10 @@ def main() -> int:
         )
         table = DeltaTable(path)
         spent = {"refresh": 0.0, "transactions": 0.0, "append": 0.0}
-        wall = 0.0
+        wall = compacting = 0.0
         print(
-            "commits        live files  ms CPU per commit (refresh, transactions, append)  ms wall"
+            "commits        live files  ms CPU per commit (refresh, transactions, append)  "
+            "ms wall  compaction s CPU"
         )
         for commit in range(1, args.commits + 1):
             began_wall = time.monotonic()
@@ -73,15 +79,20 @@ def main() -> int:
                             commit_properties=properties)  # fmt: skip
             spent["append"] += time.process_time() - began
             wall += time.monotonic() - began_wall
+            if args.compact_every and commit % args.compact_every == 0:
+                began = time.process_time()
+                table.optimize.compact()
+                compacting += time.process_time() - began
             if commit % args.every == 0:
                 per = {step: 1000 * cpu / args.every for step, cpu in spent.items()}
+                live = len(table.file_uris())
                 print(
-                    f"{commit - args.every + 1:>5}-{commit:<5}  {commit + 1:>10}  "
+                    f"{commit - args.every + 1:>5}-{commit:<5}  {live:>10}  "
                     f"{sum(per.values()):6.1f} ({per['refresh']:.1f}, {per['transactions']:.1f}, "
-                    f"{per['append']:.1f}){'':>21}{1000 * wall / args.every:7.1f}"
+                    f"{per['append']:.1f}){'':>21}{1000 * wall / args.every:7.1f}  {compacting:16.2f}"
                 )
                 spent = dict.fromkeys(spent, 0.0)
-                wall = 0.0
+                wall = compacting = 0.0
     return 0
 
 
