@@ -9,18 +9,17 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from helpers.hops import count_hops
 from helpers.plugins import plugin_context
 from helpers.wait import wait_until_async
 from lakeferry.api import (
     STAGING,
     Event,
-    IoThreads,
     PermanentError,
     Reason,
     SinkFile,
@@ -315,30 +314,14 @@ def test_syncfs_is_found_on_linux_from_5_8(monkeypatch: pytest.MonkeyPatch) -> N
 async def test_small_files_cost_no_worker_thread_hop_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Linked, re-hashed and stamped in their round's worker-thread call: a hop a round, not one
+    """Linked, checked and stamped in their round's worker-thread call: a hop a round, not one
     (or more) a put (hops counted through trio.to_thread and through IoThreads)."""
     n = 16
     files = await cached_files(tmp_path, *(os.urandom(64 * 1024) for _ in range(n)))
     sink = make_sink(tmp_path, "fsync")
-    hops = 0
-    real = trio.to_thread.run_sync
-
-    async def run_sync(*args: Any, **kwargs: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await real(*args, **kwargs)
-
-    real_run = IoThreads.run
-
-    async def run_on_threads(self: IoThreads, *args: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await real_run(self, *args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
-    monkeypatch.setattr(IoThreads, "run", run_on_threads)
+    hops = count_hops(monkeypatch, iothreads=True)
     async with trio.open_nursery() as nursery:
         for i in range(n):
             nursery.start_soon(sink.put, files[i], f"ev-{i}/f.bin", EVENT)
-    assert hops < n  # one a put before
-    assert hops == rounds_of(sink).rounds
+    assert hops.count < n  # one a put before
+    assert hops.count == rounds_of(sink).rounds

@@ -30,6 +30,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.filedatalake import DataLakeServiceClient
 
+from helpers.hops import count_hops
 from helpers.plugins import T0, plugin_context
 from helpers.wait import wait_until_async
 from lakeferry.api import (
@@ -437,18 +438,10 @@ async def test_a_small_file_on_local_disk_is_one_put_blob_from_one_worker_thread
     async with open_sink(tmp_path, dfs_emulator) as sink:
         await sink.stat("warm.bin")  # the filesystem check, out of the way
         dfs_emulator.reset_stats()
-        thread_hops = 0
-        real = trio.to_thread.run_sync
-
-        async def counting(*args: Any, **kwargs: Any) -> Any:
-            nonlocal thread_hops
-            thread_hops += 1
-            return await real(*args, **kwargs)
-
-        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        hops = count_hops(monkeypatch)
         assert await sink.put(file, "d/small.bin", event()) == ("d/small.bin", False)
-        monkeypatch.setattr(trio.to_thread, "run_sync", real)
-    assert thread_hops == 1
+        hops.counting = False
+    assert hops.count == 1
     assert cache.opened == 0
     stats = dfs_emulator.stats()
     assert stats["ops"] == {"put_blob": 1}  # a new file: one request
