@@ -370,21 +370,23 @@ class LocalFsSink:
             return False
         try:
             landed = _stamped_checksum(tmp)
-            if landed[1] is None and self._settings.verify:
+            stamped = landed[1] is not None  # the cache's stamp, on this very inode
+            if not stamped and self._settings.verify:
                 with _open_binary(tmp, "rb") as fh:
                     h = hashlib.sha256()
                     landed = _hash_some(fh, h, HASH_STEP), h.hexdigest()
             self._check(file, rel, landed)
-            _write_stamp(tmp, file.sha256)
+            if not stamped:
+                _write_stamp(tmp, file.sha256)
         except BaseException:
             _unlink(tmp)
             raise
         return True
 
     @staticmethod
-    def _land_linked(stage: Callable[[], bool], tmp: Path, target: Path) -> bool:
-        """Without fsync: stage the file, then rename it into place."""
-        if not stage():
+    def _land_linked(stage: Callable[[], bool] | None, tmp: Path, target: Path) -> bool:
+        """Without fsync: stage the file (when it has a step), then rename it into place."""
+        if stage is not None and not stage():
             return False
         os.replace(tmp, target)
         return True
@@ -410,9 +412,12 @@ class LocalFsSink:
         try:
             try:
                 landed: tuple[int, str | None] | None = None
+                stamp_it: Callable[[], bool] | None = partial(_stamped, tmp, file.sha256)
                 source = file.cache.local_path(file.key) if self._settings.link else None
                 if source is not None and await self._run(self._link, source, tmp):
                     landed = await self._run(_stamped_checksum, tmp)
+                    if landed[1] is not None:
+                        stamp_it = None  # the cache's stamp, on this very inode
                     if landed[1] is None and self._settings.verify:
                         async with trio.open_nursery() as nursery:
                             if self._settings.fsync:  # the disk writes while the CPU hashes
@@ -421,11 +426,10 @@ class LocalFsSink:
                 if landed is None:
                     landed = await self._copy(file, tmp)
                 self._check(file, rel, landed)
-                stamped = partial(_stamped, tmp, file.sha256)
                 if self._durable is not None:
-                    await self._durable.land(Landing(target, tmp, stamped))
+                    await self._durable.land(Landing(target, tmp, stamp_it))
                 else:
-                    await self._run(self._land_linked, stamped, tmp, target)
+                    await self._run(self._land_linked, stamp_it, tmp, target)
             except OSError as exc:
                 raise self._io_failed(exc, f"cannot land {rel!r}") from exc
         except BaseException:
