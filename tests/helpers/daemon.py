@@ -137,18 +137,10 @@ class DaemonEnv:
                 return counts["landed"] + counts["dead_lettered"] >= landed
             return counts["landed"] == landed and counts["dead_lettered"] == dead_lettered
 
-        import os
-        import time
-
-        def probe() -> dict[str, int]:
-            started = time.monotonic()
-            counts = self.audit(*events_files)[1]
-            if os.environ.get("LAKEFERRY_TEST_TRACE"):
-                print(f"audit {time.monotonic() - started:.2f}s {counts}", flush=True)
-            return counts
-
         try:
-            return wait_for(probe, done, timeout=timeout, what=what, interval=1)
+            return wait_for(
+                lambda: self.audit(*events_files)[1], done, timeout=timeout, what=what, interval=1
+            )
         except AssertionError as failure:
             said = [
                 f"{d.log_path.name}{'' if d.alive() else ' (exited)'}: " + "; ".join(d.complaints())
