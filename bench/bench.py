@@ -742,8 +742,8 @@ def run_soak(
     process's anonymous and file-backed memory every ``SOAK_SAMPLE_EVERY`` s. Landed files are
     deleted from the sink as the run goes (the inventory keeps every row)."""
     data, spool = spool_load_config(state, kafka, "soak")
-    data["inventory"].update(  # maintenance on, due within the run (the claims allow 5 min)
-        compact_every="5m", compact_min_files=10, compact_max_files=200,
+    data["inventory"].update(  # maintenance on, the full compaction due within the run
+        compact_every="5m", compact_min_files=10,
         checkpoint_every_commits=50, vacuum_every="10m", vacuum_retention="1m",
         vacuum_enforce_retention=False,
     )  # fmt: skip

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/delta_commits.py [--commits 2000] [--rows 67] [--every 250]
                                             [--checkpoint-interval 10] [--compact-every N]
+                                            [--target-size BYTES] [--reopen-every N]
+                                            [--tombstone-retention 'interval 0 seconds']
 
 Commits the way the results stage does (``lakeferry_delta.inventory``): refresh the table
 (``update_incremental``), read the app transactions of four partitions, append ``--rows``
@@ -44,24 +46,45 @@ def main() -> int:
     parser.add_argument(
         "--compact-every", type=int, default=0, help="compact after every N commits (0: never)"
     )
+    parser.add_argument(
+        "--target-size", type=int, default=0, help="compaction's target file size (0: deltalake's)"
+    )
+    parser.add_argument(
+        "--tombstone-retention",
+        default="",
+        help="the table's delta.deletedFileRetentionDuration, e.g. 'interval 0 seconds' "
+        "(default: deltalake's 7 days; to see what tombstones cost a commit)",
+    )
+    parser.add_argument(
+        "--log-retention",
+        default="",
+        help="the table's delta.logRetentionDuration, e.g. 'interval 1 minute' "
+        "(default: deltalake's 30 days; to see what the log's length costs a commit)",
+    )
+    parser.add_argument(
+        "--reopen-every", type=int, default=0, help="reopen the table every N commits (0: never)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="delta-commits-") as folder:
         path = str(Path(folder) / "table")
-        write_deltalake(
-            path,
-            rows(1, 0),
-            configuration={"delta.checkpointInterval": str(args.checkpoint_interval)},
-        )
+        configuration = {"delta.checkpointInterval": str(args.checkpoint_interval)}
+        if args.tombstone_retention:
+            configuration["delta.deletedFileRetentionDuration"] = args.tombstone_retention
+        if args.log_retention:
+            configuration["delta.logRetentionDuration"] = args.log_retention
+        write_deltalake(path, rows(1, 0), configuration=configuration)
         table = DeltaTable(path)
         spent = {"refresh": 0.0, "transactions": 0.0, "append": 0.0}
         wall = compacting = 0.0
         print(
-            "commits        live files  ms CPU per commit (refresh, transactions, append)  "
+            "commits        live files  log files  ms CPU per commit (refresh, transactions, append)  "
             "ms wall  compaction s CPU"
         )
         for commit in range(1, args.commits + 1):
             began_wall = time.monotonic()
             began = time.process_time()
+            if args.reopen_every and commit % args.reopen_every == 0:
+                table = DeltaTable(path)
             table.update_incremental()
             spent["refresh"] += time.process_time() - began
             began = time.process_time()
@@ -81,13 +104,14 @@ def main() -> int:
             wall += time.monotonic() - began_wall
             if args.compact_every and commit % args.compact_every == 0:
                 began = time.process_time()
-                table.optimize.compact()
+                table.optimize.compact(target_size=args.target_size or None)
                 compacting += time.process_time() - began
             if commit % args.every == 0:
                 per = {step: 1000 * cpu / args.every for step, cpu in spent.items()}
                 live = len(table.file_uris())
+                logs = len(list((Path(path) / "_delta_log").iterdir()))
                 print(
-                    f"{commit - args.every + 1:>5}-{commit:<5}  {live:>10}  "
+                    f"{commit - args.every + 1:>5}-{commit:<5}  {live:>10}  {logs:>9}  "
                     f"{sum(per.values()):6.1f} ({per['refresh']:.1f}, {per['transactions']:.1f}, "
                     f"{per['append']:.1f}){'':>21}{1000 * wall / args.every:7.1f}  {compacting:16.2f}"
                 )

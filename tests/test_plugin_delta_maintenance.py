@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from lakeferry.units import dec_hook
 from lakeferry_delta import DeltaInventory, DeltaSettings
 from lakeferry_delta.maintenance import (
     COMPACTION_APP_ID,
+    COMPACTION_DONE_APP_ID,
+    FULL_COMPACTION_APP_ID,
+    LOG_RETENTION_KEY,
     VACUUM_APP_ID,
     MaintenancePolicy,
     checkpoint_due,
@@ -62,27 +66,49 @@ def parquet_files(path: Path) -> int:
     return len(list(path.rglob("*.parquet"))) - len(list(path.rglob("_delta_log/*.parquet")))
 
 
-POLICY = MaintenancePolicy(HOUR, 50, 1000, 100, 24 * HOUR, 168 * HOUR, True)
+POLICY = MaintenancePolicy(HOUR, 50, 100, 100, 24 * HOUR, 168 * HOUR, True, 900.0)
 
 
 def test_when_steps_are_due() -> None:
     t = 1_000_000.0
-    due = compaction_due
-    # Never compacted by lakeferry: at once only with many small files, else after an interval.
-    assert not due(POLICY, now=t, started=t, last=None, small_files=50)
-    assert due(POLICY, now=t, started=t, last=None, small_files=51)
-    assert due(POLICY, now=t + HOUR, started=t, last=None, small_files=2)
-    # Otherwise one interval after the last claim, whoever made it, and only with work to do.
-    assert not due(POLICY, now=t + HOUR - 1, started=t - 9 * HOUR, last=t, small_files=500)
-    assert due(POLICY, now=t + HOUR, started=t + HOUR, last=t, small_files=2)
-    assert not due(POLICY, now=t + 9 * HOUR, started=t, last=t, small_files=1)
-    assert not due(POLICY._replace(compact_every=0), now=t, started=t, last=None, small_files=99)
-    # Too many small files for commits to stay quick: early, but never within 5m of a claim.
-    assert not due(POLICY, now=t + 299, started=t, last=t, small_files=1001)
-    assert due(POLICY, now=t + 300, started=t, last=t, small_files=1001)
-    assert not due(POLICY, now=t + 300, started=t, last=t, small_files=1000)
-    off = POLICY._replace(compact_max_files=0)
-    assert not due(off, now=t + 300, started=t, last=t, small_files=5000)
+
+    def due(
+        *,
+        now: float,
+        policy: MaintenancePolicy = POLICY,
+        started: float = t,
+        claimed: float | None = None,
+        done: float | None = None,
+        last_full: float | None = None,
+        loose: int = 0,
+        small: int = 0,
+    ) -> str | None:
+        return compaction_due(
+            policy, now=now, started=started, claimed=claimed, done=done,
+            last_full=last_full, loose_files=loose, small_files=small,
+        )  # fmt: skip
+
+    # Never fully compacted: at once only with many small files, else after an interval.
+    assert due(now=t, loose=50) is None
+    assert due(now=t, loose=51) == "full"
+    assert due(now=t + HOUR, loose=2) == "full"
+    # Otherwise one interval after the last full claim, whoever made it, with work to do.
+    finished: dict[str, Any] = {"claimed": t, "done": t, "last_full": t}
+    assert due(now=t + HOUR - 1, started=t - 9 * HOUR, loose=500, **finished) is None
+    assert due(now=t + HOUR, started=t + HOUR, loose=2, **finished) == "full"
+    assert due(now=t + 9 * HOUR, loose=1, small=1, **finished) is None
+    off = POLICY._replace(compact_every=0)
+    assert due(policy=off, now=t, loose=99, small=999) is None
+    # More small files than compact_max_files: a quick compaction, as soon as the last is done.
+    assert due(now=t + 1, loose=101, small=101, **finished) == "quick"
+    assert due(now=t + 1, loose=101, small=100, **finished) is None
+    never = POLICY._replace(compact_max_files=0)
+    assert due(policy=never, now=t + 1, loose=5000, small=5000, **finished) is None
+    # A claim without its done marker: someone may be compacting; after 5 minutes, a dead one.
+    running: dict[str, Any] = {"claimed": t, "done": t - 60, "last_full": t - 60}
+    assert due(now=t + 299, loose=500, small=500, **running) is None
+    assert due(now=t + 300, loose=500, small=500, **running) == "quick"
+    assert due(now=t + HOUR, loose=500, small=500, **running) == "full"
 
     assert checkpoint_due(POLICY, version=99, last_checkpoint=-1)
     assert not checkpoint_due(POLICY, version=198, last_checkpoint=99)
@@ -134,8 +160,10 @@ async def test_compaction_keeps_rows_and_transaction_versions(tmp_path: Path) ->
         assert before == [60, 60]
         assert [live_files(t) for t in tables(tmp_path)] == [1, 1]
         for table in tables(tmp_path):
-            assert operations(table)[-2:] == ["WRITE", "OPTIMIZE"]  # the claim, then OPTIMIZE
-            assert table.transaction_version(COMPACTION_APP_ID) == int(clock.now * 1000)
+            # The claim, OPTIMIZE, the done marker.
+            assert operations(table)[-3:] == ["WRITE", "OPTIMIZE", "WRITE"]
+            for app_id in (COMPACTION_APP_ID, FULL_COMPACTION_APP_ID, COMPACTION_DONE_APP_ID):
+                assert table.transaction_version(app_id) == int(clock.now * 1000)
         expected_rows = sorted(inventory_row(i) for i in range(120))
         assert sorted(await inventory.read_inventory()) == expected_rows
         assert sorted(await inventory.read_events()) == sorted(event_row(i) for i in range(120))
@@ -191,21 +219,117 @@ async def test_compaction_follows_the_schedule_in_the_table(tmp_path: Path) -> N
         assert len(await a.read_inventory()) == 20
 
 
-async def test_too_many_small_files_bring_compaction_forward(tmp_path: Path) -> None:
+async def test_too_many_small_files_are_compacted_by_their_writer(tmp_path: Path) -> None:
+    # No maintain() call and no time passing: the appends themselves look every 10 commits,
+    # and a finished compaction does not hold back the next (the done marker).
     clock = Clock()
     inventory = make(tmp_path, clock, vacuum_every=0.0, compact_max_files=20)
     inventory_table = tmp_path / "inventory"
     with trio.fail_after(TIMEOUT):
-        await fill(inventory, 55)
-        await inventory.maintain()  # the first compaction (55 > compact_min_files)
-        await fill(inventory, 21, start=55)
-        clock.advance(299)
-        await inventory.maintain()
-        assert live_files(DeltaTable(str(inventory_table))) == 22
-        clock.advance(1)
-        await inventory.maintain()  # 21 > 20 small files, 5 minutes after the last claim
+        await fill(inventory, 29)
+        assert live_files(DeltaTable(str(inventory_table))) == 29  # 20 at the last look
+        await fill(inventory, 1, start=29)  # the 30th commit: 30 > 20 small files
+        table = DeltaTable(str(inventory_table))
+        assert live_files(table) == 1
+        assert operations(table)[-3:] == ["WRITE", "OPTIMIZE", "WRITE"]
+        assert table.transaction_version(FULL_COMPACTION_APP_ID) is None  # a quick one
+        await fill(inventory, 20, start=30)  # 21 small files at the 50th commit
         assert live_files(DeltaTable(str(inventory_table))) == 1
+        assert sorted(await inventory.read_inventory()) == sorted(
+            inventory_row(i) for i in range(100)
+        )
     assert operations(DeltaTable(str(inventory_table))).count("OPTIMIZE") == 2
+    assert operations(DeltaTable(str(tmp_path / "events"))).count("OPTIMIZE") == 2
+
+
+async def test_a_quick_compaction_leaves_large_files_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0, compact_max_files=5)
+    inventory_table = tmp_path / "inventory"
+    with trio.fail_after(TIMEOUT):
+        await inventory.append([inventory_row(i) for i in range(2000)], {"p": 0})
+        [large] = DeltaTable(str(inventory_table)).file_uris()
+        small_rows = [inventory_row(i) for i in range(2000, 2002)]
+        await inventory.append(small_rows, {"p": 1})
+        sizes = pa.table(DeltaTable(str(inventory_table)).get_add_actions(flatten=True))
+        large_size, small_size = sorted(sizes.column("size_bytes").to_pylist(), reverse=True)
+        monkeypatch.setattr(lakeferry_delta.maintenance, "QUICK_TARGET_SIZE", large_size)
+        for i in range(2002, 2010):
+            await inventory.append([inventory_row(i)], {"p": i})  # 10 commits: 9 small files
+        table = DeltaTable(str(inventory_table))
+        assert operations(table).count("OPTIMIZE") == 1
+        assert large in table.file_uris()  # not rewritten
+        assert live_files(table) == 2
+        # The hourly full compaction merges everything below the table's target.
+        clock.advance(HOUR)
+        await inventory.maintain()
+        assert live_files(DeltaTable(str(inventory_table))) == 1
+        assert len(await inventory.read_inventory()) == 2010
+    assert small_size < large_size
+
+
+async def test_a_claim_without_its_done_marker_holds_compaction_back(tmp_path: Path) -> None:
+    # Another daemon claimed and died (or is still compacting): nobody compacts for 5 minutes.
+    clock = Clock()
+    inventory = make(tmp_path, clock, vacuum_every=0.0, compact_max_files=5)
+    uri = str(tmp_path / "inventory")
+    with trio.fail_after(TIMEOUT):
+        await inventory.append([inventory_row(0)], {"p": 0})
+        lakeferry_delta.maintenance.TableMaintainer._claim(
+            inventory._inventory_maintainer, DeltaTable(uri), [COMPACTION_APP_ID], clock.now
+        )
+        clock.advance(299)
+        await fill(inventory, 10, start=1)
+        assert operations(DeltaTable(uri)).count("OPTIMIZE") == 0
+        assert live_files(DeltaTable(uri)) == 11
+        clock.advance(1)
+        await fill(inventory, 9, start=11)  # the 20th commit looks again
+    assert operations(DeltaTable(uri)).count("OPTIMIZE") == 1
+    assert live_files(DeltaTable(uri)) == 1
+
+
+async def test_the_log_is_kept_for_log_retention(tmp_path: Path) -> None:
+    # deltalake lists the whole _delta_log folder on every commit: a log kept 30 days (its
+    # default) makes a commit slower by the day. lakeferry's tables keep it log_retention.
+    clock = Clock()
+    inventory = make(tmp_path, clock, compact_every=0.0, vacuum_every=0.0)
+    log = tmp_path / "inventory" / "_delta_log"
+    with trio.fail_after(TIMEOUT):
+        await fill(inventory, 25)
+        table = DeltaTable(str(tmp_path / "inventory"))
+        assert table.metadata().configuration[LOG_RETENTION_KEY] == "interval 900 seconds"
+        # When deltalake writes a checkpoint, it deletes the log before the newest checkpoint
+        # older than the retention (the clock here is the files' mtime: make them old).
+        for entry in log.iterdir():
+            os.utime(entry, (entry.stat().st_atime - 3600, entry.stat().st_mtime - 3600))
+        await fill(inventory, 10, start=25)
+        versions = sorted(int(entry.stem) for entry in log.glob("*.json"))
+        assert versions == list(range(19, 36))  # with 30 days, 0 to 35 stay
+        assert len(await inventory.read_inventory()) == 70
+        assert await inventory.transaction_versions(["g:t:0"]) == {"g:t:0": 34}
+
+
+async def test_maintenance_sets_the_log_retention_of_an_existing_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    older = make(tmp_path, clock, log_retention=0.0)  # 0: the table's own (30 days)
+    with trio.fail_after(TIMEOUT):
+        await fill(older, 2)
+        await older.maintain()
+        table = DeltaTable(str(tmp_path / "inventory"))
+        assert LOG_RETENTION_KEY not in table.metadata().configuration
+        current = make(tmp_path, clock, log_retention=3600.0)
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            await current.maintain()
+            await current.maintain()
+        for path in ("inventory", "events"):
+            configuration = DeltaTable(str(tmp_path / path)).metadata().configuration
+            assert configuration[LOG_RETENTION_KEY] == "interval 3600 seconds"
+        assert caplog.text.count("log retention interval 3600 seconds") == 2  # once per table
+        assert len(await current.read_inventory()) == 4
 
 
 async def test_two_daemons_never_compact_the_same_files_twice(tmp_path: Path) -> None:
@@ -234,12 +358,12 @@ async def test_a_claim_lost_to_another_daemon_means_no_compaction(
     count = lakeferry_delta.maintenance._small_files
     uri = str(tmp_path / "inventory")
 
-    def count_while_another_claims(table: Any) -> int:
+    def count_while_another_claims(table: Any, *limits: int) -> list[int]:
         other = DeltaTable(uri)  # same snapshot as ours: it claims the compaction first
         lakeferry_delta.maintenance.TableMaintainer._claim(
-            inventory._maintainers[0], other, COMPACTION_APP_ID, clock.now
+            inventory._inventory_maintainer, other, [COMPACTION_APP_ID], clock.now
         )
-        return count(table)
+        return count(table, *limits)
 
     with trio.fail_after(TIMEOUT):
         await fill(inventory, 55)

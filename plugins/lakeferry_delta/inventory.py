@@ -62,7 +62,12 @@ from deltalake import CommitProperties, Transaction, write_deltalake
 
 from lakeferry.api import EventRow, InventoryRow, PluginContext, TableState, failpoint
 from lakeferry_delta.credentials import storage_options_for
-from lakeferry_delta.maintenance import MaintenancePolicy, TableMaintainer
+from lakeferry_delta.maintenance import (
+    LOG_RETENTION_KEY,
+    MaintenancePolicy,
+    TableMaintainer,
+    log_retention_property,
+)
 from lakeferry_delta.schema import (
     EVENTS_LAYOUT,
     INVENTORY_LAYOUT,
@@ -122,9 +127,10 @@ class _TransactionalTable:
                 found[app_id] = version
         return found
 
-    async def append(self, rows: Sequence[Any], transactions: dict[str, int]) -> None:
+    async def append(self, rows: Sequence[Any], transactions: dict[str, int]) -> bool:
+        """One commit of ``rows`` and ``transactions``; False when there was nothing to commit."""
         if not rows and not transactions:
-            return
+            return False
         handle = self.handle
 
         def commit(table: Any) -> None:
@@ -152,6 +158,7 @@ class _TransactionalTable:
             self._learned.update(transactions)
 
         await handle.run(commit)
+        return True
 
     async def read_all(self, row_type: Any) -> list[Any]:
         def read(table: Any) -> list[Any]:
@@ -182,6 +189,11 @@ class DeltaInventory:
     ) -> None:
         self._logger = context.logger
         policy = MaintenancePolicy.from_settings(settings, "inventory")
+        self._configuration = (
+            {LOG_RETENTION_KEY: log_retention_property(policy.log_retention)}
+            if policy.log_retention > 0
+            else {}
+        )
         self._inventory = _TransactionalTable(
             "inventory",
             self._table(
@@ -194,10 +206,10 @@ class DeltaInventory:
             self._table(settings, settings.events_uri, EVENTS_LAYOUT, "inventory.events_uri"),
             "origin",
         )
-        self._maintainers = [
+        self._inventory_maintainer, self._events_maintainer = (
             TableMaintainer(table.handle, policy, logger=context.logger, clock=clock)
             for table in (self._inventory, self._events)
-        ]
+        )
 
     def _table(
         self, settings: DeltaSettings, uri: str, layout: TableLayout, setting: str
@@ -211,6 +223,7 @@ class DeltaInventory:
             logger=self._logger,
             setting=setting,
             secrets=storage.secrets,
+            configuration=self._configuration,
         )
 
     # -- the inventory table ----------------------------------------------------------------
@@ -224,7 +237,8 @@ class DeltaInventory:
         return await self._inventory.versions(app_ids)
 
     async def append(self, rows: Sequence[InventoryRow], transactions: dict[str, int]) -> None:
-        await self._inventory.append(rows, transactions)
+        if await self._inventory.append(rows, transactions):
+            await self._inventory_maintainer.after_commits()
 
     async def landed_ids(self) -> set[str]:
         """Every event id in the inventory."""
@@ -243,7 +257,8 @@ class DeltaInventory:
     async def append_events(
         self, rows: Sequence[EventRow], transactions: dict[str, int] | None = None
     ) -> None:
-        await self._events.append(rows, transactions or {})
+        if await self._events.append(rows, transactions or {}):
+            await self._events_maintainer.after_commits()
 
     async def read_events(self) -> list[EventRow]:
         """Every row, in no particular order."""
@@ -251,7 +266,7 @@ class DeltaInventory:
 
     async def maintain(self) -> None:
         """Compaction, checkpoints and vacuum when due (:mod:`lakeferry_delta.maintenance`)."""
-        for maintainer in self._maintainers:
+        for maintainer in (self._inventory_maintainer, self._events_maintainer):
             await maintainer.maintain()
 
     async def aclose(self) -> None:

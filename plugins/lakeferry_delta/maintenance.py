@@ -1,4 +1,4 @@
-"""Table housekeeping on a schedule: compaction, checkpoints and vacuum (``Inventory.maintain``).
+"""Table housekeeping: compaction, log retention, checkpoints and vacuum (``Inventory.maintain``).
 
 The daemon calls ``maintain()`` about once a minute. Each step asks a small pure predicate
 whether it is due and otherwise does nothing, so most calls cost one log refresh per table.
@@ -17,26 +17,48 @@ already removed the same files, so their rows land in the table twice
 compacts, a daemon *claims* the compaction: a commit with no data and one application
 transaction, ``lakeferry:compaction`` = the claim time in milliseconds. deltalake refuses a
 commit whose application id a concurrent commit also wrote, so of two daemons claiming at once
-exactly one goes on; one that finds a younger claim than the schedule allows does not compact
-(claims are at least 5 minutes apart: a compaction must be over by then, which is 100 times
-what 1,000 small files take here).
-The claim doubles as the schedule: the last compaction time survives restarts and is shared by
-every writer. Vacuum is claimed the same way (``lakeferry:vacuum``), not for safety but so that
-the table is vacuumed once per interval, not once per daemon.
+exactly one goes on. When its compaction is over (committed, or nothing to do), the daemon
+commits ``lakeferry:compaction-done`` = the same time. A claim without its done marker means
+someone may be compacting right now: nobody claims again until it is done, or until it is 5
+minutes old (its daemon died; a compaction must be over by then, 100 times what the largest
+here takes).
+
+A full compaction's claim also writes ``lakeferry:full-compaction``, the schedule: the last
+full compaction survives restarts and is shared by every writer. Vacuum is claimed the same
+way (``lakeferry:vacuum``), not for safety but so that the table is vacuumed once per
+interval, not once per daemon.
 
 Other compactors do not see the claim: when Fabric's table maintenance or a Spark OPTIMIZE runs
 on these tables, set ``compact_every = 0`` here.
 
 The steps
 ---------
-- Compaction (``optimize.compact``), due ``compact_every`` after the last claim, or earlier
-  (but not within 5 minutes of it) once more than ``compact_max_files`` small files wait: a
-  commit costs time in proportion to the table's live files (about 0.1 ms per file here, so
-  ~100 ms at 1,000 files), and an hour at one commit a second makes 3,600. A table that
-  lakeferry never compacted is compacted at the first call when more than
-  ``compact_min_files`` small files wait, otherwise ``compact_every`` after the process
-  started. Nothing happens while fewer than two small files share a partition. When the
-  compaction fails after its claim, the next call tries again regardless of the claim.
+- Compaction comes in two sizes, because a commit costs CPU in proportion to the table's live
+  files (about 0.1 ms per file here: deltalake 1.6.6 materialises the file list on every
+  append) and a results stage commits a few times a second:
+
+  - *quick*: once more than ``compact_max_files`` files below :data:`QUICK_TARGET_SIZE`
+    (8 MiB) share a partition, they are merged into files of about that size; files already
+    that large are left alone, so a quick compaction rewrites at most ~8 MiB however large
+    the table is. The writer checks this after every :data:`CHECK_EVERY_COMMITS` of its own
+    commits (:meth:`TableMaintainer.after_commits`), not only in the minute-by-minute
+    ``maintain``: at ten commits a second a minute is 600 new files.
+  - *full*: every ``compact_every`` after the last full claim, every file below the table's
+    target (``delta.targetFileSize``, else 100 MiB) is merged. A table that lakeferry never
+    fully compacted is compacted at the first call when more than ``compact_min_files``
+    small files wait, otherwise ``compact_every`` after the process started.
+
+  Nothing happens while fewer than two such files share a partition. When a compaction fails
+  after its claim, the next call tries again regardless of the claim.
+- Log retention: the tables lakeferry creates keep their log ``log_retention`` (15 minutes by
+  default) instead of deltalake's 30 days, and this step sets ``delta.logRetentionDuration`` on
+  a table that says otherwise (once per process). deltalake lists the whole ``_delta_log``
+  folder on every commit (about 0.01 ms per log file here, 0.03 with longer names, the same
+  listing on Azure in pages of 5,000), and a results stage writes one log file per commit:
+  at two commits a second, a day of log is 170,000 files and seconds per commit. deltalake
+  deletes the expired log files itself when it writes a checkpoint. The price: time travel
+  and ``DESCRIBE HISTORY`` reach back ``log_retention``, and a streaming reader of the table
+  must not fall further behind than that. 0 leaves the table's setting alone.
 - Checkpoint: deltalake already writes one after every ``delta.checkpointInterval`` commits
   (100 by default; 10 in the tables lakeferry creates, see
   :data:`lakeferry_delta.table.CHECKPOINT_INTERVAL`) as part of the commit, whoever commits.
@@ -64,7 +86,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 from deltalake import CommitProperties, Transaction, write_deltalake
@@ -77,11 +99,20 @@ from lakeferry_delta.settings import DeltaSettings
 from lakeferry_delta.table import DeltaTableHandle
 
 COMPACTION_APP_ID = "lakeferry:compaction"
+COMPACTION_DONE_APP_ID = "lakeferry:compaction-done"
+FULL_COMPACTION_APP_ID = "lakeferry:full-compaction"
 VACUUM_APP_ID = "lakeferry:vacuum"
 DEFAULT_TARGET_FILE_SIZE = 100 * 2**20
 """deltalake's OPTIMIZE target when the table sets no ``delta.targetFileSize``."""
+QUICK_TARGET_SIZE = 8 * 2**20
+"""A quick compaction merges files below this size and leaves larger ones alone."""
 MIN_COMPACT_GAP = 300.0
-"""No claim follows another sooner: a compaction must be over within this time of its claim."""
+"""A claim without its done marker blocks the next for this long: a compaction must be over
+within this time of its claim."""
+CHECK_EVERY_COMMITS = 10
+"""A writer looks whether a quick compaction is due after this many of its own commits."""
+
+Compaction = Literal["quick", "full"]
 
 
 class MaintenancePolicy(NamedTuple):
@@ -92,6 +123,7 @@ class MaintenancePolicy(NamedTuple):
     vacuum_every: float
     vacuum_retention: float
     vacuum_enforce_retention: bool
+    log_retention: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: DeltaSettings, section: str) -> MaintenancePolicy:
@@ -107,6 +139,7 @@ class MaintenancePolicy(NamedTuple):
             float(settings.vacuum_every),
             float(settings.vacuum_retention),
             settings.vacuum_enforce_retention,
+            float(settings.log_retention),
         )
 
 
@@ -114,17 +147,35 @@ class MaintenancePolicy(NamedTuple):
 
 
 def compaction_due(
-    policy: MaintenancePolicy, *, now: float, started: float, last: float | None, small_files: int
-) -> bool:
-    """Whether to compact, given the last claim (seconds; None: never) and the small files."""
-    if policy.compact_every <= 0 or small_files < 2:
-        return False
-    if last is None:
-        return small_files > policy.compact_min_files or now - started >= policy.compact_every
-    if now - last >= policy.compact_every:
-        return True
-    crowded = 0 < policy.compact_max_files < small_files
-    return crowded and now - last >= MIN_COMPACT_GAP
+    policy: MaintenancePolicy,
+    *,
+    now: float,
+    started: float,
+    claimed: float | None,
+    done: float | None,
+    last_full: float | None,
+    loose_files: int,
+    small_files: int,
+) -> Compaction | None:
+    """Which compaction to run, if any.
+
+    ``claimed``: the last claim (seconds; None: never); ``done``: the claim whose compaction
+    is over; ``last_full``: the last full claim. ``loose_files``: files below the table's
+    target sharing a partition with another; ``small_files``: the same below
+    :data:`QUICK_TARGET_SIZE`.
+    """
+    if policy.compact_every <= 0 or loose_files < 2:
+        return None
+    if claimed is not None and done != claimed and now - claimed < MIN_COMPACT_GAP:
+        return None  # someone may be compacting right now
+    if last_full is None:
+        if loose_files > policy.compact_min_files or now - started >= policy.compact_every:
+            return "full"
+    elif now - last_full >= policy.compact_every:
+        return "full"
+    if 0 < policy.compact_max_files < small_files:
+        return "quick"
+    return None
 
 
 def checkpoint_due(policy: MaintenancePolicy, *, version: int, last_checkpoint: int) -> bool:
@@ -165,7 +216,9 @@ class TableMaintainer:
         self._logger = logger
         self._clock = clock
         self._started: float | None = None
-        self._retry_compaction = False
+        self._commits = 0
+        self._retry_compaction: Compaction | None = None
+        self._log_retention_set = False
         self._retry_vacuum = False
         self._known_checkpoint = -1
         self._log_store: Any = None
@@ -174,59 +227,116 @@ class TableMaintainer:
     async def maintain(self) -> None:
         if self._started is None:
             self._started = self._clock()
-        for step in (self._compact, self._checkpoint, self._vacuum):
-            try:
-                await self._handle.run_if_exists(step)
-            except (PipelineError, ConfigError) as exc:
-                self._logger.warning(
-                    "maintenance of %s (%s) failed, will try again: %s",
-                    self._handle.display_uri,
-                    step.__name__.lstrip("_"),
-                    exc,
-                )
+        for step in (self._compact, self._retain_log, self._checkpoint, self._vacuum):
+            await self._step(step)
+
+    async def after_commits(self, commits: int = 1) -> None:
+        """Count this process's commits; every :data:`CHECK_EVERY_COMMITS`, a quick compaction
+        if one is due."""
+        self._commits += commits
+        if self._commits < CHECK_EVERY_COMMITS or self._policy.compact_every <= 0:
+            return
+        self._commits = 0
+        if self._started is None:
+            self._started = self._clock()
+        await self._step(self._compact_quick)
+
+    async def _step(self, step: Callable[[Any], None]) -> None:
+        try:
+            await self._handle.run_if_exists(step)
+        except (PipelineError, ConfigError) as exc:
+            self._logger.warning(
+                "maintenance of %s (%s) failed, will try again: %s",
+                self._handle.display_uri,
+                step.__name__.lstrip("_"),
+                exc,
+            )
 
     # -- in the worker thread ---------------------------------------------------------------
 
-    def _compact(self, table: Any) -> None:
+    def _compact_quick(self, table: Any) -> None:
+        """Only a quick compaction: a full one rewrites up to the table's target size, which
+        is for ``maintain`` (its own schedule), not for the middle of a writer's appends."""
+        self._compact(table, full=False)
+
+    def _compact(self, table: Any, *, full: bool = True) -> None:
         policy = self._policy
         if policy.compact_every <= 0:
             return
         table.update_incremental()
         now = self._clock()
-        last = _claimed_at(table, COMPACTION_APP_ID)
-        if not self._retry_compaction and last is not None and now - last < MIN_COMPACT_GAP:
+        claimed = _claimed_at(table, COMPACTION_APP_ID)
+        done = _claimed_at(table, COMPACTION_DONE_APP_ID)
+        busy = claimed is not None and done != claimed and now - claimed < MIN_COMPACT_GAP
+        if busy and not self._retry_compaction:
             return  # the cheap answer, before looking at the files
-        small = _small_files(table)
+        target = _target_size(table)
+        loose, small = _small_files(table, target, min(target, QUICK_TARGET_SIZE))
         started = now if self._started is None else self._started
+        kind: Compaction | None
         if self._retry_compaction:
-            due = small >= 2
+            kind = self._retry_compaction if loose >= 2 else None
         else:
-            due = compaction_due(policy, now=now, started=started, last=last, small_files=small)
-        if not due:
-            self._retry_compaction = False
+            kind = compaction_due(
+                policy,
+                now=now,
+                started=started,
+                claimed=claimed,
+                done=done,
+                last_full=_claimed_at(table, FULL_COMPACTION_APP_ID),
+                loose_files=loose,
+                small_files=small,
+            )
+        if kind == "full" and not full:
+            kind = "quick" if 0 < policy.compact_max_files < small else None
+        if kind is None:
+            self._retry_compaction = None
             return
-        if not self._claim(table, COMPACTION_APP_ID, now):
+        ids = [COMPACTION_APP_ID, FULL_COMPACTION_APP_ID] if kind == "full" else [COMPACTION_APP_ID]
+        if not self._claim(table, ids, now):
             self._logger.info("%s: another writer is compacting", self._handle.display_uri)
-            self._retry_compaction = False
+            self._retry_compaction = None
             return
-        self._retry_compaction = True
+        self._retry_compaction = kind
         began = time.monotonic()
-        metrics = table.optimize.compact()
-        self._retry_compaction = False
+        size = target if kind == "full" else min(target, QUICK_TARGET_SIZE)
+        metrics = table.optimize.compact(target_size=size)
+        self._claim(table, [COMPACTION_DONE_APP_ID], now)
+        self._retry_compaction = None
         removed = json.loads(metrics.get("filesRemoved") or "{}")
         self._logger.info(
-            "compacted %s: %d files (%d bytes) into %d in %.2fs",
+            "compacted %s (%s): %d files (%d bytes) into %d in %.2fs",
             self._handle.display_uri,
+            kind,
             metrics.get("numFilesRemoved", 0),
             removed.get("totalSize", 0),
             metrics.get("numFilesAdded", 0),
             time.monotonic() - began,
             extra={
                 "table": self._handle.display_uri,
+                "compaction": kind,
                 "files_removed": metrics.get("numFilesRemoved", 0),
                 "files_added": metrics.get("numFilesAdded", 0),
             },
         )
+
+    def _retain_log(self, table: Any) -> None:
+        """Set ``delta.logRetentionDuration`` to ``log_retention`` when the table says otherwise."""
+        seconds = self._policy.log_retention
+        if seconds <= 0 or self._log_retention_set:
+            return
+        wanted = log_retention_property(seconds)
+        found = table.metadata().configuration.get(LOG_RETENTION_KEY)
+        if found != wanted:
+            table.alter.set_table_properties({LOG_RETENTION_KEY: wanted})
+            self._logger.info(
+                "%s: log retention %s (was %s)",
+                self._handle.display_uri,
+                wanted,
+                found or "deltalake's default, 30 days",
+                extra={"table": self._handle.display_uri},
+            )
+        self._log_retention_set = True
 
     def _checkpoint(self, table: Any) -> None:
         policy = self._policy
@@ -256,7 +366,7 @@ class TableMaintainer:
         last = _claimed_at(table, VACUUM_APP_ID)
         if not (self._retry_vacuum or vacuum_due(policy, now=now, last=last)):
             return
-        if not self._claim(table, VACUUM_APP_ID, now):
+        if not self._claim(table, [VACUUM_APP_ID], now):
             self._retry_vacuum = False
             return
         self._retry_vacuum = True
@@ -301,12 +411,15 @@ class TableMaintainer:
             )
         )
 
-    def _claim(self, table: Any, app_id: str, now: float) -> bool:
-        """Commit ``app_id = now`` (ms) alone; False when a concurrent writer claimed it first."""
+    def _claim(self, table: Any, app_ids: list[str], now: float) -> bool:
+        """Commit ``app_id = now`` (ms) for each id, no data; False when a concurrent writer
+        wrote one of them first."""
         handle = self._handle
         empty = to_arrow(handle.layout, [], with_date=handle.date_partitioned)
         stamp = int(now * 1000)
-        properties = CommitProperties(app_transactions=[Transaction(app_id, stamp, stamp)])
+        properties = CommitProperties(
+            app_transactions=[Transaction(app_id, stamp, stamp) for app_id in app_ids]
+        )
         try:
             write_deltalake(table, empty, mode="append", commit_properties=properties)
         except CommitFailedError as exc:
@@ -330,10 +443,13 @@ def _claimed_at(table: Any, app_id: str) -> float | None:
     return None if version is None else version / 1000
 
 
-def _small_files(table: Any) -> int:
-    """Files below the target size that share their partition with another such file."""
+def _target_size(table: Any) -> int:
     configured = table.metadata().configuration.get("delta.targetFileSize")
-    target = int(configured) if configured else DEFAULT_TARGET_FILE_SIZE
+    return int(configured) if configured else DEFAULT_TARGET_FILE_SIZE
+
+
+def _small_files(table: Any, *limits: int) -> list[int]:
+    """For each size limit, the files below it that share their partition with another."""
     actions = pa.table(table.get_add_actions(flatten=True))
     sizes = actions.column("size_bytes").to_pylist()
     partitions = [
@@ -341,6 +457,17 @@ def _small_files(table: Any) -> int:
         for name in actions.column_names
         if name.startswith("partition.")
     ]
-    keys = zip(*partitions, strict=True) if partitions else ((),) * len(sizes)
-    small = Counter(key for key, size in zip(keys, sizes, strict=True) if size < target)
-    return sum(count for count in small.values() if count >= 2)
+    keys = list(zip(*partitions, strict=True)) if partitions else [()] * len(sizes)
+    counts = []
+    for limit in limits:
+        small = Counter(key for key, size in zip(keys, sizes, strict=True) if size < limit)
+        counts.append(sum(count for count in small.values() if count >= 2))
+    return counts
+
+
+LOG_RETENTION_KEY = "delta.logRetentionDuration"
+
+
+def log_retention_property(seconds: float) -> str:
+    """``delta.logRetentionDuration``'s value for ``seconds``."""
+    return f"interval {max(1, math.ceil(seconds))} seconds"

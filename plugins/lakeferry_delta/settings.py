@@ -55,8 +55,9 @@ class DeltaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     compact_every: Duration = Duration(3600)
     compact_min_files: NonNegative = 50
-    compact_max_files: NonNegative = 1000
+    compact_max_files: NonNegative = 100
     checkpoint_every_commits: NonNegative = 100
     vacuum_every: Duration = Duration(86400)
     vacuum_retention: Duration = Duration(168 * 3600)
     vacuum_enforce_retention: bool = True
+    log_retention: Duration = Duration(900)

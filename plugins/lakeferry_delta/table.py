@@ -60,7 +60,8 @@ class DeltaTableHandle:
     """A lazily opened ``DeltaTable`` plus the limiter that serialises calls on it.
 
     Resource handling: the table object lives as long as the handle; deltalake holds no file
-    handles between calls, so :meth:`close` only drops the reference.
+    handles between calls, so :meth:`close` only drops the reference. A table the handle
+    creates gets ``configuration`` as its properties, with :data:`CHECKPOINT_INTERVAL`.
 
     Error handling: deltalake errors come out as lakeferry errors. A commit that lost to a
     concurrent transaction on the same application id is :class:`ConflictingTransactions`; a
@@ -79,6 +80,7 @@ class DeltaTableHandle:
         logger: logging.Logger,
         setting: str,
         secrets: tuple[str, ...] = (),
+        configuration: dict[str, str] | None = None,
     ) -> None:
         self.uri = uri
         self.display_uri = display_uri(uri)
@@ -89,6 +91,10 @@ class DeltaTableHandle:
         self._partition_by_date = partition_by_date
         self._logger = logger
         self._setting = setting
+        self._configuration = {
+            "delta.checkpointInterval": str(CHECKPOINT_INTERVAL),
+            **(configuration or {}),
+        }
         self._limiter = trio.CapacityLimiter(1)
         self._table: DeltaTable | None = None
         self._uses = 0
@@ -168,7 +174,7 @@ class DeltaTableHandle:
                     mode="error",
                     partition_by=partition_by,
                     storage_options=options,
-                    configuration={"delta.checkpointInterval": str(CHECKPOINT_INTERVAL)},
+                    configuration=self._configuration,
                 )
             except DeltaError:
                 # Another process created it between our check and our create: use theirs.
