@@ -174,7 +174,9 @@ class DeltaInventory:
     Resource handling: one ``DeltaTable`` object per table, opened (created when missing) on
     first use and reused; calls run in worker threads, one at a time per table. Credentials
     are read once, here (:mod:`lakeferry_delta.credentials`); ``clock`` (wall seconds) drives
-    the maintenance schedule.
+    the maintenance schedule. Every 10 commits of its own to a table, an append also runs a
+    quick compaction of that table when one is due (:meth:`TableMaintainer.after_commits`), so
+    the writer keeps its table's small files few without waiting for ``maintain``.
 
     Error handling: see :class:`lakeferry_delta.table.DeltaTableHandle` and the module docstring
     for what :class:`ConflictingTransactions` asks of the caller.
