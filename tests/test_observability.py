@@ -284,6 +284,7 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
         "Stage: Download",
         "Stage: Upload",
         "Stage: Results",
+        "Nodes (fleet)",
     ]
     for panel in panels:
         if panel["type"] == "row":
@@ -427,6 +428,26 @@ ALERT_CASES: dict[str, tuple[list[dict[str, str]], list[tuple[str, str, list[dic
                 "25m",
                 "LakeferryStageStalled",
                 [alert({"stage": "download", "severity": "critical"})],
+            ),
+        ],
+    ),
+    "a fleet node's uploads stalled (its group is <group>.upload.<node>)": (
+        [
+            series(
+                LAG,
+                "20x40",
+                instance="a:1",
+                group="t1.lakeferry.upload.results",  # a node named like a stage
+                topic="downloads.cached.results",
+                partition="0",
+            ),
+            series(MESSAGES, "10x40", instance="a:1", stage="upload", outcome="uploaded"),
+        ],
+        [
+            (
+                "25m",
+                "LakeferryStageStalled",
+                [alert({"stage": "upload", "severity": "critical"})],
             ),
         ],
     ),

@@ -68,7 +68,7 @@ def config_dict(
             for name, topic in (
                 ("intake", "events.raw"), ("pending", "downloads.pending"),
                 ("cached", "downloads.cached"), ("results", "downloads.results"),
-                ("dlq", "downloads.dlq"),
+                ("dlq", "downloads.dlq"), ("nodes", "lakeferry.nodes"),
             )
         }  # fmt: skip
         data["retry"]["topics"] = [f"{namespace}{t}" for t in data["retry"]["topics"]]
@@ -123,6 +123,22 @@ def _config_dict(
             "http": {"allow_networks": ["127.0.0.0/8"]},
         },
     }
+
+
+def fleet_node(data: dict[str, Any], root: Path, node: str) -> dict[str, Any]:
+    """A node of a fleet on ``data``'s Kafka: ``data`` with fleet mode on, the node's name,
+    and a state folder (cache, ledger, spool) of its own under ``root/node``; the sink, the
+    inventory and the topics stay shared."""
+    import copy
+
+    state = root / node
+    out = copy.deepcopy(data)
+    out["daemon"].update(state_dir=str(state), fleet=True, node=node)
+    out["cache"]["path"] = str(state / "cache")
+    out["sources"] = [{"kind": "spool", "path": str(state / "spool"), "poll_interval": "100ms"}]
+    out["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
+    out["live"]["listen"] = f"127.0.0.1:{free_port()}"
+    return out
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

@@ -157,11 +157,17 @@ async def audit(
     in_flight: set[str] = set()
     expected_sha: dict[str, str] = {}
 
+    if config.fleet:  # every node's cached topic, in its node's upload group
+        prefix = f"{config.cached_prefix}."
+        nodes = [t[len(prefix) :] for t in await bus.list_topics() if t.startswith(prefix)]
+        cached = [(config.cached_topic_of(n), config.group_of("upload", n)) for n in nodes]
+    else:
+        cached = [(topics.cached, f"{group}.upload")]
     plan = [
         (topics.intake, f"{group}.ingest", "event"),
         (topics.pending, f"{group}.download", "task"),
         *[(t, f"{group}.download", "task") for t in core.retry.topics],
-        (topics.cached, f"{group}.upload", "cached"),
+        *[(t, g, "cached") for t, g in cached],
         (topics.results, f"{group}.results", "result"),
     ]
     for topic, consumer_group, kind in plan:

@@ -276,6 +276,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from lakeferry import fleetcmd
+
+    config = _load(args.config)
+    needs = [config.core.topics.nodes, config.core.topics.pending] if config.fleet else []
+    try:
+        result: int = _with_bus(config, lambda bus: fleetcmd.run(args, bus, config), needs)
+    except fleetcmd.Refused as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return result
+
+
 # -- top -----------------------------------------------------------------------------------------
 
 
@@ -403,7 +416,7 @@ example:
 
 
 def build_parser() -> Parser:
-    from lakeferry import dlqcmd, submitcmd
+    from lakeferry import dlqcmd, fleetcmd, submitcmd
 
     parser = Parser(
         prog="lakeferry",
@@ -489,6 +502,7 @@ def build_parser() -> Parser:
 
     submitcmd.add_parser(sub, with_config, cmd_submit)
     dlqcmd.add_parser(sub, with_config, cmd_dlq)
+    fleetcmd.add_parser(sub, with_config, cmd_fleet)
 
     top = with_config(
         command(

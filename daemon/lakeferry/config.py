@@ -55,6 +55,10 @@ class DaemonConfig(_Section):
     node: str = ""
     """This machine's name among the VMs that share a Kafka cluster (default: the host name).
     With the process's instance name it makes the static group membership of its consumers."""
+    fleet: bool = False
+    """One node of a fleet: several VMs on one Kafka cluster share intake, pending, the retry
+    rungs, results and the DLQ; what points at this VM's cache (``topics.cached``) is this
+    node's alone, ``<topics.cached>.<node>``. Needs ``bus.kind = "kafka"``."""
     shutdown_grace: Duration = Duration(30)
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
@@ -100,8 +104,11 @@ class TopicsConfig(_Section):
     intake: str = "events.raw"
     pending: str = "downloads.pending"
     cached: str = "downloads.cached"
+    """In fleet mode the prefix of each node's own: the loaded config names this node's."""
     results: str = "downloads.results"
     dlq: str = "downloads.dlq"
+    nodes: str = "lakeferry.nodes"
+    """Fleet mode only: every process's heartbeat, compacted (``lakeferry fleet status``)."""
 
 
 class RetryConfig(_Section):
@@ -219,6 +226,9 @@ class LoadedConfig(Struct, frozen=True):
     inventory: PluginChoice
     sources: list[PluginChoice]
     downloaders: dict[str, PluginChoice]
+    cached_prefix: str = ""
+    """``topics.cached`` as configured: in fleet mode ``core.topics.cached`` is this node's
+    (``<prefix>.<node>``), and other nodes' are named from this."""
 
     @property
     def node(self) -> str:
@@ -226,12 +236,43 @@ class LoadedConfig(Struct, frozen=True):
         return self.core.daemon.node or socket.gethostname()
 
     @property
+    def fleet(self) -> bool:
+        return self.core.daemon.fleet
+
+    def cached_topic_of(self, node: str) -> str:
+        """A node's cached topic (fleet mode)."""
+        return node_topic(self.cached_prefix or self.core.topics.cached, node)
+
+    def group_for(self, consumer: str) -> str:
+        """The consumer group of a stage's consumer: ``<bus.group>.<consumer>``; in fleet mode
+        the upload stage's is the node's own (``….upload.<node>``), as its topic is."""
+        return self.group_of(consumer, self.node)
+
+    def group_of(self, consumer: str, node: str) -> str:
+        group = f"{self.core.bus.group}.{consumer}"
+        return f"{group}.{node}" if self.fleet and consumer in NODE_SCOPED_GROUPS else group
+
+    @property
     def retry_topics(self) -> list[str]:
         return list(self.core.retry.topics)
 
     def all_topics(self) -> list[str]:
+        """The topics this process needs (in fleet mode: this node's cached topic, and the
+        heartbeats)."""
         t = self.core.topics
-        return [t.intake, t.pending, t.cached, t.results, t.dlq, *self.core.retry.topics]
+        fleet = [t.nodes] if self.fleet else []
+        return [t.intake, t.pending, t.cached, t.results, t.dlq, *self.core.retry.topics, *fleet]
+
+
+NODE_SCOPED_GROUPS = frozenset({"upload"})
+"""Consumers of a node's own topic: their group is the node's own in fleet mode."""
+
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+"""A node name must be able to end a Kafka topic name."""
+
+
+def node_topic(prefix: str, node: str) -> str:
+    return f"{prefix}.{node}"
 
 
 _BASE: contextvars.ContextVar[Path] = contextvars.ContextVar("config_base", default=Path("."))
@@ -412,6 +453,9 @@ def _parse(resolved: dict[str, Any], registry: Registry, path: str) -> LoadedCon
             core, bus=msgspec.structs.replace(core.bus, embedded=embedded)
         )
     _validate_core(core)
+    cached_prefix = core.topics.cached
+    if core.daemon.fleet:
+        core = _fleet_core(core)
     for name in ("cache", "sink", "inventory"):
         if not getattr(core, name):
             raise ConfigError(f"{name}.kind", f"the [{name}] section is required")
@@ -443,7 +487,26 @@ def _parse(resolved: dict[str, Any], registry: Registry, path: str) -> LoadedCon
         inventory=_plugin(registry, "inventory", core.inventory, "inventory"),
         sources=sources,
         downloaders=downloaders,
+        cached_prefix=cached_prefix,
     )
+
+
+def _fleet_core(core: Config) -> Config:
+    """Fleet mode checked, and ``topics.cached`` resolved to this node's topic."""
+    if core.bus.kind != "kafka":
+        raise ConfigError(
+            "daemon.fleet", f'needs bus.kind = "kafka" (a fleet shares one Kafka cluster), '
+            f"not {core.bus.kind!r}"
+        )  # fmt: skip
+    node = core.daemon.node or socket.gethostname()
+    if not NODE_NAME.fullmatch(node):
+        where = "daemon.node" if core.daemon.node else "daemon.node (the host name)"
+        raise ConfigError(
+            where, f"{node!r} cannot end a topic name: use 1 to 100 letters, digits, '.', "
+            "'_' or '-'"
+        )  # fmt: skip
+    topics = msgspec.structs.replace(core.topics, cached=node_topic(core.topics.cached, node))
+    return msgspec.structs.replace(core, topics=topics)
 
 
 def _read_toml(p: Path) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class Snapshotter:
         lag: dict[str, float] = collections.defaultdict(float)
         group = p.config.core.bus.group
         for labels, value in samples(registry, "lakeferry_consumer_lag"):
-            stage = labels["group"].removeprefix(f"{group}.")
+            # <group>.<stage>, or <group>.upload.<node> in fleet mode
+            stage = labels["group"].removeprefix(f"{group}.").split(".", 1)[0]
             lag[stage] += value
         stages = {}
         for stage in self.stages:

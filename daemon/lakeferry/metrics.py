@@ -7,6 +7,7 @@ follow ``lakeferry_<area>_<what>_<unit>``.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ class Metrics:
         r = self.registry
         self.build_info = prom.Info("lakeferry_build", "lakeferry version", registry=r)
         self.build_info.info({"version": __version__})
+        self.node_info = prom.Info(
+            "lakeferry_node", "This process's node, instance and layout", registry=r
+        )
+        self.node(socket.gethostname(), "main", fleet=False)  # the supervisor says better
         self.messages = prom.Counter(
             "lakeferry_stage_messages_total",
             "Messages a stage finished, by outcome",
@@ -122,6 +127,11 @@ class Metrics:
         self._server: Any = None
 
     # -- plain-language methods ------------------------------------------------------------
+
+    def node(self, node: str, instance: str, *, fleet: bool) -> None:
+        """Label this process: dashboards join per-node panels on it."""
+        layout = "fleet" if fleet else "cell"
+        self.node_info.info({"node": node, "instance_name": instance, "layout": layout})
 
     def message_done(self, stage: str, outcome: str, seconds: float) -> None:
         self.messages.labels(stage, outcome).inc()

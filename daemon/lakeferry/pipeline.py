@@ -183,7 +183,7 @@ class Pipeline:
         return Path(self.config.core.daemon.state_dir)
 
     def group_for(self, consumer: str) -> str:
-        return f"{self.config.core.bus.group}.{consumer}"
+        return self.config.group_for(consumer)
 
     def finished(
         self, stage: str, outcome: str, seconds: float, event_id: str, attempt: int

@@ -26,7 +26,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from lakeferry import logs
+from lakeferry import fleet, logs
 from lakeferry.build import check_components, owner_name
 from lakeferry.buses import open_bus
 from lakeferry.config import LoadedConfig, diff, load_config
@@ -108,6 +108,7 @@ class Supervisor:
         # does), then the listen addresses: a bad file or a taken port refuses the start at once
         # (exit 2), before the bus is opened or anything is built.
         await check_components(cfg, self.registry)
+        self.metrics.node(cfg.node, self.instance, fleet=cfg.fleet)
         self.metrics.serve(cfg.core.metrics.listen)
         try:
             live = await open_listeners("live.listen", cfg.core.live.listen)
@@ -115,6 +116,8 @@ class Supervisor:
             try:
                 bus.on_health = self._bus_health
                 await require_topics(cfg, bus)
+                if cfg.fleet:
+                    await fleet.refuse_taken_node(cfg, fleet.kafka_of(bus))
                 self.metrics.bus_health(True)
                 pipeline = self.pipeline = Pipeline.build(
                     cfg, self.registry, bus, self.metrics, self.stages, self.instance
@@ -140,6 +143,12 @@ class Supervisor:
                 root.start_soon(self._report_cache)
             root.start_soon(self._maintain_bus)
             root.start_soon(self._report_lag)
+            if self.config.fleet:
+                beater = fleet.Beater(
+                    self.config, fleet.kafka_of(pipeline.bus), self.instance,
+                    [spec.name for spec in self.stages], self._node_report,
+                )  # fmt: skip
+                root.start_soon(beater.run)
             if live:
                 names = [spec.name for spec in CATALOG]
                 feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors, names))
@@ -333,6 +342,17 @@ class Supervisor:
                 if forgotten:
                     log.info("id ledger pruned", extra={"forgotten": forgotten})
             await trio.sleep(LEDGER_MAINTENANCE_INTERVAL)
+
+    def _node_report(self) -> tuple[dict[str, int], int | None, int | None]:
+        """What this process's heartbeat says: in flight per stage, the cache's fill."""
+        assert self.pipeline is not None
+        p = self.pipeline
+        in_flight = {spec.name: p.active[spec.main.group].n for spec in self.stages
+                     if spec.main.group in p.active}  # fmt: skip
+        if not p.components.has("cache"):
+            return in_flight, None, None
+        usage = p.components.cache.usage()
+        return in_flight, usage.bytes, usage.quota
 
     async def _report_cache(self) -> None:
         """The cache gauges, from the cache's storage every few seconds (download and upload

@@ -25,6 +25,9 @@ def topic_settings(config: LoadedConfig, topic: str) -> dict[str, str]:
     if topic == config.core.topics.dlq:
         # Keyed letters and tombstones: compaction keeps the last record of every event.
         return {"cleanup.policy": "compact"}
+    if config.fleet and topic == config.core.topics.nodes:
+        # Heartbeats keyed by process: compaction keeps the last of each.
+        return {"cleanup.policy": "compact"}
     return {
         "cleanup.policy": "delete",
         "retention.ms": str(int(config.core.bus.kafka.retention * 1000)),

@@ -7,11 +7,11 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import confluent_kafka
 import trio
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
@@ -38,6 +38,25 @@ from lakeferry.bus.kafka.common import (
 from lakeferry.bus.kafka.consumer import KafkaConsumer
 from lakeferry.bus.kafka.producer import KafkaProducer
 from lakeferry.errors import BusError
+
+
+class GroupMember(NamedTuple):
+    client_id: str
+    host: str
+    instance: str
+    """``group.instance.id`` (static membership); "" for a dynamic member."""
+
+
+class GroupNotEmpty(BusError):
+    """The broker refused to move a group's offsets: the group has live members."""
+
+
+_NOT_EMPTY = {KafkaError.NON_EMPTY_GROUP, KafkaError.UNKNOWN_MEMBER_ID}
+
+
+def _code(exc: KafkaException) -> int:
+    err = exc.args[0] if exc.args else None
+    return err.code() if isinstance(err, KafkaError) else -1
 
 
 class KafkaBus:
@@ -283,6 +302,49 @@ class KafkaBus:
 
         result: dict[str, dict[str, str]] = await self._admin_call(work, "cannot describe topics")
         return result
+
+    async def group_members(self, group: str) -> list[GroupMember]:
+        """The live members of a consumer group (none: the group is empty or unknown)."""
+
+        def work() -> list[GroupMember]:
+            futures = self._admin.describe_consumer_groups(
+                [group], request_timeout=self.operation_timeout
+            )
+            described = futures[group].result(timeout=self.operation_timeout)
+            return [
+                GroupMember(m.client_id, m.host, m.group_instance_id or "")
+                for m in described.members
+            ]
+
+        result: list[GroupMember] = await self._admin_call(work, f"cannot describe group {group}")
+        return result
+
+    async def set_committed(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        """Set ``group``'s committed offsets of ``topic`` (partition -> next offset).
+
+        The broker refuses while the group has live members (:class:`GroupNotEmpty`): offsets
+        are moved only for a group nobody consumes in.
+        """
+
+        def work() -> None:
+            request = ConsumerGroupTopicPartitions(
+                group, [KTopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+            )
+            futures = self._admin.alter_consumer_group_offsets(
+                [request], request_timeout=self.operation_timeout
+            )
+            result = futures[group].result(timeout=self.operation_timeout)
+            for tp in result.topic_partitions:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+
+        try:
+            await self._admin_call(work, f"cannot set {group}'s offsets of {topic}")
+        except BusError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, KafkaException) and _code(cause) in _NOT_EMPTY:
+                raise GroupNotEmpty(f"group {group} has live members") from exc
+            raise
 
     def _scan_client(self) -> confluent_kafka.Consumer:
         return confluent_kafka.Consumer(
