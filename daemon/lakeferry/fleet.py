@@ -28,23 +28,20 @@ import datetime as dt
 import os
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import msgspec
 import trio
 
-from lakeferry.bus.base import Bus, OutgoingRecord, Record
+from lakeferry.bus.base import Bus, GroupMember, OutgoingRecord, Producer, Record
 from lakeferry.config import LoadedConfig
 from lakeferry.errors import BusError, StartRefused
 from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DLQ, CachedFile, DeadLetter, utcnow
 from lakeferry.records import task_record
-
-if TYPE_CHECKING:
-    from lakeferry.bus.kafka import KafkaBus
 
 log = get_logger("fleet")
 
@@ -56,11 +53,31 @@ MOVE_BATCH = 500
 """Tasks sent to pending per producer round while evacuating."""
 
 
-def kafka_of(bus: Bus) -> KafkaBus:
+class FleetBus(Protocol):
+    """What a fleet needs of its bus: the Kafka bus's group calls besides the common ones."""
+
+    kind: str
+
+    def producer(self) -> Producer: ...
+
+    def scan(self, topic: str) -> AsyncIterator[Record]: ...
+
+    async def list_topics(self) -> dict[str, int]: ...
+
+    async def end_offsets(self, topic: str) -> dict[int, int]: ...
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]: ...
+
+    async def group_members(self, group: str) -> list[GroupMember]: ...
+
+    async def set_committed(self, group: str, topic: str, offsets: Mapping[int, int]) -> None: ...
+
+
+def kafka_of(bus: Bus) -> FleetBus:
     """The bus as the Kafka bus a fleet runs on (the config refuses fleet mode elsewhere)."""
     if bus.kind != "kafka":
         raise BusError(f"fleet mode needs the kafka bus, not {bus.kind}")
-    return cast("KafkaBus", bus)
+    return cast(FleetBus, bus)
 
 
 class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
@@ -92,7 +109,7 @@ def heartbeat_key(node: str, instance: str) -> bytes:
     return f"{node}/{instance}".encode()
 
 
-async def latest_heartbeats(bus: KafkaBus, topic: str) -> list[Heartbeat]:
+async def latest_heartbeats(bus: FleetBus, topic: str) -> list[Heartbeat]:
     """The last heartbeat of every process that ever sent one (bad records skipped)."""
     last: dict[bytes, Heartbeat] = {}
     async for record in bus.scan(topic):
@@ -109,7 +126,7 @@ def is_live(beat: Heartbeat, now: dt.datetime) -> bool:
     return not beat.stopping and (now - beat.at).total_seconds() < LIVE_WITHIN
 
 
-async def refuse_taken_node(config: LoadedConfig, bus: KafkaBus) -> None:
+async def refuse_taken_node(config: LoadedConfig, bus: FleetBus) -> None:
     """Refuse to start (:class:`StartRefused`) when a live process of another home uses our
     node name."""
     node, home, now = config.node, home_of(config), utcnow()
@@ -129,7 +146,7 @@ class Beater:
     def __init__(
         self,
         config: LoadedConfig,
-        bus: KafkaBus,
+        bus: FleetBus,
         instance: str,
         stages: Sequence[str],
         report: Callable[[], tuple[dict[str, int], int | None, int | None]],
@@ -207,7 +224,7 @@ def cached_nodes(config: LoadedConfig, topics: Sequence[str]) -> list[str]:
     return sorted(t[len(prefix) :] for t in topics if t.startswith(prefix))
 
 
-async def backlog(bus: KafkaBus, config: LoadedConfig, node: str) -> int:
+async def backlog(bus: FleetBus, config: LoadedConfig, node: str) -> int:
     """Records of a node's cached topic its upload group has not committed past."""
     topic = config.cached_topic_of(node)
     ends = await bus.end_offsets(topic)
@@ -215,7 +232,7 @@ async def backlog(bus: KafkaBus, config: LoadedConfig, node: str) -> int:
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
 
 
-async def fleet_status(config: LoadedConfig, bus: KafkaBus) -> list[NodeStatus]:
+async def fleet_status(config: LoadedConfig, bus: FleetBus) -> list[NodeStatus]:
     now = utcnow()
     beats: dict[str, list[Heartbeat]] = defaultdict(list)
     for beat in await latest_heartbeats(bus, config.core.topics.nodes):
@@ -266,7 +283,7 @@ class Evacuation:
 
 
 async def evacuation_plan(
-    config: LoadedConfig, bus: KafkaBus, node: str, *, force: bool = False
+    config: LoadedConfig, bus: FleetBus, node: str, *, force: bool = False
 ) -> tuple[Evacuation, list[CachedFile]]:
     """What evacuating ``node`` would move; :class:`NodeAlive` when it is not safe."""
     if node == config.node and not force:
@@ -311,7 +328,7 @@ async def evacuation_plan(
     return plan, files
 
 
-async def evacuate(config: LoadedConfig, bus: KafkaBus, plan: Evacuation,
+async def evacuate(config: LoadedConfig, bus: FleetBus, plan: Evacuation,
                    files: Sequence[CachedFile]) -> Evacuation:  # fmt: skip
     """Send each task back to pending, then move the node's upload group past them."""
     pending = config.core.topics.pending

@@ -42,6 +42,15 @@ class Record(NamedTuple):
         return TopicPartition(self.topic, self.partition)
 
 
+class GroupMember(NamedTuple):
+    """A live member of a consumer group (Kafka's describe-group answer)."""
+
+    client_id: str
+    host: str
+    instance: str
+    """``group.instance.id`` (static membership); "" for a dynamic member."""
+
+
 class OutgoingRecord(NamedTuple):
     """One record to send."""
 

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 import trio
@@ -19,6 +19,7 @@ from lakeferry.bus.base import (
     AssignCallback,
     Bus,
     Consumer,
+    GroupMember,
     HealthCallback,
     Producer,
     Record,
@@ -38,13 +39,6 @@ from lakeferry.bus.kafka.common import (
 from lakeferry.bus.kafka.consumer import KafkaConsumer
 from lakeferry.bus.kafka.producer import KafkaProducer
 from lakeferry.errors import BusError
-
-
-class GroupMember(NamedTuple):
-    client_id: str
-    host: str
-    instance: str
-    """``group.instance.id`` (static membership); "" for a dynamic member."""
 
 
 class GroupNotEmpty(BusError):
