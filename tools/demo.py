@@ -158,11 +158,24 @@ def main() -> int:
     parser.add_argument("--bus", choices=["embedded", "kafka"], default="embedded")
     parser.add_argument("--kafka", help="with --bus kafka: use this broker instead of starting one")
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="with --bus kafka: a fleet of this many nodes, one killed and evacuated mid-run, "
+        "one joining late (tools/demo_fleet.py); ~3,000 events",
+    )
+    parser.add_argument(
         "--azure",
         action="store_true",
         help="the Azure path on local servers: Event Hubs source, OneLake sink, Delta on Azurite",
     )
     args = parser.parse_args()
+    if args.nodes:
+        if args.bus != "kafka" or args.azure or args.nodes < 2:
+            parser.error("--nodes needs --bus kafka, at least 2 nodes, and no --azure")
+        scale = 3  # ~3,000 events for a fleet
+        args.good, args.flaky = args.good * scale, args.flaky * scale
+        args.missing, args.badsum = args.missing * scale, args.badsum * scale
     if args.bus == "kafka" and not args.kafka:
         import kafka.kafka as kafka_tool  # tools/kafka/kafka.py
 
@@ -188,6 +201,10 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     state = (harness.ROOT / args.state).resolve()
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
+    if args.nodes:
+        from demo_fleet import run_fleet
+
+        return run_fleet(args, state)
     if not args.azure:
         return run_in(args, state, None)
     from demo_azure import azure_services
