@@ -145,6 +145,34 @@ def pct(values: list[float], q: float) -> float:
     )
 
 
+def check_outcomes(
+    expect: dict[str, dict[str, Any]],
+    rows: list[Any],
+    letters: list[Any],
+    read_sink: Any,
+) -> list[str]:
+    """What went other than ``expect`` says: each good file landed once with its sha256 (in
+    the inventory and in the sink, read with ``read_sink(destination)``), each bad one in the
+    DLQ with its reason."""
+    problems: list[str] = []
+    landed = {r.event_id: r for r in rows}
+    dead = {letter.event_id: letter.letter.reason for letter in letters if letter.event_id}
+    for event_id, want in expect.items():
+        if want["outcome"] != "landed":
+            if dead.get(event_id) != want["outcome"]:
+                got = dead.get(event_id)
+                problems.append(f"{event_id}: expected DLQ reason {want['outcome']}, got {got}")
+            continue
+        row = landed.get(event_id)
+        if row is None:
+            problems.append(f"{event_id} did not land")
+        elif row.sha256 != want["sha256"] or (
+            hashlib.sha256(read_sink(row.destination)).hexdigest() != want["sha256"]
+        ):
+            problems.append(f"{event_id} landed with the wrong sha256")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="lakeferry end-to-end demo")
     parser.add_argument("--state", default="var/demo", help="state directory (wiped first)")
@@ -283,7 +311,6 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
     print(f"end-to-end latency    p50 {pct(latencies, 50):.2f}s  p95 {pct(latencies, 95):.2f}s")
     print(f"daemon exit code      {code} (SIGTERM drain)")
 
-    problems: list[str] = []
     sink_root = state / "sink"
 
     def read_sink(destination: str) -> bytes:
@@ -292,24 +319,7 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
             return data
         return (sink_root / destination).read_bytes()
 
-    landed = {r.event_id: r for r in rows}
-    dead = {letter.event_id: letter.letter.reason for letter in letters if letter.event_id}
-    for event_id, want in expect.items():
-        if want["outcome"] == "landed":
-            row = landed.get(event_id)
-            if row is None:
-                problems.append(f"{event_id} did not land")
-                continue
-            landed_bytes = read_sink(row.destination)
-            if (
-                hashlib.sha256(landed_bytes).hexdigest() != want["sha256"]
-                or row.sha256 != want["sha256"]
-            ):
-                problems.append(f"{event_id} landed with the wrong sha256")
-        elif dead.get(event_id) != want["outcome"]:
-            problems.append(
-                f"{event_id}: expected DLQ reason {want['outcome']}, got {dead.get(event_id)}"
-            )
+    problems = check_outcomes(expect, rows, letters, read_sink)
     if by_reason.get("malformed", 0) != args.malformed:
         problems.append(
             f"expected {args.malformed} malformed letters, got {by_reason.get('malformed', 0)}"

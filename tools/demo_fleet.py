@@ -18,7 +18,6 @@ the right reason, and the audit found nothing lost or duplicated.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 import origin as origin_mod
-from demo import build_events, pct, snapshot
+from demo import build_events, check_outcomes, pct, snapshot
 
 
 class Node:
@@ -167,21 +166,8 @@ def run_fleet(args: argparse.Namespace, state: Path) -> tuple[int, str]:
     print(f"end-to-end latency    p50 {pct(latencies, 50):.2f}s  p95 {pct(latencies, 95):.2f}s")
     print(f"exit codes            {', '.join(f'{k} {v}' for k, v in codes.items())} (SIGTERM)")
 
-    problems: list[str] = []
-    landed = {r.event_id: r for r in rows}
-    dead = {letter.event_id: letter.letter.reason for letter in letters if letter.event_id}
-    for event_id, want in expect.items():
-        if want["outcome"] == "landed":
-            row = landed.get(event_id)
-            if row is None:
-                problems.append(f"{event_id} did not land")
-            elif (
-                hashlib.sha256((state / "sink" / row.destination).read_bytes()).hexdigest()
-                != (want["sha256"])
-            ):
-                problems.append(f"{event_id} landed with the wrong sha256")
-        elif dead.get(event_id) != want["outcome"]:
-            problems.append(f"{event_id}: expected {want['outcome']}, got {dead.get(event_id)}")
+    sink = state / "sink"
+    problems = check_outcomes(expect, rows, letters, lambda d: (sink / d).read_bytes())
     problems += [f"{name} exited {code} on SIGTERM" for name, code in codes.items() if code != 0]
     if joiner.uploaded == 0:
         problems.append(f"{joiner.name} joined but uploaded nothing")
