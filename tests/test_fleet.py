@@ -64,6 +64,16 @@ def test_a_node_has_its_own_cached_topic_and_upload_group(tmp_path: Path) -> Non
     assert "downloads.cached" not in topics
 
 
+def test_the_heartbeat_topic_is_compacted_in_short_segments(tmp_path: Path) -> None:
+    from lakeferry.topics import topic_settings
+
+    config = node_config(tmp_path, "vm-1")
+    settings = topic_settings(config, "lakeferry.nodes")
+    assert settings["cleanup.policy"] == "compact"
+    assert int(settings["segment.ms"]) <= 3_600_000  # else a week of heartbeats to scan
+    assert topic_settings(config, "downloads.cached.vm-1")["cleanup.policy"] == "delete"
+
+
 def test_cell_mode_is_unchanged(tmp_path: Path) -> None:
     config = node_config(tmp_path, "vm-1", fleet=False)
     assert config.core.topics.cached == "downloads.cached"

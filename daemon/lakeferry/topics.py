@@ -15,6 +15,10 @@ from lakeferry.config import LoadedConfig
 from lakeferry.errors import ConfigError
 
 
+NODES_SEGMENT_MS = 3_600_000
+"""segment.ms of the fleet's heartbeat topic."""
+
+
 def topic_specs(config: LoadedConfig) -> list[TopicSpec]:
     """Every topic the pipeline uses, with the configured partition count."""
     return [TopicSpec(name, config.core.bus.partitions) for name in config.all_topics()]
@@ -26,8 +30,10 @@ def topic_settings(config: LoadedConfig, topic: str) -> dict[str, str]:
         # Keyed letters and tombstones: compaction keeps the last record of every event.
         return {"cleanup.policy": "compact"}
     if config.fleet and topic == config.core.topics.nodes:
-        # Heartbeats keyed by process: compaction keeps the last of each.
-        return {"cleanup.policy": "compact"}
+        # Heartbeats keyed by process: compaction keeps the last of each. Kafka compacts only
+        # closed segments (a week each by default): an hour keeps what a start-up or `fleet
+        # status` scans to a few hundred records per process.
+        return {"cleanup.policy": "compact", "segment.ms": str(NODES_SEGMENT_MS)}
     return {
         "cleanup.policy": "delete",
         "retention.ms": str(int(config.core.bus.kafka.retention * 1000)),
