@@ -14,7 +14,6 @@ from lakeferry.bus.base import Bus, TopicSpec
 from lakeferry.config import LoadedConfig
 from lakeferry.errors import ConfigError
 
-
 NODES_SEGMENT_MS = 3_600_000
 """segment.ms of the fleet's heartbeat topic."""
 
