@@ -135,8 +135,10 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
 ) -> None:
     """Found: after kill -9 and a restart, a worker did nothing for ~40 s: the group waited
     for the dead member's session to expire (librdkafka's 45 s default). A restarted worker
-    rejoins under its static membership (its --instance) and works again at once. The session
-    timeout here is 60 s: a worker that waited for it could not pass."""
+    rejoins under its static membership (its --instance) and works again at once, with the
+    partitions it had; the other worker of its group is not disturbed (cooperative-sticky: no
+    partition of it is revoked). The session timeout here is 60 s: a worker that waited for it
+    could not pass."""
     import copy
 
     env = kafka_env
@@ -157,26 +159,36 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
         env.daemons.append(daemon)
         return daemon
 
-    def downloaded() -> float:
-        metrics = harness.scrape(port)
-        return harness.metric_sum(metrics, "lakeferry_stage_messages_total", stage="download")
+    def assigned(daemon: Any) -> list[str]:
+        entries = [e for e in daemon.logs() if e.get("msg") == "partitions assigned"]
+        return sorted(p for e in entries for p in e["partitions"])
 
     worker = download_worker().start()
     first = env.submit_events(events(origin, "before", 20))
     env.wait_settled(first, landed=20, timeout=90, what="the first batch to land")
+    other, _ = env.start_worker("download", "download-2")
+    wait_until(
+        lambda: (
+            assigned(other) and [e for e in worker.logs() if e.get("msg") == "partitions revoked"]
+        ),
+        timeout=60,
+        what="download-1 to hand partitions to download-2",
+    )
+    had = sorted(set(assigned(worker)) - {p for e in worker.logs()
+                 if e.get("msg") == "partitions revoked" for p in e["partitions"]})  # fmt: skip
+    others = len(other.logs())
     worker.kill()
     started = time.monotonic()
     worker = download_worker().start()
-    second = env.submit_events(events(origin, "after", 20))
-    wait_until(
-        lambda: downloaded() >= 20,
-        timeout=50,
-        what="the restarted worker to download",
-        interval=0.1,
-    )
+    wait_until(lambda: assigned(worker), timeout=50, what="the restarted worker's partitions")
     working_again = time.monotonic() - started
-    print(f"restarted download worker working again after {working_again:.1f}s")
+    print(f"restarted download worker had its partitions again after {working_again:.1f}s")
+    second = env.submit_events(events(origin, "after", 20))
     env.wait_settled(first, second, landed=40, timeout=90, what="the second batch to land")
+    # It came back with the partitions it had; the other worker saw no rebalance at all.
+    assert assigned(worker) == had
+    since = other.logs()[others:]
+    assert [e for e in since if e.get("msg") in ("partitions revoked", "partitions assigned")] == []
     code, counts = env.audit(first, second)
     assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
     assert code == 0

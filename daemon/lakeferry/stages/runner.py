@@ -11,9 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from lakeferry.bus.base import TopicPartition
+from lakeferry.logs import get_logger
 from lakeferry.pipeline import Pipeline
 from lakeferry.stages.driver import Dispatch, Gate, Handler, StageDriver
 from lakeferry.stagespec import Consumes
+
+log = get_logger("stage")
 
 Background = Callable[[], Awaitable[None]]
 
@@ -40,14 +43,18 @@ async def run_consuming_stage(
     topics = consumes.topics(p.settings)
     driver: StageDriver
 
+    def assign(tps: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"stage": name, "partitions": _names(tps)})
+        if on_assign is not None:
+            on_assign(tps)
+
     def revoke(tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        log.info("partitions revoked", extra={"stage": name, "partitions": _names(tps)})
         if on_revoke is not None:
             on_revoke(tps)
         return driver.on_revoke(tps)
 
-    consumer = p.bus.consumer(
-        p.group_for(name), list(topics), on_assign=on_assign, on_revoke=revoke
-    )
+    consumer = p.bus.consumer(p.group_for(name), list(topics), on_assign=assign, on_revoke=revoke)
     driver = StageDriver(
         name=name,
         consumer=consumer,
@@ -68,3 +75,8 @@ async def run_consuming_stage(
     finally:
         with trio.CancelScope(shield=True):
             await consumer.aclose()
+
+
+def _names(tps: Sequence[TopicPartition]) -> list[str]:
+    """``topic/partition`` of each, for a rebalance's log line."""
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in tps)
