@@ -5,6 +5,7 @@ mistake reported on one line (exit 2) that names the mistake and where the help 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -73,3 +74,17 @@ def sentence(text: str) -> str:
         return text
     text = text[0].upper() + text[1:]
     return text if text.endswith(".") else text + "."
+
+
+def confirm(yes: bool, question: str, without_terminal: str) -> str | None:
+    """None when a destructive action may go ahead (``--yes``, or "y" on a terminal); else why
+    not: ``without_terminal`` when no terminal can answer, "aborted" on any other answer. The
+    question goes to stderr, so that stdout stays what the command prints."""
+    if yes:
+        return None
+    if not sys.stdin.isatty():
+        return without_terminal
+    print(f"{question} [y/N] ", end="", file=sys.stderr)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return None if answer.strip().lower() in ("y", "yes") else "aborted"

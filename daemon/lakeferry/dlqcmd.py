@@ -126,19 +126,15 @@ def print_show(letters: list[dlq.Letter], as_json: bool) -> None:
 
 def confirm(args: argparse.Namespace, letters: list[dlq.Letter]) -> str | None:
     """None when the action may go ahead; else why not (a one-line message)."""
-    if args.yes:
-        return None
-    if not sys.stdin.isatty():
-        return (
-            f"dlq {args.action}: {len(letters)} letter(s) match; nothing asked, nothing done "
-            "without a terminal: add --yes (or --dry-run to see them)"
-        )
+    from lakeferry.cliparse import confirm as ask
+
     counts = ", ".join(f"{k}: {v}" for k, v in by_reason(letters).items())
-    # The question goes to stderr, so that stdout stays what the command prints.
-    print(f"{args.action} {len(letters)} letter(s) ({counts})? [y/N] ", end="", file=sys.stderr)
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return None if answer.strip().lower() in ("y", "yes") else "aborted"
+    return ask(
+        args.yes,
+        f"{args.action} {len(letters)} letter(s) ({counts})?",
+        f"dlq {args.action}: {len(letters)} letter(s) match; nothing asked, nothing done "
+        "without a terminal: add --yes (or --dry-run to see them)",
+    )
 
 
 async def run(args: argparse.Namespace, bus: Any, topics: Any) -> int:

@@ -82,22 +82,15 @@ def print_status(nodes: list[fleet.NodeStatus], as_json: bool) -> None:
 
 def confirm(args: argparse.Namespace, plan: fleet.Evacuation) -> str | None:
     """None when the evacuation may go ahead; else why not (a one-line message)."""
-    if args.yes:
-        return None
-    if not sys.stdin.isatty():
-        return (
-            f"fleet evacuate: {plan.waiting} task(s) wait on {args.node}; nothing asked, nothing "
-            "done without a terminal: add --yes (or --dry-run to count them)"
-        )
-    print(
+    from lakeferry.cliparse import confirm as ask
+
+    return ask(
+        args.yes,
         f"move {plan.waiting} task(s) of node {args.node} back to pending, to be fetched again "
-        "by the other nodes? [y/N] ",
-        end="",
-        file=sys.stderr,
+        "by the other nodes?",
+        f"fleet evacuate: {plan.waiting} task(s) wait on {args.node}; nothing asked, nothing "
+        "done without a terminal: add --yes (or --dry-run to count them)",
     )
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return None if answer.strip().lower() in ("y", "yes") else "aborted"
 
 
 def _emit(args: argparse.Namespace, tasks: int, malformed: int) -> None:
