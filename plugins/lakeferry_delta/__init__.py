@@ -12,7 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lakeferry.api import RegisterInventory, hookimpl, lazy_exports, lazy_factory
+from lakeferry_delta.allocator import configure
 from lakeferry_delta.settings import DeltaSettings
+
+# Before any module of this package imports deltalake (lakeferry_delta.allocator says why).
+configure()
 
 if TYPE_CHECKING:
     from lakeferry_delta.inventory import DeltaInventory
