@@ -340,6 +340,10 @@ def test_sighup_lowers_concurrency_without_dropping_in_flight_work(
     daemon_env: DaemonEnv, origin: Origin
 ) -> None:
     env = daemon_env
+    # The origin may have every slot at once (it would reach them by slow start, in rounds of
+    # these 1-second downloads: the 60 would be done before 40 ran together).
+    env.data["download"]["host_initial"] = 50
+    env.write()
     daemon = env.start()
     batch = env.submit_events(events(origin, "shrink", 60, slow=1.0))
     wait_until(

@@ -285,6 +285,7 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
         "Stage: Upload",
         "Stage: Results",
         "Nodes (fleet)",
+        "Origins (download, per host:port)",
     ]
     for panel in panels:
         if panel["type"] == "row":

@@ -25,7 +25,15 @@ Routes (every ``size`` is in bytes):
   validator the response carries). With ``change=M`` the content (and its validator) changes
   after M requests: it becomes the content of ``<name>#2``. ``ranges=0``: Range is ignored.
 - ``GET /drip/<name>?size=N&chunk=B&every=S``: B bytes (default 100) every S seconds.
+- ``GET /hang/<name>``: reads the request and answers nothing until the server closes (a
+  stalled origin).
+- ``GET /throttle/<name>?size=N&limit=K&retry_after=V&delay=S``: at most K ``/throttle``
+  requests (default 4) are served at once; one beyond them gets 429 with ``Retry-After: V``
+  (default 1) and is not counted as running. Each served one waits S seconds (default 0.05)
+  before its body, so that concurrency shows.
 - ``GET /counts``: JSON ``{path: number of requests}`` (paths without query strings).
+- ``GET /concurrency``: JSON ``{route: {"now": …, "peak": …, "throttled": …}}`` for ``/hang``
+  and ``/throttle`` (:meth:`Origin.concurrency`).
 
 The server also counts body bytes sent per path (:meth:`Origin.bytes_sent`) and records the
 ``Range``/``If-Range`` headers of ``/ranged`` requests (:attr:`OriginServer.ranged_requests`).
@@ -112,6 +120,23 @@ class OriginServer(ThreadingHTTPServer):
         self.ranged_seen: Counter[str] = Counter()
         self.ranged_requests: list[tuple[str, str | None, str | None]] = []
         """(path, Range header, If-Range header) of every /ranged request."""
+        self.running: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.closing = threading.Event()
+        """Set when the server closes: /hang requests end (with no response)."""
+
+    def concurrency(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return {
+                route: {"now": self.running[route], "peak": self.peak[route],
+                        "throttled": self.throttled[route]}
+                for route in ("hang", "throttle")
+            }  # fmt: skip
+
+    def server_close(self) -> None:
+        self.closing.set()
+        super().server_close()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients hang up mid-body on purpose (size limits, cancellation): not worth a traceback.
@@ -152,8 +177,17 @@ class OriginHandler(BaseHTTPRequestHandler):
             with self.server.lock:
                 body = json.dumps(dict(self.server.counts)).encode()
             self._send(HTTPStatus.OK, body, "application/json", head=head)
+        elif route == "concurrency":
+            body = json.dumps(self.server.concurrency()).encode()
+            self._send(HTTPStatus.OK, body, "application/json", head=head)
         elif route == "files" and name:
             self._file(name, size, head=head)
+        elif route == "hang" and name:
+            with self._running("hang"):
+                self.server.closing.wait()
+            self.close_connection = True
+        elif route == "throttle" and name:
+            self._throttle(name, size, query, head=head)
         elif route == "chunked" and name:
             self._chunked(name, size, head=head)
         elif route == "missing":
@@ -191,6 +225,40 @@ class OriginHandler(BaseHTTPRequestHandler):
             self._drip(parts.path, name, size, query, head=head)
         else:
             self._empty(HTTPStatus.NOT_FOUND)
+
+    @contextmanager
+    def _running(self, route: str) -> Iterator[None]:
+        """Count this request as running on ``route`` while the block runs."""
+        server = self.server
+        with server.lock:
+            server.running[route] += 1
+            server.peak[route] = max(server.peak[route], server.running[route])
+        try:
+            yield
+        finally:
+            with server.lock:
+                server.running[route] -= 1
+
+    def _throttle(self, name: str, size: int, query: dict[str, str], *, head: bool) -> None:
+        limit = int(query.get("limit", "4"))
+        server = self.server
+        with server.lock:
+            over = server.running["throttle"] >= limit
+            if over:
+                server.throttled["throttle"] += 1
+            else:
+                server.running["throttle"] += 1
+                server.peak["throttle"] = max(server.peak["throttle"], server.running["throttle"])
+        if over:
+            retry_after = query.get("retry_after", "1")
+            self._empty(HTTPStatus.TOO_MANY_REQUESTS, {"Retry-After": retry_after})
+            return
+        try:
+            time.sleep(float(query.get("delay", "0.05")))
+            self._file(name, size, head=head)
+        finally:
+            with server.lock:
+                server.running["throttle"] -= 1
 
     # -- responses --------------------------------------------------------------------------
 
@@ -368,6 +436,11 @@ class Origin:
         """Body bytes the origin wrote for ``path`` (without query string), all requests."""
         with self.server.lock:
             return self.server.bytes[path]
+
+    def concurrency(self) -> dict[str, dict[str, int]]:
+        """Per route (``hang``, ``throttle``): requests running ``now``, their ``peak``, and
+        how many were ``throttled`` (429)."""
+        return self.server.concurrency()
 
     def ranged_requests(self, path: str) -> list[tuple[str | None, str | None]]:
         """(Range, If-Range) of each ``/ranged`` request for ``path``, in order."""

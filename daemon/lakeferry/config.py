@@ -43,6 +43,7 @@ from lakeferry.units import ByteSize, Duration, LocalPath, dec_hook
 
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
 Positive = Annotated[int, Meta(ge=1)]
+QueueSize = Annotated[int, Meta(ge=0, le=1_000_000)]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -131,8 +132,30 @@ class IngestConfig(_Section):
 
 
 class DownloadConfig(_Section):
+    """``[download]``: the download stage; every key applies live on SIGHUP."""
+
     concurrency: Concurrency = 50
+    """Downloads at once, over every origin."""
+    queue: QueueSize = 0
+    """Tasks the stage holds at once: downloading, or waiting for their origin (a waiting task
+    holds no download slot, so other origins keep flowing). At least ``concurrency``; 0: ten
+    times ``concurrency``."""
     attempt_timeout: Duration = Duration(3600)
+    host_initial: Concurrency = 8
+    """Downloads at once a new origin (``host:port``) starts with; its limit then adapts
+    (:mod:`lakeferry.stages.origins`), up to ``concurrency`` or its ``host_limits`` entry."""
+    host_limits: dict[str, Concurrency] = msgspec.field(default_factory=dict)
+    """Pattern (``host``, ``host:port``, ``*`` wildcards) -> the origin's most downloads at once."""
+    host_circuit_failures: Positive = 5
+    """Setbacks in a row (429, 503, timeouts, refused connections) that open an origin's
+    circuit: its downloads wait on the first retry rung, spending no attempt."""
+    host_circuit_cooldown: Duration = Duration(30)
+    """How long an origin's circuit stays open before one probe (doubling up to 10 minutes)."""
+
+    @property
+    def room(self) -> int:
+        """``queue``, or its default."""
+        return self.queue or 10 * self.concurrency
 
 
 class UploadConfig(_Section):
@@ -403,6 +426,12 @@ def _validate_core(core: Config) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError("topics", f"topic names must differ; repeated: {', '.join(dupes)}")
+    if 0 < core.download.queue < core.download.concurrency:
+        raise ConfigError(
+            "download.queue",
+            f"{core.download.queue} is below download.concurrency "
+            f"({core.download.concurrency}); make it at least that",
+        )
     _validate_plugins(core.plugins)
     for key, listen in (("metrics.listen", core.metrics.listen), ("live.listen", core.live.listen)):
         if not listen:
@@ -567,7 +596,7 @@ def _number(value: Any) -> Any:
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Struct):
         value = msgspec.to_builtins(value, enc_hook=_number)
-    if isinstance(value, dict):
+    if isinstance(value, dict) and (value or not prefix):
         out: dict[str, Any] = {}
         for k, v in value.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
@@ -586,7 +615,12 @@ def diff(
     are :data:`LIVE_KEYS`, ``downloaders.*`` and the stages' ``stage_keys``."""
 
     def is_live(key: str) -> bool:
-        return key in LIVE_KEYS or key in stage_keys or key.startswith(LIVE_PREFIXES)
+        return (
+            key in LIVE_KEYS
+            or key in stage_keys
+            or key.startswith(LIVE_PREFIXES)
+            or any(key.startswith(f"{k}.") for k in stage_keys)  # an entry of a live table
+        )
 
     a, b = _flatten(old.core), _flatten(new.core)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

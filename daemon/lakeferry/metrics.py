@@ -8,11 +8,12 @@ follow ``lakeferry_<area>_<what>_<unit>``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import prometheus_client as prom
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from lakeferry import __version__
 from lakeferry.listen import refusal
@@ -20,6 +21,119 @@ from lakeferry.listen import split as split_listen
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600, 7200)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+TOP_ORIGINS = 20
+"""Origins with their own series; the rest are summed under ``origin="other"``."""
+OTHER = "other"
+
+
+class OriginStats(NamedTuple):
+    """One origin as the download stage sees it (:mod:`lakeferry.stages.origins`)."""
+
+    name: str
+    started: int
+    succeeded: int
+    setbacks: int
+    failed: int
+    parked: int
+    limit: int
+    active: int
+    waiting: int
+    circuit_open: bool
+
+
+OriginSnapshot = Callable[[], tuple[list[OriginStats], OriginStats]]
+"""Every origin known now, and the totals of those forgotten since."""
+
+NO_ORIGIN = OriginStats(OTHER, 0, 0, 0, 0, 0, 0, 0, 0, circuit_open=False)
+
+
+def _no_origins() -> tuple[list[OriginStats], OriginStats]:
+    return [], NO_ORIGIN
+
+
+class _OriginsCollector:
+    """Per-origin series with bounded cardinality: up to :data:`TOP_ORIGINS` origins get their
+    own label, chosen by downloads started when a place is free (an origin keeps its place
+    until the stage forgets it); the others are summed as ``other``. ``other``'s counters step
+    down when one of its origins gets a place of its own."""
+
+    def __init__(self, snapshot: OriginSnapshot) -> None:
+        self._snapshot = snapshot
+        self._labelled: set[str] = set()
+
+    def follow(self, snapshot: OriginSnapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        current, forgotten = self._snapshot()
+        self._labelled &= {s.name for s in current}
+        free = TOP_ORIGINS - len(self._labelled)
+        if free > 0:
+            candidates = sorted(
+                (s for s in current if s.name not in self._labelled), key=lambda s: -s.started
+            )
+            self._labelled.update(s.name for s in candidates[:free])
+        rows = [s for s in current if s.name in self._labelled]
+        rest = [forgotten, *(s for s in current if s.name not in self._labelled)]
+        rows.append(
+            OriginStats(
+                OTHER,
+                started=sum(s.started for s in rest),
+                succeeded=sum(s.succeeded for s in rest),
+                setbacks=sum(s.setbacks for s in rest),
+                failed=sum(s.failed for s in rest),
+                parked=sum(s.parked for s in rest),
+                limit=sum(s.limit for s in rest),
+                active=sum(s.active for s in rest),
+                waiting=sum(s.waiting for s in rest),
+                circuit_open=False,
+            )
+        )
+        downloads = CounterMetricFamily(
+            "lakeferry_origin_downloads",
+            "Downloads per origin (host:port) by how they ended: ok, setback (429, 503, timeout, "
+            "connection), failed (the origin answered; the task failed)",
+            labels=["origin", "outcome"],
+        )
+        parked = CounterMetricFamily(
+            "lakeferry_origin_parked",
+            "Tasks put back on the first retry rung unspent because of their origin",
+            labels=["origin"],
+        )
+        gauges = {
+            "limit": GaugeMetricFamily(
+                "lakeferry_origin_limit", "An origin's adaptive download limit", labels=["origin"]
+            ),
+            "active": GaugeMetricFamily(
+                "lakeferry_origin_active", "Downloads running per origin", labels=["origin"]
+            ),
+            "waiting": GaugeMetricFamily(
+                "lakeferry_origin_waiting",
+                "Tasks waiting for their origin (holding no download slot)",
+                labels=["origin"],
+            ),
+            "circuit_open": GaugeMetricFamily(
+                "lakeferry_origin_circuit_open",
+                "Origins whose circuit is open or half-open (1 per origin; other: how many)",
+                labels=["origin"],
+            ),
+        }
+        opened_elsewhere = sum(1 for s in rest[1:] if s.circuit_open)
+        for row in rows:
+            downloads.add_metric([row.name, "ok"], row.succeeded)
+            downloads.add_metric([row.name, "setback"], row.setbacks)
+            downloads.add_metric([row.name, "failed"], row.failed)
+            parked.add_metric([row.name], row.parked)
+            gauges["limit"].add_metric([row.name], row.limit)
+            gauges["active"].add_metric([row.name], row.active)
+            gauges["waiting"].add_metric([row.name], row.waiting)
+            is_open = opened_elsewhere if row.name == OTHER else int(row.circuit_open)
+            gauges["circuit_open"].add_metric([row.name], is_open)
+        yield downloads
+        yield parked
+        yield from gauges.values()
 
 
 class Metrics:
@@ -124,6 +238,16 @@ class Metrics:
         self.bus_errors = prom.Counter(
             "lakeferry_bus_errors_total", "Errors talking to the bus", ["op"], registry=r
         )
+        self.parks = prom.Counter(
+            "lakeferry_download_parked_total",
+            "Download tasks put back on the first retry rung without spending an attempt, "
+            "by reason (host_circuit_open, host_busy)",
+            ["reason"],
+            registry=r,
+        )
+        # Until a download stage runs here: the series exist (as "other", at zero).
+        self._origins = _OriginsCollector(_no_origins)
+        r.register(self._origins)
         self._server: Any = None
 
     # -- plain-language methods ------------------------------------------------------------
@@ -142,6 +266,14 @@ class Metrics:
     ) -> None:
         self.in_flight.labels(stage).set_function(in_flight)
         self.capacity.labels(stage).set_function(capacity)
+
+    def track_origins(self, snapshot: OriginSnapshot) -> None:
+        """Serve the download stage's per-origin series (a restarted stage replaces its
+        predecessor's)."""
+        self._origins.follow(snapshot)
+
+    def parked(self, reason: str) -> None:
+        self.parks.labels(reason).inc()
 
     def bytes_moved(self, stage: str, n: int) -> None:
         self.bytes.labels(stage).inc(n)

@@ -144,10 +144,15 @@ class Pipeline:
             self.producer, lambda: self.config.core.topics.dlq, metrics, self.errors
         )
         self.limiters: dict[str, trio.CapacityLimiter] = {}
+        """Per consumer group: its work slots (the stage's concurrency)."""
+        self.intakes: dict[str, trio.CapacityLimiter] = {}
+        """Per consumer group with a :attr:`Consumes.intake`: the records it may hold."""
         self.active: dict[str, ActiveCount] = {}
         for spec in self.specs:
             for consumer in spec.consumes:
                 self.limiters[consumer.group] = trio.CapacityLimiter(consumer.capacity(core))
+                if consumer.intake is not None:
+                    self.intakes[consumer.group] = trio.CapacityLimiter(consumer.intake(core))
                 self.active[consumer.group] = ActiveCount()
 
     @classmethod
@@ -215,6 +220,8 @@ class Pipeline:
         for spec in self.specs:
             for consumer in spec.consumes:
                 self.limiters[consumer.group].total_tokens = consumer.capacity(core)
+                if consumer.intake is not None:
+                    self.intakes[consumer.group].total_tokens = consumer.intake(core)
         self.ladder.set_delays(core.retry.delays)
         self.lifecycle.shutdown_grace = core.daemon.shutdown_grace
         quota = getattr(new.cache.settings, "quota", None)

@@ -48,6 +48,10 @@ class Consumes:
     capacity: Callable[[Config], int]
     enabled: Callable[[Config], bool] = _always
     """Whether the config turns this consumer on (the events recorder: ``ingest.events_table``)."""
+    intake: Callable[[Config], int] | None = None
+    """When set, how many records the consumer holds at once (its own limiter); the handler
+    then takes a ``capacity`` token itself, when it is ready to work (the download stage: a
+    task waiting for its origin holds no download slot). Unset: one limiter for both."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ checked against the event's, then put a
 :class:`CachedFile` on ``downloads.cached``. A file already complete in the cache with the right
 checksum is not fetched again (a redelivered task is cheap).
 
+Slots: the stage holds up to ``download.queue`` tasks; one downloads once its origin
+(``host:port``) allows one more (:mod:`lakeferry.stages.origins`: an adaptive per-origin limit,
+a pause on Retry-After, a circuit) *and* one of the ``download.concurrency`` slots is free. A
+task waiting for its origin holds no slot, so a stalled origin cannot starve the others. A
+task whose origin's circuit is open, or that would only wait behind its origin's share of the
+queue, is *parked*: put back on the first retry rung with its attempts unspent.
+
 Failures: a transient one sends the task to the next retry rung with its due time; a permanent
 one, or one past the last rung, sends it to the DLQ. A checksum mismatch is retried once,
 because a file replaced at the origin mid-download looks the same; a repeat is permanent.
@@ -33,6 +40,8 @@ import msgspec
 import trio
 
 from lakeferry.bus.base import Record
+from lakeferry.components import CacheEntry, Downloader
+from lakeferry.config import DownloadConfig
 from lakeferry.errors import PermanentError, PipelineError, Reason, TransientError
 from lakeferry.groupcommit import BatchFailed
 from lakeferry.ledger import duplicate_key, fingerprint
@@ -43,6 +52,15 @@ from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter
 from lakeferry.stages.driver import seconds_until_ms
+from lakeferry.stages.origins import (
+    Origins,
+    Outcome,
+    Parked,
+    Slot,
+    origin_of,
+    origin_policy,
+    outcome_of,
+)
 from lakeferry.stages.policy import KeyLocks, classify
 from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.stagespec import Consumes, StageSpec
@@ -102,6 +120,9 @@ class DownloadStage:
         self.locks = KeyLocks()
         self.claims: dict[str, Claim] = {}
         """Event id -> the first of its tasks in flight here, claimed in fetch order."""
+        self._settings = pipeline.settings.download
+        self.origins = Origins(origin_policy(self._settings))
+        pipeline.metrics.track_origins(self.origins)
 
     def gate(self, record: Record) -> float:
         return seconds_until_ms(due_ms(record.headers))
@@ -145,6 +166,9 @@ class DownloadStage:
             except PipelineError as error:
                 await self._failed(task, error, record.topic)
                 outcome = "failed"
+            except Parked as parked:
+                await self._park(task, parked)
+                outcome = "parked"
         finally:
             self._release(task.event.id)
         p.finished("download", outcome, time.monotonic() - started, task.event.id, task.attempt)
@@ -176,10 +200,80 @@ class DownloadStage:
 
     async def _download(self, task: DownloadTask) -> str:
         p = self.p
+        event = task.event
+        key = cache_key(event.id)
+        async with self.locks.hold(key):
+            cache = p.components.cache
+            entry = await cache.lookup(key)
+            outcome = "cached"
+            if entry is None or (event.sha256 is not None and entry.sha256 != event.sha256):
+                outcome = "downloaded"
+                scheme = check_url(event.url)
+                fetchers = p.components.fetchers
+                fetcher = fetchers.get(scheme)
+                if fetcher is None:
+                    raise PermanentError(
+                        Reason.UNSUPPORTED_SCHEME,
+                        f"no downloader for scheme {scheme!r} "
+                        f"(have: {', '.join(sorted(fetchers)) or 'none'})",
+                    )
+                downloader, resume = fetcher
+                entry = await self._fetch(task, key, downloader, resume=resume)
+                p.metrics.bytes_moved("download", entry.size)
+            cached = CachedFile(
+                task=task,
+                cache_key=key,
+                size=entry.size,
+                sha256=entry.sha256,
+                downloaded_at=utcnow(),
+            )
+            topic = p.topics.cached
+            await p.producer.send(
+                topic, CACHED.encode(cached), key=event_key(event.id),
+                headers=task_headers(task, topic),
+            )  # fmt: skip
+            return outcome
+
+    async def _fetch(
+        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+    ) -> CacheEntry:
+        """Fetch into the cache once the task's origin and a download slot allow it
+        (:mod:`lakeferry.stages.origins`; :class:`Parked` when its origin says not now)."""
+        p = self.p
+        if p.settings.download is not self._settings:  # a reload
+            self._settings = p.settings.download
+            self.origins.set_policy(origin_policy(self._settings))
+        origin = origin_of(task.event.url)
+        slot: Slot | None = await self.origins.acquire(origin) if origin else None
+        outcome = Outcome.CANCELLED
+        retry_after: float | None = None
+        try:
+            async with p.limiters["download"]:
+                active = p.active["download"]
+                active.n += 1
+                try:
+                    entry = await self._fetch_until_room(task, key, downloader, resume=resume)
+                finally:
+                    active.n -= 1
+            outcome = Outcome.OK
+            return entry
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            if isinstance(exc, PipelineError):
+                retry_after = exc.retry_after
+            raise
+        finally:
+            if slot is not None:
+                self.origins.release(slot, outcome, retry_after=retry_after)
+
+    async def _fetch_until_room(
+        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+    ) -> CacheEntry:
+        p = self.p
         delay = CACHE_FULL_BACKOFF_INITIAL
         while True:
             try:
-                return await self._download_once(task)
+                return await self._fetch_in_slot(task, key, downloader, resume=resume)
             except TransientError as error:
                 if error.reason != CACHE_FULL:
                     raise
@@ -200,68 +294,54 @@ class DownloadStage:
                 raise full
             delay = min(delay * 2, CACHE_FULL_BACKOFF_MAX)
 
-    async def _download_once(self, task: DownloadTask) -> str:
+    async def _fetch_in_slot(
+        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+    ) -> CacheEntry:
         p = self.p
         event = task.event
-        key = cache_key(event.id)
-        async with self.locks.hold(key):
-            cache = p.components.cache
-            entry = await cache.lookup(key)
-            outcome = "cached"
-            if entry is None or (event.sha256 is not None and entry.sha256 != event.sha256):
-                outcome = "downloaded"
-                scheme = check_url(event.url)
-                fetchers = p.components.fetchers
-                fetcher = fetchers.get(scheme)
-                if fetcher is None:
-                    raise PermanentError(
-                        Reason.UNSUPPORTED_SCHEME,
-                        f"no downloader for scheme {scheme!r} "
-                        f"(have: {', '.join(sorted(fetchers)) or 'none'})",
-                    )
-                downloader, resume = fetcher
-                timeout = p.settings.download.attempt_timeout
-                try:
-                    with trio.fail_after(timeout):
-                        async with cache.reserve(event.size) as reservation:
-                            pending = await cache.create(key, resume=resume)
-                            try:
-                                out = BoundedWriter(pending, reservation, event.size)
-                                await out.cover_kept_bytes()
-                                await downloader.fetch(task, out)
-                                entry = await pending.commit(
-                                    expected_sha256=event.sha256, expected_size=event.size
-                                )
-                            except BaseException as exc:
-                                with trio.CancelScope(shield=True):
-                                    await pending.abort(
-                                        keep_partial=resume and keep_partial_after(exc)
-                                    )
-                                raise
-                except trio.TooSlowError:
-                    raise TransientError(
-                        Reason.TIMEOUT,
-                        f"download did not finish within {timeout}s",
-                    ) from None
-                except Exception as exc:
-                    error = classify(p.registry, exc, "download")
-                    if error is exc:
+        cache = p.components.cache
+        timeout = p.settings.download.attempt_timeout
+        try:
+            with trio.fail_after(timeout):
+                async with cache.reserve(event.size) as reservation:
+                    pending = await cache.create(key, resume=resume)
+                    try:
+                        out = BoundedWriter(pending, reservation, event.size)
+                        await out.cover_kept_bytes()
+                        await downloader.fetch(task, out)
+                        return await pending.commit(
+                            expected_sha256=event.sha256, expected_size=event.size
+                        )
+                    except BaseException as exc:
+                        with trio.CancelScope(shield=True):
+                            await pending.abort(keep_partial=resume and keep_partial_after(exc))
                         raise
-                    raise error from exc
-                p.metrics.bytes_moved("download", entry.size)
-            cached = CachedFile(
-                task=task,
-                cache_key=key,
-                size=entry.size,
-                sha256=entry.sha256,
-                downloaded_at=utcnow(),
-            )
-            topic = p.topics.cached
-            await p.producer.send(
-                topic, CACHED.encode(cached), key=event_key(event.id),
-                headers=task_headers(task, topic),
-            )  # fmt: skip
-            return outcome
+        except trio.TooSlowError:
+            raise TransientError(
+                Reason.TIMEOUT,
+                f"download did not finish within {timeout}s",
+            ) from None
+        except Exception as exc:
+            error = classify(p.registry, exc, "download")
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _park(self, task: DownloadTask, parked: Parked) -> None:
+        """Back on the first rung, its attempts unspent: its origin is down or has its share
+        of the waiting room (:mod:`lakeferry.stages.origins`)."""
+        p = self.p
+        rung = p.ladder.rung_for(1)
+        assert rung is not None  # the config requires a rung
+        due_at = utcnow() + dt.timedelta(seconds=rung.delay)
+        log.debug(
+            "download parked",
+            extra={"event_id": task.event.id, "origin": parked.origin, "reason": parked.reason},
+        )
+        retry = msgspec.structs.replace(task, due_at=due_at)
+        due = {DUE_HEADER: str(to_ms(due_at)).encode()}
+        await p.producer.send_many([task_record(rung.topic, retry, due)])
+        p.metrics.parked(parked.reason)
 
     async def _failed(self, task: DownloadTask, error: PipelineError, topic: str) -> None:
         p = self.p
@@ -334,8 +414,9 @@ SPEC = StageSpec(
             "download",
             topics=lambda core: [core.topics.pending, *core.retry.topics],
             capacity=lambda core: core.download.concurrency,
+            intake=lambda core: core.download.room,
         ),
     ),
     uses=frozenset({"cache", "downloader", "ledger"}),
-    live_keys=frozenset({"download.concurrency", "download.attempt_timeout"}),
+    live_keys=frozenset(f"download.{key}" for key in DownloadConfig.__struct_fields__),
 )

@@ -55,15 +55,17 @@ async def run_consuming_stage(
         return driver.on_revoke(tps)
 
     consumer = p.bus.consumer(p.group_for(name), list(topics), on_assign=assign, on_revoke=revoke)
+    # With an intake limiter the handler takes the stage's slots (and counts itself active).
+    intake = p.intakes.get(name)
     driver = StageDriver(
         name=name,
         consumer=consumer,
-        limiter=p.limiters[name],
+        limiter=p.limiters[name] if intake is None else intake,
         handler=handler,
         lifecycle=p.lifecycle,
         commit_interval=lambda: p.settings.commit.interval,
         gate=gate,
-        active=p.active[name],
+        active=p.active[name] if intake is None else None,
         dispatch=dispatch,
     )
     try:

@@ -1,0 +1,407 @@
+"""Per-origin concurrency for the download stage: adaptive limits, host backoff, a host circuit.
+
+One slow or failing origin must not take every download slot, and one that throttles must be
+slowed as a whole rather than URL by URL. Each origin (``host:port`` of the URL) gets:
+
+- **A limit that adapts (AIMD).** A new origin starts at ``initial`` concurrent downloads and
+  grows by one per success while it uses its whole limit (doubling each round trip, as TCP's
+  slow start), then, after its first setback, by one per round of successes (``1/limit`` per
+  success). A setback — 429 or 503 (``throttled``, ``http_server_error``), a timeout, a refused
+  or reset connection — halves it, at most once per round: downloads started before the last
+  halving do not halve it again. It never exceeds ``ceiling`` (``download.concurrency``: a lone
+  healthy origin still gets every slot) nor a pinned maximum from ``download.host_limits``.
+- **A pause on Retry-After.** A setback carrying ``retry_after`` holds the origin's new
+  downloads until then (at most :data:`MAX_PAUSE`); longer than that opens the circuit.
+- **A circuit.** ``circuit_failures`` setbacks in a row (downloads that ran together, as one
+  round, count once: sixteen 429s of one burst halve the limit, they do not open the circuit),
+  with no success between, open it for ``circuit_cooldown``
+  (doubling on each reopening, up to :data:`MAX_COOLDOWN`). While it is open the origin's tasks
+  are *parked*: :meth:`Origins.acquire` raises :class:`Parked` and the stage puts the task back
+  on the first retry rung without spending an attempt. After the cooldown one probe goes
+  through (half-open): a success closes the circuit (the limit starts again from one), a
+  setback reopens it.
+- **A fair share of the waiting room.** A task waiting for its origin holds no download slot
+  (other origins keep flowing), but it holds one of the stage's ``download.queue`` places.
+  So that a stalled origin cannot fill them all, a task whose origin already has its share of
+  waiters (the room divided by the origins waiting) is parked too. A lone origin's share is the
+  whole room: it is never parked for being busy.
+
+What does not count: 404s, checksum and size mismatches, cache faults, anything permanent
+other than a refused connection. The origin answered; its limit stays, its run of setbacks ends.
+
+State is per download process (each Kafka download worker, each VM, learns on its own) and
+bounded: once :data:`MAX_TRACKED` are known, the longest idle (nothing in flight or waiting,
+an open circuit included: a host not asked for since is tried afresh) are forgotten. Nothing
+here does I/O; the clock is injectable (tests drive it).
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import trio
+
+from lakeferry.config import DownloadConfig
+from lakeferry.errors import PipelineError, Reason
+from lakeferry.logs import get_logger
+from lakeferry.metrics import NO_ORIGIN, OriginStats
+
+log = get_logger("download")
+
+MAX_PAUSE = 300.0
+"""Seconds a Retry-After may hold an origin's downloads in place; longer opens the circuit."""
+MAX_COOLDOWN = 600.0
+"""The longest a circuit stays open before its next probe."""
+MAX_TRACKED = 10_000
+"""Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "sftp": 22, "ftp": 21}
+
+SETBACKS = frozenset(
+    {Reason.THROTTLED, Reason.HTTP_SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
+)
+"""Failure reasons that say the origin is overloaded or unreachable."""
+
+
+def origin_of(url: str) -> str:
+    """``host:port`` of a URL (lower case, default port filled in); ``""`` when it has no host
+    (``file://``): such downloads are not limited per origin."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}"
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    """The download succeeded."""
+    SETBACK = "setback"
+    """Throttled, server error, timeout or connection failure (:data:`SETBACKS`)."""
+    NEUTRAL = "neutral"
+    """The origin answered, but the task failed for its own reasons (404, checksum ...)."""
+    CANCELLED = "cancelled"
+    """The download was cancelled (drain): says nothing about the origin."""
+
+
+def outcome_of(error: BaseException | None) -> Outcome:
+    if error is None:
+        return Outcome.OK
+    if isinstance(error, PipelineError):
+        return Outcome.SETBACK if error.reason in SETBACKS else Outcome.NEUTRAL
+    if isinstance(error, trio.Cancelled):
+        return Outcome.CANCELLED
+    return Outcome.NEUTRAL
+
+
+class Parked(Exception):
+    """The task should go back on the ladder without spending an attempt."""
+
+    def __init__(self, origin: str, reason: str, detail: str) -> None:
+        super().__init__(f"{origin}: {detail}")
+        self.origin = origin
+        self.reason = reason
+
+
+PARK_OPEN = "host_circuit_open"
+PARK_BUSY = "host_busy"
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """The settings (``[download]``), resolved; replaced whole on a reload."""
+
+    ceiling: int = 50
+    """``download.concurrency``: no origin ever gets more."""
+    room: int = 500
+    """``download.queue``: tasks the stage holds, waiting or downloading."""
+    initial: int = 8
+    circuit_failures: int = 5
+    circuit_cooldown: float = 30.0
+    pinned: Mapping[str, int] = field(default_factory=dict)
+    """Pattern (fnmatch, on ``host:port`` or ``host``) -> that origin's maximum."""
+
+    def maximum(self, origin: str) -> int:
+        host = origin.rsplit(":", 1)[0]
+        for pattern, limit in self.pinned.items():
+            if fnmatch.fnmatchcase(origin, pattern) or fnmatch.fnmatchcase(host, pattern):
+                return max(1, min(limit, self.ceiling))
+        return self.ceiling
+
+
+def origin_policy(download: DownloadConfig) -> OriginPolicy:
+    """The policy ``[download]`` asks for."""
+    return OriginPolicy(
+        ceiling=download.concurrency,
+        room=download.room,
+        initial=download.host_initial,
+        circuit_failures=download.host_circuit_failures,
+        circuit_cooldown=float(download.host_circuit_cooldown),
+        pinned=dict(download.host_limits),
+    )
+
+
+class Circuit(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class Origin:
+    """What the stage knows of one origin."""
+
+    name: str
+    limit: float
+    maximum: int
+    slow_start: bool = True
+    active: int = 0
+    waiting: int = 0
+    saturations: int = 0
+    """Times a download start brought the origin to its limit."""
+    epoch: int = 0
+    """Bumped by each halving: a setback of a download started before it does not halve."""
+    setbacks_in_row: int = 0
+    """Rounds in a row that ended in a setback (downloads that ran together count once)."""
+    circuit: Circuit = Circuit.CLOSED
+    open_until: float = 0.0
+    cooldown: float = 0.0
+    paused_until: float = 0.0
+    last_used: float = 0.0
+    lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    # Totals for metrics.
+    started: int = 0
+    succeeded: int = 0
+    setbacks: int = 0
+    failed: int = 0
+    parked: int = 0
+
+    def stats(self) -> OriginStats:
+        return OriginStats(
+            self.name, started=self.started, succeeded=self.succeeded, setbacks=self.setbacks,
+            failed=self.failed, parked=self.parked, limit=self.cap, active=self.active,
+            waiting=self.waiting, circuit_open=self.circuit is not Circuit.CLOSED,
+        )  # fmt: skip
+
+    @property
+    def cap(self) -> int:
+        """Downloads that may run at once now."""
+        if self.circuit is Circuit.HALF_OPEN:
+            return 1
+        return max(1, min(self.maximum, math.floor(self.limit)))
+
+    def idle(self) -> bool:
+        return self.active == 0 and self.waiting == 0
+
+
+@dataclass
+class Slot:
+    """One download's hold on its origin; :meth:`Origins.release` reports how it went."""
+
+    origin: Origin
+    epoch: int
+    saturations: int
+    """The origin's :attr:`Origin.saturations` before this download started: more at its end
+    means the origin used its whole limit meanwhile (growth is earned)."""
+
+
+class Origins:
+    """Every origin's state, and the waiting between them (one per download stage)."""
+
+    def __init__(
+        self, policy: OriginPolicy, *, clock: Callable[[], float] = trio.current_time
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._origins: dict[str, Origin] = {}
+        self.parked: dict[str, int] = {PARK_OPEN: 0, PARK_BUSY: 0}
+        self._forgotten = NO_ORIGIN
+
+    # -- settings --------------------------------------------------------------------------
+
+    def set_policy(self, policy: OriginPolicy) -> None:
+        """A reload: new maxima apply at once (a limit above its new maximum is cut)."""
+        if policy == self.policy:
+            return
+        self.policy = policy
+        for origin in self._origins.values():
+            origin.maximum = policy.maximum(origin.name)
+            origin.limit = min(origin.limit, origin.maximum)
+            origin.lot.unpark_all()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Origin | None:
+        return self._origins.get(name)
+
+    def __iter__(self) -> Iterator[Origin]:
+        return iter(list(self._origins.values()))
+
+    def __len__(self) -> int:
+        return len(self._origins)
+
+    def __call__(self) -> tuple[list[OriginStats], OriginStats]:
+        """For metrics (:data:`lakeferry.metrics.OriginSnapshot`): every origin known now, and
+        the totals of those forgotten."""
+        return [o.stats() for o in self._origins.values()], self._forgotten
+
+    # -- the stage's calls -----------------------------------------------------------------
+
+    async def acquire(self, name: str) -> Slot:
+        """Wait until ``name`` may start one more download; raise :class:`Parked` when its
+        circuit is open or it already has its share of the waiting room."""
+        origin = self._origin(name)
+        self._admit(origin)
+        origin.waiting += 1
+        try:
+            while True:
+                now = self._clock()
+                self._refresh(origin, now)
+                if origin.circuit is Circuit.OPEN:
+                    self._park(origin, PARK_OPEN, "circuit open")
+                if origin.circuit is Circuit.HALF_OPEN and origin.active >= 1:
+                    self._park(origin, PARK_OPEN, "circuit half-open, its probe is running")
+                if now < origin.paused_until:
+                    with trio.move_on_at(origin.paused_until):
+                        await origin.lot.park()
+                    continue
+                if origin.active < origin.cap:
+                    break
+                await origin.lot.park()
+        finally:
+            origin.waiting -= 1
+        mark = origin.saturations
+        origin.active += 1
+        if origin.active >= origin.cap:
+            origin.saturations += 1
+        origin.started += 1
+        origin.last_used = self._clock()
+        return Slot(origin, origin.epoch, mark)
+
+    def release(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
+        origin = slot.origin
+        origin.active -= 1
+        now = self._clock()
+        origin.last_used = now
+        if outcome is Outcome.OK:
+            origin.succeeded += 1
+            self._succeeded(origin, slot)
+        elif outcome is Outcome.SETBACK:
+            origin.setbacks += 1
+            self._setback(origin, slot, now, retry_after)
+        elif outcome is Outcome.NEUTRAL:
+            origin.failed += 1
+            origin.setbacks_in_row = 0
+            if origin.circuit is Circuit.HALF_OPEN:
+                self._close(origin)
+        if origin.circuit is Circuit.OPEN:
+            origin.lot.unpark_all()  # every waiter is parked on the ladder now
+        else:
+            origin.lot.unpark(count=max(0, origin.cap - origin.active))
+        self._forget_idle()
+
+    # -- the rules -------------------------------------------------------------------------
+
+    def _origin(self, name: str) -> Origin:
+        origin = self._origins.get(name)
+        if origin is None:
+            maximum = self.policy.maximum(name)
+            origin = Origin(name, limit=float(min(self.policy.initial, maximum)), maximum=maximum)
+            origin.last_used = self._clock()
+            self._origins[name] = origin
+        return origin
+
+    def _admit(self, origin: Origin) -> None:
+        """Park a task that would only wait behind its origin's share of the room."""
+        self._refresh(origin, self._clock())
+        if origin.circuit is Circuit.OPEN:
+            self._park(origin, PARK_OPEN, "circuit open")
+        if origin.waiting == 0:
+            return
+        waiting_origins = sum(1 for o in self._origins.values() if o.waiting > 0)
+        if origin.waiting >= max(1, self.policy.room // max(1, waiting_origins)):
+            self._park(origin, PARK_BUSY, f"{origin.waiting} downloads already wait for it")
+
+    def _park(self, origin: Origin, reason: str, detail: str) -> None:
+        origin.parked += 1
+        self.parked[reason] += 1
+        raise Parked(origin.name, reason, detail)
+
+    def _refresh(self, origin: Origin, now: float) -> None:
+        if origin.circuit is Circuit.OPEN and now >= origin.open_until:
+            origin.circuit = Circuit.HALF_OPEN
+
+    def _succeeded(self, origin: Origin, slot: Slot) -> None:
+        origin.setbacks_in_row = 0
+        if origin.circuit is Circuit.HALF_OPEN:
+            self._close(origin)
+            return
+        if origin.saturations == slot.saturations:
+            return  # the origin never used its whole limit while this one ran
+        step = 1.0 if origin.slow_start else 1.0 / max(1.0, origin.limit)
+        origin.limit = min(float(origin.maximum), origin.limit + step)
+
+    def _setback(self, origin: Origin, slot: Slot, now: float, retry_after: float | None) -> None:
+        wait = retry_after if retry_after is not None and retry_after > 0 else 0.0
+        if slot.epoch != origin.epoch:
+            # Started before the last halving (or opening): its round was counted already.
+            if wait and origin.circuit is Circuit.CLOSED and wait <= MAX_PAUSE:
+                origin.paused_until = max(origin.paused_until, now + wait)
+            return
+        origin.setbacks_in_row += 1
+        origin.limit = max(1.0, origin.limit / 2)
+        origin.slow_start = False
+        origin.epoch += 1
+        if (
+            origin.circuit is Circuit.HALF_OPEN
+            or origin.setbacks_in_row >= self.policy.circuit_failures
+            or wait > MAX_PAUSE
+        ):
+            self._open(origin, now, wait)
+        elif wait:
+            origin.paused_until = max(origin.paused_until, now + wait)
+
+    def _open(self, origin: Origin, now: float, wait: float) -> None:
+        base = self.policy.circuit_cooldown
+        reopening = origin.circuit is not Circuit.CLOSED
+        origin.cooldown = min(MAX_COOLDOWN, origin.cooldown * 2 if reopening else base)
+        origin.circuit = Circuit.OPEN
+        origin.open_until = now + max(origin.cooldown, min(wait, MAX_COOLDOWN))
+        origin.limit = 1.0
+        origin.slow_start = True
+        origin.epoch += 1
+        log.warning(
+            "origin circuit open: its downloads wait on the first retry rung",
+            extra={"origin": origin.name, "setbacks_in_row": origin.setbacks_in_row,
+                   "probe_in": round(origin.open_until - now, 1)},
+        )  # fmt: skip
+
+    def _close(self, origin: Origin) -> None:
+        origin.circuit = Circuit.CLOSED
+        origin.cooldown = 0.0
+        origin.setbacks_in_row = 0
+        log.info("origin circuit closed: its probe succeeded", extra={"origin": origin.name})
+
+    def _forget_idle(self) -> None:
+        if len(self._origins) <= MAX_TRACKED:
+            return
+        idle = sorted((o for o in self._origins.values() if o.idle()), key=lambda o: o.last_used)
+        for origin in idle[: len(self._origins) - MAX_TRACKED]:
+            del self._origins[origin.name]
+            f = self._forgotten
+            self._forgotten = f._replace(
+                started=f.started + origin.started, succeeded=f.succeeded + origin.succeeded,
+                setbacks=f.setbacks + origin.setbacks, failed=f.failed + origin.failed,
+                parked=f.parked + origin.parked,
+            )  # fmt: skip

@@ -1,0 +1,98 @@
+"""Per-origin limits in the running daemon, against origins that really misbehave.
+
+Each test runs the daemon (embedded bus) against two real HTTP origins (``tools/origin.py``
+on two ports: two origins to lakeferry): one that stalls every request (``/hang``) or allows N
+requests at once and answers 429 beyond (``/throttle``), and a healthy one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from helpers.daemon import DaemonEnv, origin_events
+from helpers.origin import Origin, serve
+from helpers.wait import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def origins() -> Iterator[tuple[Origin, Origin]]:
+    with serve() as troubled, serve() as healthy:
+        yield troubled, healthy
+
+
+def configure(env: DaemonEnv, **download: Any) -> None:
+    env.data["download"] = {**env.data.get("download", {}), **download}
+    # No download gives up on its own within a test: a stalled one holds its slot until the end.
+    env.data["downloaders"]["http"].update(read_timeout="1h", total_timeout="1h")
+    env.write()
+
+
+def test_a_stalled_origin_does_not_starve_a_healthy_one(
+    daemon_env: DaemonEnv, origins: tuple[Origin, Origin]
+) -> None:
+    """Before per-origin limits, 8 stalled requests took all 8 download slots and nothing else
+    moved until they timed out; now the stalled origin holds at most its limit and the healthy
+    origin's files land while its requests are still hanging."""
+    stalled, healthy = origins
+    env = daemon_env
+    configure(env, concurrency=8, host_initial=2)
+    daemon = env.start()
+    hung = env.submit_events(
+        [{"id": f"hang-{i}", "url": f"{stalled.url}/hang/f{i}.bin"} for i in range(20)]
+    )
+    wait_for(
+        lambda: stalled.concurrency()["hang"]["now"],
+        lambda now: now == 2,
+        timeout=60,
+        what="the stalled origin to hold its two requests",
+    )
+    env.submit_events(origin_events(healthy, "good", 40))
+    # (The audit counts every event submitted: the 20 stalled ones stay in flight.)
+    counts = wait_for(
+        lambda: env.audit(hung)[1],
+        lambda counts: counts["landed"] == 40,
+        timeout=120,
+        what="the healthy origin's 40 files to land",
+        interval=1,
+    )
+    assert (counts["in_flight"], counts["dead_lettered"], counts["lost"]) == (20, 0, 0)
+    # ... while the stalled origin's requests still hang, never more than its limit.
+    assert stalled.concurrency()["hang"] == {"now": 2, "peak": 2, "throttled": 0}
+    assert env.metric("lakeferry_origin_active", origin=stalled.url.removeprefix("http://")) == 2
+    assert daemon.alive()
+
+
+def test_a_throttling_origin_is_slowed_as_a_whole(
+    daemon_env: DaemonEnv, origins: tuple[Origin, Origin]
+) -> None:
+    """An origin that serves 4 requests at once and answers 429 beyond: lakeferry settles at
+    about 4 with few 429s (before: 16 at a time, a 429 storm, files dead-lettered after
+    exhausting their attempts), and every file lands."""
+    throttling, _ = origins
+    env = daemon_env
+    configure(env, concurrency=16, host_initial=16)
+    env.start()
+    n = 120
+    events = [
+        {"id": f"t-{i}", "url": throttling.file_url(f"t{i}.bin", 4096, route="throttle", limit=4)}
+        for i in range(n)
+    ]
+    batch = env.submit_events(events)
+    counts = env.wait_settled(batch, landed=n, dead_lettered=0, timeout=180, what="throttled files")
+    assert counts["lost"] == 0
+    seen = throttling.concurrency()["throttle"]
+    assert seen["peak"] == 4  # the origin's own rule: never more served at once
+    # 12 429s at most for the first burst (16 at once), a few after as the limit probes upward
+    # (34 here without the backoff, every 429 sending only its own URL round the ladder).
+    assert seen["throttled"] <= 20, seen
+    name = throttling.url.removeprefix("http://")
+    assert env.metric("lakeferry_origin_downloads_total", origin=name, outcome="ok") == n
+    assert (
+        env.metric("lakeferry_origin_downloads_total", origin=name, outcome="setback")
+        == (seen["throttled"])
+    )

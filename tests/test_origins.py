@@ -1,0 +1,269 @@
+"""Per-origin limits, backoff and circuit (lakeferry.stages.origins), on trio's mock clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from lakeferry.errors import PermanentError, Reason, TransientError
+from lakeferry.metrics import TOP_ORIGINS, Metrics
+from lakeferry.stages import origins as origins_module
+from lakeferry.stages.origins import (
+    MAX_COOLDOWN,
+    PARK_BUSY,
+    PARK_OPEN,
+    Circuit,
+    Origin,
+    OriginPolicy,
+    Origins,
+    Outcome,
+    Parked,
+    Slot,
+    origin_of,
+    outcome_of,
+)
+
+A = "a.example:443"
+B = "b.example:443"
+
+
+def make(**policy: object) -> Origins:
+    return Origins(OriginPolicy(**policy))  # type: ignore[arg-type]
+
+
+def state(origins: Origins, name: str) -> Origin:
+    origin = origins.get(name)
+    assert origin is not None, name
+    return origin
+
+
+async def take(origins: Origins, name: str, n: int | None = None) -> list[Slot]:
+    """``n`` slots (default: as many as the origin's limit allows now, 8 for a new one)."""
+    if n is None:
+        known = origins.get(name)
+        n = known.cap if known is not None else 8
+    return [await origins.acquire(name) for _ in range(n)]
+
+
+def test_origin_of_names_host_and_port() -> None:
+    assert origin_of("https://Files.Example.com/a?b=1") == "files.example.com:443"
+    assert origin_of("http://files.example.com:8080/a") == "files.example.com:8080"
+    assert origin_of("http://[::1]:81/x") == "[::1]:81"
+    assert origin_of("sftp://u@host/x") == "host:22"
+    assert origin_of("file:///var/data/x") == ""
+    assert origin_of("http://bad:port/x") == ""
+
+
+def test_which_failures_are_setbacks() -> None:
+    assert outcome_of(None) is Outcome.OK
+    assert outcome_of(TransientError(Reason.THROTTLED, "429")) is Outcome.SETBACK
+    assert outcome_of(TransientError(Reason.HTTP_SERVER_ERROR, "503")) is Outcome.SETBACK
+    assert outcome_of(TransientError(Reason.TIMEOUT, "slow")) is Outcome.SETBACK
+    assert outcome_of(TransientError(Reason.CONNECTION, "refused")) is Outcome.SETBACK
+    assert outcome_of(PermanentError(Reason.NOT_FOUND, "404")) is Outcome.NEUTRAL
+    assert outcome_of(TransientError(Reason.CHECKSUM_MISMATCH, "x")) is Outcome.NEUTRAL
+    assert outcome_of(TransientError("cache_full", "x")) is Outcome.NEUTRAL
+    assert outcome_of(ValueError("bug")) is Outcome.NEUTRAL
+
+
+async def test_a_lone_healthy_origin_grows_to_every_slot_and_no_further() -> None:
+    origins = make(ceiling=50, initial=8)
+    for _ in range(200):
+        slots = await take(origins, A)
+        for slot in slots:
+            origins.release(slot, Outcome.OK)
+    origin = state(origins, A)
+    assert origin.cap == 50
+    assert origin.limit == 50.0
+
+
+async def test_growth_is_earned_only_while_the_limit_is_in_use() -> None:
+    origins = make(ceiling=50, initial=8)
+    for _ in range(100):  # one download at a time: the origin never uses its 8
+        origins.release(await origins.acquire(A), Outcome.OK)
+    assert state(origins, A).limit == 8.0
+
+
+async def test_setbacks_of_one_round_halve_the_limit_once() -> None:
+    origins = make(ceiling=50, initial=16)
+    slots = await take(origins, A, 16)
+    for slot in slots:  # 16 downloads that started together all get 429
+        origins.release(slot, Outcome.SETBACK)
+    origin = state(origins, A)
+    assert origin.limit == 8.0
+    # The next round's setback halves again.
+    origins.release(await origins.acquire(A), Outcome.SETBACK)
+    assert origin.limit == 4.0
+    # After a setback growth is additive: +1 per round of successes, not per success.
+    origin.setbacks_in_row = 0
+    for _ in range(4):
+        slots = await take(origins, A, origin.cap)
+        for slot in slots:
+            origins.release(slot, Outcome.OK)
+    assert 7.0 <= origin.limit <= 8.5
+
+
+async def test_an_origin_at_its_limit_makes_the_next_download_wait_without_parking() -> None:
+    origins = make(ceiling=50, initial=2, room=100)
+    held = await take(origins, A, 2)
+    got: list[Slot] = []
+
+    async def third() -> None:
+        got.append(await origins.acquire(A))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(third)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        assert state(origins, A).waiting == 1
+        # Another origin is not held up by A.
+        other = await origins.acquire(B)
+        origins.release(other, Outcome.OK)
+        origins.release(held[0], Outcome.OK)
+    assert len(got) == 1
+
+
+async def test_failures_in_a_row_open_the_circuit_then_one_probe_closes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    origins = make(ceiling=50, initial=8, circuit_failures=3, circuit_cooldown=30.0)
+    for _ in range(3):
+        origins.release(await origins.acquire(A), Outcome.SETBACK)
+    origin = state(origins, A)
+    assert origin.circuit is Circuit.OPEN
+    with pytest.raises(Parked) as parked:
+        await origins.acquire(A)
+    assert parked.value.reason == PARK_OPEN
+    # Other origins are not affected.
+    origins.release(await origins.acquire(B), Outcome.OK)
+
+    await trio.sleep(30)
+    probe = await origins.acquire(A)
+    assert state(origins, A).circuit is Circuit.HALF_OPEN
+    with pytest.raises(Parked):  # one probe at a time
+        await origins.acquire(A)
+    origins.release(probe, Outcome.OK)
+    assert state(origins, A).circuit is Circuit.CLOSED
+    assert origin.cap == 1  # starts again from one, and slow-starts
+    origins.release(await origins.acquire(A), Outcome.OK)
+    assert origin.cap == 2
+    assert origins.parked == {PARK_OPEN: 2, PARK_BUSY: 0}
+
+
+async def test_a_failed_probe_reopens_for_twice_as_long(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    origins = make(circuit_failures=1, circuit_cooldown=30.0)
+    origins.release(await origins.acquire(A), Outcome.SETBACK)
+    origin = state(origins, A)
+    for expected in (60.0, 120.0, 240.0, 480.0, MAX_COOLDOWN, MAX_COOLDOWN):
+        await trio.sleep_until(origin.open_until)
+        probe = await origins.acquire(A)
+        start = trio.current_time()
+        origins.release(probe, Outcome.SETBACK)
+        assert origin.circuit is Circuit.OPEN
+        assert origin.open_until - start == pytest.approx(expected)
+
+
+async def test_retry_after_holds_the_origins_new_downloads_until_then(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    origins = make(ceiling=50, initial=4)
+    start = trio.current_time()
+    origins.release(await origins.acquire(A), Outcome.SETBACK, retry_after=7.0)
+    await origins.acquire(A)
+    assert trio.current_time() - start == pytest.approx(7.0)
+    # A Retry-After beyond MAX_PAUSE opens the circuit instead: the tasks park.
+    origins.release(await origins.acquire(B), Outcome.SETBACK, retry_after=3600.0)
+    with pytest.raises(Parked):
+        await origins.acquire(B)
+
+
+async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks() -> None:
+    origins = make(ceiling=50, initial=1, room=10)
+    await origins.acquire(A)  # A's one slot hangs
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):  # a lone origin may fill the whole room
+            nursery.start_soon(origins.acquire, A)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(origins, A).waiting == 10
+        with pytest.raises(Parked) as parked:
+            await origins.acquire(A)
+        assert parked.value.reason == PARK_BUSY
+        # B, once waiting too, halves A's share: A's next task parks, B's first waits.
+        await origins.acquire(B)
+        nursery.start_soon(origins.acquire, B)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(Parked):
+            await origins.acquire(A)
+        nursery.cancel_scope.cancel()
+    assert origins.parked[PARK_BUSY] == 2
+
+
+async def test_neutral_failures_leave_the_limit_and_end_a_run_of_setbacks() -> None:
+    origins = make(ceiling=50, initial=8, circuit_failures=2)
+    origins.release(await origins.acquire(A), Outcome.SETBACK)
+    origin = state(origins, A)
+    assert origin.limit == 4.0
+    origins.release(await origins.acquire(A), Outcome.NEUTRAL)
+    origins.release(await origins.acquire(A), Outcome.SETBACK)
+    assert origin.circuit is Circuit.CLOSED  # 404s in between: not two in a row
+    origins.release(await origins.acquire(A), Outcome.CANCELLED)
+    assert origin.limit == 2.0
+    assert (origin.succeeded, origin.setbacks, origin.failed) == (0, 2, 1)
+
+
+async def test_pinned_maxima_by_pattern_and_live_changes() -> None:
+    policy = OriginPolicy(ceiling=50, initial=8, pinned={"*.blob.example": 3, "a.example:443": 20})
+    origins = Origins(policy)
+    assert policy.maximum("x.blob.example:443") == 3
+    assert policy.maximum(A) == 20
+    assert policy.maximum("a.example:80") == 50
+    for _ in range(100):
+        slots = await take(origins, A)
+        for slot in slots:
+            origins.release(slot, Outcome.OK)
+    origin = state(origins, A)
+    assert origin.cap == 20
+    origins.set_policy(OriginPolicy(ceiling=50, initial=8, pinned={"a.example": 5}))
+    assert origin.cap == 5
+    origins.set_policy(OriginPolicy(ceiling=4, initial=8))
+    assert origin.cap == 4  # never above download.concurrency
+
+
+async def test_the_table_of_origins_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(origins_module, "MAX_TRACKED", 100)
+    origins = make()
+    held = await origins.acquire("held.example:80")
+    for i in range(1000):
+        origins.release(await origins.acquire(f"h{i}.example:80"), Outcome.OK)
+    assert len(origins) <= 100
+    assert origins.get("held.example:80") is not None  # in use: never forgotten
+    current, forgotten = origins()
+    assert sum(s.succeeded for s in current) + forgotten.succeeded == 1000
+    origins.release(held, Outcome.OK)
+
+
+async def test_metrics_give_the_busiest_origins_a_series_and_sum_the_rest() -> None:
+    origins = make()
+    metrics = Metrics()
+    metrics.track_origins(origins)
+    try:
+        for i in range(TOP_ORIGINS + 5):
+            for _ in range(i + 1):
+                origins.release(await origins.acquire(f"h{i}.example:80"), Outcome.OK)
+        samples = {
+            (s.labels["origin"], s.labels.get("outcome")): s.value
+            for family in metrics.registry.collect()
+            if family.name == "lakeferry_origin_downloads"
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+        origins_seen = {origin for origin, _ in samples}
+        assert len(origins_seen) == TOP_ORIGINS + 1
+        assert "h0.example:80" not in origins_seen  # the quietest five are "other"
+        assert samples[("other", "ok")] == sum(range(1, 6))
+        assert samples[(f"h{TOP_ORIGINS + 4}.example:80", "ok")] == TOP_ORIGINS + 5
+    finally:
+        metrics.close()
