@@ -96,3 +96,39 @@ def test_a_throttling_origin_is_slowed_as_a_whole(
         env.metric("lakeferry_origin_downloads_total", origin=name, outcome="setback")
         == (seen["throttled"])
     )
+
+
+def test_a_dead_origin_opens_its_circuit_and_its_tasks_wait_unspent(
+    daemon_env: DaemonEnv,
+) -> None:
+    """An origin that refuses every connection: after two rounds of setbacks its circuit opens
+    and its tasks go round the first rung without spending attempts (before: each climbed the
+    ladder and was dead-lettered ``retries_exhausted`` after its five attempts). When the
+    origin comes back, a probe closes the circuit and every file lands."""
+    from helpers.daemon import harness
+
+    env = daemon_env
+    configure(env, host_circuit_failures=2, host_circuit_cooldown="1s")
+    port = harness.free_port()  # nothing listens there yet
+    url = f"http://127.0.0.1:{port}"
+    daemon = env.start()
+    names = [f"d{i}.bin" for i in range(12)]
+    batch = env.submit_events([{"id": n, "url": f"{url}/files/{n}?size=3000"} for n in names])
+    opened = daemon.wait_for_log("origin circuit open: its downloads wait on the first retry rung")
+    assert opened["origin"] == f"127.0.0.1:{port}"
+    wait_for(
+        lambda: env.metric("lakeferry_download_parked_total", reason="host_circuit_open"),
+        lambda parked: parked >= 12,
+        timeout=60,
+        what="the tasks to go round the first rung a few times",
+    )
+    assert env.metric("lakeferry_dlq_total") == 0
+    with serve(port=port):
+        counts = env.wait_settled(
+            batch, landed=12, dead_lettered=0, timeout=120, what="the files, once it is back"
+        )
+        daemon.wait_for_log("origin circuit closed: its probe succeeded")
+    assert counts["lost"] == 0
+    # Attempts were spent only by the downloads that really failed (two rounds and the probes).
+    attempts = env.metric("lakeferry_retries_total")
+    assert attempts < 24, attempts  # 7 here; each task alone would have spent 4 and died
