@@ -127,6 +127,36 @@ def test_diff_splits_live_and_restart(registry: Registry) -> None:
     assert restart == ["bus.partitions"]
 
 
+def test_origin_settings_and_pinned_hosts_apply_live(registry: Registry) -> None:
+    old = parse_config(base(), registry, env={})
+    data = base()
+    data["download"]["host_limits"] = {"*.blob.core.windows.net:443": 16, "files.example": 4}
+    data["download"]["host_circuit_cooldown"] = "1m"
+    new = parse_config(data, registry, env={})
+    live, restart = diff(old, new, live_keys())
+    assert live == [
+        "download.host_circuit_cooldown",
+        "download.host_limits",
+        "download.host_limits.*.blob.core.windows.net:443",
+        "download.host_limits.files.example",
+    ]
+    assert restart == []
+    # ... and back to none.
+    live, restart = diff(new, old, live_keys())
+    assert restart == []
+
+
+def test_a_download_queue_below_the_concurrency_is_refused(registry: Registry) -> None:
+    data = base()
+    data["download"].update(concurrency=50, queue=20)
+    err = error_of(data, registry)
+    assert err.key == "download.queue"
+    assert "below download.concurrency (50)" in err.problem
+    data["download"]["host_limits"] = {"files.example": 0}
+    data["download"]["queue"] = 0
+    assert error_of(data, registry).key.startswith("download.host_limits")
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lakeferry", *args],
