@@ -9,6 +9,11 @@ Scenarios (``--quick`` scales them down to finish in about two minutes):
   Azurite, one daemon on the embedded bus; a burst of small files, then a steady load at half
   the burst's rate. Each emulator runs as its own process, its CPU reported apart from
   lakeferry's.
+- ``mixed``: the small files beside as many events for a second origin (``tools/origin.py``)
+  that hangs every request, or answers 503 to every one: the healthy origin's files/s against
+  its ``small`` figure (per-origin limits, issue 16).
+- ``throttle``: files from an origin that serves 8 requests at once and answers 429 beyond:
+  lakeferry's concurrency towards it (sampled at the origin) and the 429s it draws.
 - ``soak``: the latency load for ``--soak-minutes`` (30 in a full run; not in a quick run's
   defaults, 2 when asked for with ``--quick``) with Delta maintenance on and due often
   (compaction, checkpoints, vacuum), sampling each process's anonymous and file-backed memory
@@ -53,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import harness  # noqa: E402
+import origin as origin_tool  # noqa: E402
 from kafka import kafka as kafka_tool  # noqa: E402
 
 from lakeferry.units import Duration  # noqa: E402
@@ -73,6 +79,8 @@ class Scale:
     azure: int = 0
     """Small files in the Azure scenario's burst (its steady load runs ``latency_seconds``)."""
     soak_seconds: float = 1800.0
+    throttle: int = 2000
+    """Files from the throttling origin."""
 
 
 FULL = Scale(
@@ -83,7 +91,7 @@ FULL = Scale(
 QUICK = Scale(
     small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
     retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"), azure=400,
-    soak_seconds=120,
+    soak_seconds=120, throttle=300,
 )  # fmt: skip
 
 
@@ -113,6 +121,8 @@ class Result:
     """Soak samples: ``{"t": seconds, "anon": {process: MiB}, "file": {process: MiB}}``."""
     commits: int = 0
     """Inventory commits of the run (versions in its Delta log)."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Scenario figures of their own (the origins scenarios: 429s, concurrency, the rate alone)."""
     error: str = ""
     """Why the run failed (then its figures mean nothing); the report shows it in the tool's row."""
 
@@ -427,6 +437,21 @@ def wait_for_rows(url: str, total: int, timeout: float = 1800) -> None:
         time.sleep(0.2)
 
 
+def bench_config(state: Path, kafka: str | None, shutdown_grace: str = "60s") -> dict[str, Any]:
+    """The config of a throughput run: events submitted, no source; big files allowed."""
+    data = harness.config_dict(
+        state, metrics_port=harness.free_port(), kafka=kafka,
+        namespace=f"bench{int(time.time() * 1000)}.", shutdown_grace=shutdown_grace,
+    )  # fmt: skip
+    data["downloaders"]["http"]["max_size"] = "4GiB"
+    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
+    data["cache"]["quota"] = "8GiB"
+    data["results"]["batch_wait"] = "200ms"
+    data["ingest"]["concurrency"] = 64
+    data["sources"] = []
+    return data
+
+
 def run_lakeferry(
     scenario: str,
     bus: str,
@@ -437,16 +462,7 @@ def run_lakeferry(
 ) -> Result:
     shutil.rmtree(state, ignore_errors=True)
     settle()
-    data = harness.config_dict(
-        state, metrics_port=harness.free_port(), kafka=kafka,
-        namespace=f"bench{int(time.time() * 1000)}.", shutdown_grace="60s",
-    )  # fmt: skip
-    data["downloaders"]["http"]["max_size"] = "4GiB"
-    data["downloaders"]["http"]["engine"] = HTTP_ENGINE
-    data["cache"]["quota"] = "8GiB"
-    data["results"]["batch_wait"] = "200ms"
-    data["ingest"]["concurrency"] = 64
-    data["sources"] = []
+    data = bench_config(state, kafka)
     config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
     profilers = {
         name: Profiler(d.pid, state.parent / f"profile-{scenario}-{bus}-{name}.txt")
@@ -494,6 +510,105 @@ def run_lakeferry(
         scenario, f"lakeferry ({bus})", total, seconds, sum(s for _, s in urls),
         latencies, cpu, max(rss.values()), rss, peak_anon_mib=max(anon.values()),
         cpu_elsewhere=elsewhere, cpu_by_process=cpu_by, commits=inventory_commits(state),
+    )  # fmt: skip
+
+
+# -- origins: a troubled origin beside a healthy one, a throttling origin ---------------------
+
+THROTTLE_LIMIT = 8
+"""The throttling origin serves this many requests at once and answers 429 beyond."""
+THROTTLE_DELAY = 0.05
+"""Seconds the throttling origin spends on each request it serves."""
+
+
+def submit_lines(config: Path, path: Path, events: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    harness.cli(config, "submit", "--file", str(path), "--quiet", check=True, timeout=600)
+
+
+def run_mixed(
+    bus: str, urls: list[tuple[str, int]], trouble: str, state: Path, kafka: str | None
+) -> Result:
+    """The small files from nginx, with as many events for a second origin that hangs every
+    request (``trouble="hang"``) or answers 503 to every one (``"503"``) submitted first and
+    interleaved: files/s of the healthy origin's files, from the first event's creation to the
+    last row (the troubled origin's never land)."""
+    shutil.rmtree(state, ignore_errors=True)
+    settle()
+    data = bench_config(state, kafka, shutdown_grace="2s")
+    with origin_tool.serve() as troubled:
+        route = "hang" if trouble == "hang" else "status/503"
+        bad = [
+            {"id": f"bad-{i}", "url": f"{troubled.url}/{route}/b{i}.bin"} for i in range(len(urls))
+        ]
+        good = [{"id": f"good-{i}", "url": u} for i, (u, _) in enumerate(urls)]
+        config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
+        cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
+        mixed = [e for pair in zip(bad, good, strict=True) for e in pair]
+        submit_lines(config, state / "events.jsonl", mixed)
+        results_url = scrape_urls["results" if "results" in scrape_urls else "all"]
+        wait_for_rows(results_url, len(good))
+        cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
+        download_url = scrape_urls["download" if "download" in scrape_urls else "all"]
+        metrics = harness.scrape(int(download_url.split(":")[2].split("/")[0]))
+        seconds, latencies = stop_and_time(daemons, state)
+    origin = troubled.url.removeprefix("http://")
+    return Result(
+        f"mixed ({trouble})", f"lakeferry ({bus})", len(good), seconds, sum(n for _, n in urls),
+        latencies, cpu,
+        extra={
+            "troubled_active": harness.metric_sum(
+                metrics, "lakeferry_origin_active", origin=origin
+            ),
+            "parked": harness.metric_sum(metrics, "lakeferry_download_parked_total"),
+        },
+    )  # fmt: skip
+
+
+def run_throttle(bus: str, files: int, state: Path, kafka: str | None) -> Result:
+    """An origin that serves :data:`THROTTLE_LIMIT` requests at once (each for
+    :data:`THROTTLE_DELAY` s) and answers 429 with ``Retry-After: 1`` beyond: how close
+    lakeferry's concurrency towards it stays to the limit (sampled every 20 ms at the origin),
+    and how many 429s it draws."""
+    shutil.rmtree(state, ignore_errors=True)
+    settle()
+    data = bench_config(state, kafka)
+    size = 16 * KiB
+    with origin_tool.serve() as origin:
+        events = [
+            {"id": f"t-{i}", "url": origin.file_url(
+                f"t{i}.bin", size, route="throttle", limit=THROTTLE_LIMIT, delay=THROTTLE_DELAY
+            )}
+            for i in range(files)
+        ]  # fmt: skip
+        config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
+        samples: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                now = origin.concurrency()["throttle"]["now"]
+                if now or samples:
+                    samples.append(now)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        submit_lines(config, state / "events.jsonl", events)
+        wait_for_rows(scrape_urls["results" if "results" in scrape_urls else "all"], files)
+        done.set()
+        sampler.join()
+        seen = origin.concurrency()["throttle"]
+        seconds, latencies = stop_and_time(daemons, state)
+    # The tail (the last files finishing, nothing left to send) is not the steady state.
+    steady = samples[: max(1, int(len(samples) * 0.9))]
+    return Result(
+        "throttling origin", f"lakeferry ({bus})", files, seconds, files * size, latencies,
+        extra={
+            "limit": THROTTLE_LIMIT,
+            "mean_concurrency": statistics.fmean(steady) if steady else 0.0,
+            "throttled": seen["throttled"],
+            "ideal_files_per_s": THROTTLE_LIMIT / THROTTLE_DELAY,
+        },
     )  # fmt: skip
 
 
@@ -819,6 +934,9 @@ def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Ngi
     )  # fmt: skip
     data["sources"] = []
     data["downloaders"]["http"]["engine"] = HTTP_ENGINE
+    # Every request fails on one origin: its circuit would park the tasks on the first rung
+    # (unspent) instead of letting them climb the ladder this scenario times.
+    data["download"]["host_circuit_failures"] = 0
     config = harness.write_config(state / "lakeferry.toml", data)
     if kafka:
         harness.cli(config, "topics", "ensure", check=True)
@@ -1334,6 +1452,24 @@ def target_rows(results: list[Result]) -> list[str]:
                 f"({bus}) | peak {peak:.0f} MiB, growth {growth:+.1%} at most | "
                 f"{'met' if peak <= 100 and growth <= 0.10 else 'not met'} |"
             )
+    for r in results:
+        base = alone(results, r.tool)
+        if r.scenario.startswith("mixed") and not r.error and base:
+            ratio = r.files_per_s / base.files_per_s
+            rows.append(
+                f"| {r.scenario}, {r.tool.removeprefix('lakeferry ')}: the healthy origin ≥ 0.8 × "
+                f"its files/s alone | {ratio:.2f} × ({r.files_per_s:,.0f} vs "
+                f"{base.files_per_s:,.0f}) | {_met(ratio >= 0.8)} |"
+            )
+        if r.scenario == "throttling origin" and not r.error:
+            limit, mean = r.extra["limit"], r.extra["mean_concurrency"]
+            few = r.extra["throttled"] <= 0.05 * r.files
+            rows.append(
+                f"| throttling origin, {r.tool.removeprefix('lakeferry ')}: concurrency within "
+                f"20 % of its limit, 429s ≤ 5 % of files | {mean:.1f} of {limit:.0f}, "
+                f"{r.extra['throttled']:.0f} 429s for {r.files:,} files | "
+                f"{_met(abs(mean - limit) <= 0.2 * limit and few)} |"
+            )
     for bus in ("embedded", "kafka"):
         retry = by.get(("retry", f"lakeferry ({bus})"))
         if retry and retry.rung_lateness:
@@ -1361,6 +1497,61 @@ def sparkline(values: list[float], width: int = 48) -> str:
     means = [statistics.fmean(values[i : i + step]) for i in range(0, len(values), step)]
     top = max(means) or 1.0
     return "".join(SPARKS[min(len(SPARKS) - 1, int(v / top * len(SPARKS)))] for v in means)
+
+
+def alone(results: list[Result], tool: str) -> Result | None:
+    """The small-file run of ``tool`` (the healthy origin alone)."""
+    return next(
+        (r for r in results if r.scenario == "small" and r.tool == tool and not r.error), None
+    )
+
+
+def origin_lines(results: list[Result]) -> list[str]:
+    mixed = [r for r in results if r.scenario.startswith("mixed")]
+    throttle = [r for r in results if r.scenario == "throttling origin"]
+    if not mixed and not throttle:
+        return []
+    lines = ["## origins", ""]
+    if mixed:
+        lines += [
+            "The small files from nginx, with as many events for a second origin submitted "
+            "first and interleaved: one that hangs every request, or answers 503 to every one.",
+            "",
+            "| scenario | tool | healthy files | files/s | ÷ alone (small) | troubled origin: "
+            "downloads running at the end | tasks parked |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in mixed:
+            if r.error:
+                lines.append(f"| {r.scenario} | {r.tool} | failed: {r.error} |" + " - |" * 4)
+                continue
+            base = alone(results, r.tool)
+            ratio = f"{r.files_per_s / base.files_per_s:.2f}" if base else "-"
+            lines.append(
+                f"| {r.scenario} | {r.tool} | {r.files:,} | {r.files_per_s:,.0f} | {ratio} | "
+                f"{r.extra.get('troubled_active', 0):.0f} | {r.extra.get('parked', 0):,.0f} |"
+            )
+        lines.append("")
+    if throttle:
+        lines += [
+            f"An origin that serves {THROTTLE_LIMIT} requests at once ({THROTTLE_DELAY * 1000:.0f}"
+            " ms each) and answers 429 with `Retry-After: 1` beyond; its concurrency sampled at "
+            "the origin every 20 ms (the last tenth of the run, when the queue runs dry, left out).",
+            "",
+            "| tool | files | files/s (the origin's most) | mean concurrency (its limit) | 429s |",
+            "|---|---|---|---|---|",
+        ]
+        for r in throttle:
+            if r.error:
+                lines.append(f"| {r.tool} | failed: {r.error} | - | - | - |")
+                continue
+            lines.append(
+                f"| {r.tool} | {r.files:,} | {r.files_per_s:,.0f} "
+                f"({r.extra['ideal_files_per_s']:.0f}) | {r.extra['mean_concurrency']:.1f} "
+                f"({r.extra['limit']:.0f}) | {r.extra['throttled']:.0f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def soak_figures(r: Result, process: str, kind: str = "anon") -> dict[str, float]:
@@ -1506,6 +1697,7 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
                 f"{f'{r.peak_anon_mib:.0f}' if r.peak_anon_mib else '-'} |"
             )
         lines.append("")
+    lines += origin_lines(results)
     lines += soak_lines([r for r in results if r.scenario == "soak"])
     retries = [r for r in results if r.scenario == "retry"]
     if retries:
@@ -1695,7 +1887,9 @@ def main() -> int:
     if args.soak_minutes is not None:
         scale = Scale(**{**asdict(scale), "soak_seconds": args.soak_minutes * 60})
     if args.scenarios is None:
-        args.scenarios = "small,medium,large,latency,azure,retry" + ("" if args.quick else ",soak")
+        args.scenarios = "small,medium,large,latency,mixed,throttle,azure,retry" + (
+            "" if args.quick else ",soak"
+        )
     work = ROOT / "var" / "bench"
     plan = make_files(work / "www", scale)
     nginx = Nginx(work / "www", work / "nginx", probe=plan["small"][0][0])
@@ -1755,6 +1949,18 @@ def main() -> int:
         )
         rate = max(1.0, small_max / 2)
         urls = [(nginx.url(name), size) for name, size in plan["small"]]
+        if "mixed" in scenarios:
+            for trouble in ("hang", "503"):
+                for bus in buses:
+                    measure(f"mixed ({trouble})", f"lakeferry ({bus})", partial(
+                        run_mixed, bus, urls, trouble, work / f"mixed-{trouble}-{bus}",
+                        bootstrap(bus),
+                    ))  # fmt: skip
+        if "throttle" in scenarios:
+            for bus in buses:
+                measure("throttling origin", f"lakeferry ({bus})", partial(
+                    run_throttle, bus, scale.throttle, work / f"throttle-{bus}", bootstrap(bus)
+                ))  # fmt: skip
         latency_rate = args.latency_rate or rate
         if "latency" in scenarios:
             for bus in buses:

@@ -151,6 +151,14 @@ async def test_failures_in_a_row_open_the_circuit_then_one_probe_closes_it(
     assert origins.parked == {PARK_OPEN: 2, PARK_BUSY: 0}
 
 
+async def test_circuit_failures_zero_never_opens_the_circuit() -> None:
+    origins = make(initial=1, circuit_failures=0)
+    for _ in range(50):
+        origins.release(await origins.acquire(A), Outcome.SETBACK)
+    assert state(origins, A).circuit is Circuit.CLOSED
+    assert state(origins, A).cap == 1
+
+
 async def test_a_failed_probe_reopens_for_twice_as_long(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -365,7 +365,7 @@ class Origins:
         origin.epoch += 1
         if (
             origin.circuit is Circuit.HALF_OPEN
-            or origin.setbacks_in_row >= self.policy.circuit_failures
+            or 0 < self.policy.circuit_failures <= origin.setbacks_in_row
             or wait > MAX_PAUSE
         ):
             self._open(origin, now, wait)
