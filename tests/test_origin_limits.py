@@ -7,6 +7,7 @@ requests at once and answers 429 beyond (``/throttle``), and a healthy one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +133,24 @@ def test_a_dead_origin_opens_its_circuit_and_its_tasks_wait_unspent(
     # Attempts were spent only by the downloads that really failed (two rounds and the probes).
     attempts = env.metric("lakeferry_retries_total")
     assert attempts < 24, attempts  # 7 here; each task alone would have spent 4 and died
+
+
+def test_bandwidth_caps_hold_downloads_to_their_rate(
+    daemon_env: DaemonEnv, origins: tuple[Origin, Origin]
+) -> None:
+    """``download.host_rates`` holds an origin to its bytes per second (before: 2 MiB from
+    loopback took well under a second); the cap is a floor on the time taken, which a busy
+    machine can only lengthen."""
+    capped, _ = origins
+    env = daemon_env
+    rate = 256 * 1024
+    configure(env, host_rates={"127.0.0.1:" + capped.url.rsplit(":", 1)[1]: "256KiB"})
+    env.start()
+    n, size = 8, 256 * 1024
+    events = [{"id": f"r-{i}", "url": capped.file_url(f"r{i}.bin", size)} for i in range(n)]
+    started = time.monotonic()
+    batch = env.submit_events(events)
+    env.wait_settled(batch, landed=n, dead_lettered=0, timeout=120, what="the capped files")
+    took = time.monotonic() - started
+    # A second's worth goes at once, the rest at the rate.
+    assert took >= (n * size - rate) / rate, took

@@ -23,6 +23,7 @@ from lakeferry.stages.origins import (
     origin_of,
     outcome_of,
 )
+from lakeferry.stages.pacing import Pacer
 
 A = "a.example:443"
 B = "b.example:443"
@@ -275,3 +276,45 @@ async def test_metrics_give_the_busiest_origins_a_series_and_sum_the_rest() -> N
         assert samples[(f"h{TOP_ORIGINS + 4}.example:80", "ok")] == TOP_ORIGINS + 5
     finally:
         metrics.close()
+
+
+async def test_a_pacer_shares_its_rate_between_takers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(1000)
+    finished: list[float] = []
+
+    async def download() -> None:
+        for _ in range(10):
+            await pacer.take(1000)
+        finished.append(trio.current_time())
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download)
+        nursery.start_soon(download)
+    # 20,000 bytes at 1,000 a second, the first second's worth let through at once; the two
+    # downloads take turns, so both end near the end.
+    assert max(finished) - start == pytest.approx(19.0)
+    assert min(finished) - start >= 17.0
+
+
+async def test_downloads_are_paced_by_the_global_and_their_origins_caps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    origins = make(max_rate=10_000, rates={"slow.example": 1000})
+    slow = await origins.acquire("slow.example:443")
+    start = trio.current_time()
+    for _ in range(5):
+        await origins.pace("slow.example:443", 1000)
+    assert trio.current_time() - start == pytest.approx(4.0)  # the origin's 1,000 B/s
+    start = trio.current_time()
+    for _ in range(5):
+        await origins.pace(A, 10_000)
+    assert trio.current_time() - start == pytest.approx(4.0)  # the global 10,000 B/s
+    origins.release(slow, Outcome.OK)
+    # Live: a new policy changes the caps of known origins at once.
+    origins.set_policy(OriginPolicy(rates={"slow.example": 0}))
+    start = trio.current_time()
+    await origins.pace("slow.example:443", 1_000_000)
+    assert trio.current_time() == start

@@ -152,6 +152,10 @@ class DownloadConfig(_Section):
     circuit never opens (each task climbs the ladder on its own)."""
     host_circuit_cooldown: Duration = Duration(30)
     """How long an origin's circuit stays open before one probe (doubling up to 10 minutes)."""
+    max_rate: ByteSize = ByteSize(0)
+    """Bytes per second over every download (``"100MiB"``); 0: no cap."""
+    host_rates: dict[str, ByteSize] = msgspec.field(default_factory=dict)
+    """Pattern (as ``host_limits``) -> the origin's bytes per second."""
 
     @property
     def room(self) -> int:

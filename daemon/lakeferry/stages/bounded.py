@@ -5,13 +5,19 @@ does: before bytes go past the reservation, the reservation grows (waiting for r
 that outgrows the whole quota is cut off ``too_large``, and one that outgrows the size the
 event announced is cut off ``size_mismatch``, before those bytes reach the disk. An origin's
 announced size (:meth:`BoundedWriter.expect_size`) is reserved in one step, and refused at once
-when it cannot fit in the whole quota.
+when it cannot fit in the whole quota. Bytes wait for the bandwidth caps, when given, before
+they are written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from lakeferry.components import PendingFile, Reservation
 from lakeferry.errors import PermanentError, Reason
+
+Pace = Callable[[int], Awaitable[None]]
+"""Waits until that many more bytes fit in the bandwidth caps (:mod:`lakeferry.stages.pacing`)."""
 
 GROWTH_STEP = 1024 * 1024
 """A reservation grows by at least this much at a time (fewer trips through the quota)."""
@@ -21,11 +27,17 @@ class BoundedWriter:
     """A :class:`lakeferry.api.DownloadWriter` over one pending cache file."""
 
     def __init__(
-        self, pending: PendingFile, reservation: Reservation, expected_size: int | None
+        self,
+        pending: PendingFile,
+        reservation: Reservation,
+        expected_size: int | None,
+        *,
+        pace: Pace | None = None,
     ) -> None:
         self._pending = pending
         self._reservation = reservation
         self._expected = expected_size
+        self._pace = pace
 
     @property
     def pending(self) -> PendingFile:
@@ -71,6 +83,8 @@ class BoundedWriter:
             )
         if total > self._reservation.size:
             await self._reserve_up_to(total, exact=False)
+        if self._pace is not None:
+            await self._pace(len(chunk))
         await self._pending.write(chunk)
 
     async def _reserve_up_to(self, total: int, *, exact: bool) -> None:

@@ -34,6 +34,7 @@ Error handling: exceptions from plugins that are not PipelineErrors are classifi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 
 import msgspec
@@ -50,7 +51,7 @@ from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTa
 from lakeferry.pipeline import Pipeline
 from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
-from lakeferry.stages.bounded import BoundedWriter
+from lakeferry.stages.bounded import BoundedWriter, Pace
 from lakeferry.stages.driver import seconds_until_ms
 from lakeferry.stages.origins import (
     Origins,
@@ -306,7 +307,9 @@ class DownloadStage:
                 async with cache.reserve(event.size) as reservation:
                     pending = await cache.create(key, resume=resume)
                     try:
-                        out = BoundedWriter(pending, reservation, event.size)
+                        out = BoundedWriter(
+                            pending, reservation, event.size, pace=self._pace_for(event.url)
+                        )
                         await out.cover_kept_bytes()
                         await downloader.fetch(task, out)
                         return await pending.commit(
@@ -326,6 +329,14 @@ class DownloadStage:
             if error is exc:
                 raise
             raise error from exc
+
+    def _pace_for(self, url: str) -> Pace | None:
+        """The bandwidth caps a download of ``url`` writes under (None: there are none)."""
+        policy = self.origins.policy
+        origin = origin_of(url)
+        if policy.max_rate <= 0 and (not origin or policy.rate(origin) <= 0):
+            return None
+        return functools.partial(self.origins.pace, origin)
 
     async def _park(self, task: DownloadTask, parked: Parked) -> None:
         """Back on the first rung, its attempts unspent: its origin is down or has its share

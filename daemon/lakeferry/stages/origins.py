@@ -50,6 +50,7 @@ from lakeferry.config import DownloadConfig
 from lakeferry.errors import PipelineError, Reason
 from lakeferry.logs import get_logger
 from lakeferry.metrics import NO_ORIGIN, OriginStats
+from lakeferry.stages.pacing import Pacer
 
 log = get_logger("download")
 
@@ -131,13 +132,27 @@ class OriginPolicy:
     circuit_cooldown: float = 30.0
     pinned: Mapping[str, int] = field(default_factory=dict)
     """Pattern (fnmatch, on ``host:port`` or ``host``) -> that origin's maximum."""
+    max_rate: int = 0
+    """Bytes per second over every download (0: no cap)."""
+    rates: Mapping[str, int] = field(default_factory=dict)
+    """Pattern -> that origin's bytes per second."""
 
     def maximum(self, origin: str) -> int:
-        host = origin.rsplit(":", 1)[0]
-        for pattern, limit in self.pinned.items():
-            if fnmatch.fnmatchcase(origin, pattern) or fnmatch.fnmatchcase(host, pattern):
-                return max(1, min(limit, self.ceiling))
-        return self.ceiling
+        limit = _match(self.pinned, origin)
+        return self.ceiling if limit is None else max(1, min(limit, self.ceiling))
+
+    def rate(self, origin: str) -> int:
+        """The origin's bandwidth cap in bytes per second (0: none)."""
+        return _match(self.rates, origin) or 0
+
+
+def _match(patterns: Mapping[str, int], origin: str) -> int | None:
+    """The value of the first pattern that matches ``host:port`` or ``host``."""
+    host = origin.rsplit(":", 1)[0]
+    for pattern, value in patterns.items():
+        if fnmatch.fnmatchcase(origin, pattern) or fnmatch.fnmatchcase(host, pattern):
+            return value
+    return None
 
 
 def origin_policy(download: DownloadConfig) -> OriginPolicy:
@@ -149,6 +164,8 @@ def origin_policy(download: DownloadConfig) -> OriginPolicy:
         circuit_failures=download.host_circuit_failures,
         circuit_cooldown=float(download.host_circuit_cooldown),
         pinned=dict(download.host_limits),
+        max_rate=int(download.max_rate),
+        rates={pattern: int(rate) for pattern, rate in download.host_rates.items()},
     )
 
 
@@ -180,6 +197,8 @@ class Origin:
     paused_until: float = 0.0
     last_used: float = 0.0
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    pacer: Pacer = field(default_factory=lambda: Pacer(0))
+    """The origin's bandwidth cap (``download.host_rates``)."""
     # Totals for metrics.
     started: int = 0
     succeeded: int = 0
@@ -226,6 +245,8 @@ class Origins:
         self._clock = clock
         self._origins: dict[str, Origin] = {}
         self.parked: dict[str, int] = {PARK_OPEN: 0, PARK_BUSY: 0}
+        self.pacer = Pacer(policy.max_rate, clock=clock)
+        """``download.max_rate``: every download's bytes."""
         self._forgotten = NO_ORIGIN
 
     # -- settings --------------------------------------------------------------------------
@@ -235,9 +256,11 @@ class Origins:
         if policy == self.policy:
             return
         self.policy = policy
+        self.pacer.rate = policy.max_rate
         for origin in self._origins.values():
             origin.maximum = policy.maximum(origin.name)
             origin.limit = min(origin.limit, origin.maximum)
+            origin.pacer.rate = policy.rate(origin.name)
             origin.lot.unpark_all()
 
     # -- reading ---------------------------------------------------------------------------
@@ -289,6 +312,13 @@ class Origins:
         origin.last_used = self._clock()
         return Slot(origin, origin.epoch, mark)
 
+    async def pace(self, name: str, n: int) -> None:
+        """Wait until ``n`` more bytes from origin ``name`` (``""``: none) fit in the caps."""
+        await self.pacer.take(n)
+        origin = self._origins.get(name)
+        if origin is not None:
+            await origin.pacer.take(n)
+
     def release(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
         origin = slot.origin
         origin.active -= 1
@@ -318,6 +348,7 @@ class Origins:
         if origin is None:
             maximum = self.policy.maximum(name)
             origin = Origin(name, limit=float(min(self.policy.initial, maximum)), maximum=maximum)
+            origin.pacer = Pacer(self.policy.rate(name), clock=self._clock)
             origin.last_used = self._clock()
             self._origins[name] = origin
         return origin
