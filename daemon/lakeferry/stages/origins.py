@@ -248,6 +248,8 @@ class Origins:
         self.pacer = Pacer(policy.max_rate, clock=clock)
         """``download.max_rate``: every download's bytes."""
         self._forgotten = NO_ORIGIN
+        self._waiting_origins = 0
+        """Origins with at least one task waiting."""
 
     # -- settings --------------------------------------------------------------------------
 
@@ -286,7 +288,7 @@ class Origins:
         circuit is open or it already has its share of the waiting room."""
         origin = self._origin(name)
         self._admit(origin)
-        origin.waiting += 1
+        self._wait(origin, +1)
         try:
             while True:
                 now = self._clock()
@@ -303,7 +305,7 @@ class Origins:
                     break
                 await origin.lot.park()
         finally:
-            origin.waiting -= 1
+            self._wait(origin, -1)
         mark = origin.saturations
         origin.active += 1
         if origin.active >= origin.cap:
@@ -360,9 +362,15 @@ class Origins:
             self._park(origin, PARK_OPEN, "circuit open")
         if origin.waiting == 0:
             return
-        waiting_origins = sum(1 for o in self._origins.values() if o.waiting > 0)
-        if origin.waiting >= max(1, self.policy.room // max(1, waiting_origins)):
+        if origin.waiting >= max(1, self.policy.room // max(1, self._waiting_origins)):
             self._park(origin, PARK_BUSY, f"{origin.waiting} downloads already wait for it")
+
+    def _wait(self, origin: Origin, step: int) -> None:
+        """One more (``+1``) or one fewer (``-1``) task waits for ``origin``."""
+        before = origin.waiting
+        origin.waiting += step
+        if (before == 0) != (origin.waiting == 0):
+            self._waiting_origins += step
 
     def _park(self, origin: Origin, reason: str, detail: str) -> None:
         origin.parked += 1
@@ -427,8 +435,9 @@ class Origins:
     def _forget_idle(self) -> None:
         if len(self._origins) <= MAX_TRACKED:
             return
+        # Down to nine tenths at once: one sort per MAX_TRACKED / 10 new origins, not per one.
         idle = sorted((o for o in self._origins.values() if o.idle()), key=lambda o: o.last_used)
-        for origin in idle[: len(self._origins) - MAX_TRACKED]:
+        for origin in idle[: len(self._origins) - MAX_TRACKED * 9 // 10]:
             del self._origins[origin.name]
             f = self._forgotten
             self._forgotten = f._replace(
