@@ -68,13 +68,17 @@ def test_which_failures_are_setbacks() -> None:
     assert outcome_of(ValueError("bug")) is Outcome.NEUTRAL
 
 
+async def succeed(origins: Origins, name: str, rounds: int) -> Origin:
+    """``rounds`` rounds of downloads at the origin's whole limit, all successful."""
+    for _ in range(rounds):
+        for slot in await take(origins, name):
+            origins.release(slot, Outcome.OK)
+    return state(origins, name)
+
+
 async def test_a_lone_healthy_origin_grows_to_every_slot_and_no_further() -> None:
     origins = make(ceiling=50, initial=8)
-    for _ in range(200):
-        slots = await take(origins, A)
-        for slot in slots:
-            origins.release(slot, Outcome.OK)
-    origin = state(origins, A)
+    origin = await succeed(origins, A, 200)
     assert origin.cap == 50
     assert origin.limit == 50.0
 
@@ -229,11 +233,7 @@ async def test_pinned_maxima_by_pattern_and_live_changes() -> None:
     assert policy.maximum("x.blob.example:443") == 3
     assert policy.maximum(A) == 20
     assert policy.maximum("a.example:80") == 50
-    for _ in range(100):
-        slots = await take(origins, A)
-        for slot in slots:
-            origins.release(slot, Outcome.OK)
-    origin = state(origins, A)
+    origin = await succeed(origins, A, 100)
     assert origin.cap == 20
     origins.set_policy(OriginPolicy(ceiling=50, initial=8, pinned={"a.example": 5}))
     assert origin.cap == 5
