@@ -193,12 +193,18 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
     from types import SimpleNamespace
 
     from lakeferry.bus.base import Record
+    from lakeferry.config import Config
     from lakeferry.errors import PermanentError
     from lakeferry.messages import DOWNLOAD, DownloadTask
+    from lakeferry.metrics import Metrics
     from lakeferry.stages.download import DownloadStage
 
     ledger = IdLedger(tmp_path / "ids.sqlite")
-    stage = DownloadStage(SimpleNamespace(components=SimpleNamespace(ledger=ledger)))  # type: ignore[arg-type]
+    metrics = Metrics()
+    pipeline = SimpleNamespace(
+        components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=metrics
+    )
+    stage = DownloadStage(pipeline)  # type: ignore[arg-type]
     tasks = [
         DownloadTask(event=Event(id="x", url=f"https://h/{name}.bin"), received_at=T)
         for name in ("first", "second")
@@ -222,3 +228,4 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
         assert outcomes == {"first": None, "second": "duplicate_id"}
     finally:
         await ledger.aclose()
+        metrics.close()

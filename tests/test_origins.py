@@ -59,7 +59,12 @@ def test_origin_of_names_host_and_port() -> None:
 def test_which_failures_are_setbacks() -> None:
     assert outcome_of(None) is Outcome.OK
     assert outcome_of(TransientError(Reason.THROTTLED, "429")) is Outcome.SETBACK
-    assert outcome_of(TransientError(Reason.HTTP_SERVER_ERROR, "503")) is Outcome.SETBACK
+    overloaded = TransientError(Reason.HTTP_SERVER_ERROR, "503", retry_after=5)
+    assert outcome_of(overloaded) is Outcome.SETBACK
+    # A bare 5xx (or "Retry-After: 0") may be one URL's trouble: it slows nobody else.
+    assert outcome_of(TransientError(Reason.HTTP_SERVER_ERROR, "503")) is Outcome.NEUTRAL
+    now = TransientError(Reason.HTTP_SERVER_ERROR, "503", retry_after=0)
+    assert outcome_of(now) is Outcome.NEUTRAL
     assert outcome_of(TransientError(Reason.TIMEOUT, "slow")) is Outcome.SETBACK
     assert outcome_of(TransientError(Reason.CONNECTION, "refused")) is Outcome.SETBACK
     assert outcome_of(PermanentError(Reason.NOT_FOUND, "404")) is Outcome.NEUTRAL

@@ -147,9 +147,9 @@ class DownloadConfig(_Section):
     host_limits: dict[str, Concurrency] = msgspec.field(default_factory=dict)
     """Pattern (``host``, ``host:port``, ``*`` wildcards) -> the origin's most downloads at once."""
     host_circuit_failures: QueueSize = 5
-    """Rounds of setbacks in a row (429, 503, timeouts, refused connections) that open an
-    origin's circuit: its downloads wait on the first retry rung, spending no attempt. 0: the
-    circuit never opens (each task climbs the ladder on its own)."""
+    """Rounds of setbacks in a row (429s, 5xx with Retry-After, timeouts, refused connections)
+    that open an origin's circuit: its downloads wait on the first retry rung, spending no
+    attempt. 0: the circuit never opens (each task climbs the ladder on its own)."""
     host_circuit_cooldown: Duration = Duration(30)
     """How long an origin's circuit stays open before one probe (doubling up to 10 minutes)."""
     max_rate: ByteSize = ByteSize(0)

@@ -93,7 +93,8 @@ class _OriginsCollector:
         )
         downloads = CounterMetricFamily(
             "lakeferry_origin_downloads",
-            "Downloads per origin (host:port) by how they ended: ok, setback (429, 503, timeout, "
+            "Downloads per origin (host:port) by how they ended: ok, setback (429, 5xx with "
+            "Retry-After, timeout, "
             "connection), failed (the origin answered; the task failed)",
             labels=["origin", "outcome"],
         )

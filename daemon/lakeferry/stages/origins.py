@@ -6,10 +6,11 @@ slowed as a whole rather than URL by URL. Each origin (``host:port`` of the URL)
 - **A limit that adapts (AIMD).** A new origin starts at ``initial`` concurrent downloads and
   grows by one per success while it uses its whole limit (doubling each round trip, as TCP's
   slow start), then, after its first setback, by one per round of successes (``1/limit`` per
-  success). A setback — 429 or 503 (``throttled``, ``http_server_error``), a timeout, a refused
-  or reset connection — halves it, at most once per round: downloads started before the last
-  halving do not halve it again. It never exceeds ``ceiling`` (``download.concurrency``: a lone
-  healthy origin still gets every slot) nor a pinned maximum from ``download.host_limits``.
+  success). A setback — a 429 (``throttled``), a 5xx with a ``Retry-After`` above zero, a
+  timeout, a refused or reset connection — halves it, at most once per round: downloads
+  started before the last halving do not halve it again. It never exceeds ``ceiling``
+  (``download.concurrency``: a lone healthy origin still gets every slot) nor a pinned maximum
+  from ``download.host_limits``.
 - **A pause on Retry-After.** A setback carrying ``retry_after`` holds the origin's new
   downloads until then (at most :data:`MAX_PAUSE`); longer than that opens the circuit.
 - **A circuit.** ``circuit_failures`` setbacks in a row (downloads that ran together, as one
@@ -63,10 +64,11 @@ MAX_TRACKED = 10_000
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "sftp": 22, "ftp": 21}
 
-SETBACKS = frozenset(
-    {Reason.THROTTLED, Reason.HTTP_SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
-)
-"""Failure reasons that say the origin is overloaded or unreachable."""
+SETBACKS = frozenset({Reason.THROTTLED, Reason.TIMEOUT, Reason.CONNECTION})
+"""Failure reasons that say the origin is overloaded or unreachable. A server error counts too
+when it asks for a pause (``Retry-After`` above zero: a 503 saying "overloaded, come back
+later"); a bare 5xx may be one URL's trouble (a broken object, a failing backend of one path)
+and slows nobody else."""
 
 
 def origin_of(url: str) -> str:
@@ -89,7 +91,7 @@ class Outcome(enum.Enum):
     OK = "ok"
     """The download succeeded."""
     SETBACK = "setback"
-    """Throttled, server error, timeout or connection failure (:data:`SETBACKS`)."""
+    """Throttled, timeout, connection failure, a 5xx with Retry-After (:data:`SETBACKS`)."""
     NEUTRAL = "neutral"
     """The origin answered, but the task failed for its own reasons (404, checksum ...)."""
     CANCELLED = "cancelled"
@@ -100,7 +102,12 @@ def outcome_of(error: BaseException | None) -> Outcome:
     if error is None:
         return Outcome.OK
     if isinstance(error, PipelineError):
-        return Outcome.SETBACK if error.reason in SETBACKS else Outcome.NEUTRAL
+        if error.reason in SETBACKS:
+            return Outcome.SETBACK
+        asks_for_pause = error.retry_after is not None and error.retry_after > 0
+        if error.reason == Reason.HTTP_SERVER_ERROR and asks_for_pause:
+            return Outcome.SETBACK
+        return Outcome.NEUTRAL
     if isinstance(error, trio.Cancelled):
         return Outcome.CANCELLED
     return Outcome.NEUTRAL
