@@ -67,6 +67,12 @@ def test_which_failures_are_setbacks() -> None:
     assert outcome_of(now) is Outcome.NEUTRAL
     assert outcome_of(TransientError(Reason.TIMEOUT, "slow")) is Outcome.SETBACK
     assert outcome_of(TransientError(Reason.CONNECTION, "refused")) is Outcome.SETBACK
+    # Once the origin answered (a size, body bytes), a cut or a stall is the URL's trouble.
+    cut = TransientError(Reason.CONNECTION, "closed after half the body")
+    assert outcome_of(cut, answered=True) is Outcome.NEUTRAL
+    assert outcome_of(TransientError(Reason.TIMEOUT, "drip"), answered=True) is Outcome.NEUTRAL
+    throttled = TransientError(Reason.THROTTLED, "429")
+    assert outcome_of(throttled, answered=True) is Outcome.SETBACK
     assert outcome_of(PermanentError(Reason.NOT_FOUND, "404")) is Outcome.NEUTRAL
     assert outcome_of(TransientError(Reason.CHECKSUM_MISMATCH, "x")) is Outcome.NEUTRAL
     assert outcome_of(TransientError("cache_full", "x")) is Outcome.NEUTRAL

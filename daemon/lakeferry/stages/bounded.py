@@ -16,6 +16,18 @@ from collections.abc import Awaitable, Callable
 from lakeferry.components import PendingFile, Reservation
 from lakeferry.errors import PermanentError, Reason
 
+
+class Progress:
+    """What one download attempt got from its origin: whether it answered (announced a size or
+    sent body bytes). A failure after an answer is the URL's trouble, not the origin's
+    (:func:`lakeferry.stages.origins.outcome_of`)."""
+
+    __slots__ = ("answered",)
+
+    def __init__(self) -> None:
+        self.answered = False
+
+
 Pace = Callable[[int], Awaitable[None]]
 """Waits until that many more bytes fit in the bandwidth caps (:mod:`lakeferry.stages.pacing`)."""
 
@@ -33,11 +45,13 @@ class BoundedWriter:
         expected_size: int | None,
         *,
         pace: Pace | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self._pending = pending
         self._reservation = reservation
         self._expected = expected_size
         self._pace = pace
+        self._progress = progress
 
     @property
     def pending(self) -> PendingFile:
@@ -66,6 +80,8 @@ class BoundedWriter:
         await self._reserve_up_to(self._pending.bytes_written, exact=True)
 
     async def expect_size(self, size: int) -> None:
+        if self._progress is not None:
+            self._progress.answered = True
         if self._expected is not None and size != self._expected:
             raise PermanentError(
                 Reason.SIZE_MISMATCH,
@@ -74,6 +90,8 @@ class BoundedWriter:
         await self._reserve_up_to(size, exact=True)
 
     async def write(self, chunk: bytes) -> None:
+        if self._progress is not None and chunk:
+            self._progress.answered = True
         total = self._pending.bytes_written + len(chunk)
         if self._expected is not None and total > self._expected:
             raise PermanentError(

@@ -51,7 +51,7 @@ from lakeferry.messages import CACHED, DOWNLOAD, Attempt, CachedFile, DownloadTa
 from lakeferry.pipeline import Pipeline
 from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
-from lakeferry.stages.bounded import BoundedWriter, Pace
+from lakeferry.stages.bounded import BoundedWriter, Pace, Progress
 from lakeferry.stages.driver import seconds_until_ms
 from lakeferry.stages.origins import (
     Origins,
@@ -248,18 +248,21 @@ class DownloadStage:
         slot: Slot | None = await self.origins.acquire(origin) if origin else None
         outcome = Outcome.CANCELLED
         retry_after: float | None = None
+        progress = Progress()
         try:
             async with p.limiters["download"]:
                 active = p.active["download"]
                 active.n += 1
                 try:
-                    entry = await self._fetch_until_room(task, key, downloader, resume=resume)
+                    entry = await self._fetch_until_room(
+                        task, key, downloader, resume=resume, progress=progress
+                    )
                 finally:
                     active.n -= 1
             outcome = Outcome.OK
             return entry
         except BaseException as exc:
-            outcome = outcome_of(exc)
+            outcome = outcome_of(exc, answered=progress.answered)
             if isinstance(exc, PipelineError):
                 retry_after = exc.retry_after
             raise
@@ -268,13 +271,21 @@ class DownloadStage:
                 self.origins.release(slot, outcome, retry_after=retry_after)
 
     async def _fetch_until_room(
-        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+        self,
+        task: DownloadTask,
+        key: str,
+        downloader: Downloader,
+        *,
+        resume: bool,
+        progress: Progress,
     ) -> CacheEntry:
         p = self.p
         delay = CACHE_FULL_BACKOFF_INITIAL
         while True:
             try:
-                return await self._fetch_in_slot(task, key, downloader, resume=resume)
+                return await self._fetch_in_slot(
+                    task, key, downloader, resume=resume, progress=progress
+                )
             except TransientError as error:
                 if error.reason != CACHE_FULL:
                     raise
@@ -296,7 +307,13 @@ class DownloadStage:
             delay = min(delay * 2, CACHE_FULL_BACKOFF_MAX)
 
     async def _fetch_in_slot(
-        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+        self,
+        task: DownloadTask,
+        key: str,
+        downloader: Downloader,
+        *,
+        resume: bool,
+        progress: Progress,
     ) -> CacheEntry:
         p = self.p
         event = task.event
@@ -308,8 +325,9 @@ class DownloadStage:
                     pending = await cache.create(key, resume=resume)
                     try:
                         out = BoundedWriter(
-                            pending, reservation, event.size, pace=self._pace_for(event.url)
-                        )
+                            pending, reservation, event.size,
+                            pace=self._pace_for(event.url), progress=progress,
+                        )  # fmt: skip
                         await out.cover_kept_bytes()
                         await downloader.fetch(task, out)
                         return await pending.commit(

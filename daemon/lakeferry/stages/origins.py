@@ -98,12 +98,17 @@ class Outcome(enum.Enum):
     """The download was cancelled (drain): says nothing about the origin."""
 
 
-def outcome_of(error: BaseException | None) -> Outcome:
+def outcome_of(error: BaseException | None, *, answered: bool = False) -> Outcome:
+    """What a download's end says about its origin. ``answered``: the origin had announced a
+    size or sent body bytes in this attempt, so a broken connection or a timeout after that is
+    the URL's trouble (a truncated file, a slow object), not a sign the origin is down."""
     if error is None:
         return Outcome.OK
     if isinstance(error, PipelineError):
-        if error.reason in SETBACKS:
+        if error.reason == Reason.THROTTLED:
             return Outcome.SETBACK
+        if error.reason in SETBACKS:
+            return Outcome.NEUTRAL if answered else Outcome.SETBACK
         asks_for_pause = error.retry_after is not None and error.retry_after > 0
         if error.reason == Reason.HTTP_SERVER_ERROR and asks_for_pause:
             return Outcome.SETBACK
