@@ -204,7 +204,9 @@ async def test_retry_after_holds_the_origins_new_downloads_until_then(
         await origins.acquire(B)
 
 
-async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks() -> None:
+async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     origins = make(ceiling=50, initial=1, room=10)
     await origins.acquire(A)  # A's one slot hangs
     async with trio.open_nursery() as nursery:
@@ -212,6 +214,7 @@ async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks() 
             nursery.start_soon(origins.acquire, A)
         await trio.testing.wait_all_tasks_blocked()
         assert state(origins, A).waiting == 10
+        await trio.sleep(5)  # nothing ends: 10 waiters, 5 s since the last end: 50 s to wait
         with pytest.raises(Parked) as parked:
             await origins.acquire(A)
         assert parked.value.reason == PARK_BUSY
@@ -223,6 +226,33 @@ async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks() 
             await origins.acquire(A)
         nursery.cancel_scope.cancel()
     assert origins.parked[PARK_BUSY] == 2
+
+
+async def test_a_fast_origin_over_its_share_is_not_parked(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Over its share of the room, but its downloads end every 10 ms: a task would wait a
+    tenth of a second there, not 30 s."""
+    origins = make(ceiling=50, initial=2, room=10)
+    slots = await take(origins, A, 2)
+    for _ in range(20):  # a steady origin: one end every 10 ms
+        mock_clock.jump(0.01)
+        origins.release(slots.pop(0), Outcome.OK)
+        slots.append(await origins.acquire(A))
+    held_b = await take(origins, B, 2)  # B at its limit: its next task waits
+    async with trio.open_nursery() as nursery:
+        for _ in range(state(origins, A).cap - len(slots) + 10):
+            nursery.start_soon(origins.acquire, A)
+        nursery.start_soon(origins.acquire, B)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(origins, A).waiting == 10  # 10 >= 10 // 2: over its share
+        nursery.start_soon(origins.acquire, A)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(origins, A).waiting == 11  # waits: not parked
+        nursery.cancel_scope.cancel()
+    assert origins.parked[PARK_BUSY] == 0
+    for slot in held_b:
+        origins.release(slot, Outcome.OK)
 
 
 async def test_neutral_failures_leave_the_limit_and_end_a_run_of_setbacks() -> None:

@@ -23,9 +23,11 @@ slowed as a whole rather than URL by URL. Each origin (``host:port`` of the URL)
   setback reopens it.
 - **A fair share of the waiting room.** A task waiting for its origin holds no download slot
   (other origins keep flowing), but it holds one of the stage's ``download.queue`` places.
-  So that a stalled origin cannot fill them all, a task whose origin already has its share of
-  waiters (the room divided by the origins waiting) is parked too. A lone origin's share is the
-  whole room: it is never parked for being busy.
+  So that a stalled or slow origin cannot fill them all, a task whose origin already has its
+  share of waiters (the room divided by the origins waiting) *and* would wait more than
+  :data:`PARK_AFTER` seconds there (its waiters times the time between its download ends, or
+  since the last one) is parked too. A lone origin's share is the whole room, and a fast origin
+  drains its waiters in moments: neither is parked for being busy.
 
 What does not count: 404s, checksum and size mismatches, cache faults, anything permanent
 other than a refused connection. The origin answered; its limit stays, its run of setbacks ends.
@@ -59,6 +61,8 @@ MAX_PAUSE = 300.0
 """Seconds a Retry-After may hold an origin's downloads in place; longer opens the circuit."""
 MAX_COOLDOWN = 600.0
 """The longest a circuit stays open before its next probe."""
+PARK_AFTER = 30.0
+"""Seconds a task may expect to wait for its origin before it is parked (beyond its share)."""
 MAX_TRACKED = 10_000
 """Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
 
@@ -208,6 +212,10 @@ class Origin:
     cooldown: float = 0.0
     paused_until: float = 0.0
     last_used: float = 0.0
+    last_done: float = 0.0
+    """When a download of the origin last ended, or when the origin last became busy."""
+    interval: float = 0.0
+    """Mean seconds between the origin's download ends while busy (0: none seen yet)."""
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
     pacer: Pacer = field(default_factory=lambda: Pacer(0))
     """The origin's bandwidth cap (``download.host_rates``)."""
@@ -234,6 +242,12 @@ class Origin:
 
     def idle(self) -> bool:
         return self.active == 0 and self.waiting == 0
+
+    def expected_wait(self, now: float) -> float:
+        """Seconds a task joining the origin's waiters may expect to wait: one download end
+        per :attr:`interval` (or per the time since the last end, when that is longer: a
+        stalled origin's estimate grows while nothing ends)."""
+        return self.waiting * max(self.interval, now - self.last_done)
 
 
 @dataclass
@@ -319,6 +333,8 @@ class Origins:
         finally:
             self._wait(origin, -1)
         mark = origin.saturations
+        if origin.active == 0:
+            origin.last_done = self._clock()  # busy from now: ends are timed from here
         origin.active += 1
         if origin.active >= origin.cap:
             origin.saturations += 1
@@ -338,6 +354,10 @@ class Origins:
         origin.active -= 1
         now = self._clock()
         origin.last_used = now
+        if outcome is not Outcome.CANCELLED:
+            since = now - origin.last_done
+            origin.interval = since if origin.interval == 0 else 0.8 * origin.interval + 0.2 * since
+            origin.last_done = now
         if outcome is Outcome.OK:
             origin.succeeded += 1
             self._succeeded(origin, slot)
@@ -374,8 +394,15 @@ class Origins:
             self._park(origin, PARK_OPEN, "circuit open")
         if origin.waiting == 0:
             return
-        if origin.waiting >= max(1, self.policy.room // max(1, self._waiting_origins)):
-            self._park(origin, PARK_BUSY, f"{origin.waiting} downloads already wait for it")
+        share = max(1, self.policy.room // max(1, self._waiting_origins))
+        if origin.waiting < share:
+            return
+        wait = origin.expected_wait(self._clock())
+        if wait > PARK_AFTER:
+            self._park(
+                origin, PARK_BUSY,
+                f"{origin.waiting} downloads already wait for it (about {wait:.0f} s)",
+            )  # fmt: skip
 
     def _wait(self, origin: Origin, step: int) -> None:
         """One more (``+1``) or one fewer (``-1``) task waits for ``origin``."""
