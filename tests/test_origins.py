@@ -210,7 +210,7 @@ async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks(
     origins = make(ceiling=50, initial=1, room=10)
     await origins.acquire(A)  # A's one slot hangs
     async with trio.open_nursery() as nursery:
-        for _ in range(10):  # a lone origin may fill the whole room
+        for _ in range(10):  # not slow yet (nothing has had to wait): the whole room
             nursery.start_soon(origins.acquire, A)
         await trio.testing.wait_all_tasks_blocked()
         assert state(origins, A).waiting == 10

@@ -24,10 +24,11 @@ slowed as a whole rather than URL by URL. Each origin (``host:port`` of the URL)
 - **A fair share of the waiting room.** A task waiting for its origin holds no download slot
   (other origins keep flowing), but it holds one of the stage's ``download.queue`` places.
   So that a stalled or slow origin cannot fill them all, a task whose origin already has its
-  share of waiters (the room divided by the origins waiting) *and* would wait more than
-  :data:`PARK_AFTER` seconds there (its waiters times the time between its download ends, or
-  since the last one) is parked too. A lone origin's share is the whole room, and a fast origin
-  drains its waiters in moments: neither is parked for being busy.
+  share of waiters (the room divided by the origins at work, at most half of it) *and* would
+  wait more than :data:`PARK_AFTER` seconds there (its waiters times the time between its
+  download ends, or since the last one) is parked too. A fast origin drains its waiters in
+  moments and is never parked for being busy; a lone slow one keeps half the room, so the next
+  origin to come finds a place.
 
 What does not count: 404s, checksum and size mismatches, cache faults, anything permanent
 other than a refused connection. The origin answered; its limit stays, its run of setbacks ends.
@@ -274,8 +275,8 @@ class Origins:
         self.pacer = Pacer(policy.max_rate, clock=clock)
         """``download.max_rate``: every download's bytes."""
         self._forgotten = NO_ORIGIN
-        self._waiting_origins = 0
-        """Origins with at least one task waiting."""
+        self._busy_origins = 0
+        """Origins with at least one task waiting or downloading."""
 
     # -- settings --------------------------------------------------------------------------
 
@@ -335,7 +336,7 @@ class Origins:
         mark = origin.saturations
         if origin.active == 0:
             origin.last_done = self._clock()  # busy from now: ends are timed from here
-        origin.active += 1
+        self._change(origin, active=+1)
         if origin.active >= origin.cap:
             origin.saturations += 1
         origin.started += 1
@@ -351,7 +352,7 @@ class Origins:
 
     def release(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
         origin = slot.origin
-        origin.active -= 1
+        self._change(origin, active=-1)
         now = self._clock()
         origin.last_used = now
         if outcome is not Outcome.CANCELLED:
@@ -394,7 +395,10 @@ class Origins:
             self._park(origin, PARK_OPEN, "circuit open")
         if origin.waiting == 0:
             return
-        share = max(1, self.policy.room // max(1, self._waiting_origins))
+        # Its share of the room: divided between the origins at work, and never more than half
+        # for a slow one (a lone stalled origin must leave room for the next origin to come).
+        room = self.policy.room
+        share = max(1, min(room // max(1, self._busy_origins), room // 2))
         if origin.waiting < share:
             return
         wait = origin.expected_wait(self._clock())
@@ -406,10 +410,16 @@ class Origins:
 
     def _wait(self, origin: Origin, step: int) -> None:
         """One more (``+1``) or one fewer (``-1``) task waits for ``origin``."""
-        before = origin.waiting
-        origin.waiting += step
-        if (before == 0) != (origin.waiting == 0):
-            self._waiting_origins += step
+        self._change(origin, waiting=step)
+
+    def _change(self, origin: Origin, *, active: int = 0, waiting: int = 0) -> None:
+        """Count tasks in and out of ``origin``, and it in and out of the busy origins."""
+        was_busy = not origin.idle()
+        origin.active += active
+        origin.waiting += waiting
+        is_busy = not origin.idle()
+        if is_busy != was_busy:
+            self._busy_origins += 1 if is_busy else -1
 
     def _park(self, origin: Origin, reason: str, detail: str) -> None:
         origin.parked += 1
