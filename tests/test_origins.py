@@ -214,7 +214,7 @@ async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks(
             nursery.start_soon(origins.acquire, A)
         await trio.testing.wait_all_tasks_blocked()
         assert state(origins, A).waiting == 10
-        await trio.sleep(5)  # nothing ends: 10 waiters, 5 s since the last end: 50 s to wait
+        await trio.sleep(20)  # nothing ends for 20 s: stalled, 10 waiters x 20 s to wait
         with pytest.raises(Parked) as parked:
             await origins.acquire(A)
         assert parked.value.reason == PARK_BUSY

@@ -62,8 +62,10 @@ MAX_PAUSE = 300.0
 """Seconds a Retry-After may hold an origin's downloads in place; longer opens the circuit."""
 MAX_COOLDOWN = 600.0
 """The longest a circuit stays open before its next probe."""
-PARK_AFTER = 30.0
+PARK_AFTER = 120.0
 """Seconds a task may expect to wait for its origin before it is parked (beyond its share)."""
+STALLED_AFTER = 10.0
+"""Seconds without a download end, while busy, after which an origin counts as stalled."""
 MAX_TRACKED = 10_000
 """Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
 
@@ -246,9 +248,12 @@ class Origin:
 
     def expected_wait(self, now: float) -> float:
         """Seconds a task joining the origin's waiters may expect to wait: one download end
-        per :attr:`interval` (or per the time since the last end, when that is longer: a
-        stalled origin's estimate grows while nothing ends)."""
-        return self.waiting * max(self.interval, now - self.last_done)
+        per :attr:`interval`, or, once nothing has ended for :data:`STALLED_AFTER` seconds,
+        per the time since the last end (a stalled origin's estimate grows while nothing
+        ends; a moment's gap in a fast origin's stream does not count)."""
+        since = now - self.last_done
+        per_end = max(self.interval, since) if since > STALLED_AFTER else self.interval
+        return self.waiting * per_end
 
 
 @dataclass
