@@ -13,6 +13,8 @@ from lakeferry.stages.origins import (
     MAX_COOLDOWN,
     PARK_BUSY,
     PARK_OPEN,
+    PROBE_EVERY,
+    RECHECK,
     Circuit,
     Origin,
     OriginPolicy,
@@ -204,28 +206,98 @@ async def test_retry_after_holds_the_origins_new_downloads_until_then(
         await origins.acquire(B)
 
 
+async def waiter(origins: Origins, name: str, parked: list[str]) -> None:
+    """A task waiting for ``name``: notes the reason when it is parked instead."""
+    try:
+        await origins.acquire(name)
+    except Parked as exc:
+        parked.append(exc.reason)
+
+
+async def saturate(origins: Origins, name: str, held: list[Slot], rounds: int) -> None:
+    """``rounds`` times: fill the origin to its limit, then one download ends well."""
+    for _ in range(rounds):
+        origin = state(origins, name)
+        held += await take(origins, name, origin.cap - origin.active)
+        origins.release(held.pop(0), Outcome.OK)
+
+
+async def test_a_concurrency_limit_is_found_kept_and_probed_rarely(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 429 while the origin serves the others is an answer to how many at once: nobody is
+    paused, the limit grows back to just below that many and stays there, trying one more
+    only every PROBE_EVERY seconds."""
+    origins = make(ceiling=50, initial=8)
+    held = await take(origins, A, 1)
+    await saturate(origins, A, held, 1)
+    origin = state(origins, A)
+    held += await take(origins, A, origin.cap - origin.active)
+    turned_away = held.pop()
+    origins.release(held.pop(0), Outcome.OK)  # served while the other was turned away
+    at = origin.cap
+    origins.release(turned_away, Outcome.SETBACK, retry_after=1.0)
+    assert origin.paused_until <= trio.current_time()  # nobody paused
+    assert origin.cap < at
+    await saturate(origins, A, held, 50)
+    assert origin.cap == at - 1  # back fast, and no further
+    await trio.sleep(PROBE_EVERY)
+    await saturate(origins, A, held, 50)
+    assert origin.cap == at  # one probe, which held: no further until the next
+    await trio.sleep(PROBE_EVERY)
+    await saturate(origins, A, held, 1)
+    assert origin.cap == at + 1
+
+
 async def test_a_stalled_origin_gets_its_share_of_the_waiting_room_then_parks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     origins = make(ceiling=50, initial=1, room=10)
     await origins.acquire(A)  # A's one slot hangs
+    parked: list[str] = []
     async with trio.open_nursery() as nursery:
         for _ in range(10):  # not slow yet (nothing has had to wait): the whole room
-            nursery.start_soon(origins.acquire, A)
+            nursery.start_soon(waiter, origins, A, parked)
         await trio.testing.wait_all_tasks_blocked()
         assert state(origins, A).waiting == 10
-        await trio.sleep(20)  # nothing ends for 20 s: stalled, 10 waiters x 20 s to wait
-        with pytest.raises(Parked) as parked:
+        await trio.sleep(30)  # nothing ends for 30 s: stalled, 10 waiters x 30 s to wait
+        # The waiters beyond A's share (5 of the room of 10) saw it and parked themselves.
+        assert parked == [PARK_BUSY] * 5
+        assert state(origins, A).waiting == 5
+        with pytest.raises(Parked) as exc:  # and so does the next task
             await origins.acquire(A)
-        assert parked.value.reason == PARK_BUSY
-        # B, once waiting too, halves A's share: A's next task parks, B's first waits.
+        assert exc.value.reason == PARK_BUSY
+        # B busy too: its first task waits, while A's next one parks.
         await origins.acquire(B)
         nursery.start_soon(origins.acquire, B)
         await trio.testing.wait_all_tasks_blocked()
+        assert state(origins, B).waiting == 1
         with pytest.raises(Parked):
             await origins.acquire(A)
+        assert state(origins, A).waiting == 5
         nursery.cancel_scope.cancel()
-    assert origins.parked[PARK_BUSY] == 2
+    assert origins.parked[PARK_BUSY] == 7
+
+
+async def test_waiters_beyond_the_share_park_before_anything_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An origin that hangs from its first request has no time between ends to go by: the
+    time it has been busy is the estimate, so the room it holds beyond its share is given back
+    within a few seconds, not when its downloads time out."""
+    origins = make(ceiling=50, initial=8, room=500)
+    for _ in range(8):
+        await origins.acquire(A)  # they hang
+    parked: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(490):
+            nursery.start_soon(waiter, origins, A, parked)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(origins, A).waiting == 490  # at once: nothing known yet
+        await trio.sleep(2 * RECHECK)
+        assert state(origins, A).waiting == 250  # its share: half the room
+        assert len(parked) == 240
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_fast_origin_over_its_share_is_not_parked(

@@ -65,7 +65,13 @@ MAX_COOLDOWN = 600.0
 PARK_AFTER = 120.0
 """Seconds a task may expect to wait for its origin before it is parked (beyond its share)."""
 STALLED_AFTER = 10.0
-"""Seconds without a download end, while busy, after which an origin counts as stalled."""
+"""Seconds without a download end, while busy, after which an origin whose downloads have ended
+before counts as stalled."""
+RECHECK = 1.0
+"""Seconds between the checks of a task waiting beyond its origin's share of the room."""
+PROBE_EVERY = 10.0
+"""Seconds an origin stays just below the concurrency it was last throttled at before one
+more download at once is tried."""
 MAX_TRACKED = 10_000
 """Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
 
@@ -219,6 +225,10 @@ class Origin:
     """When a download of the origin last ended, or when the origin last became busy."""
     interval: float = 0.0
     """Mean seconds between the origin's download ends while busy (0: none seen yet)."""
+    ceiling: float = math.inf
+    """The concurrency the origin last answered with a setback: growth stops one below it
+    until :attr:`probe_at`."""
+    probe_at: float = 0.0
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
     pacer: Pacer = field(default_factory=lambda: Pacer(0))
     """The origin's bandwidth cap (``download.host_rates``)."""
@@ -252,8 +262,10 @@ class Origin:
         per the time since the last end (a stalled origin's estimate grows while nothing
         ends; a moment's gap in a fast origin's stream does not count)."""
         since = now - self.last_done
-        per_end = max(self.interval, since) if since > STALLED_AFTER else self.interval
-        return self.waiting * per_end
+        if self.interval == 0 or since > STALLED_AFTER:
+            # Nothing has ended yet: the time busy so far is all there is to go by.
+            return self.waiting * max(self.interval, since)
+        return self.waiting * self.interval
 
 
 @dataclass
@@ -265,6 +277,9 @@ class Slot:
     saturations: int
     """The origin's :attr:`Origin.saturations` before this download started: more at its end
     means the origin used its whole limit meanwhile (growth is earned)."""
+    succeeded: int
+    """The origin's :attr:`Origin.succeeded` before this download started: more at its end
+    means the origin served others meanwhile."""
 
 
 class Origins:
@@ -335,7 +350,13 @@ class Origins:
                     continue
                 if origin.active < origin.cap:
                     break
-                await origin.lot.park()
+                if origin.waiting <= self._share():
+                    await origin.lot.park()
+                    continue
+                # Beyond the share: look again now and then, as the origin may turn out slow.
+                with trio.move_on_after(RECHECK):
+                    await origin.lot.park()
+                self._park_if_slow(origin)
         finally:
             self._wait(origin, -1)
         mark = origin.saturations
@@ -346,7 +367,7 @@ class Origins:
             origin.saturations += 1
         origin.started += 1
         origin.last_used = self._clock()
-        return Slot(origin, origin.epoch, mark)
+        return Slot(origin, origin.epoch, mark, origin.succeeded)
 
     async def pace(self, name: str, n: int) -> None:
         """Wait until ``n`` more bytes from origin ``name`` (``""``: none) fit in the caps."""
@@ -398,13 +419,19 @@ class Origins:
         self._refresh(origin, self._clock())
         if origin.circuit is Circuit.OPEN:
             self._park(origin, PARK_OPEN, "circuit open")
-        if origin.waiting == 0:
+        if origin.waiting == 0 or origin.waiting < self._share():
             return
-        # Its share of the room: divided between the origins at work, and never more than half
-        # for a slow one (a lone stalled origin must leave room for the next origin to come).
+        self._park_if_slow(origin)
+
+    def _share(self) -> int:
+        """An origin's share of the room: divided between the origins at work, and never more
+        than half (a lone stalled origin must leave room for the next origin to come)."""
         room = self.policy.room
-        share = max(1, min(room // max(1, self._busy_origins), room // 2))
-        if origin.waiting < share:
+        return max(1, min(room // max(1, self._busy_origins), room // 2))
+
+    def _park_if_slow(self, origin: Origin) -> None:
+        """Park a task beyond its origin's share when it would wait there past PARK_AFTER."""
+        if origin.waiting < self._share():
             return
         wait = origin.expected_wait(self._clock())
         if wait > PARK_AFTER:
@@ -443,15 +470,33 @@ class Origins:
         if origin.saturations == slot.saturations:
             return  # the origin never used its whole limit while this one ran
         step = 1.0 if origin.slow_start else 1.0 / max(1.0, origin.limit)
-        origin.limit = min(float(origin.maximum), origin.limit + step)
+        top = float(origin.maximum)
+        if origin.ceiling - 1 < top:
+            # Back quickly to just below the concurrency it throttled at; past it only by one,
+            # once every PROBE_EVERY (a probe that holds raises the ceiling).
+            step = 1.0
+            now = self._clock()
+            if origin.limit >= origin.ceiling - 1 and now >= origin.probe_at:
+                origin.ceiling += 1
+                origin.probe_at = now + PROBE_EVERY
+            top = min(top, origin.ceiling - 1)
+        origin.limit = max(origin.limit, min(top, origin.limit + step))
 
     def _setback(self, origin: Origin, slot: Slot, now: float, retry_after: float | None) -> None:
         wait = retry_after if retry_after is not None and retry_after > 0 else 0.0
+        # Turned away while it served others: an answer to how many at once. Its limit is cut
+        # and it grows back to just below that many, but nobody else is paused.
+        too_many = origin.succeeded > slot.succeeded and origin.circuit is Circuit.CLOSED
+        if too_many and wait <= MAX_PAUSE:
+            wait = 0.0
         if slot.epoch != origin.epoch:
             # Started before the last halving (or opening): its round was counted already.
             if wait and origin.circuit is Circuit.CLOSED and wait <= MAX_PAUSE:
                 origin.paused_until = max(origin.paused_until, now + wait)
             return
+        if too_many:
+            origin.ceiling = float(max(2, origin.cap))
+            origin.probe_at = now + PROBE_EVERY
         origin.setbacks_in_row += 1
         origin.limit = max(1.0, origin.limit / 2)
         origin.slow_start = False
