@@ -108,6 +108,7 @@ CASES: list[tuple[str, str]] = [
     # submit
     ("submit -c {good}", "nothing to submit"),
     ("submit -c {good} --batch many https://example.org/a", "invalid int value: 'many'"),
+    ("submit -c {good} --lane fast https://example.org/a", "invalid choice: 'fast'"),
     ("submit -c {good} ftp://example.org/a", "no downloader for scheme 'ftp'"),
     ("submit -c {good} --file {missing}", "cannot read it"),
     ("submit -c {nobus} https://example.org/a", "no bus at"),

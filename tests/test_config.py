@@ -95,6 +95,8 @@ def test_durations_and_sizes(registry: Registry) -> None:
             "unknown source kind",
         ),
         (lambda d: d["sources"][0].update(colour="blue"), "sources[0].colour", "unknown key"),
+        (lambda d: d["sources"][0].update(lane="fast"), "sources[0].lane", "'fast' is not a lane"),
+        (lambda d: d["download"].update(backfill_share=0), "download.backfill_share", "> 0"),
         (
             lambda d: d["downloaders"].update(gopher={}),
             "downloaders.gopher",

@@ -202,8 +202,9 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
     ledger = IdLedger(tmp_path / "ids.sqlite")
     metrics = Metrics()
     pipeline = SimpleNamespace(
-        components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=metrics
-    )
+        components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=metrics,
+        limiters={"download": trio.CapacityLimiter(1)},
+    )  # fmt: skip
     stage = DownloadStage(pipeline)  # type: ignore[arg-type]
     tasks = [
         DownloadTask(event=Event(id="x", url=f"https://h/{name}.bin"), received_at=T)

@@ -118,7 +118,7 @@ def test_topics_ensure_reports_and_the_daemon_refuses_missing_topics(kafka_env: 
     again = env.cli("topics", "ensure")
     assert again.returncode == 0
     assert "created" not in again.stdout
-    assert again.stdout.count("ok ") == 9
+    assert again.stdout.count("ok ") == 10
     env.data["topics"]["results"] = env.data["topics"]["results"] + ".nope"
     env.write()
     daemon = harness.DaemonProcess(env.config, env.root / "refused.log")
@@ -159,23 +159,27 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
         env.daemons.append(daemon)
         return daemon
 
+    def moves(daemon: Any, what: str) -> list[dict[str, Any]]:
+        """The download group's (not the backfill lane's: it has its own group)."""
+        return [
+            e for e in daemon.logs()
+            if e.get("msg") == f"partitions {what}" and e.get("stage") == "download"
+        ]  # fmt: skip
+
     def assigned(daemon: Any) -> list[str]:
-        entries = [e for e in daemon.logs() if e.get("msg") == "partitions assigned"]
-        return sorted(p for e in entries for p in e["partitions"])
+        return sorted(p for e in moves(daemon, "assigned") for p in e["partitions"])
 
     worker = download_worker().start()
     first = env.submit_events(events(origin, "before", 20))
     env.wait_settled(first, landed=20, timeout=90, what="the first batch to land")
     other, _ = env.start_worker("download", "download-2")
     wait_until(
-        lambda: (
-            assigned(other) and [e for e in worker.logs() if e.get("msg") == "partitions revoked"]
-        ),
+        lambda: assigned(other) and moves(worker, "revoked"),
         timeout=60,
         what="download-1 to hand partitions to download-2",
     )
-    had = sorted(set(assigned(worker)) - {p for e in worker.logs()
-                 if e.get("msg") == "partitions revoked" for p in e["partitions"]})  # fmt: skip
+    had = sorted(set(assigned(worker)) - {p for e in moves(worker, "revoked")
+                 for p in e["partitions"]})  # fmt: skip
     others = len(other.logs())
     worker.kill()
     started = time.monotonic()
@@ -188,7 +192,11 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
     # It came back with the partitions it had; the other worker saw no rebalance at all.
     assert assigned(worker) == had
     since = other.logs()[others:]
-    assert [e for e in since if e.get("msg") in ("partitions revoked", "partitions assigned")] == []
+    assert [
+        e for e in since
+        if e.get("msg") in ("partitions revoked", "partitions assigned")
+        and e.get("stage") == "download"
+    ] == []  # fmt: skip
     code, counts = env.audit(first, second)
     assert (counts["landed"], counts["lost"], counts["duplicate_rows"]) == (40, 0, 0)
     assert code == 0

@@ -286,6 +286,7 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
         "Stage: Results",
         "Nodes (fleet)",
         "Origins (download, per host:port)",
+        "Lanes (live, backfill)",
     ]
     for panel in panels:
         if panel["type"] == "row":

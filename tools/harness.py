@@ -19,8 +19,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
+
+from lakeferry.config import TopicsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,14 +66,9 @@ def config_dict(
                 "consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
             },
         }
-        data["topics"] = {
-            name: f"{namespace}{topic}"
-            for name, topic in (
-                ("intake", "events.raw"), ("pending", "downloads.pending"),
-                ("cached", "downloads.cached"), ("results", "downloads.results"),
-                ("dlq", "downloads.dlq"), ("nodes", "lakeferry.nodes"),
-            )
-        }  # fmt: skip
+        # Every topic the pipeline names, in this run's namespace (a shared broker).
+        defaults = msgspec.to_builtins(TopicsConfig())
+        data["topics"] = {name: f"{namespace}{topic}" for name, topic in defaults.items()}
         data["retry"]["topics"] = [f"{namespace}{t}" for t in data["retry"]["topics"]]
     return data
 

@@ -166,6 +166,7 @@ async def audit(
     plan = [
         (topics.intake, f"{group}.ingest", "event"),
         (topics.pending, f"{group}.download", "task"),
+        (topics.backfill, f"{group}.backfill", "task"),
         *[(t, f"{group}.download", "task") for t in core.retry.topics],
         *[(t, g, "cached") for t, g in cached],
         (topics.results, f"{group}.results", "result"),
@@ -174,13 +175,14 @@ async def audit(
         seen, pending = await _ids_on_topic(bus, topic, consumer_group, _decoder(None, kind))
         events |= seen
         in_flight |= pending
-    async for record in bus.scan(topics.pending):
-        try:
-            event = DOWNLOAD.decode(record.value).event
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-        if event.sha256:
-            expected_sha[event.id] = event.sha256
+    for tasks_topic in (topics.pending, topics.backfill):
+        async for record in bus.scan(tasks_topic):
+            try:
+                event = DOWNLOAD.decode(record.value).event
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if event.sha256:
+                expected_sha[event.id] = event.sha256
 
     origins: collections.Counter[str] = collections.Counter()
     for row in await inventory.read_events():

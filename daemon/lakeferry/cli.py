@@ -225,6 +225,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from lakeferry import submitcmd
     from lakeferry.admission import admission
     from lakeferry.bus.base import OutgoingRecord
+    from lakeferry.retry import LANE_HEADER
 
     registry = _registry(args.config)
     config = _load(args.config, registry)
@@ -236,6 +237,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     lines = [raw for _, raw in events]
+    headers = {LANE_HEADER: args.lane.encode()} if args.lane != "live" else {}
 
     async def send(bus: Any) -> int:
         producer = bus.producer()
@@ -243,14 +245,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             task = progress.add_task("submit", total=len(lines))
             for start in range(0, len(lines), max(1, args.batch)):
                 chunk = lines[start : start + max(1, args.batch)]
-                records = [OutgoingRecord(topic, raw, submitcmd.key_of(raw)) for raw in chunk]
+                records = [
+                    OutgoingRecord(topic, raw, submitcmd.key_of(raw), headers) for raw in chunk
+                ]
                 await producer.send_many(records)
                 progress.advance(task, len(chunk))
         return len(lines)
 
     count = _with_bus(config, send, needs=[topic])
     if not args.quiet:
-        print(f"submitted {count} event(s) to {topic}", file=sys.stderr)
+        lane = f" (lane {args.lane})" if headers else ""
+        print(f"submitted {count} event(s) to {topic}{lane}", file=sys.stderr)
     if args.urls and not args.file:
         for raw in lines:
             print(json.loads(raw)["id"])

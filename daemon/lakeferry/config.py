@@ -44,6 +44,8 @@ from lakeferry.units import ByteSize, Duration, LocalPath, dec_hook
 Concurrency = Annotated[int, Meta(ge=1, le=100_000)]
 Positive = Annotated[int, Meta(ge=1)]
 QueueSize = Annotated[int, Meta(ge=0, le=1_000_000)]
+Share = Annotated[float, Meta(gt=0, le=1)]
+Rate = Annotated[float, Meta(ge=0)]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -107,6 +109,8 @@ class TopicsConfig(_Section):
     cached: str = "downloads.cached"
     """In fleet mode the prefix of each node's own: the loaded config names this node's."""
     results: str = "downloads.results"
+    backfill: str = "downloads.backfill"
+    """The backfill lane's pending tasks (:mod:`lakeferry.stages.lanes`)."""
     dlq: str = "downloads.dlq"
     nodes: str = "lakeferry.nodes"
     """Fleet mode only: every process's heartbeat, compacted (``lakeferry fleet status``)."""
@@ -156,11 +160,32 @@ class DownloadConfig(_Section):
     """Bytes per second over every download (``"100MiB"``); 0: no cap."""
     host_rates: dict[str, ByteSize] = msgspec.field(default_factory=dict)
     """Pattern (as ``host_limits``) -> the origin's bytes per second."""
+    backfill_share: Share = 0.5
+    """The most of ``concurrency`` the backfill lane holds at once (a fraction, at least one
+    slot); it takes a slot only while no live task waits for one."""
+    backfill_rate: Rate = 0.0
+    """Backfill downloads started per second at most; 0: no cap."""
+    backfill_backlog: Concurrency = 100
+    """The backfill lane starts nothing new while this many files (of either lane) are
+    downloaded and not yet recorded, so live files never queue behind a backfill's backlog in
+    the upload and results stages."""
+    backfill_queue: QueueSize = 0
+    """Backfill tasks the stage holds at once (0: twice the lane's slots)."""
 
     @property
     def room(self) -> int:
         """``queue``, or its default."""
         return self.queue or 10 * self.concurrency
+
+    @property
+    def backfill_slots(self) -> int:
+        """The backfill lane's share of the download slots (at least one)."""
+        return max(1, int(self.concurrency * self.backfill_share))
+
+    @property
+    def backfill_room(self) -> int:
+        """``backfill_queue``, or its default."""
+        return self.backfill_queue or 2 * self.backfill_slots
 
 
 class UploadConfig(_Section):
@@ -242,6 +267,8 @@ class PluginChoice(Struct, frozen=True):
 
     kind: str
     settings: Any
+    lane: str = "live"
+    """Sources only: the lane of the events it reads (``live`` or ``backfill``)."""
 
 
 class LoadedConfig(Struct, frozen=True):
@@ -289,7 +316,10 @@ class LoadedConfig(Struct, frozen=True):
         heartbeats)."""
         t = self.core.topics
         fleet = [t.nodes] if self.fleet else []
-        return [t.intake, t.pending, t.cached, t.results, t.dlq, *self.core.retry.topics, *fleet]
+        return [
+            t.intake, t.pending, t.backfill, t.cached, t.results, t.dlq,
+            *self.core.retry.topics, *fleet,
+        ]  # fmt: skip
 
 
 NODE_SCOPED_GROUPS = frozenset({"upload"})
@@ -417,6 +447,20 @@ def _plugin(
     return PluginChoice(kind, resolve_paths(_convert(data, reg.settings_type, key), _BASE.get()))
 
 
+LANES = ("live", "backfill")
+"""The lanes a source's events may take (:mod:`lakeferry.stages.lanes`)."""
+
+
+def _source(registry: Registry, section: dict[str, Any], key: str) -> PluginChoice:
+    """A ``[[sources]]`` table: the plugin's settings, and the ``lane`` every source has."""
+    data = dict(section)
+    lane = data.pop("lane", "live")
+    if lane not in LANES:
+        raise ConfigError(f"{key}.lane", f"{lane!r} is not a lane; use one of: {', '.join(LANES)}")
+    choice = _plugin(registry, "source", data, key)
+    return msgspec.structs.replace(choice, lane=lane)
+
+
 def _validate_core(core: Config) -> None:
     retry = core.retry
     if not retry.delays:
@@ -493,7 +537,7 @@ def _parse(resolved: dict[str, Any], registry: Registry, path: str) -> LoadedCon
     for name in ("cache", "sink", "inventory"):
         if not getattr(core, name):
             raise ConfigError(f"{name}.kind", f"the [{name}] section is required")
-    sources = [_plugin(registry, "source", s, f"sources[{i}]") for i, s in enumerate(core.sources)]
+    sources = [_source(registry, s, f"sources[{i}]") for i, s in enumerate(core.sources)]
     downloaders: dict[str, PluginChoice] = {}
     configured = dict(core.downloaders)
     for kind in registry.kinds("downloader"):

@@ -84,6 +84,9 @@ class DownloadTask(Struct, kw_only=True, frozen=True, tag="download"):
     origin: str | None = None
     """Where the raw event came from (``events.raw/2/15``, ``spool:/dir/f.jsonl:12``,
     ``kafka:topic/0/15`` ...): one intake record, one row in the events table."""
+    lane: str = "live"
+    """``live``, or ``backfill``: what it may take of the download slots
+    (:mod:`lakeferry.stages.lanes`). Kept through retries and DLQ replays."""
     v: int = SCHEMA_VERSION
 
 

@@ -7,6 +7,7 @@ follow ``lakeferry_<area>_<what>_<unit>``.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -246,6 +247,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lane_tasks = prom.Counter(
+            "lakeferry_lane_tasks_total",
+            "Download tasks handled, by lane (live, backfill) and outcome",
+            ["lane", "outcome"],
+            registry=r,
+        )
+        self.lane_active = prom.Gauge(
+            "lakeferry_lane_downloads_active", "Downloads running, by lane", ["lane"], registry=r
+        )
+        self.lane_waiting = prom.Gauge(
+            "lakeferry_lane_slot_waiting",
+            "Tasks of a lane waiting for a download slot (backfill: while live tasks take them)",
+            ["lane"],
+            registry=r,
+        )
+        self.backfill_backlog = prom.Gauge(
+            "lakeferry_backfill_backlog",
+            "Files downloaded and not yet recorded, as the backfill lane last measured them "
+            "(-1: unknown, the lane waits)",
+            registry=r,
+        )
         # Until a download stage runs here: the series exist (as "other", at zero).
         self._origins = _OriginsCollector(_no_origins)
         r.register(self._origins)
@@ -272,6 +294,21 @@ class Metrics:
         """Serve the download stage's per-origin series (a restarted stage replaces its
         predecessor's)."""
         self._origins.follow(snapshot)
+
+    def track_lanes(
+        self,
+        active: Callable[[str], float],
+        waiting: Callable[[str], float],
+        backlog: Callable[[], float],
+    ) -> None:
+        """Serve the download stage's per-lane gauges."""
+        for lane in ("live", "backfill"):
+            self.lane_active.labels(lane).set_function(functools.partial(active, lane))
+            self.lane_waiting.labels(lane).set_function(functools.partial(waiting, lane))
+        self.backfill_backlog.set_function(backlog)
+
+    def lane_done(self, lane: str, outcome: str) -> None:
+        self.lane_tasks.labels(lane, outcome).inc()
 
     def parked(self, reason: str) -> None:
         self.parks.labels(reason).inc()

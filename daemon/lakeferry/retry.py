@@ -19,6 +19,8 @@ ORIGIN_HEADER = "lf-origin-topic"
 FIRST_SEEN_HEADER = "lf-first-seen"
 FIRST_ERROR_HEADER = "lf-first-error"
 LAST_ERROR_HEADER = "lf-last-error"
+LANE_HEADER = "lf-lane"
+"""On an intake record (``lakeferry submit --lane``): the lane of its events; absent: live."""
 
 
 class Rung(NamedTuple):

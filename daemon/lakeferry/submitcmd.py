@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lakeferry.admission import Admission, Refusal
+from lakeferry.config import LANES
 from lakeferry.messages import EVENT, Event, utcnow
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -100,6 +101,7 @@ def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
             examples=[
                 "lakeferry submit https://example.org/a.bin --path in/a.bin",
                 "lakeferry submit --file events.jsonl --quiet",
+                "lakeferry submit --file history.jsonl --lane backfill",
             ],
         )
     )
@@ -108,6 +110,10 @@ def add_parser(sub: Any, with_config: Any, fn: Any) -> None:
     p.add_argument("--id", help="the event's id (one URL only; default: a new UUID)")
     p.add_argument("--path", help="destination relative to the sink root (one URL only)")
     p.add_argument("--sha256", help="expected sha256 of the file, lowercase hex (one URL only)")
+    p.add_argument(
+        "--lane", choices=LANES, default="live",
+        help="live (default), or backfill: downloads only in the capacity live events leave",
+    )  # fmt: skip
     p.add_argument("--batch", type=int, default=500, metavar="N", help="events per bus write (500)")
     p.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar, no summary on stderr"

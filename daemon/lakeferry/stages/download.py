@@ -53,6 +53,7 @@ from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter, Pace, Progress
 from lakeferry.stages.driver import seconds_until_ms
+from lakeferry.stages.lanes import BACKFILL, Backlog, Lanes
 from lakeferry.stages.origins import (
     Origins,
     Outcome,
@@ -124,6 +125,30 @@ class DownloadStage:
         self._settings = pipeline.settings.download
         self.origins = Origins(origin_policy(self._settings))
         pipeline.metrics.track_origins(self.origins)
+        self.lanes = Lanes(pipeline.limiters["download"], Backlog(self._backlog))
+        lanes = self.lanes
+        pipeline.metrics.track_lanes(lanes.active.__getitem__, lanes.waiting, lanes.backlog_seen)
+
+    async def _backlog(self) -> int | None:
+        """Files downloaded and not yet recorded: the upload stage's lag on the cached topic
+        and the results stage's on the results topic (None: the bus did not say)."""
+        p = self.p
+        total = 0
+        for topic, group in (
+            (p.topics.cached, p.group_for("upload")),
+            (p.topics.results, p.group_for("results")),
+        ):
+            try:
+                ends = await p.bus.end_offsets(topic)
+                committed = await p.bus.committed(group, topic)
+            except Exception as exc:
+                log.warning(
+                    "backlog unknown: the backfill lane waits",
+                    extra={"topic": topic, "error": str(exc)},
+                )
+                return None
+            total += sum(max(0, end - committed.get(part, 0)) for part, end in ends.items())
+        return total
 
     def gate(self, record: Record) -> float:
         return seconds_until_ms(due_ms(record.headers))
@@ -160,19 +185,29 @@ class DownloadStage:
             if due is not None:
                 lateness = max(0.0, time.time() - due / 1000)
                 p.metrics.retry_late(record.topic, lateness)
-            try:
-                outcome = await self._check_id(task)
-                if outcome is None:
-                    outcome = await self._download(task)
-            except PipelineError as error:
-                await self._failed(task, error, record.topic)
-                outcome = "failed"
-            except Parked as parked:
-                await self._park(task, parked)
-                outcome = "parked"
+            if task.lane == BACKFILL and record.topic != p.topics.backfill:
+                # Due on a rung, or replayed: back to its lane's topic, to wait there.
+                await p.producer.send_many([task_record(p.topics.backfill, task)])
+                outcome = "to_backfill"
+            else:
+                outcome = await self._attempt(task, record.topic)
         finally:
             self._release(task.event.id)
         p.finished("download", outcome, time.monotonic() - started, task.event.id, task.attempt)
+        p.metrics.lane_done(task.lane, outcome)
+
+    async def _attempt(self, task: DownloadTask, topic: str) -> str:
+        try:
+            outcome = await self._check_id(task)
+            if outcome is None:
+                outcome = await self._download(task)
+        except PipelineError as error:
+            await self._failed(task, error, topic)
+            outcome = "failed"
+        except Parked as parked:
+            await self._park(task, parked)
+            outcome = "parked"
+        return outcome
 
     async def _check_id(self, task: DownloadTask) -> str | None:
         """Before any byte is fetched: is the id bound to another file (PermanentError
@@ -244,14 +279,30 @@ class DownloadStage:
         if p.settings.download is not self._settings:  # a reload
             self._settings = p.settings.download
             self.origins.set_policy(origin_policy(self._settings))
+        if task.lane == BACKFILL:
+            # A ticket (the lane's share), then the rate and the backlog downstream.
+            async with p.limiters["backfill"]:
+                await self.lanes.turn(
+                    rate=self._settings.backfill_rate, backlog=self._settings.backfill_backlog
+                )
+                return await self._fetch_at_origin(task, key, downloader, resume=resume)
+        return await self._fetch_at_origin(task, key, downloader, resume=resume)
+
+    async def _fetch_at_origin(
+        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
+    ) -> CacheEntry:
+        p = self.p
         origin = origin_of(task.event.url)
-        slot: Slot | None = await self.origins.acquire(origin) if origin else None
+        backfill = task.lane == BACKFILL
+        slot: Slot | None = (
+            await self.origins.acquire(origin, backfill=backfill) if origin else None
+        )
         outcome = Outcome.CANCELLED
         retry_after: float | None = None
         progress = Progress()
         try:
-            async with p.limiters["download"]:
-                active = p.active["download"]
+            async with self.lanes.slot(task.lane):
+                active = p.active["backfill" if backfill else "download"]
                 active.n += 1
                 try:
                     entry = await self._fetch_until_room(
@@ -428,11 +479,24 @@ async def run_download(
 ) -> None:
     """Consume pending and every retry rung until drained."""
     stage = DownloadStage(pipeline)
-    await run_consuming_stage(
-        pipeline, SPEC.main, handler=stage.handle, gate=stage.gate, dispatch=stage.dispatch,
-        task_status=task_status,
+    consume = functools.partial(
+        run_consuming_stage, pipeline, handler=stage.handle, gate=stage.gate,
+        dispatch=stage.dispatch,
     )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(consume, SPEC.main))
+        await nursery.start(functools.partial(consume, BACKFILL_CONSUMER))
+        task_status.started()
 
+
+BACKFILL_CONSUMER = Consumes(
+    "backfill",
+    topics=lambda core: [core.topics.backfill],
+    capacity=lambda core: core.download.backfill_slots,
+    intake=lambda core: core.download.backfill_room,
+)
+"""The backfill lane's consumer: its limiter is the lane's share of the download slots (a
+ticket per download); its tasks then take a download slot only when no live task waits."""
 
 SPEC = StageSpec(
     name="download",
@@ -445,6 +509,7 @@ SPEC = StageSpec(
             capacity=lambda core: core.download.concurrency,
             intake=lambda core: core.download.room,
         ),
+        BACKFILL_CONSUMER,
     ),
     uses=frozenset({"cache", "downloader", "ledger"}),
     live_keys=frozenset(f"download.{key}" for key in DownloadConfig.__struct_fields__),

@@ -1,8 +1,9 @@
 """The events recorder: an analytics copy of every accepted event in the Delta events table.
 
-It reads ``downloads.pending`` in its own consumer group, off the latency path, and records
-each task on its first delivery (attempt 0, never replayed) in batches, exactly once per intake
-record (:mod:`lakeferry.stages.exactly_once`): each commit carries the batch's application
+It reads ``downloads.pending`` and the backfill lane's ``downloads.backfill`` in its own
+consumer group, off the latency path, and records each task on its first delivery (attempt 0,
+never replayed) in batches, exactly once per intake record
+(:mod:`lakeferry.stages.exactly_once`): each commit carries the batch's application
 transactions, and a row whose ``origin`` (the intake record it came from: ``events.raw/2/15``,
 ``spool:/dir/f.jsonl:12``...) is in the table already is not written again. So neither a
 redelivery of ``downloads.pending`` (a crash between the Delta commit and the offset commit)
@@ -97,7 +98,7 @@ class EventsRecorder:
 
 EVENTS = Consumes(
     "events",
-    topics=lambda core: [core.topics.pending],
+    topics=lambda core: [core.topics.pending, core.topics.backfill],
     capacity=lambda core: core.ingest.events_batch_rows * 2,
     enabled=lambda core: core.ingest.events_table,
 )

@@ -29,12 +29,15 @@ from lakeferry.bus.base import OutgoingRecord, Producer, Record
 from lakeferry.components import RawEvent
 from lakeferry.config import TopicsConfig
 from lakeferry.deadletters import DeadLetters
+from lakeferry.errors import Reason
 from lakeferry.logs import get_logger
 from lakeferry.messages import DownloadTask, utcnow
 from lakeferry.metrics import Metrics
 from lakeferry.pipeline import Pipeline
 from lakeferry.records import task_record
+from lakeferry.retry import LANE_HEADER
 from lakeferry.stages.events import EVENTS, run_events_recorder
+from lakeferry.stages.lanes import BACKFILL, LANES, LIVE
 from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.stagespec import Consumes, StageSpec
 
@@ -70,6 +73,7 @@ class BusIntake:
         metrics: Metrics,
         rules: Callable[[], Admission],
         topics: Callable[[], TopicsConfig],
+        lane: str = LIVE,
     ) -> None:
         self.producer = producer
         self.dead_letters = dead_letters
@@ -77,6 +81,16 @@ class BusIntake:
         self.rules = rules
         """The admission rules, read for every batch: a reload may change the limit."""
         self.topics = topics
+        self.lane = lane
+        """Where its events go: ``live`` to the pending topic, ``backfill`` to the backfill
+        lane's (:mod:`lakeferry.stages.lanes`)."""
+
+    def in_lane(self, lane: str) -> BusIntake:
+        """The same intake, for events of ``lane``."""
+        return BusIntake(
+            producer=self.producer, dead_letters=self.dead_letters, metrics=self.metrics,
+            rules=self.rules, topics=self.topics, lane=lane,
+        )  # fmt: skip
 
     @classmethod
     def of(cls, p: Pipeline) -> BusIntake:
@@ -87,6 +101,7 @@ class BusIntake:
 
     async def publish(self, events: Sequence[RawEvent]) -> None:
         topics = self.topics()
+        pending = topics.backfill if self.lane == BACKFILL else topics.pending
         received = utcnow()
         started = time.monotonic()
         rules = self.rules()
@@ -110,7 +125,9 @@ class BusIntake:
                 event = msgspec.structs.replace(
                     event, created_at=event.created_at.replace(tzinfo=received.tzinfo)
                 )
-            task = DownloadTask(event=event, received_at=received, origin=raw.origin)
+            task = DownloadTask(
+                event=event, received_at=received, origin=raw.origin, lane=self.lane
+            )
             # Before any byte is fetched: a URL no downloader serves, or a destination that
             # cannot be rendered or is unsafe, is refused here, not after the download.
             try:
@@ -125,7 +142,7 @@ class BusIntake:
                 continue
             if destination is not None:
                 task = msgspec.structs.replace(task, destination=destination)
-            out.append(task_record(topics.pending, task))
+            out.append(task_record(pending, task))
         if out:
             await self.producer.send_many(out)
         elapsed = time.monotonic() - started
@@ -141,29 +158,50 @@ class BusIntake:
             )
 
 
+class IntakeTopic:
+    """The intake topic's records (``lakeferry submit``): each names its lane in a header
+    (absent: live), and goes through that lane's :class:`BusIntake`."""
+
+    def __init__(self, intake: BusIntake) -> None:
+        self.lanes = {LIVE: intake.in_lane(LIVE), BACKFILL: intake.in_lane(BACKFILL)}
+
+    async def handle(self, record: Record) -> None:
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        lane = record.headers.get(LANE_HEADER, LIVE.encode()).decode(errors="replace")
+        intake = self.lanes.get(lane)
+        if intake is None:
+            # Not from `lakeferry submit` (it checks): kept, in the DLQ, with the reason.
+            await self.lanes[LIVE].dead_letters.send(
+                stage="ingest", reason=Reason.MALFORMED,
+                error=f"intake record header {LANE_HEADER}={lane!r} is not a lane "
+                f"(use one of: {', '.join(LANES)})",
+                origin_topic=record.topic, raw=record.value, key=malformed_key(record.value),
+            )  # fmt: skip
+            return
+        await intake.publish([RawEvent(record.value, origin)])
+
+
 async def run_ingest(
     pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run every configured source and the intake-topic consumer until drained."""
     p = pipeline
-    intake = BusIntake.of(p)
-
-    async def handle(record: Record) -> None:
-        origin = f"{record.topic}/{record.partition}/{record.offset}"
-        await intake.publish([RawEvent(record.value, origin)])
+    intake = IntakeTopic(BusIntake.of(p))
 
     async def run_sources(task_status: trio.TaskStatus[None]) -> None:
         # Sources run until the drain cancels them (or they return by themselves).
         async with trio.open_nursery() as nursery:
-            for source in p.components.sources:
-                await nursery.start(source.run, intake)
+            for source, choice in zip(p.components.sources, p.config.sources, strict=True):
+                await nursery.start(source.run, intake.lanes[choice.lane])
             task_status.started()
             await p.lifecycle.draining.wait()
             nursery.cancel_scope.cancel(reason="draining")
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run_sources)
-        await nursery.start(functools.partial(run_consuming_stage, p, SPEC.main, handler=handle))
+        await nursery.start(
+            functools.partial(run_consuming_stage, p, SPEC.main, handler=intake.handle)
+        )
         if EVENTS.enabled(p.settings):
             await nursery.start(run_events_recorder, p)
         task_status.started()

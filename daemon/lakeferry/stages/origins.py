@@ -230,6 +230,10 @@ class Origin:
     until :attr:`probe_at`."""
     probe_at: float = 0.0
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    """Live tasks waiting for the origin."""
+    backfill_lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    """Backfill tasks waiting for it: they go only when no live task waits."""
+    live_waiting: int = 0
     pacer: Pacer = field(default_factory=lambda: Pacer(0))
     """The origin's bandwidth cap (``download.host_rates``)."""
     # Totals for metrics.
@@ -255,6 +259,16 @@ class Origin:
 
     def idle(self) -> bool:
         return self.active == 0 and self.waiting == 0
+
+    def wake(self, count: int) -> None:
+        """Let up to ``count`` waiters look again: live ones first."""
+        woken = len(self.lot.unpark(count=count))
+        if count > woken:
+            self.backfill_lot.unpark(count=count - woken)
+
+    def wake_all(self) -> None:
+        self.lot.unpark_all()
+        self.backfill_lot.unpark_all()
 
     def expected_wait(self, now: float) -> float:
         """Seconds a task joining the origin's waiters may expect to wait: one download end
@@ -310,7 +324,7 @@ class Origins:
             origin.maximum = policy.maximum(origin.name)
             origin.limit = min(origin.limit, origin.maximum)
             origin.pacer.rate = policy.rate(origin.name)
-            origin.lot.unpark_all()
+            origin.wake_all()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -330,12 +344,17 @@ class Origins:
 
     # -- the stage's calls -----------------------------------------------------------------
 
-    async def acquire(self, name: str) -> Slot:
+    async def acquire(self, name: str, *, backfill: bool = False) -> Slot:
         """Wait until ``name`` may start one more download; raise :class:`Parked` when its
-        circuit is open or it already has its share of the waiting room."""
+        circuit is open or it already has its share of the waiting room. A ``backfill`` task
+        goes only while no live task waits for the origin."""
         origin = self._origin(name)
         self._admit(origin)
         self._wait(origin, +1)
+        lot = origin.backfill_lot if backfill else origin.lot
+        if not backfill:
+            origin.live_waiting += 1
+        taking = 0
         try:
             while True:
                 now = self._clock()
@@ -346,19 +365,24 @@ class Origins:
                     self._park(origin, PARK_OPEN, "circuit half-open, its probe is running")
                 if now < origin.paused_until:
                     with trio.move_on_at(origin.paused_until):
-                        await origin.lot.park()
+                        await lot.park()
                     continue
-                if origin.active < origin.cap:
+                if origin.active < origin.cap and not (backfill and origin.live_waiting):
+                    taking = 1
                     break
                 if origin.waiting <= self._share():
-                    await origin.lot.park()
+                    await lot.park()
                     continue
                 # Beyond the share: look again now and then, as the origin may turn out slow.
                 with trio.move_on_after(RECHECK):
-                    await origin.lot.park()
+                    await lot.park()
                 self._park_if_slow(origin)
         finally:
             self._wait(origin, -1)
+            if not backfill:
+                origin.live_waiting -= 1
+                if not origin.live_waiting:
+                    origin.wake(max(0, origin.cap - origin.active - taking))
         mark = origin.saturations
         if origin.active == 0:
             origin.last_done = self._clock()  # busy from now: ends are timed from here
@@ -397,9 +421,9 @@ class Origins:
             if origin.circuit is Circuit.HALF_OPEN:
                 self._close(origin)
         if origin.circuit is Circuit.OPEN:
-            origin.lot.unpark_all()  # every waiter is parked on the ladder now
+            origin.wake_all()  # every waiter is parked on the ladder now
         else:
-            origin.lot.unpark(count=max(0, origin.cap - origin.active))
+            origin.wake(max(0, origin.cap - origin.active))
         self._forget_idle()
 
     # -- the rules -------------------------------------------------------------------------

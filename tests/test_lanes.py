@@ -1,0 +1,241 @@
+"""Lanes: live tasks first, a backfill in what they leave (``lakeferry.stages.lanes``).
+
+The rules one at a time (mock clock), the intake topic's lane header, then the daemon against
+a real origin: a queued backfill keeps to its share while live files pass it; a backfill
+source's task that fails comes back to its lane and lands once.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from helpers.daemon import DaemonEnv, origin_events
+from helpers.origin import serve
+from helpers.wait import wait_for
+from lakeferry.bus.base import Record
+from lakeferry.bus.embedded import EmbeddedBus
+from lakeferry.config import TopicsConfig
+from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter
+from lakeferry.retry import LANE_HEADER
+from lakeferry.stages.ingest import IntakeTopic
+from lakeferry.stages.lanes import BACKFILL, BACKLOG_EVERY, LIVE, Backlog, Lanes
+from lakeferry.stages.origins import OriginPolicy, Origins
+
+A = "a.example:443"
+
+
+def lanes_of(slots: int, backlog: list[int | None] | None = None) -> Lanes:
+    """Lanes over ``slots`` download slots; the backlog reads the next value of ``backlog``
+    at each measurement (the last one repeats), 0 when not given."""
+    values = backlog if backlog is not None else [0]
+
+    async def measure() -> int | None:
+        return values.pop(0) if len(values) > 1 else values[0]
+
+    return Lanes(trio.CapacityLimiter(slots), Backlog(measure))
+
+
+async def test_a_backfill_task_takes_a_free_slot_only_while_no_live_task_waits() -> None:
+    lanes = lanes_of(2)
+    order: list[str] = []
+
+    async def download(lane: str, name: str, done: trio.Event) -> None:
+        async with lanes.slot(lane):
+            order.append(name)
+            await done.wait()
+
+    first, second = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download, BACKFILL, "b1", first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, LIVE, "l1", second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["b1", "l1"]  # both slots taken
+        # Every slot busy: a backfill task comes first, a live one after; the live one goes
+        # first when a slot frees, the backfill one when the next does.
+        nursery.start_soon(download, BACKFILL, "b2", trio.Event())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(download, LIVE, "l2", trio.Event())
+        await trio.testing.wait_all_tasks_blocked()
+        assert (lanes.waiting(LIVE), lanes.waiting(BACKFILL)) == (1, 1)
+        first.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["b1", "l1", "l2"]
+        assert lanes.active == {LIVE: 2, BACKFILL: 0}
+        second.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["b1", "l1", "l2", "b2"]
+        nursery.cancel_scope.cancel()
+    assert lanes.slots.borrowed_tokens == 0
+
+
+async def test_the_backlog_downstream_holds_the_backfill_lane(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Measured at most every BACKLOG_EVERY; the downloads started since count as backlog;
+    an unknown backlog (the bus did not answer) holds the lane too."""
+    lanes = lanes_of(10, backlog=[5, 5, None, 0])
+    start = trio.current_time()
+    await lanes.turn(rate=0, backlog=7)  # 5 + 0 started < 7
+    await lanes.turn(rate=0, backlog=7)  # 5 + 1 < 7
+    assert trio.current_time() == start
+    await lanes.turn(rate=0, backlog=7)  # 5 + 2: wait; then 5 measured afresh, so 5 + 0
+    assert trio.current_time() - start == pytest.approx(BACKLOG_EVERY)
+    await lanes.turn(rate=0, backlog=7)  # 5 + 1
+    await lanes.turn(rate=0, backlog=7)  # 5 + 2: wait; unknown: wait; then 0
+    assert trio.current_time() - start == pytest.approx(3 * BACKLOG_EVERY)
+    assert lanes.backlog_seen() == 0
+
+
+async def test_the_backfill_rate_caps_downloads_started(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lanes = lanes_of(10)
+    start = trio.current_time()
+    for _ in range(30):
+        await lanes.turn(rate=10, backlog=1000)
+    # 30 starts at 10/s: a second's burst at once, the other 20 over two seconds.
+    assert trio.current_time() - start == pytest.approx(2.0, abs=0.11)
+
+
+async def test_at_an_origin_a_live_task_goes_before_backfill_tasks_waiting_longer() -> None:
+    origins = Origins(OriginPolicy(ceiling=50, initial=1))
+    held = await origins.acquire(A)
+    got: list[str] = []
+
+    async def wait(name: str, *, backfill: bool) -> None:
+        slot = await origins.acquire(A, backfill=backfill)
+        got.append(name)
+        origins.release(slot, outcome_ok())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(lambda i=i: wait(f"b{i}", backfill=True))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(lambda: wait("live", backfill=False))
+        await trio.testing.wait_all_tasks_blocked()
+        origins.release(held, outcome_ok())
+    assert got[0] == "live"
+    assert sorted(got[1:]) == ["b0", "b1", "b2"]
+
+
+def outcome_ok() -> Any:
+    from lakeferry.stages.origins import Outcome
+
+    return Outcome.OK
+
+
+# -- the intake topic's lane header ---------------------------------------------------------------
+
+
+async def test_the_lane_header_routes_an_intake_record_and_a_bad_one_is_a_letter() -> None:
+    from test_hostile_input import bus_intake
+
+    topics = TopicsConfig()
+    event = json.dumps({"id": "e1", "url": "https://example.org/f.bin"}).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with await EmbeddedBus.open(Path(tmp) / "bus.sqlite") as bus:
+            intake = IntakeTopic(bus_intake(bus))
+            for offset, lane in enumerate([b"backfill", None, b"fast"]):
+                headers = {LANE_HEADER: lane} if lane is not None else {}
+                await intake.handle(Record(topics.intake, 0, offset, b"e1", event, headers, 0))
+            backfill = [DOWNLOAD.decode(r.value) async for r in bus.scan(topics.backfill)]
+            pending = [DOWNLOAD.decode(r.value) async for r in bus.scan(topics.pending)]
+            letters = [DLQ.decode(r.value) async for r in bus.scan(topics.dlq)]
+    assert [t.lane for t in backfill] == [BACKFILL]
+    assert [t.lane for t in pending] == [LIVE]
+    [letter] = letters
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == "malformed"
+    assert "lf-lane='fast' is not a lane" in letter.error
+    assert letter.raw == event  # nothing lost: the record is in the letter
+
+
+# -- the daemon -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_queued_backfill_keeps_to_its_share_and_live_files_pass_it(
+    daemon_env: DaemonEnv,
+) -> None:
+    """30 backfill files that each take a second at the origin, then 10 live ones: the
+    backfill never holds more than its share (2 of 4 slots), and the live files land while
+    the backfill still has most of its files to go (without lanes it took all 4 slots and the
+    live files queued behind it on the pending topic)."""
+    env = daemon_env
+    env.data["download"] = {"concurrency": 4, "backfill_share": 0.5}
+    env.write()
+    with serve() as origin:
+        slow = [
+            {"id": f"old-{i}", "url": origin.file_url(
+                f"old-{i}.bin", 4096, route="throttle", limit=100, delay=1.0
+            )}
+            for i in range(30)
+        ]  # fmt: skip
+        env.start()
+        backfill = submit(env, slow, "--lane", "backfill")
+        wait_for(
+            lambda: origin.concurrency()["throttle"]["now"], lambda n: n >= 1, timeout=60,
+            what="the backfill to start",
+        )  # fmt: skip
+        live = env.submit_events(origin_events(origin, "new", 10))
+        counts = wait_for(
+            lambda: landed_by_prefix(env),
+            lambda by: by.get("new", 0) == 10,
+            timeout=120,
+            what="the live files to land",
+        )
+        assert counts.get("old", 0) < 20, counts  # the backfill was still at work
+        env.wait_settled(backfill, live, landed=40, timeout=180, what="everything to land")
+        assert origin.concurrency()["throttle"]["peak"] == 2
+        code, audit = env.audit(backfill, live)
+        assert (code, audit["landed"], audit["duplicate_rows"], audit["lost"]) == (0, 40, 0, 0)
+        assert env.metric("lakeferry_lane_tasks_total", lane="backfill", outcome="downloaded") == 30
+        assert env.metric("lakeferry_lane_tasks_total", lane="live", outcome="downloaded") == 10
+
+
+@pytest.mark.slow
+def test_a_backfill_sources_failed_task_comes_back_to_its_lane(daemon_env: DaemonEnv) -> None:
+    """A spool source with ``lane = "backfill"``: its events take the lane; one that fails
+    once goes to a retry rung, is handed back to the backfill topic when due, and lands once."""
+    env = daemon_env
+    env.data["sources"][0]["lane"] = "backfill"
+    env.write()
+    with serve() as origin:
+        events = origin_events(origin, "spooled", 6, flaky_every=3)  # 2 fail once
+        env.start()
+        path = env.root / "spooled.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+        env.spool(path)
+        env.wait_settled(path, landed=6, dead_lettered=0, timeout=120, what="the spooled files")
+        code, audit = env.audit(path)
+        assert (code, audit["landed"], audit["duplicate_rows"]) == (0, 6, 0)
+        assert env.metric("lakeferry_lane_tasks_total", lane="backfill", outcome="to_backfill") == 2
+        assert env.metric("lakeferry_lane_tasks_total", lane="backfill", outcome="downloaded") == 6
+        assert env.metric("lakeferry_lane_tasks_total", lane="live") == 0
+
+
+def submit(env: DaemonEnv, events: list[dict[str, Any]], *args: str) -> Path:
+    path = env.root / "backfill.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    result = env.cli("submit", "--file", str(path), "--quiet", *args)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def landed_by_prefix(env: DaemonEnv) -> dict[str, int]:
+    """Files in the sink per event-id prefix (``old``, ``new``): the sink's layout is
+    ``{event.id}/{filename}``, and a file appears there only once landed."""
+    counts: dict[str, int] = {}
+    for path in Path(env.data["sink"]["root"]).glob("*/*"):
+        if not path.name.startswith(".") and not path.parent.name.startswith("."):
+            prefix = path.parent.name.split("-", 1)[0]
+            counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
