@@ -26,7 +26,7 @@ from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter
 from lakeferry.retry import LANE_HEADER
 from lakeferry.stages.ingest import IntakeTopic
 from lakeferry.stages.lanes import BACKFILL, BACKLOG_EVERY, LIVE, Backlog, Lanes
-from lakeferry.stages.origins import OriginPolicy, Origins
+from lakeferry.stages.origins import OriginPolicy, Origins, Outcome
 
 A = "a.example:443"
 
@@ -110,26 +110,20 @@ async def test_at_an_origin_a_live_task_goes_before_backfill_tasks_waiting_longe
     held = await origins.acquire(A)
     got: list[str] = []
 
-    async def wait(name: str, *, backfill: bool) -> None:
+    async def wait(name: str, backfill: bool) -> None:
         slot = await origins.acquire(A, backfill=backfill)
         got.append(name)
-        origins.release(slot, outcome_ok())
+        origins.release(slot, Outcome.OK)
 
     async with trio.open_nursery() as nursery:
         for i in range(3):
-            nursery.start_soon(lambda i=i: wait(f"b{i}", backfill=True))
+            nursery.start_soon(wait, f"b{i}", True)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(lambda: wait("live", backfill=False))
+        nursery.start_soon(wait, "live", False)
         await trio.testing.wait_all_tasks_blocked()
-        origins.release(held, outcome_ok())
+        origins.release(held, Outcome.OK)
     assert got[0] == "live"
     assert sorted(got[1:]) == ["b0", "b1", "b2"]
-
-
-def outcome_ok() -> Any:
-    from lakeferry.stages.origins import Outcome
-
-    return Outcome.OK
 
 
 # -- the intake topic's lane header ---------------------------------------------------------------
