@@ -14,6 +14,9 @@ Scenarios (``--quick`` scales them down to finish in about two minutes):
   its ``small`` figure (per-origin limits, issue 16).
 - ``throttle``: files from an origin that serves 8 requests at once and answers 429 beyond:
   lakeferry's concurrency towards it (sampled at the origin) and the 429s it draws.
+- ``backfill``: the latency load alone, then 50,000 events (5,000 in a quick run) queued on
+  the backfill lane (``submit --lane backfill``) and the latency load again: the live files'
+  p95 in each phase, and how many backfill files landed meanwhile (lanes, issue 16).
 - ``soak``: the latency load for ``--soak-minutes`` (30 in a full run; not in a quick run's
   defaults, 2 when asked for with ``--quick``) with Delta maintenance on and due often
   (compaction, checkpoints, vacuum), sampling each process's anonymous and file-backed memory
@@ -48,7 +51,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -81,6 +84,8 @@ class Scale:
     soak_seconds: float = 1800.0
     throttle: int = 2000
     """Files from the throttling origin."""
+    backfill: int = 50_000
+    """Backfill events queued before the live load's second phase (the ``backfill`` scenario)."""
 
 
 FULL = Scale(
@@ -91,7 +96,7 @@ FULL = Scale(
 QUICK = Scale(
     small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
     retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"), azure=400,
-    soak_seconds=120, throttle=300,
+    soak_seconds=120, throttle=300, backfill=5_000,
 )  # fmt: skip
 
 
@@ -625,7 +630,9 @@ def inventory_commits(state: Path) -> int:
     return sum(1 for p in log.glob("*.json")) if log.exists() else 0
 
 
-def read_inventory(state: Path) -> list[dict[str, Any]]:
+def read_inventory(
+    state: Path, columns: Sequence[str] = ("committed_at", "event_created_at")
+) -> list[dict[str, Any]]:
     import deltalake
 
     from lakeferry_delta.schema import read_columns
@@ -634,7 +641,7 @@ def read_inventory(state: Path) -> list[dict[str, Any]]:
     if not (path / "_delta_log").exists():
         return []
     table = deltalake.DeltaTable(str(path))
-    return read_columns(table, ["committed_at", "event_created_at"]).to_pylist()  # type: ignore[no-any-return]
+    return read_columns(table, list(columns)).to_pylist()  # type: ignore[no-any-return]
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -846,6 +853,89 @@ def feed_spool(
         i += count
         tick()
         time.sleep(max(0.0, started + (i / rate) - time.monotonic()))
+
+
+def run_backfill(
+    bus: str,
+    urls: list[tuple[str, int]],
+    rate: float,
+    seconds: float,
+    backfill: int,
+    state: Path,
+    kafka: str | None,
+) -> Result:
+    """The latency load alone for ``seconds``; then ``backfill`` events submitted to the
+    backfill lane and, once all are queued on its topic, the latency load again: the live
+    files' p95 end to end in each phase, and the backfill files landed meanwhile. One daemon
+    (or set of workers) for both phases; event ``i`` of either kind fetches ``urls[i %
+    len(urls)]``."""
+    data, spool = spool_load_config(state, kafka, "bf")
+    config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
+    n = min(len(urls), int(rate * seconds))
+    feed_spool(spool, urls, rate, n, "alone")
+    ingest_url = scrape_urls["ingest" if "ingest" in scrape_urls else "all"]
+    events = state / "backfill.jsonl"
+    events.write_text("".join(
+        json.dumps({"id": f"bf-{i}", "url": urls[i % len(urls)][0]}) + "\n"
+        for i in range(backfill)
+    ))  # fmt: skip
+    harness.cli(
+        config, "submit", "--file", str(events), "--lane", "backfill", "--quiet",
+        check=True, timeout=1200,
+    )  # fmt: skip
+
+    def ingested() -> float:
+        return harness.metric_sum(
+            harness.scrape(int(ingest_url.split(":")[2].split("/")[0])),
+            "lakeferry_stage_messages_total", stage="ingest",
+        )  # fmt: skip
+
+    deadline = time.monotonic() + 1200
+    while ingested() < n + backfill:  # every backfill task on the lane's topic
+        if time.monotonic() > deadline:
+            raise RuntimeError("the backfill events were not all ingested in 20 minutes")
+        time.sleep(0.2)
+    phase = time.time()
+    feed_spool(spool, urls, rate, n, "with")
+    sink = state / "sink"
+    deadline = time.monotonic() + 600
+    while not all((sink / f"with-{i}").exists() for i in range(n)):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live files of the second phase did not land in 10 minutes")
+        time.sleep(0.2)
+    ended = time.time()
+    for daemon in daemons.values():
+        daemon.terminate(120)
+    rows = read_inventory(state, ("event_id", "committed_at", "event_created_at"))
+
+    def latencies(prefix: str) -> list[float]:
+        return [
+            (r["committed_at"] - r["event_created_at"]).total_seconds()
+            for r in rows if r["event_id"].startswith(prefix)
+        ]  # fmt: skip
+
+    alone, live = latencies("alone-"), latencies("with-")
+    meanwhile = sum(
+        1 for r in rows
+        if r["event_id"].startswith("bf-") and phase <= r["committed_at"].timestamp() <= ended
+    )  # fmt: skip
+    if len(live) < n:
+        raise RuntimeError(f"{n - len(live)} live files of the second phase have no row")
+    return Result(
+        "backfill", f"lakeferry ({bus})", len(live), ended - phase, 0, live,
+        extra={
+            "alone_p95": percentile(alone, 95), "alone_p50": percentile(alone, 50),
+            "alone_files": float(len(alone)),
+            "rate": rate, "queued": float(backfill), "backfill_landed": float(meanwhile),
+        },
+    )  # fmt: skip
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values`` (0 for none), as :meth:`Result.pct` takes it."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 SOAK_SAMPLE_EVERY = 5.0
@@ -1477,6 +1567,15 @@ def target_rows(results: list[Result]) -> list[str]:
                 f"{r.extra['throttled']:.0f} 429s for {r.files:,} files | "
                 f"{_met(abs(mean - limit) <= 0.2 * limit and few)} |"
             )
+        if r.scenario == "backfill" and not r.error:
+            with_p95, alone_p95 = r.pct(95) or 0.0, r.extra["alone_p95"]
+            landed = r.extra["backfill_landed"]
+            rows.append(
+                f"| backfill, {r.tool.removeprefix('lakeferry ')}: live p95 ≤ 2 × its figure "
+                f"without the backfill, and the backfill progresses | {with_p95:.2f} s vs "
+                f"{alone_p95:.2f} s ({with_p95 / max(alone_p95, 1e-9):.2f} ×), {landed:,.0f} "
+                f"backfill files landed | {_met(with_p95 <= 2 * alone_p95 and landed > 0)} |"
+            )
     for bus in ("embedded", "kafka"):
         retry = by.get(("retry", f"lakeferry ({bus})"))
         if retry and retry.rung_lateness:
@@ -1558,6 +1657,38 @@ def origin_lines(results: list[Result]) -> list[str]:
                 f"({r.extra['limit']:.0f}) | {r.extra['throttled']:.0f} |"
             )
         lines.append("")
+    return lines
+
+
+def backfill_lines(results: list[Result]) -> list[str]:
+    runs = [r for r in results if r.scenario == "backfill"]
+    if not runs:
+        return []
+    lines = [
+        "## backfill",
+        "",
+        "The latency load (small files through the spool, at half the small-file maximum) alone, "
+        "then again once the backfill's events are all queued on the backfill lane's topic "
+        "(`lakeferry submit --lane backfill`): the live files' latency in each phase, and the "
+        "backfill files landed during the second.",
+        "",
+        "| tool | backfill queued | live files/s offered | live p95 alone | live p95 beside the "
+        "backfill | ratio | backfill landed meanwhile (files/s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        if r.error:
+            lines.append(f"| {r.tool} | failed: {r.error} |" + " - |" * 5)
+            continue
+        with_p95, alone_p95 = r.pct(95) or 0.0, r.extra["alone_p95"]
+        ratio = with_p95 / alone_p95 if alone_p95 else float("inf")
+        landed = r.extra["backfill_landed"]
+        lines.append(
+            f"| {r.tool} | {r.extra['queued']:,.0f} | {r.extra['rate']:.0f} | "
+            f"{alone_p95:.2f} s | {with_p95:.2f} s | {ratio:.2f} | {landed:,.0f} "
+            f"({landed / r.seconds:,.0f}) |"
+        )
+    lines.append("")
     return lines
 
 
@@ -1705,6 +1836,7 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
             )
         lines.append("")
     lines += origin_lines(results)
+    lines += backfill_lines(results)
     lines += soak_lines([r for r in results if r.scenario == "soak"])
     retries = [r for r in results if r.scenario == "retry"]
     if retries:
@@ -1832,7 +1964,8 @@ def main() -> int:
     parser.add_argument("--buses", default="embedded,kafka")
     parser.add_argument(
         "--scenarios",
-        help="comma-separated (default: small,medium,large,latency,azure,retry,soak; a quick run "
+        help="comma-separated (default: small,medium,large,latency,mixed,throttle,backfill,azure,"
+        "retry,soak; a quick run "
         "leaves soak out unless named)",
     )
     parser.add_argument(
@@ -1894,7 +2027,7 @@ def main() -> int:
     if args.soak_minutes is not None:
         scale = Scale(**{**asdict(scale), "soak_seconds": args.soak_minutes * 60})
     if args.scenarios is None:
-        args.scenarios = "small,medium,large,latency,mixed,throttle,azure,retry" + (
+        args.scenarios = "small,medium,large,latency,mixed,throttle,backfill,azure,retry" + (
             "" if args.quick else ",soak"
         )
     work = ROOT / "var" / "bench"
@@ -1978,6 +2111,12 @@ def main() -> int:
             measure("latency", "old design", partial(
                 run_old_design, urls, latency_rate, scale.latency_seconds, scale.old_poll, work / "old"
             ))  # fmt: skip
+        if "backfill" in scenarios:
+            for bus in buses:
+                measure("backfill", f"lakeferry ({bus})", partial(
+                    run_backfill, bus, urls, latency_rate, scale.latency_seconds, scale.backfill,
+                    work / f"backfill-{bus}", bootstrap(bus),
+                ))  # fmt: skip
         if "azure" in scenarios:
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
             try:
