@@ -89,6 +89,7 @@ class Snapshotter:
                 "capacity": int(limiter.total_tokens) if limiter is not None else 0,
                 "lag": int(lag[stage]),
             }
+        lanes = self._lanes(lag, elapsed) if "backfill" in p.limiters else {}
         retries = {lb["rung"]: int(v) for lb, v in samples(registry, "lakeferry_retries_total")}
         # The ladder as it runs now (a reload may have changed the delays), in delay order.
         ladder = sorted(zip(p.ladder.delays, p.ladder.topics, strict=True))
@@ -110,12 +111,41 @@ class Snapshotter:
             "version": __version__,
             "bus": {"kind": p.bus.kind, "up": bool(up)},
             "stages": stages,
+            "lanes": lanes,  # empty in a process without the download stage
             "retries": retries,
             "rungs": rungs,
             "dlq": dict(dlq),
             "cache": cache,  # empty in a process whose stages use no cache
             "errors": list(self.errors.items),
         }
+
+    def _lanes(self, lag: dict[str, float], elapsed: float) -> dict[str, dict[str, Any]]:
+        """The download stage's two lanes: what each did and holds, the backfill's queue."""
+        p, registry = self.pipeline, self.metrics.registry
+        done: dict[str, float] = collections.defaultdict(float)
+        for labels, value in samples(registry, "lakeferry_lane_tasks_total"):
+            done[labels["lane"]] += value
+        waiting = {
+            labels["lane"]: int(value)
+            for labels, value in samples(registry, "lakeferry_lane_slot_waiting")
+        }
+        backlog = next((v for _, v in samples(registry, "lakeferry_backfill_backlog")), -1.0)
+        backfill = p.active["backfill"].n
+        out: dict[str, dict[str, Any]] = {}
+        for lane, in_flight, capacity in (
+            ("live", p.active["download"].n - backfill, p.limiters["download"].total_tokens),
+            ("backfill", backfill, p.limiters["backfill"].total_tokens),
+        ):
+            key = f"lane:{lane}"
+            rate = (done[lane] - self._last_done.get(key, done[lane])) / elapsed
+            self._last_done[key] = done[lane]
+            out[lane] = {
+                "rate": round(rate, 2), "done": int(done[lane]), "in_flight": in_flight,
+                "capacity": int(capacity), "waiting": waiting.get(lane, 0),
+            }  # fmt: skip
+        out["backfill"]["queued"] = int(lag["backfill"])
+        out["backfill"]["backlog"] = int(backlog)
+        return out
 
 
 class LiveFeed:

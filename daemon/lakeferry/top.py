@@ -64,6 +64,21 @@ def render(
             name, f"{s['rate']:.1f}", str(s["done"]), str(s["in_flight"]), str(s["capacity"]),
             _bar(s["in_flight"], s["capacity"]), str(s["lag"]),
         )  # fmt: skip
+    lanes = snapshot.get("lanes") or {}
+    if lanes:
+        for name, lane in lanes.items():
+            extra = ""
+            if name == "backfill":
+                backlog = lane.get("backlog", -1)
+                extra = (
+                    f"queued {lane.get('queued', 0)}, backlog downstream "
+                    f"{backlog if backlog >= 0 else '?'}"
+                )
+            stages.add_row(
+                f"  lane {name}", f"{lane['rate']:.1f}", str(lane["done"]), str(lane["in_flight"]),
+                str(lane["capacity"]), _bar(lane["in_flight"], lane["capacity"]),
+                f"{lane.get('waiting', 0)} waiting" + (f"; {extra}" if extra else ""),
+            )  # fmt: skip
     side = Table.grid(expand=True, padding=(0, 2))
     side.add_column()
     side.add_column()

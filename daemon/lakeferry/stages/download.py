@@ -33,6 +33,7 @@ Error handling: exceptions from plugins that are not PipelineErrors are classifi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import time
@@ -114,6 +115,19 @@ class Claim:
         self.holders = 1
         self.bound = trio.Event()
         """Set once a task with this fingerprint asked the ledger (it binds the id first)."""
+
+
+@dataclasses.dataclass
+class Fetch:
+    """One try at fetching a task into the cache, as its steps pass it on."""
+
+    task: DownloadTask
+    key: str
+    downloader: Downloader
+    resume: bool
+    slot: Slot | None
+    """The hold on the task's origin, until the origin has served the file (then None)."""
+    progress: Progress = dataclasses.field(default_factory=Progress)
 
 
 class DownloadStage:
@@ -294,49 +308,46 @@ class DownloadStage:
         p = self.p
         origin = origin_of(task.event.url)
         backfill = task.lane == BACKFILL
-        slot: Slot | None = (
-            await self.origins.acquire(origin, backfill=backfill) if origin else None
-        )
+        slot = await self.origins.acquire(origin, backfill=backfill) if origin else None
+        attempt = Fetch(task, key, downloader, resume, slot)
         outcome = Outcome.CANCELLED
         retry_after: float | None = None
-        progress = Progress()
         try:
             async with self.lanes.slot(task.lane):
-                active = p.active["backfill" if backfill else "download"]
-                active.n += 1
+                # The stage's in-flight counts every download; the lane's its own.
+                counts = [p.active["download"], *([p.active["backfill"]] if backfill else [])]
+                for count in counts:
+                    count.n += 1
                 try:
-                    entry = await self._fetch_until_room(
-                        task, key, downloader, resume=resume, progress=progress
-                    )
+                    entry = await self._fetch_until_room(attempt)
                 finally:
-                    active.n -= 1
+                    for count in counts:
+                        count.n -= 1
             outcome = Outcome.OK
             return entry
         except BaseException as exc:
-            outcome = outcome_of(exc, answered=progress.answered)
+            outcome = outcome_of(exc, answered=attempt.progress.answered)
             if isinstance(exc, PipelineError):
                 retry_after = exc.retry_after
             raise
         finally:
-            if slot is not None:
-                self.origins.release(slot, outcome, retry_after=retry_after)
+            self._origin_done(attempt, outcome, retry_after)
 
-    async def _fetch_until_room(
-        self,
-        task: DownloadTask,
-        key: str,
-        downloader: Downloader,
-        *,
-        resume: bool,
-        progress: Progress,
-    ) -> CacheEntry:
+    def _origin_done(
+        self, attempt: Fetch, outcome: Outcome, retry_after: float | None = None
+    ) -> None:
+        """The origin's part of the attempt is over: its slot goes back (once)."""
+        if attempt.slot is not None:
+            self.origins.release(attempt.slot, outcome, retry_after=retry_after)
+            attempt.slot = None
+
+    async def _fetch_until_room(self, attempt: Fetch) -> CacheEntry:
         p = self.p
+        event_id = attempt.task.event.id
         delay = CACHE_FULL_BACKOFF_INITIAL
         while True:
             try:
-                return await self._fetch_in_slot(
-                    task, key, downloader, resume=resume, progress=progress
-                )
+                return await self._fetch_in_slot(attempt)
             except TransientError as error:
                 if error.reason != CACHE_FULL:
                     raise
@@ -345,11 +356,11 @@ class DownloadStage:
             # waiting here holds the slot, so the stage stops taking work until there is room.
             log.warning(
                 "cache volume full; waiting in place",
-                extra={"event_id": task.event.id, "error": str(full), "retry_in": delay},
+                extra={"event_id": event_id, "error": str(full), "retry_in": delay},
             )
             p.errors.add(
-                stage="download", event_id=task.event.id, reason=full.reason,
-                error=str(full), url=task.event.url,
+                stage="download", event_id=event_id, reason=full.reason,
+                error=str(full), url=attempt.task.event.url,
             )  # fmt: skip
             with trio.move_on_after(delay):
                 await p.lifecycle.draining.wait()
@@ -357,30 +368,26 @@ class DownloadStage:
                 raise full
             delay = min(delay * 2, CACHE_FULL_BACKOFF_MAX)
 
-    async def _fetch_in_slot(
-        self,
-        task: DownloadTask,
-        key: str,
-        downloader: Downloader,
-        *,
-        resume: bool,
-        progress: Progress,
-    ) -> CacheEntry:
+    async def _fetch_in_slot(self, attempt: Fetch) -> CacheEntry:
         p = self.p
+        task, resume = attempt.task, attempt.resume
         event = task.event
         cache = p.components.cache
         timeout = p.settings.download.attempt_timeout
         try:
             with trio.fail_after(timeout):
                 async with cache.reserve(event.size) as reservation:
-                    pending = await cache.create(key, resume=resume)
+                    pending = await cache.create(attempt.key, resume=resume)
                     try:
                         out = BoundedWriter(
                             pending, reservation, event.size,
-                            pace=self._pace_for(event.url), progress=progress,
+                            pace=self._pace_for(event.url), progress=attempt.progress,
                         )  # fmt: skip
                         await out.cover_kept_bytes()
-                        await downloader.fetch(task, out)
+                        await attempt.downloader.fetch(task, out)
+                        # The origin has served it: its slot goes back before the checks and
+                        # the rename (a request's time at the origin is what its limit counts).
+                        self._origin_done(attempt, Outcome.OK)
                         return await pending.commit(
                             expected_sha256=event.sha256, expected_size=event.size
                         )

@@ -508,9 +508,11 @@ class Origins:
 
     def _setback(self, origin: Origin, slot: Slot, now: float, retry_after: float | None) -> None:
         wait = retry_after if retry_after is not None and retry_after > 0 else 0.0
-        # Turned away while it served others: an answer to how many at once. Its limit is cut
-        # and it grows back to just below that many, but nobody else is paused.
-        too_many = origin.succeeded > slot.succeeded and origin.circuit is Circuit.CLOSED
+        # Turned away with a Retry-After while it serves others (downloads still running, or
+        # done since this one started): an answer to how many at once. Its limit is cut and
+        # grows back to just below that many, but nobody else is paused.
+        serving = origin.active > 0 or origin.succeeded > slot.succeeded
+        too_many = bool(wait) and serving and origin.circuit is Circuit.CLOSED
         if too_many and wait <= MAX_PAUSE:
             wait = 0.0
         if slot.epoch != origin.epoch:
