@@ -58,6 +58,39 @@ async def test_a_partition_paused_for_backpressure_is_fetched_again_after_a_reba
     assert len(seen) == total
 
 
+async def test_a_partition_the_stage_paused_does_not_stop_the_others(kafka_broker: Any) -> None:
+    """Found by the quick mixed-origins run on Kafka: a thousand tasks parked on a retry rung
+    filled the buffers of the rung's partition, which the stage had paused (its head not due
+    for 5 minutes); full buffers paused the fetching of every partition, so the pending topic
+    was not read until the rung came due. Only the paused partition may stop being fetched."""
+    bus = await KafkaBus.open(kafka_broker.bootstrap, consumer=FAST)
+    rung, pending = f"rung-{uuid.uuid4().hex[:8]}", f"pending-{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([TopicSpec(rung, 1), TopicSpec(pending, 1)])
+    producer = bus.producer()
+    await producer.send_many(
+        [OutgoingRecord(rung, b"%d" % i, b"r") for i in range(BUFFER_HIGH + 200)]
+    )
+    consumer = bus.consumer(f"g-{uuid.uuid4().hex[:8]}", [rung, pending])
+    with trio.fail_after(120):
+        head = await consumer.next()
+        assert head.topic == rung
+        # Not due: put back and paused, as the stage driver does with a rung's head.
+        consumer.seek(head.tp, head.offset)
+        consumer.pause(head.tp)
+        await wait_until_async(
+            lambda: head.tp in consumer._t_broker_paused, timeout=90,
+            what="the rung's fetching to stop",
+        )  # fmt: skip
+        await producer.send_many([OutgoingRecord(pending, b"p%d" % i, b"p") for i in range(5)])
+        got = [(await consumer.next()).value for _ in range(5)]
+    assert got == [b"p%d" % i for i in range(5)]
+    consumer.resume(head.tp)
+    with trio.fail_after(60):
+        assert (await consumer.next()).value == b"0"
+    await consumer.aclose()
+    await bus.aclose()
+
+
 def _fails(codes: list[int], result: object) -> Any:
     """A blocking call that fails with each of ``codes`` in turn, then returns ``result``."""
     from confluent_kafka import KafkaError, KafkaException

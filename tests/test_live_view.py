@@ -24,6 +24,11 @@ SNAPSHOT: dict[str, Any] = {
         "download": {"rate": 41.5, "done": 1234, "in_flight": 50, "capacity": 50, "lag": 17},
         "upload": {"rate": 40.0, "done": 1200, "in_flight": 3, "capacity": 40, "lag": 0},
     },
+    "lanes": {
+        "live": {"rate": 30.0, "done": 900, "in_flight": 36, "capacity": 50, "waiting": 2},
+        "backfill": {"rate": 11.5, "done": 334, "in_flight": 14, "capacity": 25, "waiting": 9,
+                     "queued": 48210, "backlog": 37},
+    },
     "retries": {"retry.5m": 7}, "dlq": {"not_found": 2},
     "cache": {"bytes": 3 * 2**30, "files": 12, "quota": 20 * 2**30},
     "errors": [{"at": "2026-11-28T07:59:58+00:00", "stage": "download", "event_id": "e-9",
@@ -38,6 +43,7 @@ def test_render_a_known_snapshot() -> None:
     text = console.export_text()
     for expected in (
         "bus kafka DOWN", "download", "41.5", "1234", "retry.5m", "not_found",
+        "lane live", "lane backfill", "queued 48210", "backlog downstream 37",
         "3.0 GiB of 20.0 GiB", "https://h/f.bin?<redacted> HTTP 503", "e-9",
     ):  # fmt: skip
         assert expected in text, expected
@@ -72,6 +78,12 @@ def test_feed_pushes_snapshots_of_a_running_daemon(daemon_env: DaemonEnv, origin
     )
     assert snapshot["stages"]["results"]["done"] == 20
     assert snapshot["stages"]["download"]["capacity"] == 50
+    # Both lanes, from the running stage: 20 live tasks done (and the one not found).
+    assert snapshot["lanes"]["live"]["done"] == 21
+    assert snapshot["lanes"]["backfill"] == {
+        "rate": 0.0, "done": 0, "in_flight": 0, "capacity": 25, "waiting": 0, "queued": 0,
+        "backlog": -1,
+    }  # fmt: skip
     assert snapshot["dlq"] == {"not_found": 1}
     assert snapshot["errors"][-1]["event_id"] == "live-gone"
     assert "SECRET" not in json.dumps(snapshot)

@@ -41,6 +41,11 @@ class PartitionBuffers:
     def is_empty(self, tp: TopicPartition) -> bool:
         return not self._buffers[tp]
 
+    def size(self, tp: TopicPartition) -> int:
+        """Records buffered for ``tp`` (0 when it is not assigned)."""
+        buffer = self._buffers.get(tp)
+        return len(buffer) if buffer is not None else 0
+
     def extend(self, tp: TopicPartition, records: Iterable[Record]) -> None:
         """Fetched records of an assigned partition, in offset order."""
         buffer = self._buffers[tp]

@@ -110,6 +110,7 @@ class KafkaConsumer:
 
     def _t_loop(self, consumer: confluent_kafka.Consumer) -> None:
         held_back = False
+        t_held: set[TopicPartition] = set()
         broker_paused = self._t_broker_paused
         while not self._stop.is_set():
             while True:
@@ -125,16 +126,24 @@ class KafkaConsumer:
             # Pause fetching only while the buffers are full. A partition the stage paused (a
             # retry rung waiting for its head's due time) keeps its records in the trio-side
             # buffer instead: resuming it is then instant, not one broker fetch round later.
+            # Its records cannot be taken, so they do not count as full buffers (a rung
+            # holding a thousand parked tasks stopped the fetching of every other partition
+            # until it came due: the quick mixed-origins run on Kafka, 5 minutes); once it
+            # holds BUFFER_LOW of them, that partition alone stops being fetched.
+            stage_paused = self._paused
+            held = {tp for tp in stage_paused if self._buffers.size(tp) >= BUFFER_LOW}
+            flowing = self._buffers.count - sum(self._buffers.size(tp) for tp in stage_paused)
             was_held_back = held_back
-            if held_back and self._buffers.count <= BUFFER_LOW:
+            if held_back and flowing <= BUFFER_LOW:
                 held_back = False
-            elif not held_back and self._buffers.count >= BUFFER_HIGH:
+            elif not held_back and flowing >= BUFFER_HIGH:
                 held_back = True
             # Only a change of state or a fresh assignment can change what must be paused (a
             # revoked partition needs nothing), so most rounds skip straight to the poll.
-            if held_back != was_held_back or self._t_fresh:
+            if held_back != was_held_back or self._t_fresh or held != t_held:
+                t_held = held
                 assigned = {_tp(tp) for tp in consumer.assignment()}
-                wanted = set(assigned) if held_back else set()
+                wanted = set(assigned) if held_back else held & assigned
                 fresh = self._t_fresh & assigned
                 self._t_fresh.clear()
                 to_pause = (wanted - broker_paused) | (wanted & fresh)
