@@ -60,3 +60,29 @@ async def test_components_follow_the_stages(
         await pipeline.aclose()
     finally:
         await bus.aclose()
+
+
+async def test_a_reload_resizes_the_backfill_lanes_slots_and_queue(tmp_path: Path) -> None:
+    """The lane's share and queue are live: the backfill consumer's limiter (its share of the
+    download slots) and its intake follow a reload."""
+    import msgspec
+
+    cfg = config(tmp_path)
+    bus = await open_bus(cfg, create=True)
+    try:
+        pipeline = Pipeline.build(cfg, load_registry(), bus, Metrics(), specs(("download",)))
+        assert pipeline.limiters["backfill"].total_tokens == 25  # half of 50
+        assert pipeline.intakes["backfill"].total_tokens == 50  # twice its slots
+        download = msgspec.structs.replace(
+            cfg.core.download, concurrency=40, backfill_share=0.1, backfill_queue=300
+        )
+        reloaded = msgspec.structs.replace(
+            cfg, core=msgspec.structs.replace(cfg.core, download=download)
+        )
+        pipeline.apply_live(reloaded)
+        assert pipeline.limiters["download"].total_tokens == 40
+        assert pipeline.limiters["backfill"].total_tokens == 4
+        assert pipeline.intakes["backfill"].total_tokens == 300
+        await pipeline.aclose()
+    finally:
+        await bus.aclose()
