@@ -910,14 +910,22 @@ def run_backfill(
     feed_spool(spool, urls, rate, n, "with")
     sink = state / "sink"
     deadline = time.monotonic() + 600
-    while not all((sink / f"with-{i}").exists() for i in range(n)):
+    waiting = set(range(n))
+    while waiting:  # a file appears in its folder once it has landed
+        waiting = {i for i in waiting if not any((sink / f"with-{i}").glob("[!.]*"))}
         if time.monotonic() > deadline:
             raise RuntimeError("the live files of the second phase did not land in 10 minutes")
         time.sleep(0.2)
     ended = time.time()
+    while True:  # and their rows follow (the measurement is over: reading costs nothing now)
+        rows = read_inventory(state, ("event_id", "committed_at", "event_created_at"))
+        if sum(1 for r in rows if r["event_id"].startswith("with-")) >= n:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live files of the second phase have no rows in 10 minutes")
+        time.sleep(1)
     for daemon in daemons.values():
         daemon.terminate(120)
-    rows = read_inventory(state, ("event_id", "committed_at", "event_created_at"))
 
     def latencies(prefix: str) -> list[float]:
         return [

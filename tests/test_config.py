@@ -151,12 +151,12 @@ def test_origin_settings_and_pinned_hosts_apply_live(registry: Registry) -> None
 def test_lane_settings_apply_live_and_the_lanes_topic_needs_a_restart(registry: Registry) -> None:
     old = parse_config(base(), registry, env={})
     data = base()
-    data["download"].update(backfill_share=0.25, backfill_rate=20, backfill_backlog=500)
+    data["download"].update(backfill_share=0.25, backfill_rate=20, backfill_delay="1s")
     data["topics"] = {"backfill": "history.pending"}
     new = parse_config(data, registry, env={})
     live, restart = diff(old, new, live_keys())
     assert live == [
-        "download.backfill_backlog", "download.backfill_rate", "download.backfill_share",
+        "download.backfill_delay", "download.backfill_rate", "download.backfill_share",
     ]  # fmt: skip
     assert restart == ["topics.backfill"]
     assert "history.pending" in new.all_topics()

@@ -25,18 +25,26 @@ from lakeferry.config import TopicsConfig
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter
 from lakeferry.retry import LANE_HEADER
 from lakeferry.stages.ingest import IntakeTopic
-from lakeferry.stages.lanes import BACKFILL, BACKLOG_EVERY, LIVE, Backlog, Lanes
+from lakeferry.stages.lanes import (
+    BACKFILL,
+    BACKLOG_EVERY,
+    LIVE,
+    MIN_WINDOW,
+    Backlog,
+    Downstream,
+    Lanes,
+)
 from lakeferry.stages.origins import OriginPolicy, Origins, Outcome
 
 A = "a.example:443"
 
 
-def lanes_of(slots: int, backlog: list[int | None] | None = None) -> Lanes:
-    """Lanes over ``slots`` download slots; the backlog reads the next value of ``backlog``
-    at each measurement (the last one repeats), 0 when not given."""
-    values = backlog if backlog is not None else [0]
+def lanes_of(slots: int, seen: list[Downstream | None] | None = None) -> Lanes:
+    """Lanes over ``slots`` download slots; each measurement downstream reads the next of
+    ``seen`` (the last one repeats), nothing downstream when not given."""
+    values = seen if seen is not None else [Downstream(0, 0)]
 
-    async def measure() -> int | None:
+    async def measure() -> Downstream | None:
         return values.pop(0) if len(values) > 1 else values[0]
 
     return Lanes(trio.CapacityLimiter(slots), Backlog(measure))
@@ -79,17 +87,22 @@ async def test_a_backfill_task_takes_a_free_slot_only_while_no_live_task_waits()
 async def test_the_backlog_downstream_holds_the_backfill_lane(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Measured at most every BACKLOG_EVERY; the downloads started since count as backlog;
-    an unknown backlog (the bus did not answer) holds the lane too."""
-    lanes = lanes_of(10, backlog=[5, 5, None, 0])
+    """The backlog downstream must drain within the delay at the rate files are recorded (at
+    least MIN_WINDOW files); measured at most every BACKLOG_EVERY, the downloads started since
+    counting as backlog; an unknown backlog (the bus did not answer) holds the lane too."""
+    lanes = lanes_of(10, [Downstream(5, 0), Downstream(5, 100), None, Downstream(0, 200)])
     start = trio.current_time()
-    await lanes.turn(rate=0, backlog=7)  # 5 + 0 started < 7
-    await lanes.turn(rate=0, backlog=7)  # 5 + 1 < 7
+    for _ in range(MIN_WINDOW - 5):  # no rate known yet: MIN_WINDOW files
+        await lanes.turn(rate=0, delay=1.0)
     assert trio.current_time() == start
-    await lanes.turn(rate=0, backlog=7)  # 5 + 2: wait; then 5 measured afresh, so 5 + 0
+    await lanes.turn(rate=0, delay=1.0)  # 5 + 5 started: wait for the next measurement
     assert trio.current_time() - start == pytest.approx(BACKLOG_EVERY)
-    await lanes.turn(rate=0, backlog=7)  # 5 + 1
-    await lanes.turn(rate=0, backlog=7)  # 5 + 2: wait; unknown: wait; then 0
+    assert lanes.backlog.rate == pytest.approx(100 / BACKLOG_EVERY)  # 400 files/s
+    assert lanes.backlog.window(1.0) == 400
+    for _ in range(MIN_WINDOW - 6):  # a short delay: MIN_WINDOW again (5 + 1 started so far)
+        await lanes.turn(rate=0, delay=0.01)
+    assert trio.current_time() - start == pytest.approx(BACKLOG_EVERY)
+    await lanes.turn(rate=0, delay=0.01)  # full; then unknown; then 0 waiting downstream
     assert trio.current_time() - start == pytest.approx(3 * BACKLOG_EVERY)
     assert lanes.backlog_seen() == 0
 
@@ -100,7 +113,7 @@ async def test_the_backfill_rate_caps_downloads_started(
     lanes = lanes_of(10)
     start = trio.current_time()
     for _ in range(30):
-        await lanes.turn(rate=10, backlog=1000)
+        await lanes.turn(rate=10, delay=1000.0)
     # 30 starts at 10/s: a second's burst at once, the other 20 over two seconds.
     assert trio.current_time() - start == pytest.approx(2.0, abs=0.11)
 

@@ -165,10 +165,10 @@ class DownloadConfig(_Section):
     slot); it takes a slot only while no live task waits for one."""
     backfill_rate: Rate = 0.0
     """Backfill downloads started per second at most; 0: no cap."""
-    backfill_backlog: Concurrency = 100
-    """The backfill lane starts nothing new while this many files (of either lane) are
-    downloaded and not yet recorded, so live files never queue behind a backfill's backlog in
-    the upload and results stages."""
+    backfill_delay: Duration = Duration(0.25)
+    """The longest a live file should wait behind backfill files in the stages after download:
+    the backfill lane starts nothing new while the files downloaded and not yet recorded (of
+    either lane) would take longer than this to drain at the rate files are being recorded."""
     backfill_queue: QueueSize = 0
     """Backfill tasks the stage holds at once (0: twice the lane's slots)."""
 

@@ -54,7 +54,7 @@ from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter, Pace, Progress
 from lakeferry.stages.driver import seconds_until_ms
-from lakeferry.stages.lanes import BACKFILL, Backlog, Lanes
+from lakeferry.stages.lanes import BACKFILL, Backlog, Downstream, Lanes
 from lakeferry.stages.origins import (
     Origins,
     Outcome,
@@ -139,15 +139,16 @@ class DownloadStage:
         self._settings = pipeline.settings.download
         self.origins = Origins(origin_policy(self._settings))
         pipeline.metrics.track_origins(self.origins)
-        self.lanes = Lanes(pipeline.limiters["download"], Backlog(self._backlog))
+        self.lanes = Lanes(pipeline.limiters["download"], Backlog(self._downstream))
         lanes = self.lanes
         pipeline.metrics.track_lanes(lanes.active.__getitem__, lanes.waiting, lanes.backlog_seen)
 
-    async def _backlog(self) -> int | None:
-        """Files downloaded and not yet recorded: the upload stage's lag on the cached topic
-        and the results stage's on the results topic (None: the bus did not say)."""
+    async def _downstream(self) -> Downstream | None:
+        """Files downloaded and not yet recorded (the upload stage's lag on the cached topic
+        and the results stage's on the results topic), and files recorded so far (the results
+        stage's committed offsets); None: the bus did not say."""
         p = self.p
-        total = 0
+        backlog = recorded = 0
         for topic, group in (
             (p.topics.cached, p.group_for("upload")),
             (p.topics.results, p.group_for("results")),
@@ -161,8 +162,9 @@ class DownloadStage:
                     extra={"topic": topic, "error": str(exc)},
                 )
                 return None
-            total += sum(max(0, end - committed.get(part, 0)) for part, end in ends.items())
-        return total
+            backlog += sum(max(0, end - committed.get(part, 0)) for part, end in ends.items())
+            recorded = sum(committed.values())  # the last topic's: the results stage's
+        return Downstream(backlog, recorded)
 
     def gate(self, record: Record) -> float:
         return seconds_until_ms(due_ms(record.headers))
@@ -297,7 +299,7 @@ class DownloadStage:
             # A ticket (the lane's share), then the rate and the backlog downstream.
             async with p.limiters["backfill"]:
                 await self.lanes.turn(
-                    rate=self._settings.backfill_rate, backlog=self._settings.backfill_backlog
+                    rate=self._settings.backfill_rate, delay=self._settings.backfill_delay
                 )
                 return await self._fetch_at_origin(task, key, downloader, resume=resume)
         return await self._fetch_at_origin(task, key, downloader, resume=resume)

@@ -14,8 +14,10 @@ What the backfill lane may take, checked in this order before each of its downlo
    the end of the download);
 2. **its rate**: ``download.backfill_rate`` downloads started per second (0: no cap);
 3. **the backlog downstream**: files downloaded and not yet recorded (the lag of the upload
-   stage on the cached topic and of the results stage on the results topic) must be below
-   ``download.backfill_backlog``. The download stage is the cheap end; without this a
+   stage on the cached topic and of the results stage on the results topic) must drain within
+   ``download.backfill_delay`` at the rate files are being recorded (the results stage's
+   committed offsets, measured alongside; at least :data:`MIN_WINDOW` files, so an idle
+   pipeline lets a backfill start). The download stage is the cheap end; without this a
    backfill downloads faster than the upload and results stages can take, and every live file
    then queues behind its backlog there, where no lane can pass it;
 4. at its origin, a live task waiting there goes first (:mod:`lakeferry.stages.origins`);
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple
 
 import trio
 
@@ -36,19 +39,29 @@ from lakeferry.config import LANES
 from lakeferry.stages.pacing import Pacer
 
 LIVE, BACKFILL = LANES
-__all__ = ["BACKFILL", "LANES", "LIVE", "Backlog", "Lanes"]
+__all__ = ["BACKFILL", "LANES", "LIVE", "Backlog", "Downstream", "Lanes"]
 
 BACKLOG_EVERY = 0.25
 """Seconds between measurements of the downstream backlog while backfill tasks wait for it."""
+MIN_WINDOW = 10
+"""Files the backlog may hold whatever the rate (an idle pipeline records nothing)."""
+
+
+class Downstream(NamedTuple):
+    """One measurement: files downloaded and not yet recorded, and files recorded so far."""
+
+    backlog: int
+    recorded: int
 
 
 class Backlog:
-    """The downstream backlog, measured at most every :data:`BACKLOG_EVERY` seconds, plus the
-    backfill downloads started since (they will add to it)."""
+    """The downstream backlog and the rate it drains at, measured at most every
+    :data:`BACKLOG_EVERY` seconds, plus the backfill downloads started since (they will add
+    to it)."""
 
     def __init__(
         self,
-        measure: Callable[[], Awaitable[int | None]],
+        measure: Callable[[], Awaitable[Downstream | None]],
         *,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -56,22 +69,42 @@ class Backlog:
         self._clock = clock
         self._lock = trio.Lock()
         self._at = -float("inf")
+        self._recorded: tuple[float, int] | None = None
         self.measured: int | None = None
-        """The last measurement (None: the bus did not answer; the lane waits)."""
+        """The last backlog measured (None: the bus did not answer; the lane waits)."""
+        self.rate = 0.0
+        """Files recorded per second downstream (a moving mean of the measurements)."""
         self.started_since = 0
 
-    async def below(self, limit: int) -> None:
-        """Wait until the backlog (as far as known) is below ``limit``."""
+    def window(self, delay: float) -> int:
+        """Files that drain within ``delay`` seconds at the rate measured."""
+        return max(MIN_WINDOW, int(delay * self.rate))
+
+    async def below(self, delay: float) -> None:
+        """Wait until the backlog (as far as known) would drain within ``delay`` seconds."""
         while True:
             async with self._lock:
                 if self._clock() - self._at >= BACKLOG_EVERY:
-                    self.measured = await self._measure()
-                    self._at = self._clock()
-                    self.started_since = 0
-                if self.measured is not None and self.measured + self.started_since < limit:
+                    self._update(await self._measure())
+                known = self.measured
+                if known is not None and known + self.started_since < self.window(delay):
                     self.started_since += 1
                     return
             await trio.sleep_until(self._at + BACKLOG_EVERY)
+
+    def _update(self, seen: Downstream | None) -> None:
+        now = self._clock()
+        self._at = now
+        self.started_since = 0
+        self.measured = seen.backlog if seen is not None else None
+        if seen is None:
+            return
+        if self._recorded is not None:
+            then, recorded = self._recorded
+            if now > then and seen.recorded >= recorded:
+                rate = (seen.recorded - recorded) / (now - then)
+                self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
+        self._recorded = (now, seen.recorded)
 
 
 class Lanes:
@@ -96,11 +129,12 @@ class Lanes:
         self._lot = trio.lowlevel.ParkingLot()
         """Backfill tasks waiting for a slot the live lane leaves free."""
 
-    async def turn(self, *, rate: float, backlog: int) -> None:
-        """A backfill task's turn to go for its origin: under the rate and the backlog."""
+    async def turn(self, *, rate: float, delay: float) -> None:
+        """A backfill task's turn to go for its origin: under the rate, and while the backlog
+        downstream drains within ``delay`` seconds."""
         self.pacer.rate = rate
         await self.pacer.take(1)
-        await self.backlog.below(backlog)
+        await self.backlog.below(delay)
 
     @contextlib.asynccontextmanager
     async def slot(self, lane: str) -> AsyncIterator[None]:
