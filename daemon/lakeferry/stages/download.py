@@ -214,6 +214,12 @@ class DownloadStage:
 
     async def _attempt(self, task: DownloadTask, topic: str) -> str:
         try:
+            claim = self.claims.get(task.event.id)
+            if claim is None or claim.holders <= 1:
+                # Parked anyway? Then before the ledger and the cache (a dead origin's tasks
+                # cost a decode and a produce each). Not while another task of its id is in
+                # flight here: the earlier by bus order must bind the id first.
+                self.origins.check(origin_of(task.event.url))
             outcome = await self._check_id(task)
             if outcome is None:
                 outcome = await self._download(task)

@@ -393,6 +393,13 @@ class Origins:
         origin.last_used = self._clock()
         return Slot(origin, origin.epoch, mark, origin.succeeded)
 
+    def check(self, name: str) -> None:
+        """Raise :class:`Parked` now if a task for ``name`` would be parked on arrival (its
+        circuit is open, or it is over its share and slow); nothing for an origin not known."""
+        origin = self._origins.get(name)
+        if origin is not None:
+            self._admit(origin)
+
     async def pace(self, name: str, n: int) -> None:
         """Wait until ``n`` more bytes from origin ``name`` (``""``: none) fit in the caps."""
         await self.pacer.take(n)
