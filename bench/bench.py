@@ -556,18 +556,22 @@ def run_mixed(
         good = [{"id": f"good-{i}", "url": u} for i, (u, _) in enumerate(urls)]
         config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
         cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
+        others = {k: v for k, v in ELSEWHERE.items() if kafka or k != "kafka broker"}
+        others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         mixed = [e for pair in zip(bad, good, strict=True) for e in pair]
         submit_lines(config, state / "events.jsonl", mixed)
         results_url = scrape_urls["results" if "results" in scrape_urls else "all"]
         wait_for_rows(results_url, len(good))
-        cpu = sum(cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items())
+        cpu_by = {name: cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items()}
+        cpu = sum(cpu_by.values())
+        elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
         download_url = scrape_urls["download" if "download" in scrape_urls else "all"]
         metrics = harness.scrape(int(download_url.split(":")[2].split("/")[0]))
         seconds, latencies = stop_and_time(daemons, state)
     origin = troubled.url.removeprefix("http://")
     return Result(
         f"mixed ({trouble})", f"lakeferry ({bus})", len(good), seconds, sum(n for _, n in urls),
-        latencies, cpu,
+        latencies, cpu, cpu_by_process=cpu_by, cpu_elsewhere=elsewhere,
         extra={
             "troubled_active": harness.metric_sum(
                 metrics, "lakeferry_origin_active", origin=origin
