@@ -462,7 +462,7 @@ async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path
     async def park(task: DownloadTask, why: Parked) -> None:
         parked.append(why.reason)
 
-    stage._park = park  # type: ignore[method-assign]
+    stage._park = park  # type: ignore[method-assign,assignment]
     task = DownloadTask(event=Event(id="e", url=url), received_at=dt.datetime.now(dt.UTC))
     assert await stage._attempt(task, "downloads.pending") == "parked"
     assert parked == [PARK_OPEN]
