@@ -76,7 +76,7 @@ async def test_a_backfill_task_takes_a_free_slot_only_while_no_live_task_waits()
         first.set()
         await trio.testing.wait_all_tasks_blocked()
         assert order == ["b1", "l1", "l2"]
-        assert lanes.active == {LIVE: 2, BACKFILL: 0}
+        assert (lanes.active(LIVE), lanes.active(BACKFILL)) == (2, 0)
         second.set()
         await trio.testing.wait_all_tasks_blocked()
         assert order == ["b1", "l1", "l2", "b2"]

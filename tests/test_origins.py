@@ -444,6 +444,7 @@ async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path
 
     from lakeferry.config import Config
     from lakeferry.ledger import IdLedger
+    from lakeferry.lifecycle import ActiveCount
     from lakeferry.messages import DownloadTask, Event
     from lakeferry.metrics import Metrics
     from lakeferry.stages.download import DownloadStage
@@ -452,6 +453,7 @@ async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path
     pipeline = SimpleNamespace(
         components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=Metrics(),
         limiters={"download": trio.CapacityLimiter(1)},
+        active={"download": ActiveCount(), "backfill": ActiveCount()},
     )  # fmt: skip
     stage = DownloadStage(pipeline)  # type: ignore[arg-type]
     url = "https://dead.example/f.bin"

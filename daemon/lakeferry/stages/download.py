@@ -139,9 +139,11 @@ class DownloadStage:
         self._settings = pipeline.settings.download
         self.origins = Origins(origin_policy(self._settings))
         pipeline.metrics.track_origins(self.origins)
-        self.lanes = Lanes(pipeline.limiters["download"], Backlog(self._downstream))
-        lanes = self.lanes
-        pipeline.metrics.track_lanes(lanes.active.__getitem__, lanes.waiting, lanes.backlog_seen)
+        self.lanes = lanes = Lanes(
+            pipeline.limiters["download"], Backlog(self._downstream),
+            downloads=pipeline.active["download"], backfills=pipeline.active["backfill"],
+        )  # fmt: skip
+        pipeline.metrics.track_lanes(lanes.active, lanes.waiting, lanes.backlog_seen)
 
     async def _downstream(self) -> Downstream | None:
         """Files downloaded and not yet recorded (the upload stage's lag on the cached topic
@@ -313,7 +315,6 @@ class DownloadStage:
     async def _fetch_at_origin(
         self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
     ) -> CacheEntry:
-        p = self.p
         origin = origin_of(task.event.url)
         backfill = task.lane == BACKFILL
         slot = await self.origins.acquire(origin, backfill=backfill) if origin else None
@@ -321,16 +322,8 @@ class DownloadStage:
         outcome = Outcome.CANCELLED
         retry_after: float | None = None
         try:
-            async with self.lanes.slot(task.lane):
-                # The stage's in-flight counts every download; the lane's its own.
-                counts = [p.active["download"], *([p.active["backfill"]] if backfill else [])]
-                for count in counts:
-                    count.n += 1
-                try:
-                    entry = await self._fetch_until_room(attempt)
-                finally:
-                    for count in counts:
-                        count.n -= 1
+            async with self.lanes.slot(task.lane):  # counted in the stage's in-flight
+                entry = await self._fetch_until_room(attempt)
             outcome = Outcome.OK
             return entry
         except BaseException as exc:

@@ -160,10 +160,10 @@ class BusIntake:
 
 class IntakeTopic:
     """The intake topic's records (``lakeferry submit``): each names its lane in a header
-    (absent: live), and goes through that lane's :class:`BusIntake`."""
+    (absent: live), and goes through that lane's :class:`BusIntake` (``intake`` is live's)."""
 
     def __init__(self, intake: BusIntake) -> None:
-        self.lanes = {LIVE: intake.in_lane(LIVE), BACKFILL: intake.in_lane(BACKFILL)}
+        self.lanes = {LIVE: intake, BACKFILL: intake.in_lane(BACKFILL)}
 
     async def handle(self, record: Record) -> None:
         origin = f"{record.topic}/{record.partition}/{record.offset}"

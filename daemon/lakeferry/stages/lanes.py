@@ -36,6 +36,7 @@ from typing import NamedTuple
 import trio
 
 from lakeferry.config import LANES
+from lakeferry.lifecycle import ActiveCount
 from lakeferry.stages.pacing import Pacer
 
 LIVE, BACKFILL = LANES
@@ -115,6 +116,8 @@ class Lanes:
         slots: trio.CapacityLimiter,
         backlog: Backlog,
         *,
+        downloads: ActiveCount | None = None,
+        backfills: ActiveCount | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.slots = slots
@@ -125,7 +128,10 @@ class Lanes:
         self.live_waiting = 0
         """Live tasks waiting for a download slot."""
         self.backfill_waiting = 0
-        self.active = {LIVE: 0, BACKFILL: 0}
+        self.downloads = downloads if downloads is not None else ActiveCount()
+        """Downloads running, of either lane (the stage's in-flight count)."""
+        self.backfills = backfills if backfills is not None else ActiveCount()
+        """Of them, the backfill lane's (its consumer's in-flight count)."""
         self._lot = trio.lowlevel.ParkingLot()
         """Backfill tasks waiting for a slot the live lane leaves free."""
 
@@ -155,13 +161,22 @@ class Lanes:
             finally:
                 self.live_waiting -= 1
                 self._wake()
-        self.active[lane] += 1
+        counts = [self.downloads, *([self.backfills] if lane == BACKFILL else [])]
+        for count in counts:
+            count.n += 1
         try:
             yield
         finally:
-            self.active[lane] -= 1
+            for count in counts:
+                count.n -= 1
             self.slots.release()
             self._wake()
+
+    def active(self, lane: str) -> int:
+        """Downloads of ``lane`` running."""
+        if lane == BACKFILL:
+            return self.backfills.n
+        return self.downloads.n - self.backfills.n
 
     def waiting(self, lane: str) -> int:
         """Tasks of ``lane`` waiting for a download slot."""

@@ -450,8 +450,6 @@ class Origins:
         self._refresh(origin, self._clock())
         if origin.circuit is Circuit.OPEN:
             self._park(origin, PARK_OPEN, "circuit open")
-        if origin.waiting == 0 or origin.waiting < self._share():
-            return
         self._park_if_slow(origin)
 
     def _share(self) -> int:
