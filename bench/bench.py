@@ -577,6 +577,9 @@ def run_mixed(
                 metrics, "lakeferry_origin_active", origin=origin
             ),
             "parked": harness.metric_sum(metrics, "lakeferry_download_parked_total"),
+            "not_tried": harness.metric_sum(
+                metrics, "lakeferry_origin_downloads_total", outcome="not_tried"
+            ),
         },
     )  # fmt: skip
 
@@ -1657,18 +1660,19 @@ def origin_lines(results: list[Result]) -> list[str]:
             "first and interleaved: one that hangs every request, or answers 503 to every one.",
             "",
             "| scenario | tool | healthy files | files/s | ÷ alone (small) | troubled origin: "
-            "downloads running at the end | tasks parked |",
-            "|---|---|---|---|---|---|---|",
+            "downloads running at the end | tasks parked | tasks failed without a request |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in mixed:
             if r.error:
-                lines.append(f"| {r.scenario} | {r.tool} | failed: {r.error} |" + " - |" * 4)
+                lines.append(f"| {r.scenario} | {r.tool} | failed: {r.error} |" + " - |" * 5)
                 continue
             base = alone_rate(results, r)
             ratio = f"{r.files_per_s / base:.2f}" if base else "-"
             lines.append(
                 f"| {r.scenario} | {r.tool} | {r.files:,} | {r.files_per_s:,.0f} | {ratio} | "
-                f"{r.extra.get('troubled_active', 0):.0f} | {r.extra.get('parked', 0):,.0f} |"
+                f"{r.extra.get('troubled_active', 0):.0f} | {r.extra.get('parked', 0):,.0f} | "
+                f"{r.extra.get('not_tried', 0):,.0f} |"
             )
         lines.append("")
     if throttle:

@@ -135,6 +135,40 @@ def test_a_dead_origin_opens_its_circuit_and_its_tasks_wait_unspent(
     assert attempts < 24, attempts  # 7 here; each task alone would have spent 4 and died
 
 
+def test_an_origin_failing_every_request_is_not_asked_once_per_task(
+    daemon_env: DaemonEnv,
+) -> None:
+    """An origin answering 503 without Retry-After to every request: a bare 5xx slows nobody,
+    but twenty in a row with nothing else between open its circuit with its tasks failing
+    without a request. They climb the ladder and are dead-lettered as before (URLs that only
+    ever fail must end), for a fraction of the requests: before, each of the 40 tasks asked
+    five times (200 requests, each a whole failed download's CPU here)."""
+    from lakeferry.stages.origins import FAILING_AFTER
+
+    env = daemon_env
+    configure(env)
+    with serve() as failing:
+        daemon = env.start()
+        batch = env.submit_events(
+            [{"id": f"f{i}", "url": f"{failing.url}/status/503/f{i}.bin"} for i in range(40)]
+        )
+        opened = daemon.wait_for_log(
+            "origin circuit open: its downloads fail without a request (server errors only)"
+        )
+        assert opened["faults_in_row"] == FAILING_AFTER
+        counts = env.wait_settled(
+            batch, landed=0, dead_lettered=40, timeout=120, what="every task dead-lettered"
+        )
+        requests = sum(failing.counts().values())
+    assert counts["lost"] == 0
+    assert FAILING_AFTER <= requests < 40, requests
+    letters = env.letters()
+    assert {letter["reason"] for letter in letters} == {"retries_exhausted"}
+    assert all("not tried: origin 127.0.0.1:" in letter["error"] for letter in letters)
+    not_tried = env.metric("lakeferry_origin_downloads_total", outcome="not_tried")
+    assert not_tried >= 40 * 5 - requests, not_tried
+
+
 def test_bandwidth_caps_hold_downloads_to_their_rate(
     daemon_env: DaemonEnv, origins: tuple[Origin, Origin]
 ) -> None:

@@ -38,6 +38,8 @@ class OriginStats(NamedTuple):
     setbacks: int
     failed: int
     parked: int
+    not_tried: int
+    """Tasks failed without a request: the origin answered server errors only."""
     limit: int
     active: int
     waiting: int
@@ -47,7 +49,7 @@ class OriginStats(NamedTuple):
 OriginSnapshot = Callable[[], tuple[list[OriginStats], OriginStats]]
 """Every origin known now, and the totals of those forgotten since."""
 
-NO_ORIGIN = OriginStats(OTHER, 0, 0, 0, 0, 0, 0, 0, 0, circuit_open=False)
+NO_ORIGIN = OriginStats(OTHER, 0, 0, 0, 0, 0, 0, 0, 0, 0, circuit_open=False)
 
 
 def _no_origins() -> tuple[list[OriginStats], OriginStats]:
@@ -86,6 +88,7 @@ class _OriginsCollector:
                 setbacks=sum(s.setbacks for s in rest),
                 failed=sum(s.failed for s in rest),
                 parked=sum(s.parked for s in rest),
+                not_tried=sum(s.not_tried for s in rest),
                 limit=sum(s.limit for s in rest),
                 active=sum(s.active for s in rest),
                 waiting=sum(s.waiting for s in rest),
@@ -96,7 +99,8 @@ class _OriginsCollector:
             "lakeferry_origin_downloads",
             "Downloads per origin (host:port) by how they ended: ok, setback (429, 5xx with "
             "Retry-After, timeout, "
-            "connection), failed (the origin answered; the task failed)",
+            "connection), failed (the origin answered; the task failed), not_tried (failed "
+            "without a request: the origin answered server errors only)",
             labels=["origin", "outcome"],
         )
         parked = CounterMetricFamily(
@@ -127,6 +131,7 @@ class _OriginsCollector:
             downloads.add_metric([row.name, "ok"], row.succeeded)
             downloads.add_metric([row.name, "setback"], row.setbacks)
             downloads.add_metric([row.name, "failed"], row.failed)
+            downloads.add_metric([row.name, "not_tried"], row.not_tried)
             parked.add_metric([row.name], row.parked)
             gauges["limit"].add_metric([row.name], row.limit)
             gauges["active"].add_metric([row.name], row.active)

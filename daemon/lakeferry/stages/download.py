@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import logging
 import time
 
 import msgspec
@@ -56,6 +57,7 @@ from lakeferry.stages.bounded import BoundedWriter, Pace, Progress
 from lakeferry.stages.driver import seconds_until_ms
 from lakeferry.stages.lanes import BACKFILL, Backlog, Downstream, Lanes
 from lakeferry.stages.origins import (
+    NotTried,
     Origins,
     Outcome,
     Parked,
@@ -444,7 +446,9 @@ class DownloadStage:
             attempt=failures, at=now, stage="download", reason=error.reason, error=str(error)
         )
         failed = msgspec.structs.replace(task, attempt=failures, history=(*task.history, attempt))
-        log.info(
+        # Not tried (its origin fails everything): the circuit's opening was logged, once.
+        log.log(
+            logging.DEBUG if isinstance(error, NotTried) else logging.INFO,
             "download failed",
             extra={
                 "event_id": task.event.id, "url": redact_url(task.event.url),

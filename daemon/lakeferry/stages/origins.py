@@ -30,6 +30,14 @@ slowed as a whole rather than URL by URL. Each origin (``host:port`` of the URL)
   moments and is never parked for being busy; a lone slow one keeps half the room, so the next
   origin to come finds a place.
 
+- **An origin failing everything.** A bare 5xx (no ``Retry-After``) is one URL's trouble and
+  slows nobody, but :data:`FAILING_AFTER` of them in a row, with no other answer between, say
+  the origin fails every request: the circuit opens the same way, except that its tasks are not
+  parked but fail at once, without a request (:class:`NotTried`, a transient
+  ``http_server_error``: an attempt spent, so URLs that only ever fail still reach the
+  dead-letter topic, and a failing origin costs neither it nor this process a request per task).
+  The probe after the cooldown is a real request, as above.
+
 What does not count: 404s, checksum and size mismatches, cache faults, anything permanent
 other than a refused connection. The origin answered; its limit stays, its run of setbacks ends.
 
@@ -51,7 +59,7 @@ from urllib.parse import urlsplit
 import trio
 
 from lakeferry.config import DownloadConfig
-from lakeferry.errors import PipelineError, Reason
+from lakeferry.errors import PipelineError, Reason, TransientError
 from lakeferry.logs import get_logger
 from lakeferry.metrics import NO_ORIGIN, OriginStats
 from lakeferry.stages.pacing import Pacer
@@ -72,6 +80,9 @@ RECHECK = 1.0
 PROBE_EVERY = 10.0
 """Seconds an origin stays just below the concurrency it was last throttled at before one
 more download at once is tried."""
+FAILING_AFTER = 20
+"""Bare server errors (5xx without Retry-After) in a row, with no other answer between, that
+open an origin's circuit with its tasks failing rather than parked."""
 MAX_TRACKED = 10_000
 """Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
 
@@ -107,6 +118,9 @@ class Outcome(enum.Enum):
     """Throttled, timeout, connection failure, a 5xx with Retry-After (:data:`SETBACKS`)."""
     NEUTRAL = "neutral"
     """The origin answered, but the task failed for its own reasons (404, checksum ...)."""
+    FAULT = "fault"
+    """A bare server error (5xx without Retry-After): the URL's trouble, unless the origin
+    answers every request so (:data:`FAILING_AFTER`)."""
     CANCELLED = "cancelled"
     """The download was cancelled (drain): says nothing about the origin."""
 
@@ -123,8 +137,8 @@ def outcome_of(error: BaseException | None, *, answered: bool = False) -> Outcom
         if error.reason in SETBACKS:
             return Outcome.NEUTRAL if answered else Outcome.SETBACK
         asks_for_pause = error.retry_after is not None and error.retry_after > 0
-        if error.reason == Reason.HTTP_SERVER_ERROR and asks_for_pause:
-            return Outcome.SETBACK
+        if error.reason == Reason.HTTP_SERVER_ERROR:
+            return Outcome.SETBACK if asks_for_pause else Outcome.FAULT
         return Outcome.NEUTRAL
     if isinstance(error, trio.Cancelled):
         return Outcome.CANCELLED
@@ -138,6 +152,15 @@ class Parked(Exception):
         super().__init__(f"{origin}: {detail}")
         self.origin = origin
         self.reason = reason
+
+
+class NotTried(TransientError):
+    """The task's origin answered its last requests with server errors only: the attempt
+    fails without a request (its circuit is open; see the module's text)."""
+
+    def __init__(self, origin: str, detail: str) -> None:
+        super().__init__(Reason.HTTP_SERVER_ERROR, f"not tried: origin {origin} {detail}")
+        self.origin = origin
 
 
 PARK_OPEN = "host_circuit_open"
@@ -216,7 +239,11 @@ class Origin:
     """Bumped by each halving: a setback of a download started before it does not halve."""
     setbacks_in_row: int = 0
     """Rounds in a row that ended in a setback (downloads that ran together count once)."""
+    faults_in_row: int = 0
+    """Bare server errors in a row, with no other answer between."""
     circuit: Circuit = Circuit.CLOSED
+    failing: bool = False
+    """The circuit was opened by :attr:`faults_in_row`: tasks fail rather than park."""
     open_until: float = 0.0
     cooldown: float = 0.0
     paused_until: float = 0.0
@@ -242,12 +269,14 @@ class Origin:
     setbacks: int = 0
     failed: int = 0
     parked: int = 0
+    not_tried: int = 0
 
     def stats(self) -> OriginStats:
         return OriginStats(
             self.name, started=self.started, succeeded=self.succeeded, setbacks=self.setbacks,
-            failed=self.failed, parked=self.parked, limit=self.cap, active=self.active,
-            waiting=self.waiting, circuit_open=self.circuit is not Circuit.CLOSED,
+            failed=self.failed, parked=self.parked, not_tried=self.not_tried, limit=self.cap,
+            active=self.active, waiting=self.waiting,
+            circuit_open=self.circuit is not Circuit.CLOSED,
         )  # fmt: skip
 
     @property
@@ -360,9 +389,9 @@ class Origins:
                 now = self._clock()
                 self._refresh(origin, now)
                 if origin.circuit is Circuit.OPEN:
-                    self._park(origin, PARK_OPEN, "circuit open")
+                    self._turn_away(origin, "circuit open")
                 if origin.circuit is Circuit.HALF_OPEN and origin.active >= 1:
-                    self._park(origin, PARK_OPEN, "circuit half-open, its probe is running")
+                    self._turn_away(origin, "circuit half-open, its probe is running")
                 if now < origin.paused_until:
                     with trio.move_on_at(origin.paused_until):
                         await lot.park()
@@ -425,8 +454,12 @@ class Origins:
         elif outcome is Outcome.NEUTRAL:
             origin.failed += 1
             origin.setbacks_in_row = 0
+            origin.faults_in_row = 0
             if origin.circuit is Circuit.HALF_OPEN:
                 self._close(origin)
+        elif outcome is Outcome.FAULT:
+            origin.failed += 1
+            self._fault(origin, now)
         if origin.circuit is Circuit.OPEN:
             origin.wake_all()  # every waiter is parked on the ladder now
         else:
@@ -449,7 +482,7 @@ class Origins:
         """Park a task that would only wait behind its origin's share of the room."""
         self._refresh(origin, self._clock())
         if origin.circuit is Circuit.OPEN:
-            self._park(origin, PARK_OPEN, "circuit open")
+            self._turn_away(origin, "circuit open")
         self._park_if_slow(origin)
 
     def _share(self) -> int:
@@ -491,8 +524,34 @@ class Origins:
         if origin.circuit is Circuit.OPEN and now >= origin.open_until:
             origin.circuit = Circuit.HALF_OPEN
 
+    def _turn_away(self, origin: Origin, detail: str) -> None:
+        """A task the open circuit keeps from the origin: failed at once when the origin
+        fails everything, parked otherwise."""
+        if origin.failing:
+            origin.not_tried += 1
+            probe = max(0.0, origin.open_until - self._clock())
+            raise NotTried(
+                origin.name,
+                f"answered its last {FAILING_AFTER} or more requests with server errors "
+                f"(5xx) only; the next is tried in {probe:.0f} s",
+            )
+        self._park(origin, PARK_OPEN, detail)
+
+    def _fault(self, origin: Origin, now: float) -> None:
+        """A bare server error: the run of setbacks ends (the origin answered); enough of them
+        in a row, or one from a probe, open the circuit with the origin's tasks failing."""
+        origin.setbacks_in_row = 0
+        origin.faults_in_row += 1
+        if origin.circuit is Circuit.HALF_OPEN or (
+            origin.circuit is Circuit.CLOSED
+            and self.policy.circuit_failures > 0
+            and origin.faults_in_row >= FAILING_AFTER
+        ):
+            self._open(origin, now, 0.0, failing=True)
+
     def _succeeded(self, origin: Origin, slot: Slot) -> None:
         origin.setbacks_in_row = 0
+        origin.faults_in_row = 0
         if origin.circuit is Circuit.HALF_OPEN:
             self._close(origin)
             return
@@ -541,25 +600,31 @@ class Origins:
         elif wait:
             origin.paused_until = max(origin.paused_until, now + wait)
 
-    def _open(self, origin: Origin, now: float, wait: float) -> None:
+    def _open(self, origin: Origin, now: float, wait: float, *, failing: bool = False) -> None:
         base = self.policy.circuit_cooldown
         reopening = origin.circuit is not Circuit.CLOSED
         origin.cooldown = min(MAX_COOLDOWN, origin.cooldown * 2 if reopening else base)
         origin.circuit = Circuit.OPEN
+        origin.failing = failing
         origin.open_until = now + max(origin.cooldown, min(wait, MAX_COOLDOWN))
         origin.limit = 1.0
         origin.slow_start = True
         origin.epoch += 1
         log.warning(
-            "origin circuit open: its downloads wait on the first retry rung",
+            "origin circuit open: its downloads fail without a request (server errors only)"
+            if failing
+            else "origin circuit open: its downloads wait on the first retry rung",
             extra={"origin": origin.name, "setbacks_in_row": origin.setbacks_in_row,
+                   "faults_in_row": origin.faults_in_row,
                    "probe_in": round(origin.open_until - now, 1)},
         )  # fmt: skip
 
     def _close(self, origin: Origin) -> None:
         origin.circuit = Circuit.CLOSED
+        origin.failing = False
         origin.cooldown = 0.0
         origin.setbacks_in_row = 0
+        origin.faults_in_row = 0
         log.info("origin circuit closed: its probe succeeded", extra={"origin": origin.name})
 
     def _forget_idle(self) -> None:
@@ -573,5 +638,5 @@ class Origins:
             self._forgotten = f._replace(
                 started=f.started + origin.started, succeeded=f.succeeded + origin.succeeded,
                 setbacks=f.setbacks + origin.setbacks, failed=f.failed + origin.failed,
-                parked=f.parked + origin.parked,
+                parked=f.parked + origin.parked, not_tried=f.not_tried + origin.not_tried,
             )  # fmt: skip
