@@ -406,6 +406,7 @@ def start_lakeferry(
         data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         scrape_urls[name] = f"http://{data['metrics']['listen']}/metrics"
         data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        data["console"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         configs[name] = harness.write_config(state / f"lakeferry-{name}.toml", data)
     config = next(iter(configs.values()))
     if kafka:

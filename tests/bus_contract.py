@@ -367,6 +367,16 @@ class BusContract:
         await scan_all(bus, topic)
         assert await bus.committed(group, topic) == {1: 3, 2: 0}
 
+        # From offsets (what a group has not done yet), and only the partitions named.
+        start = {1: 3, 2: 0}
+        partial = [r async for r in bus.scan(topic, start=start)]
+        assert {r.partition for r in partial} <= {1, 2}
+        expected = [r for r in scanned if r.partition in start and r.offset >= start[r.partition]]
+        assert sorted((r.partition, r.offset) for r in partial) == sorted(
+            (r.partition, r.offset) for r in expected
+        )
+        assert [r async for r in bus.scan(topic, start={0: ends[0]})] == []
+
     async def test_aclose_ends_a_waiting_next(self, bus_factory: BusFactory) -> None:
         bus = await bus_factory()
         topic = await new_topic(bus, partitions=1)

@@ -26,10 +26,10 @@ from lakeferry.stages.origins import (
     Outcome,
     Parked,
     Slot,
-    origin_of,
     outcome_of,
 )
 from lakeferry.stages.pacing import Pacer
+from lakeferry.urls import origin_of
 
 A = "a.example:443"
 B = "b.example:443"

@@ -103,6 +103,7 @@ def _config_dict(
         "commit": {"interval": "50ms"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "live": {"listen": f"127.0.0.1:{free_port()}"},
+        "console": {"listen": f"127.0.0.1:{free_port()}"},
         "cache": {"kind": "localfs", "path": str(state / "cache"), "quota": "2GiB"},
         "sink": {
             "kind": "localfs",
@@ -136,6 +137,7 @@ def fleet_node(data: dict[str, Any], root: Path, node: str) -> dict[str, Any]:
     out["sources"] = [{"kind": "spool", "path": str(state / "spool"), "poll_interval": "100ms"}]
     out["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
     out["live"]["listen"] = f"127.0.0.1:{free_port()}"
+    out["console"]["listen"] = f"127.0.0.1:{free_port()}"
     return out
 
 

@@ -8,6 +8,7 @@
 #   /usr/sbin/sshd   openssh-server  the sftp plugin's tests run a real OpenSSH server on loopback
 #   /usr/sbin/nginx  nginx        the benchmark's origin (`make bench`, tests/test_bench_tools.py)
 #   aria2c, curl     aria2, curl  the benchmark's peers
+#   chromium, chromedriver  chromium, chromium-driver  the console's browser tests (selenium)
 #
 # Runs `apt-get update` only when the package lists do not know a package, then
 # `apt-get install -y --no-install-recommends`; needs root (CI runs as root). The prometheus
@@ -28,6 +29,8 @@ need systemd-analyze systemd
 need strace strace
 need aria2c aria2
 need curl curl
+need chromium chromium
+need chromedriver chromium-driver
 # not on PATH for non-root users: test the files themselves
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 [ -x /usr/sbin/nginx ] || missing="$missing nginx"
@@ -42,7 +45,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: no apt-get here; install$missing (the commands promtool," \
-        "systemd-analyze, strace, aria2c, curl, /usr/sbin/sshd, /usr/sbin/nginx) another way" >&2
+        "systemd-analyze, strace, aria2c, curl, chromium, chromedriver, /usr/sbin/sshd," \
+        "/usr/sbin/nginx) another way" >&2
     exit 1
 fi
 

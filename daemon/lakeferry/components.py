@@ -371,6 +371,10 @@ class Inventory(Protocol):
 
     async def read_events(self) -> list[EventRow]: ...
 
+    async def lookup(self, event_id: str) -> tuple[list[InventoryRow], list[EventRow]]:
+        """The inventory's and the events table's rows of one event id (the console's trace):
+        read with a filter, not the whole table."""
+
     async def maintain(self) -> None:
         """Table housekeeping (compaction, checkpoints, vacuum), as the plugin's settings say.
 

@@ -220,6 +220,13 @@ class LiveConfig(_Section):
     """``host:port`` of the live-view WebSocket (``lakeferry top``); ``""`` disables it."""
 
 
+class ConsoleConfig(_Section):
+    listen: str = "127.0.0.1:9466"
+    """``host:port`` of the operator console (:mod:`lakeferry.console`); ``""`` disables it.
+    Bound anywhere but loopback it needs a token (``LAKEFERRY_CONSOLE_TOKEN``, or the systemd
+    credential ``console-token``): the start is refused without one."""
+
+
 class CommitConfig(_Section):
     interval: Duration = Duration(0.2)
     """How often each stage commits its contiguous completed offsets."""
@@ -253,6 +260,7 @@ class Config(_Section):
     ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     commit: CommitConfig = msgspec.field(default_factory=CommitConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     cache: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -482,7 +490,12 @@ def _validate_core(core: Config) -> None:
             f"({core.download.concurrency}); make it at least that",
         )
     _validate_plugins(core.plugins)
-    for key, listen in (("metrics.listen", core.metrics.listen), ("live.listen", core.live.listen)):
+    listens = (
+        ("metrics.listen", core.metrics.listen),
+        ("live.listen", core.live.listen),
+        ("console.listen", core.console.listen),
+    )
+    for key, listen in listens:
         if not listen:
             continue
         if not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):

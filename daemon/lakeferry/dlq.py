@@ -19,10 +19,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
+import trio
 
 from lakeferry.bus.base import Bus, OutgoingRecord, Record
+from lakeferry.logs import get_logger
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, DlqTombstone, utcnow
 from lakeferry.records import task_headers
+from lakeferry.urls import origin_of, redact_url
+
+log = get_logger("dlq")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,14 @@ class LetterFilter:
     newer_than: float | None = None
     url_contains: str | None = None
     keys: frozenset[str] = frozenset()
+    host: str | None = None
+    """The URL's host (``files.example.com``) or ``host:port``, case-insensitive."""
+    text: str | None = None
+    """In the key, the event id, the URL without its query string, or the error text
+    (case-insensitive)."""
+    dead_by: dt.datetime | None = None
+    """Only letters dead at or before this time (an action confirmed later leaves letters
+    that arrived since alone)."""
 
     def matches(self, letter: Letter, now: dt.datetime) -> bool:
         d = letter.letter
@@ -62,7 +75,22 @@ class LetterFilter:
             and (self.newer_than is None or age <= self.newer_than)
             and (self.url_contains is None or self.url_contains in (letter.url or ""))
             and (not self.keys or letter.key in self.keys)
+            and (self.host is None or _host_matches(self.host, letter.url))
+            and (self.text is None or _text_matches(self.text, letter))
+            and (self.dead_by is None or d.dead_at <= self.dead_by)
         )
+
+
+def _host_matches(wanted: str, url: str | None) -> bool:
+    origin = origin_of(url or "")  # host:port, the default port filled in
+    wanted = wanted.lower()
+    return bool(origin) and wanted in (origin, origin.rpartition(":")[0])
+
+
+def _text_matches(wanted: str, letter: Letter) -> bool:
+    wanted = wanted.lower()
+    fields = (letter.key, letter.event_id or "", redact_url(letter.url or ""), letter.letter.error)
+    return any(wanted in field.lower() for field in fields)
 
 
 async def latest_by_key(
@@ -152,3 +180,28 @@ async def purge(bus: Bus, letters: Sequence[Letter], *, dlq_topic: str, by: str 
             [_tombstone(dlq_topic, item, "purge", by) for item in letters]
         )
     return len(letters)
+
+
+DEPTH_INTERVAL = 30.0
+"""Seconds between two reads of the DLQ by :func:`watch_depth` (longer when a read is slow)."""
+
+
+async def watch_depth(
+    bus: Bus, topic: str, report: Callable[[dict[str, int], float], None]
+) -> None:
+    """Read the DLQ now and then and ``report`` its letters by reason and the oldest one's
+    dead-letter time (Unix; 0: none) — ``lakeferry_dlq_letters``, the console's overview."""
+    while True:
+        started = trio.current_time()
+        try:
+            letters = await current_letters(bus, topic)
+        except Exception:
+            log.warning("reading the DLQ for its depth failed; will try again", exc_info=True)
+        else:
+            counts: dict[str, int] = {}
+            for item in letters:
+                counts[item.letter.reason] = counts.get(item.letter.reason, 0) + 1
+            oldest = letters[0].letter.dead_at.timestamp() if letters else 0.0
+            report(counts, oldest)
+        took = trio.current_time() - started
+        await trio.sleep(max(DEPTH_INTERVAL, 10 * took))

@@ -72,11 +72,16 @@ class Snapshotter:
         for labels, value in samples(registry, "lakeferry_stage_messages_total"):
             done[labels["stage"]] += value
         lag: dict[str, float] = collections.defaultdict(float)
+        by_topic: dict[str, float] = collections.defaultdict(float)
         group = p.config.core.bus.group
         for labels, value in samples(registry, "lakeferry_consumer_lag"):
             # <group>.<stage>, or <group>.upload.<node> in fleet mode
             stage = labels["group"].removeprefix(f"{group}.").split(".", 1)[0]
             lag[stage] += value
+            by_topic[labels["topic"]] += value
+        resumes: dict[str, float] = {}
+        for labels, value in samples(registry, "lakeferry_retry_paused_until_timestamp_seconds"):
+            resumes[labels["topic"]] = min(value, resumes.get(labels["topic"], value))
         stages = {}
         for stage in self.stages:
             rate = (done[stage] - self._last_done.get(stage, done[stage])) / elapsed
@@ -94,9 +99,10 @@ class Snapshotter:
         # The ladder as it runs now (a reload may have changed the delays), in delay order.
         ladder = sorted(zip(p.ladder.delays, p.ladder.topics, strict=True))
         rungs = [
-            {"topic": topic, "delay": delay, "count": retries.get(topic, 0)}
+            {"topic": topic, "delay": delay, "count": retries.get(topic, 0),
+             "waiting": int(by_topic.get(topic, 0)), "next_due": _due(resumes.get(topic))}
             for delay, topic in ladder
-        ]
+        ]  # fmt: skip
         dlq: collections.Counter[str] = collections.Counter()
         for labels, value in samples(registry, "lakeferry_dlq_total"):
             dlq[labels["reason"]] += int(value)
@@ -105,6 +111,11 @@ class Snapshotter:
             usage = p.components.cache.usage()
             cache = {"bytes": usage.bytes, "files": usage.files, "quota": usage.quota}
         up = next((v for _, v in samples(registry, "lakeferry_bus_up")), 1.0)
+        letters = {lb["reason"]: int(v) for lb, v in samples(registry, "lakeferry_dlq_letters")}
+        oldest = next(
+            (v for _, v in samples(registry, "lakeferry_dlq_oldest_letter_timestamp_seconds")), 0.0
+        )
+        breaker = [v for _, v in samples(registry, "lakeferry_upload_breaker_open")]
         return {
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "pid": os.getpid(),
@@ -115,6 +126,16 @@ class Snapshotter:
             "retries": retries,
             "rungs": rungs,
             "dlq": dict(dlq),
+            # The DLQ as it is now (read every 30 s where the results stage or the console
+            # runs; absent elsewhere): letters, by reason, the oldest's age.
+            "dlq_now": {
+                "letters": sum(letters.values()),
+                "by_reason": letters,
+                "oldest": age(time.time() - oldest) if oldest else "",
+            }
+            if letters
+            else {},
+            "breaker": ("open" if breaker[0] else "closed") if breaker else "",
             "cache": cache,  # empty in a process whose stages use no cache
             "errors": list(self.errors.items),
         }
@@ -149,10 +170,13 @@ class Snapshotter:
 
 
 class LiveFeed:
-    """Serves snapshots to every connected WebSocket client, one per second."""
+    """Makes a snapshot every second; serves each to every connected WebSocket client (and
+    to the console, :mod:`lakeferry.console`, which reads :attr:`latest`)."""
 
     def __init__(self, snapshotter: Snapshotter) -> None:
         self.snapshotter = snapshotter
+        self.latest: dict[str, Any] = {}
+        """The last snapshot made."""
         self._latest = "{}"
         self._tick = trio.Event()
 
@@ -162,21 +186,32 @@ class LiveFeed:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve on ``listeners`` (bound by the caller, so a taken port refuses the start
-        before anything else happens: :func:`lakeferry.listen.open_listeners`)."""
+        """Make snapshots; serve them on ``listeners`` (none: only :attr:`latest`), bound by
+        the caller, so a taken port refuses the start before anything else happens
+        (:func:`lakeferry.listen.open_listeners`)."""
         async with trio.open_nursery() as nursery:
+            self._make()
             nursery.start_soon(self._produce)
-            server = WebSocketServer(self._serve, listeners)
-            await nursery.start(server.run)
-            log.info("live feed listening", extra={"listen": _addresses(listeners)})
+            if listeners:
+                server = WebSocketServer(self._serve, listeners)
+                await nursery.start(server.run)
+                log.info("live feed listening", extra={"listen": _addresses(listeners)})
             task_status.started()
+
+    async def tick(self) -> None:
+        """Wait for the next snapshot."""
+        await self._tick.wait()
+
+    def _make(self) -> None:
+        self.latest = self.snapshotter.snapshot()
+        self._latest = json.dumps(self.latest)
 
     async def _produce(self) -> None:
         while True:
-            self._latest = json.dumps(self.snapshotter.snapshot())
+            await trio.sleep(INTERVAL)
+            self._make()
             tick, self._tick = self._tick, trio.Event()
             tick.set()
-            await trio.sleep(INTERVAL)
 
     async def _serve(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -195,3 +230,20 @@ def _addresses(listeners: list[trio.SocketListener]) -> list[str]:
         host, port, *_ = listener.socket.getsockname()
         out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return out
+
+
+def _due(at: float | None) -> str | None:
+    """A paused rung's resume time as the page shows it (None: not paused)."""
+    if at is None:
+        return None
+    when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds")
+    return f"{when} (in {age(at - time.time())})"
+
+
+def age(seconds: float) -> str:
+    """``42s``, ``17m``, ``5h``, ``3d``: an age at a glance."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"

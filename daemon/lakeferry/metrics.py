@@ -7,9 +7,10 @@ follow ``lakeferry_<area>_<what>_<unit>``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import prometheus_client as prom
@@ -146,6 +147,7 @@ class _OriginsCollector:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._dlq_reasons: set[str] = set()
         r = self.registry
         self.build_info = prom.Info("lakeferry_build", "lakeferry version", registry=r)
         self.build_info.info({"version": __version__})
@@ -187,6 +189,26 @@ class Metrics:
         )
         self.dlq = prom.Counter(
             "lakeferry_dlq_total", "Messages dead-lettered", ["stage", "reason"], registry=r
+        )
+        self.dlq_letters = prom.Gauge(
+            "lakeferry_dlq_letters",
+            "Letters in the DLQ now (not replayed or purged), by reason; read every "
+            "30 s by the process that runs the results stage or the console",
+            ["reason"],
+            registry=r,
+        )
+        self.dlq_oldest = prom.Gauge(
+            "lakeferry_dlq_oldest_letter_timestamp_seconds",
+            "When the oldest letter in the DLQ was dead-lettered (Unix time; 0: none); its "
+            "age is time() minus this",
+            registry=r,
+        )
+        self.retry_paused_until = prom.Gauge(
+            "lakeferry_retry_paused_until_timestamp_seconds",
+            "When a retry rung's partition, paused until its head record is due, resumes "
+            "(Unix time; absent: not paused)",
+            ["topic", "partition"],
+            registry=r,
         )
         self.cache_bytes = prom.Gauge("lakeferry_cache_bytes", "Bytes in the cache", registry=r)
         self.cache_files = prom.Gauge("lakeferry_cache_files", "Files in the cache", registry=r)
@@ -326,6 +348,24 @@ class Metrics:
 
     def dead_lettered(self, stage: str, reason: str) -> None:
         self.dlq.labels(stage, reason).inc()
+
+    def dlq_now(self, letters: Mapping[str, int], oldest: float) -> None:
+        """The DLQ as it is now: letters by reason (a reason with none left reads 0), the
+        oldest's dead-letter time (Unix; 0: none)."""
+        for reason in self._dlq_reasons - set(letters):
+            self.dlq_letters.labels(reason).set(0)
+        for reason, n in letters.items():
+            self.dlq_letters.labels(reason).set(n)
+        self._dlq_reasons |= set(letters)
+        self.dlq_oldest.set(oldest)
+
+    def retry_paused(self, topic: str, partition: int, until: float | None) -> None:
+        """A rung's partition paused until ``until`` (Unix time), or resumed (None)."""
+        if until is None:
+            with contextlib.suppress(KeyError):
+                self.retry_paused_until.remove(topic, str(partition))
+            return
+        self.retry_paused_until.labels(topic, str(partition)).set(until)
 
     def retry_late(self, rung_topic: str, seconds: float) -> None:
         self.retry_lateness.labels(rung_topic).observe(seconds)

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import collections
 import signal
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import trio
 
-from lakeferry import fleet, logs
+from lakeferry import dlq, fleet, logs
 from lakeferry.build import check_components, owner_name
 from lakeferry.buses import open_bus
 from lakeferry.config import LoadedConfig, diff, load_config
+from lakeferry.console.health import Readiness
 from lakeferry.errors import ConfigError, StageCrashed, StartRefused
 from lakeferry.listen import open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
@@ -41,6 +42,9 @@ from lakeferry.stages.catalog import CATALOG, live_keys
 from lakeferry.stagespec import StageFn, StageSpec
 from lakeferry.systemd import Notifier
 from lakeferry.topics import require_topics
+
+if TYPE_CHECKING:
+    from lakeferry.console.runner import Prepared
 
 log = get_logger("supervisor")
 
@@ -82,6 +86,8 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
+        self.readiness = Readiness()
+        """For the console's ``/readyz``."""
 
     async def run(self) -> int:
         cfg = self.config
@@ -110,8 +116,13 @@ class Supervisor:
         await check_components(cfg, self.registry)
         self.metrics.node(cfg.node, self.instance, fleet=cfg.fleet)
         self.metrics.serve(cfg.core.metrics.listen)
+        console: Prepared | None = None
         try:
             live = await open_listeners("live.listen", cfg.core.live.listen)
+            if cfg.core.console.listen:
+                from lakeferry.console.runner import prepare  # starlette, jinja2: only if used
+
+                console = prepare(cfg.core.console.listen)
             bus = await open_bus(cfg, member=owner_name(cfg.node, self.instance), create=True)
             try:
                 bus.on_health = self._bus_health
@@ -124,7 +135,7 @@ class Supervisor:
                 )
                 pipeline.export_stage_gauges()
                 try:
-                    await self._run_stages(pipeline, live)
+                    await self._run_stages(pipeline, live, console)
                 finally:
                     with trio.CancelScope(shield=True):
                         await pipeline.aclose()
@@ -132,11 +143,15 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     await bus.aclose()
         finally:
+            if console is not None:
+                console.sock.close()
             self.metrics.close()
         log.info("stopped")
         return 0
 
-    async def _run_stages(self, pipeline: Pipeline, live: list[trio.SocketListener]) -> None:
+    async def _run_stages(
+        self, pipeline: Pipeline, live: list[trio.SocketListener], console: Prepared | None
+    ) -> None:
         async with trio.open_nursery() as root:
             root.start_soon(self._signals, root.cancel_scope)
             if pipeline.components.has("cache"):
@@ -149,10 +164,20 @@ class Supervisor:
                     [spec.name for spec in self.stages], self._node_report,
                 )  # fmt: skip
                 root.start_soon(beater.run)
-            if live:
+            if live or console is not None:
                 names = [spec.name for spec in CATALOG]
                 feed = LiveFeed(Snapshotter(pipeline, self.metrics, pipeline.errors, names))
                 await root.start(feed.run, live)
+            if console is not None or any(spec.name == "results" for spec in self.stages):
+                root.start_soon(dlq.watch_depth, pipeline.bus, pipeline.topics.dlq,
+                                self.metrics.dlq_now)  # fmt: skip
+            if console is not None:
+                from lakeferry.console.runner import run as run_console
+
+                await root.start(
+                    run_console, console, pipeline, feed, self.readiness,
+                    owner_name(self.config.node, self.instance),
+                )  # fmt: skip
             if any(spec.name == "results" for spec in self.stages):
                 # One kind of process keeps the tables tidy (the ingest stage writes the events
                 # table too, but two maintainers would only race each other).
@@ -171,6 +196,7 @@ class Supervisor:
                     },
                 )
                 self.notifier.ready()
+                self.readiness.started = True
                 root.start_soon(self.notifier.run_watchdog)
             # every stage returned: drained
             root.cancel_scope.cancel(reason="all stages drained")
@@ -227,6 +253,7 @@ class Supervisor:
                     extra={"signal": signal.Signals(signum).name, "grace": grace},
                 )
                 self.notifier.stopping()
+                self.readiness.draining = True
                 self.pipeline.lifecycle.drain()
                 # Stages have the grace to finish; commits and flushes get a little more.
                 root.deadline = min(root.deadline, trio.current_time() + grace + 15)

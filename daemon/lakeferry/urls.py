@@ -88,3 +88,22 @@ def redact_text(text: str) -> str:
         return m.group(1) + m.group(3) + ("?<redacted>" if m.group(4) else "")
 
     return _URL_IN_TEXT.sub(scrub, text)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "sftp": 22, "ftp": 21}
+
+
+def origin_of(url: str) -> str:
+    """``host:port`` of a URL (lower case, default port filled in); ``""`` when it has no host
+    (``file://``): such downloads are not limited per origin."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}"

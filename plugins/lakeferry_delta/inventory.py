@@ -160,10 +160,10 @@ class _TransactionalTable:
         await handle.run(commit)
         return True
 
-    async def read_all(self, row_type: Any) -> list[Any]:
+    async def read_all(self, row_type: Any, *, where: tuple[str, str] | None = None) -> list[Any]:
         def read(table: Any) -> list[Any]:
             table.update_incremental()
-            return from_arrow(row_type, read_columns(table, row_type._fields))
+            return from_arrow(row_type, read_columns(table, row_type._fields, where=where))
 
         return await self.handle.run(read)
 
@@ -265,6 +265,12 @@ class DeltaInventory:
     async def read_events(self) -> list[EventRow]:
         """Every row, in no particular order."""
         return await self._events.read_all(EventRow)
+
+    async def lookup(self, event_id: str) -> tuple[list[InventoryRow], list[EventRow]]:
+        """One event id's rows in both tables."""
+        where = ("event_id", event_id)
+        rows = await self._inventory.read_all(InventoryRow, where=where)
+        return rows, await self._events.read_all(EventRow, where=where)
 
     async def maintain(self) -> None:
         """Compaction, checkpoints and vacuum when due (:mod:`lakeferry_delta.maintenance`)."""

@@ -81,7 +81,9 @@ def to_arrow(layout: TableLayout, rows: Sequence[NamedTuple], *, with_date: bool
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def read_columns(table: Any, columns: Sequence[str]) -> pa.Table:
+def read_columns(
+    table: Any, columns: Sequence[str], *, where: tuple[str, str] | None = None
+) -> pa.Table:
     """``columns`` of the current snapshot of ``table`` (a DeltaTable), as a pyarrow Table.
 
     Read through deltalake's own query engine (DataFusion, Rust) rather than
@@ -92,9 +94,17 @@ def read_columns(table: Any, columns: Sequence[str]) -> pa.Table:
     """
     from deltalake import QueryBuilder
 
-    select = ", ".join('"' + name.replace('"', '""') + '"' for name in columns)
-    reader = QueryBuilder().register("t", table).execute(f"SELECT {select} FROM t")
+    select = ", ".join(_quoted(name) for name in columns)
+    query = f"SELECT {select} FROM t"
+    if where is not None:  # column = 'value' (file statistics skip the files without it)
+        column, value = where
+        query += f" WHERE {_quoted(column)} = '" + value.replace("'", "''") + "'"
+    reader = QueryBuilder().register("t", table).execute(query)
     return pa.table(reader)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def from_arrow(row_type: type[Row], table: Any) -> list[Row]:

@@ -55,6 +55,7 @@ class DaemonEnv:
         data = copy.deepcopy(self.data)
         data["metrics"]["listen"] = f"127.0.0.1:{port}"
         data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        data["console"]["listen"] = f"127.0.0.1:{harness.free_port()}"
         config = harness.write_config(self.root / f"{name}.toml", data)
         daemon = harness.DaemonProcess(
             config, self.root / f"{name}.log", stages=stages, instance=name, env=env

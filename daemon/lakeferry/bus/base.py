@@ -140,10 +140,15 @@ class Bus(Protocol):
     async def list_topics(self) -> dict[str, int]:
         """Existing topics and their partition counts."""
 
-    async def scan(self, topic: str) -> AsyncIterator[Record]:
-        """Every retained record of ``topic`` up to its current end, partition by partition.
+    async def scan(
+        self, topic: str, *, start: Mapping[int, int] | None = None
+    ) -> AsyncIterator[Record]:
+        """Every retained record of ``topic`` up to its current end, partition by partition;
+        with ``start``, of each partition named there from that offset on (a consumer group's
+        committed offsets: what it has not done yet) and nothing of the partitions it omits.
 
-        For operator tools (DLQ, audit): it does not join any group and commits nothing.
+        For operator tools (DLQ, audit, the console's trace): it does not join any group and
+        commits nothing.
         """
         raise NotImplementedError
         yield  # pragma: no cover

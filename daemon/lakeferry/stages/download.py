@@ -62,14 +62,13 @@ from lakeferry.stages.origins import (
     Outcome,
     Parked,
     Slot,
-    origin_of,
     origin_policy,
     outcome_of,
 )
 from lakeferry.stages.policy import KeyLocks, classify
 from lakeferry.stages.runner import run_consuming_stage
 from lakeferry.stagespec import Consumes, StageSpec
-from lakeferry.urls import check_url, redact_url
+from lakeferry.urls import check_url, origin_of, redact_url
 
 log = get_logger("download")
 

@@ -62,6 +62,7 @@ class StageDriver:
         gate: Gate | None = None,
         active: ActiveCount | None = None,
         dispatch: Dispatch | None = None,
+        on_pause: Callable[[TopicPartition, float | None], None] | None = None,
     ) -> None:
         self.name = name
         self.consumer = consumer
@@ -74,6 +75,8 @@ class StageDriver:
         self.active = active if active is not None else ActiveCount()
         self.tracker = OffsetTracker()
         self._paused_until: dict[TopicPartition, float] = {}
+        self.on_pause = on_pause
+        """Told when a partition pauses (until when, Unix time) and resumes (None): metrics."""
 
     # -- callbacks for the bus ---------------------------------------------------------------
 
@@ -83,7 +86,8 @@ class StageDriver:
         offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in revoked}
         for tp in tps:
             self.tracker.forget(tp)
-            self._paused_until.pop(tp, None)
+            if self._paused_until.pop(tp, None) is not None and self.on_pause is not None:
+                self.on_pause(tp, None)
         return offsets
 
     # -- the loop ------------------------------------------------------------------------
@@ -139,12 +143,16 @@ class StageDriver:
         self.consumer.pause(tp)
         until = trio.current_time() + wait
         self._paused_until[tp] = until
+        if self.on_pause is not None:
+            self.on_pause(tp, time.time() + wait)
         timers.start_soon(self._resume_at, tp, until)
 
     async def _resume_at(self, tp: TopicPartition, until: float) -> None:
         await trio.sleep_until(until)
         if self._paused_until.get(tp) == until:
             del self._paused_until[tp]
+            if self.on_pause is not None:
+                self.on_pause(tp, None)
             self.consumer.resume(tp)
 
     async def _process(self, record: Record, ticket: Ticket, token: object) -> None:

@@ -54,7 +54,6 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import trio
 
@@ -86,29 +85,11 @@ open an origin's circuit with its tasks failing rather than parked."""
 MAX_TRACKED = 10_000
 """Origins remembered; beyond it the longest-idle ones (no download in flight or waiting) go."""
 
-DEFAULT_PORTS = {"http": 80, "https": 443, "sftp": 22, "ftp": 21}
-
 SETBACKS = frozenset({Reason.THROTTLED, Reason.TIMEOUT, Reason.CONNECTION})
 """Failure reasons that say the origin is overloaded or unreachable. A server error counts too
 when it asks for a pause (``Retry-After`` above zero: a 503 saying "overloaded, come back
 later"); a bare 5xx may be one URL's trouble (a broken object, a failing backend of one path)
 and slows nobody else."""
-
-
-def origin_of(url: str) -> str:
-    """``host:port`` of a URL (lower case, default port filled in); ``""`` when it has no host
-    (``file://``): such downloads are not limited per origin."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return ""
-    if not host:
-        return ""
-    port = port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{port}"
 
 
 class Outcome(enum.Enum):

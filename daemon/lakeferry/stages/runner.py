@@ -67,6 +67,7 @@ async def run_consuming_stage(
         gate=gate,
         active=p.active[name] if intake is None else None,
         dispatch=dispatch,
+        on_pause=lambda tp, until: p.metrics.retry_paused(tp.topic, tp.partition, until),
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -333,21 +333,27 @@ class EmbeddedBus:
                 raise ValueError(f"invalid topic spec {spec!r}")
         await self._run(partial(self._create_topics, specs=list(specs)))
 
-    async def scan(self, topic: str) -> AsyncIterator[Record]:
-        """Every retained record of ``topic`` up to its end at call time, partition by partition."""
+    async def scan(
+        self, topic: str, *, start: Mapping[int, int] | None = None
+    ) -> AsyncIterator[Record]:
+        """Every retained record of ``topic`` up to its end at call time, partition by partition
+        (from ``start``'s offsets, when given: :meth:`lakeferry.bus.base.Bus.scan`)."""
         ends = await self.end_offsets(topic)
         for partition in sorted(ends):
+            if start is not None and partition not in start:
+                continue
             tp = TopicPartition(topic, partition)
-            start, end = 0, ends[partition]
-            while start < end:
+            begin = 0 if start is None else start[partition]
+            start_at, end = begin, ends[partition]
+            while start_at < end:
                 batch = await self._run(
-                    partial(_read_range, tp=tp, start=start, end=end, limit=SCAN_BATCH)
+                    partial(_read_range, tp=tp, start=start_at, end=end, limit=SCAN_BATCH)
                 )
                 if not batch:
                     break
                 for record in batch:
                     yield record
-                start = batch[-1].offset + 1
+                start_at = batch[-1].offset + 1
 
     async def list_topics(self) -> dict[str, int]:
         """Existing topics and their partition counts."""

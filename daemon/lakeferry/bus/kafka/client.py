@@ -398,9 +398,14 @@ class KafkaBus:
         )
         return result
 
-    async def scan(self, topic: str) -> AsyncIterator[Record]:
-        """Every retained record of ``topic`` up to its end at the time of the call."""
+    async def scan(
+        self, topic: str, *, start: Mapping[int, int] | None = None
+    ) -> AsyncIterator[Record]:
+        """Every retained record of ``topic`` up to its end at the time of the call (from
+        ``start``'s offsets, when given: :meth:`lakeferry.bus.base.Bus.scan`)."""
         ends = await self.end_offsets(topic)
+        if start is not None:
+            ends = {p: end for p, end in ends.items() if p in start}
         client = self._scan_client()
         try:
             starts: dict[int, int] = {}
@@ -410,7 +415,7 @@ class KafkaBus:
                     low, _high = client.get_watermark_offsets(
                         KTopicPartition(topic, p), timeout=self.operation_timeout
                     )
-                    starts[p] = low
+                    starts[p] = low if start is None else max(low, start[p])
                 client.assign(
                     [KTopicPartition(topic, p, starts[p]) for p in ends if ends[p] > starts[p]]
                 )
