@@ -182,7 +182,7 @@ async def purge(bus: Bus, letters: Sequence[Letter], *, dlq_topic: str, by: str 
     return len(letters)
 
 
-DEPTH_INTERVAL = 30.0
+DEPTH_INTERVAL = 10.0
 """Seconds between two reads of the DLQ by :func:`watch_depth` (longer when a read is slow)."""
 
 

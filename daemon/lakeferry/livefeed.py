@@ -126,7 +126,7 @@ class Snapshotter:
             "retries": retries,
             "rungs": rungs,
             "dlq": dict(dlq),
-            # The DLQ as it is now (read every 30 s where the results stage or the console
+            # The DLQ as it is now (read every 10 s where the results stage or the console
             # runs; absent elsewhere): letters, by reason, the oldest's age.
             "dlq_now": {
                 "letters": sum(letters.values()),

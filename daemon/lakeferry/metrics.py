@@ -193,7 +193,7 @@ class Metrics:
         self.dlq_letters = prom.Gauge(
             "lakeferry_dlq_letters",
             "Letters in the DLQ now (not replayed or purged), by reason; read every "
-            "30 s by the process that runs the results stage or the console",
+            "10 s by the process that runs the results stage or the console",
             ["reason"],
             registry=r,
         )

@@ -28,6 +28,12 @@
       cell.className = value ? "good" : "bad";
       return;
     }
+    if (cell.dataset.live === "cache.bytes") {
+      var units = ["Bytes", "KiB", "MiB", "GiB", "TiB"], n = Number(value), i = 0;
+      while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+      cell.textContent = i ? n.toFixed(1) + " " + units[i] : n + " Bytes";
+      return;
+    }
     cell.textContent = String(value);
   }
   function connect() {
