@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -206,6 +207,8 @@ class Fleet:
 
     def __init__(self, env: DaemonEnv) -> None:
         self.env = env
+        self.consoles: dict[str, str] = {}
+        """Each started node's console address (its last started process's)."""
 
     def config(self, node: str) -> Path:
         return harness.write_config(
@@ -213,7 +216,10 @@ class Fleet:
         )
 
     def start(self, node: str, stages: str | None = None, instance: str = "main") -> Any:
+        import tomllib
+
         config = self.config(node)
+        self.consoles[node] = tomllib.loads(config.read_text())["console"]["listen"]
         assert harness.cli(config, "topics", "ensure").returncode == 0
         daemon = harness.DaemonProcess(
             config, self.env.root / f"{node}-{instance}.log", stages=stages, instance=instance
@@ -252,6 +258,14 @@ def test_a_lost_nodes_cached_work_lands_once_elsewhere(kafka_env: DaemonEnv, ori
     status = nodes.status("b")
     assert (status["a"]["cached_backlog"], status["b"]["cached_backlog"]) == (60, 0)
     assert (status["a"]["live"], status["b"]["live"]) == (True, True)
+    # The console of any node shows every node.
+    page = httpx.get(f"http://{nodes.consoles['b']}/").text
+    rows = page.split('id="nodes"')[1]
+    assert '<tr data-node="a">' in rows
+    assert '<tr data-node="b">' in rows
+    a_row = rows.split('<tr data-node="a">')[1].split("</tr>")[0]
+    assert ">live<" in a_row
+    assert '<td class="num">60</td>' in a_row
     # a refuses to be evacuated while alive; then it dies for good.
     refused = harness.cli(nodes.config("b"), "fleet", "evacuate", "a", "--yes")
     assert refused.returncode == 2

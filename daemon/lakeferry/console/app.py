@@ -199,8 +199,21 @@ class Pages:
     # -- overview ------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        problems = self.deps.readiness.problems(self.deps.pipeline.metrics.registry)
-        return self.render(request, "overview.html", snap=self.deps.feed.latest, problems=problems)
+        p = self.deps.pipeline
+        problems = self.deps.readiness.problems(p.metrics.registry)
+        nodes: list[dict[str, Any]] = []
+        if p.config.fleet:  # several VMs on one cluster: each node as its heartbeats say
+            from lakeferry import fleet
+
+            try:
+                status = await fleet.fleet_status(p.config, fleet.kafka_of(p.bus))
+            except Exception as exc:
+                log.warning("console: no fleet status", extra={"error": str(exc)})
+            else:
+                nodes = [node.as_json() for node in status]
+        return self.render(
+            request, "overview.html", snap=self.deps.feed.latest, problems=problems, nodes=nodes
+        )
 
     async def overview_json(self, request: Request) -> Response:
         return Response(json.dumps(self.deps.feed.latest), media_type="application/json")
