@@ -7,6 +7,7 @@
 #   make demo      the whole job in one command: origin, daemon, ~1,000 events, summary, audit
 #   make lint      ruff + mypy (strict on daemon/, plugins/, tests/, tools/ and bench/)
 #   make chaos     the pipeline on Kafka under kills, a broker restart and a sink storm
+#   make screenshots  the console's screenshots in docs/images, taken by its browser test
 #   make kafka-up  Apache Kafka (single-node KRaft) on 127.0.0.1:$(KAFKA_PORT), data in var/kafka
 #   make kafka-down   stop it;  make kafka-dist   fetch Kafka from Maven Central (needs Java 17+
 #                  and Maven; `make test` does this first, since the tests run a real broker)
@@ -31,7 +32,7 @@ KAFKA_PORT ?= 9092
 KAFKA_DIR  ?= var/kafka
 KAFKA      := tools/kafka/kafka.py
 
-.PHONY: install run test test-fast lint fmt demo chaos bench clean distclean kafka-dist kafka-up kafka-down \
+.PHONY: install run test test-fast lint fmt demo chaos screenshots bench clean distclean kafka-dist kafka-up kafka-down \
 	system-deps systemd-check install-systemd
 
 install: $(STAMP)
@@ -94,6 +95,9 @@ bench: kafka-dist system-deps
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(QUIET_PIP) $(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BENCH_VENV)/bin/python bench/bench.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
+
+screenshots: $(STAMP) system-deps
+	LAKEFERRY_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/test_console.py -k operator -q
 
 chaos: $(STAMP) kafka-dist
 	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)

@@ -287,6 +287,7 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
         "Nodes (fleet)",
         "Origins (download, per host:port)",
         "Lanes (live, backfill)",
+        "Dead letters and retry rungs, now",
     ]
     for panel in panels:
         if panel["type"] == "row":
@@ -592,6 +593,25 @@ ALERT_CASES: dict[str, tuple[list[dict[str, str]], list[tuple[str, str, list[dic
                 "LakeferryBusErrors",
                 [alert({"instance": "a:1", "op": "inventory", "severity": "warning"})],
             )
+        ],
+    ),
+    "a dead letter waits for a day": (
+        [
+            # Job lf: one letter dead-lettered 60 s after the epoch, still there; job lf2: its
+            # oldest letter always a minute old (replayed as they come); job lf3: none (0).
+            series("lakeferry_dlq_oldest_letter_timestamp_seconds", "60x1500", instance="a:1"),
+            series(
+                "lakeferry_dlq_oldest_letter_timestamp_seconds", "0+60x1500", job="lf2",
+                instance="a:1",
+            ),  # fmt: skip
+            series(
+                "lakeferry_dlq_oldest_letter_timestamp_seconds", "0x1500", job="lf3",
+                instance="a:1",
+            ),  # fmt: skip
+        ],
+        [
+            ("1400m", "LakeferryDeadLetterWaitingLong", []),
+            ("1460m", "LakeferryDeadLetterWaitingLong", [alert({"severity": "warning"})]),
         ],
     ),
     "breaker open": (

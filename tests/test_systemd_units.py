@@ -144,6 +144,7 @@ def test_stage_templates_are_one_file_and_match_the_main_unit() -> None:
     only_template = {
         "Environment=LAKEFERRY_METRICS=127.0.0.1:%i",
         "Environment=LAKEFERRY_LIVE=127.0.0.1:1%i",
+        "Environment=LAKEFERRY_CONSOLE=127.0.0.1:2%i",
         "Environment=LAKEFERRY_INSTANCE=%j-%i",
     }
     assert only_template <= set(service)
