@@ -229,6 +229,36 @@ def test_the_guard_signs_sessions_and_csrf_fields_with_its_own_secret(tmp_path: 
     assert load_token({}) is None
 
 
+def test_what_comes_from_outside_is_escaped_on_every_page() -> None:
+    """Ids, URLs and error texts come from event producers and origins: markup in them is
+    text on the page, never markup."""
+    from lakeferry.console import letters as lt
+    from lakeferry.console.app import templates
+    from lakeferry.console.trace import Place, Trace
+
+    now = dt.datetime.now(dt.UTC)
+    hostile = "<script>alert(1)</script>"
+    item = _letter(hostile, f"https://h.example/{hostile}?sig=x", f"HTTP 500 {hostile}", now)
+    common = {"csrf": "c", "node": "n", "version": "v", "signed_in": False, "path": "/dlq"}
+    env = templates()
+    pages = [
+        env.get_template("letters.html").render(
+            **common, query=lt.Query(q=hostile), error=hostile, total=1, count=1,
+            by_reason={hostile: 1}, oldest="1s", rows=[lt.row(item, now)], shown=500,
+            reasons=[hostile], stages=["download"], notice=hostile,
+        ),
+        env.get_template("letter.html").render(**common, letter=lt.detail(item)),
+        env.get_template("trace.html").render(
+            **common, event_id=hostile,
+            found=Trace(hostile, hostile, [Place("dead_letter", hostile, [(hostile, hostile)])]),
+        ),
+    ]  # fmt: skip
+    for page in pages:
+        assert hostile not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "sig=x" not in page
+
+
 def _letter(key: str, url: str, error: str, dead_at: dt.datetime) -> dlq.Letter:
     from lakeferry.bus.base import Record
 

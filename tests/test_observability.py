@@ -601,13 +601,17 @@ ALERT_CASES: dict[str, tuple[list[dict[str, str]], list[tuple[str, str, list[dic
             # oldest letter always a minute old (replayed as they come); job lf3: none (0).
             series("lakeferry_dlq_oldest_letter_timestamp_seconds", "60x1500", instance="a:1"),
             series(
-                "lakeferry_dlq_oldest_letter_timestamp_seconds", "0+60x1500", job="lf2",
+                "lakeferry_dlq_oldest_letter_timestamp_seconds",
+                "0+60x1500",
+                job="lf2",
                 instance="a:1",
-            ),  # fmt: skip
+            ),
             series(
-                "lakeferry_dlq_oldest_letter_timestamp_seconds", "0x1500", job="lf3",
+                "lakeferry_dlq_oldest_letter_timestamp_seconds",
+                "0x1500",
+                job="lf3",
                 instance="a:1",
-            ),  # fmt: skip
+            ),
         ],
         [
             ("1400m", "LakeferryDeadLetterWaitingLong", []),

@@ -96,6 +96,21 @@ async def test_landed_ids_reads_the_event_ids(tmp_path: Path) -> None:
         assert await inventory.landed_ids() == {f"ev-{i}" for i in range(7)}
 
 
+async def test_lookup_reads_one_ids_rows_from_both_tables(tmp_path: Path) -> None:
+    """The console's trace: one id's rows, read with a filter; an id with SQL in it is a
+    value, not a query."""
+    inventory = make_inventory(tmp_path)
+    quoted = inventory_row(2)._replace(event_id="it's'; DROP TABLE t; --")
+    with trio.fail_after(TIMEOUT):
+        assert await inventory.lookup("ev-1") == ([], [])  # no tables yet
+        await inventory.append([inventory_row(i) for i in range(2)] + [quoted], {"p": 1})
+        await inventory.append_events([event_row(i) for i in range(3)])
+        assert await inventory.lookup("ev-1") == ([inventory_row(1)], [event_row(1)])
+        assert await inventory.lookup(quoted.event_id) == ([quoted], [])
+        assert await inventory.lookup("ev-9") == ([], [])
+        assert await inventory.lookup("ev-") == ([], [])  # equality, not a prefix
+
+
 async def test_tables_have_explicit_schemas(tmp_path: Path) -> None:
     inventory = make_inventory(tmp_path)
     with trio.fail_after(TIMEOUT):

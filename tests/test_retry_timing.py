@@ -62,10 +62,12 @@ async def test_rung_messages_wait_for_their_due_time_per_partition(bus: Bus) -> 
 
     lifecycle = Lifecycle(shutdown_grace=5)
     consumer = bus.consumer(f"g-{uuid.uuid4().hex[:8]}", [topic])
+    pauses: list[tuple[int, float | None, float]] = []  # (partition, resumes at, told at)
     driver = StageDriver(
         name="download", consumer=consumer, limiter=trio.CapacityLimiter(50), handler=handler,
         lifecycle=lifecycle, commit_interval=lambda: 0.05,
         gate=lambda record: seconds_until_ms(due_ms(record.headers)),
+        on_pause=lambda tp, until: pauses.append((tp.partition, until, time.time())),
     )  # fmt: skip
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -111,3 +113,13 @@ async def test_rung_messages_wait_for_their_due_time_per_partition(bus: Bus) -> 
     for partition in range(PARTITIONS):
         dues = [due for p, due, _ in processed if p == partition]
         assert dues == sorted(dues)
+    # Each pause was reported with when it ends (the head's due time, as wall-clock time: the
+    # paused-rung metric and the console's "next due"), then its end (None) once it resumed.
+    heads = {p: min(due for q, due, _ in processed if q == p) for p in range(PARTITIONS)}
+    paused = [(p, until) for p, until, _ in pauses if until is not None]
+    assert 0 in {p for p, _ in paused}  # partition 0's head waited 1.5 s
+    first = next(until for p, until in paused if p == 0)
+    assert first == pytest.approx(heads[0], abs=0.5)
+    for p in {p for p, _ in paused}:
+        told = [until for q, until, _ in pauses if q == p]
+        assert told[-1] is None, f"partition {p}'s pause was never reported as over: {told}"

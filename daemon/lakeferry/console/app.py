@@ -78,13 +78,17 @@ class ConsoleDeps:
     node: str
 
 
-def build_app(deps: ConsoleDeps) -> Starlette:
-    env = jinja2.Environment(
+def templates() -> jinja2.Environment:
+    """The pages' templates: autoescaped (ids, URLs and errors come from outside), strict."""
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("lakeferry.console", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    pages = Pages(deps, env)
+
+
+def build_app(deps: ConsoleDeps) -> Starlette:
+    pages = Pages(deps, templates())
     routes = [
         Route("/healthz", pages.healthz),
         Route("/readyz", pages.readyz),
