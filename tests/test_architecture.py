@@ -85,6 +85,7 @@ def config(tmp_path: Path) -> Any:
         "bus": {"kind": "embedded", "embedded": {"path": str(tmp_path / "bus.sqlite")}},
         "metrics": {"listen": ""},
         "live": {"listen": ""},
+        "console": {"listen": ""},
         "cache": {"kind": "localfs", "path": str(tmp_path / "cache")},
         "sink": {"kind": "localfs", "root": str(tmp_path / "sink")},
         "inventory": {"kind": "delta", "inventory_uri": str(tmp_path / "i"),

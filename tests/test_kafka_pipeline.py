@@ -150,6 +150,7 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
     port = harness.free_port()
     data["metrics"]["listen"] = f"127.0.0.1:{port}"
     data["live"]["listen"] = ""
+    data["console"]["listen"] = ""
     config = harness.write_config(env.root / "download-1.toml", data)
 
     def download_worker() -> Any:

@@ -27,6 +27,7 @@ def second_config(env: DaemonEnv, name: str, **changes: Any) -> Path:
     data = copy.deepcopy(env.data)
     data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
     data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+    data["console"]["listen"] = f"127.0.0.1:{harness.free_port()}"
     for section, values in changes.items():
         data[section].update(values)
     return harness.write_config(env.root / f"{name}.toml", data)

@@ -269,8 +269,14 @@ def test_each_unit_gets_its_own_ports_and_the_state_directory(tmp_path: Path) ->
                 "etc/lakeferry.kafka.toml must read the live feed's address from the unit: "
                 '[live] listen = "${LAKEFERRY_LIVE:-127.0.0.1:9465}"'
             )
-            listens |= {config.core.metrics.listen, config.core.live.listen}
-    assert len(listens) == 6
+            assert config.core.console.listen == f"127.0.0.1:2{instance}", (
+                "etc/lakeferry.kafka.toml must read the console's address from the unit: "
+                '[console] listen = "${LAKEFERRY_CONSOLE:-127.0.0.1:9466}"'
+            )
+            listens |= {
+                config.core.metrics.listen, config.core.live.listen, config.core.console.listen
+            }
+    assert len(listens) == 9
 
 
 # -- the daemon inside the sandbox's limits ---------------------------------------------------

@@ -172,6 +172,7 @@ def drive(
     }  # fmt: skip
     data["bus"]["kafka"]["producer"] = {"message.timeout.ms": 120_000}
     data["live"]["listen"] = ""
+    data["console"]["listen"] = ""  # several workers share this config
     data["sources"] = []
     configs: dict[str, Path] = {}
     for name in WORKERS:
