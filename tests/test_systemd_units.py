@@ -274,7 +274,9 @@ def test_each_unit_gets_its_own_ports_and_the_state_directory(tmp_path: Path) ->
                 '[console] listen = "${LAKEFERRY_CONSOLE:-127.0.0.1:9466}"'
             )
             listens |= {
-                config.core.metrics.listen, config.core.live.listen, config.core.console.listen
+                config.core.metrics.listen,
+                config.core.live.listen,
+                config.core.console.listen,
             }
     assert len(listens) == 9
 
