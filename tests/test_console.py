@@ -113,14 +113,29 @@ def test_an_operator_replays_a_dead_letter_and_traces_it_to_its_landed_row(
         assert hashlib.sha256(sink_file.read_bytes()).hexdigest() in browser.page_source
         screenshot(browser, tmp_path, "console-trace")
 
-        # The missing file's trace: its letter.
+        # The missing file's trace: its letter. Then purge it by a filter (a dry run first).
         browser.get(base + "/trace?id=cons-missing")
         assert browser.find_element(By.ID, "verdict").text.startswith("dead letter: not_found")
+        browser.get(base + "/dlq")
+        browser.find_element(By.ID, "f-q").send_keys("status/404")
+        browser.find_element(By.ID, "apply").click()
+        until(browser, lambda b: b.find_element(By.ID, "count").text == "1", "the text filter")
+        browser.find_element(By.ID, "purge-matching").click()
+        until(browser, lambda b: b.find_element(By.ID, "dry-count").text == "1", "the dry run")
+        assert "without replaying them" in browser.page_source
+        browser.find_element(By.ID, "confirm").click()
+        notice = until(browser, lambda b: b.find_elements(By.ID, "notice"), "the notice")[0]
+        assert notice.text == "purged 1 letter(s)"
+        assert browser.find_element(By.ID, "count").text == "0"
 
-    action = daemon.wait_for_log("console action")
-    assert (action["action"], action["letters"], action["scope"]) == ("replay", 1, "selected")
-    assert action["from"].startswith("127.0.0.1:")
-    assert {letter["key"] for letter in env.letters()} == {"cons-1", "cons-2", "cons-missing"}
+    replayed, purged = (e for e in daemon.logs() if e.get("msg") == "console action")
+    assert (replayed["action"], replayed["letters"], replayed["scope"]) == ("replay", 1, "selected")
+    assert replayed["from"].startswith("127.0.0.1:")
+    assert (purged["action"], purged["letters"], purged["scope"]) == ("purge", 1, "filter")
+    assert purged["filter"] == {"q": "status/404"}
+    assert {letter["key"] for letter in env.letters()} == {"cons-1", "cons-2"}
+    counts = env.audit()[1]
+    assert (counts["landed"], counts["dead_lettered"], counts["purged"]) == (1, 2, 1)
 
 
 # -- health, over HTTP ---------------------------------------------------------------------------
