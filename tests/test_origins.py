@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -494,17 +495,14 @@ async def test_downloads_are_paced_by_the_global_and_their_origins_caps(
     assert trio.current_time() == start
 
 
-async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path: Path) -> None:
-    """A dead origin's tasks are parked by the hundred: each is parked before it binds its id
-    in the ledger or looks in the cache (the mixed-origins bench: 19,738 parked tasks took
-    their share of two busy cores from the healthy origin's files)."""
-    import datetime as dt
+def download_stage(tmp_path: Path) -> tuple[Any, Any]:
+    """A download stage on a real id ledger and nothing else (what ``_attempt`` touches before
+    the cache), and the ledger."""
     from types import SimpleNamespace
 
     from lakeferry.config import Config
     from lakeferry.ledger import IdLedger
     from lakeferry.lifecycle import ActiveCount
-    from lakeferry.messages import DownloadTask, Event
     from lakeferry.metrics import Metrics
     from lakeferry.stages.download import DownloadStage
 
@@ -514,7 +512,19 @@ async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path
         limiters={"download": trio.CapacityLimiter(1)},
         active={"download": ActiveCount(), "backfill": ActiveCount()},
     )  # fmt: skip
-    stage = DownloadStage(pipeline)  # type: ignore[arg-type]
+    return DownloadStage(pipeline), ledger  # type: ignore[arg-type]
+
+
+async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path: Path) -> None:
+    """A dead origin's tasks are parked by the hundred: each is parked before it binds its id
+    in the ledger or looks in the cache (the mixed-origins bench: 19,738 parked tasks took
+    their share of two busy cores from the healthy origin's files)."""
+    import datetime as dt
+
+    from lakeferry.config import Config
+    from lakeferry.messages import DownloadTask, Event
+
+    stage, ledger = download_stage(tmp_path)
     url = "https://dead.example/f.bin"
     for _ in range(Config().download.host_circuit_failures):
         stage.origins.release(await stage.origins.acquire(origin_of(url)), Outcome.SETBACK)
@@ -523,7 +533,7 @@ async def test_a_task_its_origin_would_park_is_parked_before_the_ledger(tmp_path
     async def park(task: DownloadTask, why: Parked) -> None:
         parked.append(why.reason)
 
-    stage._park = park  # type: ignore[method-assign,assignment]
+    stage._park = park
     task = DownloadTask(event=Event(id="e", url=url), received_at=dt.datetime.now(dt.UTC))
     assert await stage._attempt(task, "downloads.pending") == "parked"
     assert parked == [PARK_OPEN]
@@ -537,23 +547,11 @@ async def test_a_task_of_an_origin_failing_everything_fails_before_the_ledger(
     """Not tried: the attempt fails through the stage's usual path (history, ladder, DLQ),
     before the task binds its id or looks in the cache."""
     import datetime as dt
-    from types import SimpleNamespace
 
-    from lakeferry.config import Config
     from lakeferry.errors import PipelineError
-    from lakeferry.ledger import IdLedger
-    from lakeferry.lifecycle import ActiveCount
     from lakeferry.messages import DownloadTask, Event
-    from lakeferry.metrics import Metrics
-    from lakeferry.stages.download import DownloadStage
 
-    ledger = IdLedger(tmp_path / "ids.sqlite")
-    pipeline = SimpleNamespace(
-        components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=Metrics(),
-        limiters={"download": trio.CapacityLimiter(1)},
-        active={"download": ActiveCount(), "backfill": ActiveCount()},
-    )  # fmt: skip
-    stage = DownloadStage(pipeline)  # type: ignore[arg-type]
+    stage, ledger = download_stage(tmp_path)
     url = "https://failing.example/f.bin"
     for _ in range(FAILING_AFTER):
         stage.origins.release(await stage.origins.acquire(origin_of(url)), Outcome.FAULT)
@@ -562,7 +560,7 @@ async def test_a_task_of_an_origin_failing_everything_fails_before_the_ledger(
     async def fail(task: DownloadTask, error: PipelineError, topic: str) -> None:
         failed.append(error)
 
-    stage._failed = fail  # type: ignore[method-assign]
+    stage._failed = fail
     task = DownloadTask(event=Event(id="e", url=url), received_at=dt.datetime.now(dt.UTC))
     assert await stage._attempt(task, "downloads.pending") == "failed"
     assert [type(e) for e in failed] == [NotTried]

@@ -25,6 +25,7 @@ from lakeferry.bus.base import Bus, OutgoingRecord, Record
 from lakeferry.logs import get_logger
 from lakeferry.messages import DLQ, DOWNLOAD, DeadLetter, DlqTombstone, utcnow
 from lakeferry.records import task_headers
+from lakeferry.units import Duration
 from lakeferry.urls import origin_of, redact_url
 
 log = get_logger("dlq")
@@ -91,6 +92,17 @@ def _text_matches(wanted: str, letter: Letter) -> bool:
     wanted = wanted.lower()
     fields = (letter.key, letter.event_id or "", redact_url(letter.url or ""), letter.letter.error)
     return any(wanted in field.lower() for field in fields)
+
+
+def parse_age(value: str | None) -> float | None:
+    """An age filter's value (``30m``, ``2h``, ``7d``) in seconds; None when not given.
+    ValueError names the value and the expected form."""
+    if not value:
+        return None
+    try:
+        return float(Duration.parse(value))
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc} (e.g. 30m, 2h, 7d)") from None
 
 
 async def latest_by_key(

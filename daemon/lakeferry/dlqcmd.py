@@ -26,7 +26,6 @@ from typing import Any
 
 from lakeferry import dlq
 from lakeferry.messages import to_builtins
-from lakeferry.units import Duration
 from lakeferry.urls import redact_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -38,12 +37,10 @@ class Refused(Exception):
 
 def letter_filter(args: argparse.Namespace) -> dlq.LetterFilter:
     def duration(flag: str, value: str | None) -> float | None:
-        if value is None:
-            return None
         try:
-            return float(Duration.parse(value))
+            return dlq.parse_age(value)
         except ValueError as exc:
-            raise Refused(f"{flag} {value!r}: {exc}") from None
+            raise Refused(f"{flag} {exc}") from None
 
     return dlq.LetterFilter(
         reasons=frozenset(args.reason or ()),

@@ -16,7 +16,6 @@ from typing import Any
 from lakeferry import dlq
 from lakeferry.livefeed import age
 from lakeferry.messages import utcnow
-from lakeferry.units import Duration
 from lakeferry.urls import origin_of, redact_text, redact_url
 
 SHOWN = 500
@@ -54,12 +53,10 @@ class Query:
 
     def letter_filter(self, *, as_of: dt.datetime | None = None) -> dlq.LetterFilter:
         def age(name: str, value: str) -> float | None:
-            if not value:
-                return None
             try:
-                return float(Duration.parse(value))
+                return dlq.parse_age(value)
             except ValueError as exc:
-                raise FilterError(f"{name}: {value!r}: {exc} (e.g. 30m, 2h, 7d)") from None
+                raise FilterError(f"{name}: {exc}") from None
 
         return dlq.LetterFilter(
             reasons=frozenset({self.reason}) if self.reason else frozenset(),
