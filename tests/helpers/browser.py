@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -41,8 +42,14 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[WebDriver]:
 def until(
     browser: WebDriver, check: Callable[[WebDriver], Any], what: str, timeout: float = 30
 ) -> Any:
-    """Wait for ``check`` to return something true (no fixed sleeps)."""
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(check, message=what)
+    """Wait for ``check`` to return something true (no fixed sleeps). While a page is being
+    replaced (a click that submits a form), an element found on the old one may go stale or
+    not be there yet: both mean "not yet"."""
+    wait = WebDriverWait(
+        browser, timeout, poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )  # fmt: skip
+    return wait.until(check, message=what)
 
 
 def screenshot(browser: WebDriver, folder: Path, name: str) -> Path:
