@@ -538,7 +538,12 @@ def submit_lines(config: Path, path: Path, events: list[dict[str, Any]]) -> None
 
 
 def run_mixed(
-    bus: str, urls: list[tuple[str, int]], trouble: str, state: Path, kafka: str | None
+    bus: str,
+    urls: list[tuple[str, int]],
+    trouble: str,
+    state: Path,
+    kafka: str | None,
+    profile: bool = False,
 ) -> Result:
     """The small files from nginx, with as many events for a second origin that hangs every
     request (``trouble="hang"``) or answers 503 to every one (``"503"``) submitted first and
@@ -559,10 +564,17 @@ def run_mixed(
         cpu0 = {name: cpu_seconds(d.pid) for name, d in daemons.items()}
         others = {k: v for k, v in ELSEWHERE.items() if kafka or k != "kafka broker"}
         others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
+        profilers = {
+            name: Profiler(d.pid, state.parent / f"profile-mixed-{trouble}-{bus}-{name}.txt")
+            for name, d in (daemons.items() if profile else ())
+        }
         mixed = [e for pair in zip(bad, good, strict=True) for e in pair]
         submit_lines(config, state / "events.jsonl", mixed)
         results_url = scrape_urls["results" if "results" in scrape_urls else "all"]
         wait_for_rows(results_url, len(good))
+        for name, profiler in profilers.items():
+            print(f"profile of mixed ({trouble}) {bus} {name}:")
+            print(profiler.stop())
         cpu_by = {name: cpu_seconds(d.pid) - cpu0[name] for name, d in daemons.items()}
         cpu = sum(cpu_by.values())
         elsewhere = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
@@ -2139,7 +2151,7 @@ def main() -> int:
                 for bus in buses:
                     measure(f"mixed ({trouble})", f"lakeferry ({bus})", partial(
                         run_mixed, bus, urls, trouble, work / f"mixed-{trouble}-{bus}",
-                        bootstrap(bus),
+                        bootstrap(bus), args.profile,
                     ))  # fmt: skip
                     base = alone(results, results[-1].tool)
                     if base is not None:  # kept with it: reports may merge runs
