@@ -114,7 +114,37 @@ class TestEventHubSource(SourceConformance):
         return feed
 
 
+class TestDeltaSource(SourceConformance):
+    """A local Delta table with the raw event in a binary column (``raw_column``: malformed
+    bytes included) and a row id; each ``feed`` is one append (one table version)."""
+
+    @pytest.fixture
+    def make_source(self, tmp_path: Path, lakeferry_context: PluginContext) -> Callable[[], Source]:
+        from lakeferry_delta import DeltaSource, DeltaSourceSettings
+
+        settings = DeltaSourceSettings(
+            table_uri=str(tmp_path / "table"), id_column="row_id", raw_column="raw",
+            poll_interval=Duration(0.05), batch_rows=3,
+        )  # fmt: skip
+        return lambda: DeltaSource(settings, lakeferry_context)
+
+    @pytest.fixture
+    def feed(self, tmp_path: Path) -> Callable[[Sequence[bytes]], None]:
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
+        schema = pa.schema([("row_id", pa.string()), ("raw", pa.binary())])
+        write_deltalake(str(tmp_path / "table"), pa.table({"row_id": [], "raw": []}, schema))
+
+        def feed(events: Sequence[bytes]) -> None:
+            ids = [uuid.uuid4().hex for _ in events]
+            rows = pa.table({"row_id": ids, "raw": list(events)}, schema)
+            write_deltalake(str(tmp_path / "table"), rows, mode="append")
+
+        return feed
+
+
 def test_every_source_kind_runs_the_kit() -> None:
     """A new built-in source kind gets a class in this module too."""
-    tested = {"spool", "kafka", "eventhub"}
+    tested = {"spool", "kafka", "eventhub", "delta"}
     assert set(load_registry().kinds("source")) == tested

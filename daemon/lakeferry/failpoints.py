@@ -11,7 +11,8 @@ what the system promises then (the commit is refused, nothing is written twice).
 ``SIGCONT``) or ``SIGKILL`` (``kill``). Unset, a failpoint is one dictionary lookup.
 
 Points: ``delta.inventory.commit`` and ``delta.events.commit`` (after the table's checks, right
-before the commit that writes Parquet and the log).
+before the commit that writes Parquet and the log); ``delta.source.published`` (the ``delta``
+source's batch is on the bus, its cursor not yet moved).
 """
 
 from __future__ import annotations

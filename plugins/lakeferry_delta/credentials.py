@@ -56,7 +56,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from lakeferry.api import ConfigError
-from lakeferry_delta.settings import DeltaSettings
+from lakeferry_delta.settings import TableAccess
 
 AZURE_SCHEMES = frozenset({"abfss", "abfs", "az", "adl", "azure"})
 _AZURE_HTTPS_HOSTS = (".dfs.core.windows.net", ".blob.core.windows.net", ".fabric.microsoft.com")
@@ -98,7 +98,7 @@ def display_uri(uri: str) -> str:
 
 
 def storage_options_for(
-    settings: DeltaSettings,
+    settings: TableAccess,
     uri: str,
     *,
     setting: str,
@@ -175,7 +175,7 @@ def storage_options_for(
 # -- secrets -----------------------------------------------------------------------------------
 
 
-def _secret(env: Mapping[str, str], settings: DeltaSettings, section: str, env_field: str) -> str:
+def _secret(env: Mapping[str, str], settings: TableAccess, section: str, env_field: str) -> str:
     """The kind's one secret: from ``credential_file`` when set, else from the environment."""
     if settings.credential_file:
         return _credential_file(env, settings.credential_file, f"{section}.credential_file")
@@ -183,7 +183,7 @@ def _secret(env: Mapping[str, str], settings: DeltaSettings, section: str, env_f
     return _env(env, name, f"{section}.{env_field}")
 
 
-def _secret_key(settings: DeltaSettings, section: str, env_field: str) -> str:
+def _secret_key(settings: TableAccess, section: str, env_field: str) -> str:
     return f"{section}.credential_file" if settings.credential_file else f"{section}.{env_field}"
 
 

@@ -14,7 +14,23 @@ Credential = Literal[
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class DeltaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class TableAccess(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How to reach Delta tables on Azure (or any store deltalake knows): the credential
+    fields shared by the ``delta`` inventory and the ``delta`` source (see
+    :class:`DeltaSettings` for what each means)."""
+
+    storage_options: dict[str, str] = {}
+    credential: Credential = "default"
+    account_name: str | None = None
+    tenant_id_env: str = "AZURE_TENANT_ID"
+    client_id_env: str = "AZURE_CLIENT_ID"
+    client_secret_env: str = "AZURE_CLIENT_SECRET"
+    sas_token_env: str = "LAKEFERRY_DELTA_SAS"
+    account_key_env: str = "LAKEFERRY_DELTA_ACCOUNT_KEY"
+    credential_file: str = ""
+
+
+class DeltaSettings(TableAccess, kw_only=True, forbid_unknown_fields=True):
     """Where the two Delta tables live, how to reach them, and how they are kept tidy.
 
     ``inventory_uri`` and ``events_uri`` are a local path (used as given, so prefer absolute
@@ -41,17 +57,7 @@ class DeltaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     inventory_uri: LocalPathOrUri
     events_uri: LocalPathOrUri
-    storage_options: dict[str, str] = {}
     partition_by_date: bool = False
-
-    credential: Credential = "default"
-    account_name: str | None = None
-    tenant_id_env: str = "AZURE_TENANT_ID"
-    client_id_env: str = "AZURE_CLIENT_ID"
-    client_secret_env: str = "AZURE_CLIENT_SECRET"
-    sas_token_env: str = "LAKEFERRY_DELTA_SAS"
-    account_key_env: str = "LAKEFERRY_DELTA_ACCOUNT_KEY"
-    credential_file: str = ""
 
     compact_every: Duration = Duration(3600)
     compact_min_files: NonNegative = 50
