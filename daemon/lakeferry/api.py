@@ -55,10 +55,12 @@ from lakeferry.registry import (
     lazy_exports,
     lazy_factory,
 )
+from lakeferry.tablerows import EVENT_FIELDS, RowMapping, StateFile
 from lakeferry.units import ByteSize, Duration, LocalPath, LocalPathOrUri
 from lakeferry.urls import redact_url
 
 __all__ = [
+    "EVENT_FIELDS",
     "STAGING",
     "STALE_TEMPORARY",
     "BatchFailed",
@@ -97,10 +99,12 @@ __all__ = [
     "RegisterSource",
     "Reservation",
     "Resolver",
+    "RowMapping",
     "Sink",
     "SinkFile",
     "SinkItem",
     "Source",
+    "StateFile",
     "TableState",
     "TransientError",
     "failpoint",

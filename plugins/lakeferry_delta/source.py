@@ -21,20 +21,16 @@ needs that was vacuumed away cannot be read again: the error says so (set
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
-import os
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from lakeferry.api import ConfigError, Intake, PluginContext, RawEvent, failpoint
+from lakeferry.api import Intake, PluginContext, RawEvent, RowMapping, StateFile, failpoint
 from lakeferry_delta.credentials import display_uri, storage_options_for
-from lakeferry_delta.source_settings import EVENT_FIELDS, DeltaSourceSettings
+from lakeferry_delta.source_settings import DeltaSourceSettings
 
 
 class Cursor(msgspec.Struct, kw_only=True):
@@ -46,28 +42,6 @@ class Cursor(msgspec.Struct, kw_only=True):
     """Rows of the current diff (in id order) already published."""
 
 
-class CursorFile:
-    """The cursor on disk: written aside, fsynced and renamed in."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> Cursor:
-        try:
-            return msgspec.json.decode(self.path.read_bytes(), type=Cursor)
-        except FileNotFoundError:
-            return Cursor()
-
-    def save(self, cursor: Cursor) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            f.write(msgspec.json.encode(cursor))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -76,18 +50,10 @@ class DeltaSource:
     """See the module's text."""
 
     def __init__(self, settings: DeltaSourceSettings, context: PluginContext) -> None:
-        unknown = sorted(set(settings.columns) - EVENT_FIELDS)
-        if unknown:
-            raise ConfigError(
-                "columns",
-                f"not event fields: {', '.join(unknown)} (use: {', '.join(sorted(EVENT_FIELDS))})",
-            )
-        if not settings.raw_column and "url" not in settings.columns:
-            raise ConfigError(
-                "columns",
-                'name the URL column (columns = { url = "..." }), or set raw_column to the '
-                "column holding each event's JSON",
-            )
+        self.rows = RowMapping(
+            settings.id_column, settings.raw_column, settings.columns, settings.metadata_columns
+        )
+        self.rows.check()
         self.settings = settings
         self.uri = str(settings.table_uri)
         self.name = f"delta:{display_uri(self.uri)}"
@@ -96,7 +62,9 @@ class DeltaSource:
             settings, self.uri, setting="sources.table_uri", logger=context.logger
         ).options
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        self._cursor_file = CursorFile(context.state_dir / "sources" / f"delta-{digest}.json")
+        self._cursor_file = StateFile(
+            context.state_dir / "sources" / f"delta-{digest}.json", Cursor
+        )
 
     # -- reading the table (worker threads) --------------------------------------------------
 
@@ -110,16 +78,6 @@ class DeltaSource:
     def _latest(self) -> int:
         return int(self._table().version())
 
-    def _select(self) -> list[str]:
-        s = self.settings
-        wanted = [s.id_column]
-        if s.raw_column:
-            wanted.append(s.raw_column)
-        else:
-            wanted += [c for c in s.columns.values() if c not in wanted]
-            wanted += [c for c in s.metadata_columns if c not in wanted]
-        return wanted
-
     def _diff(self, done: int | None, target: int, skip: int) -> Generator[list[dict[str, Any]]]:
         """The rows of ``target`` whose id ``done`` did not have, in id order, from row
         ``skip`` on, in lists of ``batch_rows`` (a generator: run each step in a thread)."""
@@ -127,7 +85,7 @@ class DeltaSource:
         from deltalake import QueryBuilder
 
         s = self.settings
-        select = ", ".join(f"cur.{_quoted(c)}" for c in self._select())
+        select = ", ".join(f"cur.{_quoted(c)}" for c in self.rows.needed)
         ident = _quoted(s.id_column)
         builder = QueryBuilder().register("cur", self._table(target))
         query = f"SELECT {select} FROM cur"
@@ -155,37 +113,11 @@ class DeltaSource:
         if pending:
             yield pending
 
-    # -- rows to events ----------------------------------------------------------------------
-
-    def _event(self, row: dict[str, Any]) -> bytes:
-        s = self.settings
-        if s.raw_column:
-            value = row.get(s.raw_column)
-            if isinstance(value, bytes | bytearray):
-                return bytes(value)
-            return str(value if value is not None else "").encode()
-        event: dict[str, Any] = {"id": _text(row.get(s.id_column))}
-        for field, column in s.columns.items():
-            value = row.get(column)
-            if value is None:
-                continue
-            if field == "size":
-                event[field] = value if isinstance(value, int) else _text(value)
-            elif field == "created_at" and isinstance(value, dt.datetime):
-                at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-                event[field] = at.isoformat()
-            else:
-                event[field] = _text(value)
-        metadata = {c: _text(row[c]) for c in s.metadata_columns if row.get(c) is not None}
-        if metadata:
-            event["metadata"] = metadata
-        return json.dumps(event, ensure_ascii=False).encode()
-
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self, intake: Intake, *, task_status: trio.TaskStatus[None]) -> None:
         s = self.settings
-        cursor = await trio.to_thread.run_sync(self._cursor_file.load)
+        cursor = await trio.to_thread.run_sync(self._cursor_file.load, Cursor())
         if cursor.done is None and cursor.target is None and s.starting_version is not None:
             cursor = Cursor(done=s.starting_version)
         stop_at: int | None = None
@@ -222,7 +154,9 @@ class DeltaSource:
                 if rows is None:
                     break
                 events = [
-                    RawEvent(self._event(r), f"delta:{display_uri(self.uri)}@v{target}#{row + i}")
+                    RawEvent(
+                        self.rows.event(r), f"delta:{display_uri(self.uri)}@v{target}#{row + i}"
+                    )
                     for i, r in enumerate(rows)
                 ]
                 await intake.publish(events)
@@ -239,11 +173,3 @@ class DeltaSource:
             extra={"table": self.name, "version": target, "rows": row},
         )
         return cursor
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode(errors="replace")
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    return str(value)

@@ -12,9 +12,6 @@ from lakeferry_delta.settings import TableAccess
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
-EVENT_FIELDS = frozenset({"url", "path", "sha256", "size", "created_at"})
-"""Event fields a column may be mapped to (``id`` comes from ``id_column``)."""
-
 
 class DeltaSourceSettings(TableAccess, kw_only=True, forbid_unknown_fields=True):
     """Rows of the Delta table at ``table_uri`` (a local path or ``abfss://``, reached with the
