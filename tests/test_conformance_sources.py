@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lakeferry_kusto import KustoSource, KustoSourceSettings
 
 from helpers.eventhub import source_for
 from helpers.kafka import create_topic, produce, unique
@@ -26,6 +27,7 @@ from lakeferry_kafka_source import KafkaSource, KafkaSourceSettings
 from lakeferry_spool import SpoolSettings, SpoolSource
 
 emulator_tool: Any = load_tool("eventhubs_emulator")
+kusto_tool: Any = load_tool("kusto_emulator")
 
 PARTITIONS = 2
 """Kafka and Event Hub inputs have two partitions: events of a feed are spread over both."""
@@ -144,7 +146,53 @@ class TestDeltaSource(SourceConformance):
         return feed
 
 
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class TestKustoSource(SourceConformance):
+    """The raw event in a string column (``raw_column``), a sequence number as the cursor."""
+
+    malformed = tuple(
+        m for m in SourceConformance.malformed if _utf8(m)
+    )  # Kusto has no binary column type: bytes that are not UTF-8 cannot be stored in a row
+
+    @pytest.fixture
+    def emulator(self) -> Iterator[Any]:
+        emulator = kusto_tool.start(database="history")
+        emulator.create_table("Raw", [("seq", "long"), ("row_id", "string"), ("raw", "string")])
+        try:
+            yield emulator
+        finally:
+            emulator.stop()
+
+    @pytest.fixture
+    def make_source(self, emulator: Any, lakeferry_context: PluginContext) -> Callable[[], Source]:
+        source_settings = KustoSourceSettings(
+            cluster_url=emulator.url, database="history", query="Raw", cursor_column="seq",
+            id_column="row_id", raw_column="raw", credential="none", page_rows=3,
+            poll_interval=Duration(0.05), backoff_initial=Duration(0.01),
+        )  # fmt: skip
+        return lambda: KustoSource(source_settings, lakeferry_context)
+
+    @pytest.fixture
+    def feed(self, emulator: Any) -> Callable[[Sequence[bytes]], None]:
+        sequence = itertools.count()
+
+        def feed(events: Sequence[bytes]) -> None:
+            emulator.append("Raw", [
+                {"seq": next(sequence), "row_id": uuid.uuid4().hex, "raw": e.decode()}
+                for e in events
+            ])  # fmt: skip
+
+        return feed
+
+
 def test_every_source_kind_runs_the_kit() -> None:
     """A new built-in source kind gets a class in this module too."""
-    tested = {"spool", "kafka", "eventhub", "delta"}
+    tested = {"spool", "kafka", "eventhub", "delta", "kusto"}
     assert set(load_registry().kinds("source")) == tested
