@@ -103,7 +103,7 @@ chaos: $(STAMP) kafka-dist
 	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py --bus $(BUS) $(if $(filter 1 yes true,$(AZURE)),--azure) $(if $(NODES),--nodes $(NODES)) $(DEMO_ARGS)
+	$(BIN)/python tools/demo.py --bus $(BUS) $(if $(filter 1 yes true,$(AZURE)),--azure) $(if $(NODES),--nodes $(NODES)) $(if $(filter 1 yes true,$(MIGRATE)),--migrate) $(DEMO_ARGS)
 
 clean: kafka-down
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

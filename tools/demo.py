@@ -193,6 +193,12 @@ def main() -> int:
         "one joining late (tools/demo_fleet.py); ~3,000 events",
     )
     parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help="a cut-over from the polling pipeline: 3,000 events in the Kusto emulator, 500 "
+        "landed before, the rest backfilled by a kusto source (tools/demo_migrate.py)",
+    )
+    parser.add_argument(
         "--azure",
         action="store_true",
         help="the Azure path on local servers: Event Hubs source, OneLake sink, Delta on Azurite",
@@ -233,6 +239,10 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         from demo_fleet import run_fleet
 
         return run_fleet(args, state)
+    if args.migrate:
+        from demo_migrate import run_migrate
+
+        return run_migrate(args, state)
     if not args.azure:
         return run_in(args, state, None)
     from demo_azure import azure_services
