@@ -358,3 +358,40 @@ async def test_a_sas_token_works_and_stays_secret(
     signature = sas.split("sig=")[1].split("&")[0]
     assert signature not in str(caught.value)
     assert "AAAA" not in str(caught.value)
+
+
+async def test_the_delta_source_reads_a_table_on_azurite_by_version(
+    azurite: Any, container: str, tmp_path: Path
+) -> None:
+    """The ``delta`` source on ``abfss://`` (Azurite, emulator credentials): the rows written
+    there as events, then only the rows of a later version."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from lakeferry.testing import RecordingIntake
+    from lakeferry_delta import DeltaSource, DeltaSourceSettings
+
+    uri = f"abfss://{container}@devstoreaccount1.dfs.core.windows.net/old/retries"
+    storage = storage_options_for(
+        DeltaSettings(inventory_uri=uri, events_uri=uri, credential="emulator"), uri,
+        setting="inventory.inventory_uri", logger=LOGGER,
+    ).options  # fmt: skip
+
+    def append(ids: range) -> None:
+        rows = pa.table({"id": [f"r{i}" for i in ids], "url": [f"https://h/{i}" for i in ids]})
+        write_deltalake(uri, rows, mode="append", storage_options=storage)
+
+    settings = DeltaSourceSettings(
+        table_uri=uri, credential="emulator", columns={"url": "url"}, follow=False, batch_rows=2
+    )
+    context = PluginContext(state_dir=tmp_path, logger=LOGGER)
+    append(range(3))
+    for expected in (["r0", "r1", "r2"], ["r3", "r4"]):
+        intake = RecordingIntake()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(DeltaSource(settings, context).run, intake)
+        assert [e.data for e in intake.events] == [
+            b'{"id": "%s", "url": "https://h/%s"}' % (i.encode(), i[1:].encode()) for i in expected
+        ]
+        append(range(3, 5))
