@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 import trio
 from deltalake import write_deltalake
 
-from helpers.daemon import DaemonEnv, harness
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
 from lakeferry.api import ConfigError, Duration, PluginContext
 from lakeferry.testing import RecordingIntake
@@ -180,19 +179,10 @@ def test_a_backfill_from_a_delta_table_survives_kills_and_lands_each_row_once(
     submitted.write_text("".join(json.dumps({"id": f"dl-{i}"}) + "\n" for i in range(count)))
     # Killed after its 5th batch (rows 0-49 on the bus, the cursor at 40); a version is added;
     # killed again 20 batches later: the rest of the first read (16), then 4 of the new rows'.
-    for kill_at in (5, 20):
-        failing = {"LAKEFERRY_FAILPOINTS": f"delta.source.published=kill@{kill_at}"}
-        daemon = harness.DaemonProcess(env.config, env.log, env=failing)
-        env.daemons.append(daemon)
-        daemon.start(wait_ready=0)
-        assert daemon.wait(60) == -signal.SIGKILL
-        if kill_at == 5:
-            write_deltalake(str(table), batch(range(200, 300)), mode="append")
+    env.run_until_killed("delta.source.published=kill@5")
+    write_deltalake(str(table), batch(range(200, 300)), mode="append")
+    env.run_until_killed("delta.source.published=kill@20")
     env.start()
-    counts = env.wait_settled(submitted, landed=count, dead_lettered=0, timeout=180,
-                              what="every row's file to land")  # fmt: skip
-    assert (counts["lost"], counts["duplicate_rows"], counts["duplicate_event_rows"]) == (0, 0, 0)
-    code, _ = env.audit(submitted)
-    assert code == 0
+    env.assert_landed_once(submitted, count, timeout=180)
     [cursor] = (env.state / "sources").glob("delta-*.json")
     assert json.loads(cursor.read_text()) == {"done": 2, "target": None, "row": 0}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import trio
 from lakeferry_kusto import KustoSource, KustoSourceSettings
 
-from helpers.daemon import DaemonEnv, harness
+from helpers.daemon import DaemonEnv
 from helpers.origin import Origin
 from helpers.tools import load_tool
 from lakeferry.api import ConfigError, Duration, PluginContext
@@ -154,17 +153,9 @@ def test_a_backfill_of_10000_rows_killed_twice_lands_each_row_once(
     submitted = env.root / "submitted.jsonl"
     submitted.write_text("".join(json.dumps({"id": f"k-{i}"}) + "\n" for i in range(count)))
     for kill_at in (3, 8):  # pages 1-3 on the bus, killed; then 8 more, killed
-        failing = {"LAKEFERRY_FAILPOINTS": f"kusto.source.published=kill@{kill_at}"}
-        daemon = harness.DaemonProcess(env.config, env.log, env=failing)
-        env.daemons.append(daemon)
-        daemon.start(wait_ready=0)
-        assert daemon.wait(120) == -signal.SIGKILL
+        env.run_until_killed(f"kusto.source.published=kill@{kill_at}")
     env.start()
-    counts = env.wait_settled(submitted, landed=count, dead_lettered=0, timeout=600,
-                              what="every row's file to land")  # fmt: skip
-    assert (counts["lost"], counts["duplicate_rows"], counts["duplicate_event_rows"]) == (0, 0, 0)
-    code, _ = env.audit(submitted)
-    assert code == 0
+    env.assert_landed_once(submitted, count, timeout=600)
     [cursor] = (env.state / "sources").glob("kusto-*.json")
     assert json.loads(cursor.read_text())["after_id"] == f'"k-{count - 1}"'
     # Pages: 20 of 500; the killed ones were asked again (3rd and 11th).

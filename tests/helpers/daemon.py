@@ -44,6 +44,30 @@ class DaemonEnv:
         self.daemons.append(daemon)
         return daemon.start()
 
+    def run_until_killed(self, failpoint: str, timeout: float = 120) -> None:
+        """Run a daemon until the failpoint ``failpoint`` (``name=kill@n``) kills it."""
+        import signal
+
+        daemon = harness.DaemonProcess(
+            self.config, self.log, env={"LAKEFERRY_FAILPOINTS": failpoint}
+        )
+        self.daemons.append(daemon)
+        daemon.start(wait_ready=0)
+        code = daemon.wait(timeout)
+        assert code == -signal.SIGKILL, f"exited {code}, not killed at {failpoint}"
+
+    def assert_landed_once(self, events_file: Path, count: int, timeout: float) -> None:
+        """Wait until ``count`` events of ``events_file`` landed; none lost, none twice."""
+        counts = self.wait_settled(
+            events_file, landed=count, dead_lettered=0, timeout=timeout,
+            what="every event's file to land",
+        )  # fmt: skip
+        assert (counts["lost"], counts["duplicate_rows"], counts["duplicate_event_rows"]) == (
+            0, 0, 0,
+        )  # fmt: skip
+        code, _ = self.audit(events_file)
+        assert code == 0
+
     def start_worker(
         self, stages: str, name: str, env: dict[str, str] | None = None
     ) -> tuple[Any, int]:
