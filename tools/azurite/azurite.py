@@ -69,10 +69,27 @@ class Azurite:
 
 
 def ensure_installed(*, quiet: bool = False) -> Path:
+    """``npm ci`` when needed, once at a time: test workers of one checkout start together, and
+    two ``npm ci`` in one folder remove each other's files (ENOTEMPTY, seen on a fresh clone)."""
+    import fcntl
+
     lock = HERE / "package-lock.json"
     stamp = HERE / "node_modules" / ".lakeferry-installed"
-    if BIN.exists() and stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+
+    def installed() -> bool:
+        return BIN.exists() and stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime
+
+    if installed():
         return BIN
+    with (HERE / ".install.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+        if installed():  # another process installed it while this one waited
+            return BIN
+        return _npm_ci(quiet=quiet)
+
+
+def _npm_ci(*, quiet: bool) -> Path:
+    stamp = HERE / "node_modules" / ".lakeferry-installed"
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         raise AzuriteError(
