@@ -28,7 +28,35 @@ from lakeferry.config import TopicsConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+LISTEN_PORTS = (20000, 32768)
+"""Where test servers listen: below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+32768-60999 by default), from which outgoing connections take their local ports. A port picked
+there by binding to 0, closed, and bound again by a daemon a moment later can meanwhile be an
+outgoing connection's (a clean-clone CI run: ``live.listen 127.0.0.1:35971 is already in
+use``)."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port nothing listens on now, outside the ephemeral range when there is room."""
+    import random
+
+    low, high = LISTEN_PORTS[0], min(LISTEN_PORTS[1], _ephemeral_low())
+    pick = random.SystemRandom()
+    for _ in range(100 if high > low else 0):
+        port = pick.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (or in TIME_WAIT): another
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
