@@ -174,7 +174,10 @@ async def test_offset_reads_keep_their_clients_and_still_see_every_new_record(
             await producer.send_many([OutgoingRecord(topic, b"x", b"k%d" % n) for n in range(3)])
             assert sum((await bus.end_offsets(topic)).values()) == 3 * round_
             assert await bus.committed(group, topic) == {}
-    assert len(made) == 2, made  # one for end offsets, one for the group: not two per round
+    # One for the group, and at most one for end offsets (ensure_topics may have made it, to
+    # wait for the new topic's metadata): not two per round.
+    assert made.count(group) == 1, made
+    assert len(made) <= 2, made
     await bus.aclose()
     with pytest.raises(BusError, match="closed"):
         await bus.end_offsets(topic)

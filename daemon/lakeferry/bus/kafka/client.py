@@ -267,10 +267,33 @@ class KafkaBus:
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
+            self._await_metadata({s.name: s.partitions for s in missing})
             return created
 
         created: list[str] = await self._admin_call(work, "cannot create topics")
         return created
+
+    def _await_metadata(self, wanted: Mapping[str, int]) -> None:
+        """Wait (in a worker thread) until the readers' metadata shows each new topic with all
+        its partitions and a leader for each: the brokers answer "created" before every one of
+        them knows, and an offset read of a topic just created then found no partitions (a
+        clean-clone CI run: ``end_offsets`` of a fresh topic was ``{}``)."""
+        client = self._reader()
+        deadline = time.monotonic() + self.operation_timeout
+        for name, partitions in wanted.items():
+            while True:
+                meta = client.list_topics(name, timeout=self.operation_timeout).topics.get(name)
+                ready = (
+                    meta is not None
+                    and meta.error is None
+                    and len(meta.partitions) == partitions
+                    and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
+                )
+                if ready:
+                    break
+                if time.monotonic() > deadline:
+                    raise BusError(f"topic {name} was created but its metadata is not ready")
+                time.sleep(0.05)
 
     async def maintain(self, *, retention: float, compact: Sequence[str]) -> dict[str, int]:
         """Nothing: the brokers apply retention and compaction (``lakeferry topics ensure``
