@@ -39,6 +39,7 @@ from lakeferry import __version__, dlq
 from lakeferry.console import letters as lt
 from lakeferry.console.auth import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, same_origin
 from lakeferry.console.health import Readiness
+from lakeferry.livefeed import age
 from lakeferry.logs import get_logger
 from lakeferry.messages import utcnow
 from lakeferry.stages.catalog import STAGES
@@ -256,7 +257,7 @@ class Pages:
         reasons = sorted({x.letter.reason for x in everything})
         oldest = ""
         if everything:
-            oldest = lt.age_text((now - everything[0].letter.dead_at).total_seconds())
+            oldest = age((now - everything[0].letter.dead_at).total_seconds())
         return self.render(
             request, "letters.html", query=query, error=error, total=len(everything),
             count=len(chosen), by_reason=lt.by_reason(chosen), oldest=oldest,

@@ -82,7 +82,7 @@ def row(letter: dlq.Letter, now: dt.datetime) -> dict[str, Any]:
         "reason": d.reason,
         "stage": d.stage,
         "dead_at": d.dead_at.isoformat(timespec="seconds"),
-        "age": age_text((now - d.dead_at).total_seconds()),
+        "age": age((now - d.dead_at).total_seconds()),
         "tries": f"{task.attempt if task is not None else 0}/{len(d.attempts)}",
         "host": host_of(letter),
         "url": redact_url(letter.url) if letter.url else "",
@@ -126,8 +126,3 @@ def detail(letter: dlq.Letter) -> dict[str, Any]:
 
 def by_reason(letters: Sequence[dlq.Letter]) -> dict[str, int]:
     return dict(sorted(Counter(x.letter.reason for x in letters).items()))
-
-
-def age_text(seconds: float) -> str:
-    """``42s``, ``17m``, ``5h``, ``3d``: an age at a glance."""
-    return age(seconds)

@@ -17,7 +17,6 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 
-from lakeferry.errors import StartRefused
 from lakeferry.listen import refusal, split
 from lakeferry.logs import get_logger
 
@@ -27,7 +26,8 @@ KEY = "console.listen"
 
 
 def bind(listen: str) -> socket.socket | None:
-    """Bind ``listen`` now (``""``: None); :class:`StartRefused` when it cannot be bound."""
+    """Bind ``listen`` now (``""``: None); :class:`lakeferry.errors.StartRefused` when it
+    cannot be bound."""
     if not listen:
         return None
     host, port = split(listen)
@@ -73,4 +73,4 @@ async def serve(
     await worker_serve(wrapped, config, sockets=sockets, task_status=Started())
 
 
-__all__ = ["KEY", "StartRefused", "address", "bind", "serve"]
+__all__ = ["KEY", "address", "bind", "serve"]

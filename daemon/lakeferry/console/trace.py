@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from lakeferry import dlq
-from lakeferry.console.letters import age_text
+from lakeferry.livefeed import age
 from lakeferry.logs import get_logger
 from lakeferry.messages import CACHED, DOWNLOAD, RESULT, DownloadTask, utcnow
 from lakeferry.retry import DUE_HEADER
@@ -145,7 +145,7 @@ def _waiting_place(record: Record, now: dt.datetime) -> Place:
     if due:
         at = dt.datetime.fromtimestamp(int(due) / 1000, dt.UTC)
         wait = (at - now).total_seconds()
-        fields.append(("due", f"{_when(at)} ({'in ' + age_text(wait) if wait > 0 else 'now'})"))
+        fields.append(("due", f"{_when(at)} ({'in ' + age(wait) if wait > 0 else 'now'})"))
     for decoder in (DOWNLOAD, CACHED, RESULT):
         try:
             message = decoder.decode(value)
