@@ -90,7 +90,7 @@ def test_check_config_refuses_what_a_start_refuses_with_the_same_key(
     tmp_path: Path, case: str
 ) -> None:
     mutate, key = REFUSED[case]
-    data = harness.config_dict(tmp_path / "state", metrics_port=harness.free_port())
+    data = harness.config_dict(tmp_path / "state")
     bad = copy.deepcopy(data)
     mutate(bad, tmp_path)
     config = harness.write_config(tmp_path / "lakeferry.toml", bad)
@@ -103,7 +103,7 @@ def test_check_config_refuses_what_a_start_refuses_with_the_same_key(
 
 
 def test_check_config_creates_nothing_and_accepts_a_good_file(tmp_path: Path) -> None:
-    data = harness.config_dict(tmp_path / "state", metrics_port=harness.free_port())
+    data = harness.config_dict(tmp_path / "state")
     config = harness.write_config(tmp_path / "lakeferry.toml", data)
     positional = harness.cli(config, "check-config", str(config))
     assert positional.returncode == 0, positional.stderr

@@ -47,7 +47,7 @@ def test_an_operator_replays_a_dead_letter_and_traces_it_to_its_landed_row(
     events.append({"id": "cons-missing", "url": f"{origin.url}/status/404/m-{tag}.bin"})
     env.submit_events(events)
     wait_for(env.letters, lambda letters: len(letters) == 4, timeout=120, what="four letters")
-    base = f"http://{env.data['console']['listen']}"
+    base = f"http://{daemon.address('console')}"
 
     with chromium() as browser:
         browser.get(base + "/")
@@ -146,8 +146,7 @@ def test_readyz_says_503_with_the_reason_while_the_broker_is_down(
     kafka_env: DaemonEnv, kafka_broker: Any
 ) -> None:
     env = kafka_env
-    env.start()
-    base = f"http://{env.data['console']['listen']}"
+    base = f"http://{env.start().address('console')}"
     assert httpx.get(base + "/healthz").status_code == 200
     ready = httpx.get(base + "/readyz")
     assert (ready.status_code, ready.text) == (200, "ready\n")
@@ -169,8 +168,7 @@ def test_readyz_says_503_with_the_reason_while_the_broker_is_down(
 @pytest.mark.slow
 def test_bound_beyond_loopback_the_console_needs_its_token(daemon_env: DaemonEnv) -> None:
     env = daemon_env
-    port = harness.free_port()
-    env.data["console"]["listen"] = f"0.0.0.0:{port}"
+    env.data["console"]["listen"] = "0.0.0.0:0"
     env.write()
     # Without a token the start is refused, with one line naming the key and the fix.
     refused = harness.DaemonProcess(env.config, env.root / "refused.log")
@@ -181,8 +179,8 @@ def test_bound_beyond_loopback_the_console_needs_its_token(daemon_env: DaemonEnv
     assert "Traceback" not in refused.tail()
 
     token = "s3cret-" + uuid.uuid4().hex
-    env.start(env={"LAKEFERRY_CONSOLE_TOKEN": token})
-    base = f"http://127.0.0.1:{port}"
+    daemon = env.start(env={"LAKEFERRY_CONSOLE_TOKEN": token})
+    base = f"http://127.0.0.1:{daemon.address('console').rpartition(':')[2]}"
     with httpx.Client(base_url=base, follow_redirects=False) as anon:
         assert anon.get("/healthz").status_code == 200  # load balancers carry no token
         assert anon.get("/readyz").status_code == 200

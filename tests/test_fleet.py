@@ -42,7 +42,7 @@ FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
 def node_config(tmp_path: Path, node: str, **daemon: Any) -> Any:
-    data = harness.config_dict(tmp_path, metrics_port=harness.free_port(), kafka="127.0.0.1:1")
+    data = harness.config_dict(tmp_path, kafka="127.0.0.1:1")
     data = harness.fleet_node(data, tmp_path, node)
     data["daemon"].update(daemon)
     return parse_config(data, load_registry(), env={})
@@ -85,9 +85,7 @@ def test_cell_mode_is_unchanged(tmp_path: Path) -> None:
 def test_fleet_mode_is_refused_where_it_cannot_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"daemon\.node.*'vm 1' cannot end a topic name"):
         node_config(tmp_path, "vm 1")
-    data = harness.fleet_node(
-        harness.config_dict(tmp_path, metrics_port=harness.free_port()), tmp_path, "vm-1"
-    )
+    data = harness.fleet_node(harness.config_dict(tmp_path), tmp_path, "vm-1")
     with pytest.raises(ConfigError, match=r'daemon\.fleet.*needs bus.kind = "kafka"'):
         parse_config(data, load_registry(), env={})
 
@@ -115,7 +113,7 @@ def cached_file(i: int, *, attempt: int = 0) -> CachedFile:
 async def fleet_bus(kafka_broker: Any, tmp_path: Path) -> tuple[dict[str, Any], Any, KafkaBus]:
     """A fleet's config data (its own topics), the config of node "survivor", and a bus."""
     data = harness.config_dict(
-        tmp_path, metrics_port=harness.free_port(), kafka=kafka_broker.bootstrap,
+        tmp_path, kafka=kafka_broker.bootstrap,
         namespace=f"{unique('fl')}.",
     )  # fmt: skip
     config = parse_config(harness.fleet_node(data, tmp_path, "survivor"), load_registry(), env={})
@@ -216,16 +214,15 @@ class Fleet:
         )
 
     def start(self, node: str, stages: str | None = None, instance: str = "main") -> Any:
-        import tomllib
-
         config = self.config(node)
-        self.consoles[node] = tomllib.loads(config.read_text())["console"]["listen"]
         assert harness.cli(config, "topics", "ensure").returncode == 0
         daemon = harness.DaemonProcess(
             config, self.env.root / f"{node}-{instance}.log", stages=stages, instance=instance
         )
         self.env.daemons.append(daemon)
-        return daemon.start()
+        daemon.start()
+        self.consoles[node] = daemon.address("console")
+        return daemon
 
     def status(self, node: str) -> dict[str, dict[str, Any]]:
         result = harness.cli(self.config(node), "fleet", "status", "--json")

@@ -147,8 +147,7 @@ def test_a_restarted_worker_takes_its_partitions_back_at_once(
     for name in ("ingest-1", "upload-1", "results-1"):
         env.start_worker(name.split("-")[0], name)
     data = copy.deepcopy(env.data)
-    port = harness.free_port()
-    data["metrics"]["listen"] = f"127.0.0.1:{port}"
+    data["metrics"]["listen"] = "127.0.0.1:0"
     data["live"]["listen"] = ""
     data["console"]["listen"] = ""
     config = harness.write_config(env.root / "download-1.toml", data)

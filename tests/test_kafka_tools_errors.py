@@ -27,9 +27,7 @@ TOOLS = [
 
 
 def config_for(tmp_path: Path, bootstrap: str, namespace: str = "") -> Path:
-    data = harness.config_dict(
-        tmp_path / "state", metrics_port=harness.free_port(), kafka=bootstrap, namespace=namespace
-    )
+    data = harness.config_dict(tmp_path / "state", kafka=bootstrap, namespace=namespace)
     data["bus"]["kafka"]["operation_timeout"] = "3s"
     return harness.write_config(tmp_path / "lakeferry.toml", data)
 

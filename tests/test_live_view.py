@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -57,8 +58,7 @@ async def _first_snapshot(url: str) -> dict[str, Any]:
 
 def test_feed_pushes_snapshots_of_a_running_daemon(daemon_env: DaemonEnv, origin: Origin) -> None:
     env = daemon_env
-    env.start()
-    url = f"ws://{env.data['live']['listen']}/"
+    url = f"ws://{env.start().address('live')}/"
     batch = env.submit_events(
         [{"id": f"live-{i}", "url": origin.file_url(f"live-{i}.bin", 2000)} for i in range(20)]
         + [{"id": "live-gone", "url": f"{origin.url}/missing/live.bin?sig=SECRET"}]
@@ -93,9 +93,9 @@ def test_top_in_a_real_terminal(daemon_env: DaemonEnv) -> None:
     tmux = shutil.which("tmux")
     assert tmux is not None, "tmux is needed for this test: apt-get install tmux"
     env = daemon_env
-    env.start()
+    live = env.start().address("live")
     session = f"lf-top-{env.metrics_port}"
-    command = f"{sys.executable} -m lakeferry top -c {env.config}; echo EXITED=$?; sleep 30"
+    command = f"{sys.executable} -m lakeferry top --url ws://{live}/; echo EXITED=$?; sleep 30"
     subprocess.run(
         [tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "45", command],
         check=True, cwd=ROOT_DIR,
@@ -144,10 +144,14 @@ def test_rungs_show_in_delay_order_with_the_running_delays() -> None:
 
 def test_top_without_a_daemon_says_why_in_one_line(daemon_env: DaemonEnv) -> None:
     env = daemon_env
-    result = env.cli("top", "--once")
+    with socket.socket() as held:  # bound, not listening: a connection is refused
+        held.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{held.getsockname()[1]}"
+        env.data["live"]["listen"] = listen
+        env.write()
+        result = env.cli("top", "--once")
     assert result.returncode == 2
     assert result.stdout == ""
-    listen = env.data["live"]["listen"]
     assert result.stderr == (
         f"lakeferry: cannot reach the live feed at ws://{listen}/: connection refused (nothing "
         f"listens there); no daemon runs on {env.state} (start it: lakeferry run -c "
@@ -155,10 +159,23 @@ def test_top_without_a_daemon_says_why_in_one_line(daemon_env: DaemonEnv) -> Non
     )
 
 
+def test_top_on_a_port_0_config_asks_for_the_address(daemon_env: DaemonEnv) -> None:
+    env = daemon_env
+    env.data["live"]["listen"] = "127.0.0.1:0"
+    env.write()
+    result = env.cli("top", "--once")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(
+        "lakeferry: config error: live.listen: 127.0.0.1:0 takes any free port"
+    )
+    assert "--url" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
 def test_top_once_prints_a_snapshot_without_key_help(daemon_env: DaemonEnv) -> None:
     env = daemon_env
-    env.start()
-    result = env.cli("top", "--once")
+    live = env.start().address("live")
+    result = env.cli("top", "--once", "--url", f"ws://{live}/")
     assert result.returncode == 0, result.stderr
     assert "bus embedded up" in result.stdout
     assert "q quits" not in result.stdout

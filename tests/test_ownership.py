@@ -25,9 +25,8 @@ UNITS = sorted((ROOT / "systemd").glob("*.service"))
 def second_config(env: DaemonEnv, name: str, **changes: Any) -> Path:
     """The environment's config with its own ports (and ``changes`` on top)."""
     data = copy.deepcopy(env.data)
-    data["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-    data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-    data["console"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+    for key in ("metrics", "live", "console"):
+        data[key]["listen"] = "127.0.0.1:0"
     for section, values in changes.items():
         data[section].update(values)
     return harness.write_config(env.root / f"{name}.toml", data)

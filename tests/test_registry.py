@@ -299,7 +299,7 @@ def test_plugins_command_and_start_warn_about_a_shadowed_plugin(tmp_path: Path) 
 
     from helpers.daemon import harness
 
-    data = harness.config_dict(tmp_path / "state", metrics_port=harness.free_port())
+    data = harness.config_dict(tmp_path / "state")
     config = harness.write_config(tmp_path / "lakeferry.toml", data)
     daemon = harness.DaemonProcess(config, tmp_path / "daemon.log", env={"PYTHONPATH": str(dist)})
     daemon.start()

@@ -23,7 +23,7 @@ GOOD = "http://127.0.0.1:9/f.bin"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    data = harness.config_dict(tmp_path / "state", metrics_port=harness.free_port())
+    data = harness.config_dict(tmp_path / "state")
     return harness.write_config(tmp_path / "lakeferry.toml", data)
 
 

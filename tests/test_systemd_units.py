@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import DaemonEnv
+from helpers.daemon import DaemonEnv, harness
 from helpers.markers import starts_processes
 from helpers.origin import Origin
 from helpers.wait import wait_until
@@ -371,6 +371,8 @@ class TracedDaemon:
         strace = tool("strace", "strace")
         unshare = tool("unshare", "util-linux")
         self.env, self.trace = env, trace
+        self.metrics_port = 0
+        """The port its ready line names (the config says port 0)."""
         self.log = env.root / "traced.log"
         mount = f'mount -t proc -o {proc_mount_options()} proc /proc && exec "$@"'
         with self.log.open("ab") as log:
@@ -397,11 +399,12 @@ class TracedDaemon:
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        return any(
-            json.loads(line).get("msg") == "ready"
-            for line in self.log.read_text().splitlines()
-            if line.startswith("{")
-        )
+        for line in self.log.read_text().splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("msg") == "ready":
+                self.metrics_port = int(entry["metrics"].rpartition(":")[2])
+                return True
+        return False
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
@@ -443,7 +446,7 @@ def judge(env: DaemonEnv, origin: Origin, daemon: TracedDaemon, prefix: str) -> 
 
     def metric(name: str, **labels: str) -> float:
         try:
-            return env.metric(name, **labels)
+            return harness.metric_sum(harness.scrape(daemon.metrics_port), name, **labels)
         except OSError:  # no /metrics: say why the daemon died
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.wait(10)

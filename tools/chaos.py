@@ -160,7 +160,7 @@ def drive(
     origin: Any,
 ) -> int:
     data = harness.config_dict(
-        state / "lake", metrics_port=harness.free_port(), kafka=broker.bootstrap,
+        state / "lake", kafka=broker.bootstrap,
         namespace="chaos.", ladder=("100ms", "200ms", "400ms", "800ms"),
     )  # fmt: skip
     data["cache"]["quota"] = "1MB"  # ~10 files: downloads must wait for uploads
@@ -176,9 +176,7 @@ def drive(
     data["sources"] = []
     configs: dict[str, Path] = {}
     for name in WORKERS:
-        worker = json.loads(json.dumps(data))
-        worker["metrics"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-        configs[name] = harness.write_config(state / f"{name}.toml", worker)
+        configs[name] = harness.write_config(state / f"{name}.toml", data)
     tool_config = configs["ingest-1"]
     harness.cli(tool_config, "topics", "ensure", check=True)
 

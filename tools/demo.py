@@ -252,11 +252,8 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
 
 
 def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]:
-    metrics_port = harness.free_port()
     namespace = f"demo{int(time.time())}." if args.kafka else ""
-    data = harness.config_dict(
-        state, metrics_port=metrics_port, kafka=args.kafka, namespace=namespace
-    )
+    data = harness.config_dict(state, kafka=args.kafka, namespace=namespace)
     if azure is not None:
         azure.configure(data)
     config = harness.write_config(state / "lakeferry.toml", data)
@@ -274,6 +271,7 @@ def run_in(args: argparse.Namespace, state: Path, azure: Any) -> tuple[int, str]
         ]
         daemon = harness.DaemonProcess(config, state / "daemon.log")
         daemon.start()
+        metrics_port = daemon.metrics_port
         print(f"daemon running (pid {daemon.pid}), metrics on 127.0.0.1:{metrics_port}")
         try:
             started = time.time()

@@ -40,7 +40,7 @@ class Node:
     def __init__(self, data: dict[str, Any], state: Path, name: str) -> None:
         self.name = name
         self.data = harness.fleet_node(data, state, name)
-        self.metrics_port = int(self.data["metrics"]["listen"].rpartition(":")[2])
+        self.metrics_port = 0
         self.config = harness.write_config(state / f"{name}.toml", self.data)
         self.daemon = harness.DaemonProcess(self.config, state / f"{name}.log")
         self.uploaded = 0.0
@@ -49,6 +49,7 @@ class Node:
     def start(self) -> None:
         harness.cli(self.config, "topics", "ensure", check=True)
         self.daemon.start()
+        self.metrics_port = self.daemon.metrics_port
         print(f"  {self.name} running (pid {self.daemon.pid}), metrics on :{self.metrics_port}")
 
     def scrape(self) -> None:
@@ -91,7 +92,7 @@ def wait(what: str, check: Any, nodes: list[Node], timeout: float) -> Any:
 
 def run_fleet(args: argparse.Namespace, state: Path) -> tuple[int, str]:
     data = harness.config_dict(
-        state, metrics_port=harness.free_port(), kafka=args.kafka,
+        state, kafka=args.kafka,
         namespace=f"demo{int(time.time())}.",
     )  # fmt: skip
     data["sources"] = []

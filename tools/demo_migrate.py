@@ -50,8 +50,7 @@ def wait_landed(config: Path, events_file: Path, want: int, timeout: float) -> d
 
 
 def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
-    metrics_port = harness.free_port()
-    data = harness.config_dict(state, metrics_port=metrics_port)
+    data = harness.config_dict(state)
     data["sources"] = []
     config = harness.write_config(state / "lakeferry.toml", data)
     print(f"demo state in {state}\nconfig {config}")
@@ -100,7 +99,7 @@ def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
             started = time.time()
             counts = wait_landed(config, all_file, HISTORY, args.timeout)
             seconds = time.time() - started
-            metrics = harness.scrape(metrics_port)
+            metrics = harness.scrape(daemon.metrics_port)
             code = daemon.terminate(timeout=60)
     finally:
         kusto.stop()

@@ -65,7 +65,7 @@ def free_port() -> int:
 def config_dict(
     state: Path,
     *,
-    metrics_port: int,
+    metrics_port: int = 0,
     ladder: Sequence[str] = ("200ms", "400ms", "800ms", "1600ms"),
     file_roots: Iterable[str] = (),
     download_concurrency: int = 50,
@@ -129,9 +129,11 @@ def _config_dict(
         "results": {"batch_rows": 500, "batch_wait": "100ms"},
         "ingest": {"events_batch_wait": "200ms"},
         "commit": {"interval": "50ms"},
+        # Port 0: the daemon takes a free port and names it in its ready line
+        # (DaemonProcess.address); a port picked here could be taken before the daemon binds it.
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "live": {"listen": f"127.0.0.1:{free_port()}"},
-        "console": {"listen": f"127.0.0.1:{free_port()}"},
+        "live": {"listen": "127.0.0.1:0"},
+        "console": {"listen": "127.0.0.1:0"},
         "cache": {"kind": "localfs", "path": str(state / "cache"), "quota": "2GiB"},
         "sink": {
             "kind": "localfs",
@@ -163,9 +165,8 @@ def fleet_node(data: dict[str, Any], root: Path, node: str) -> dict[str, Any]:
     out["daemon"].update(state_dir=str(state), fleet=True, node=node)
     out["cache"]["path"] = str(state / "cache")
     out["sources"] = [{"kind": "spool", "path": str(state / "spool"), "poll_interval": "100ms"}]
-    out["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
-    out["live"]["listen"] = f"127.0.0.1:{free_port()}"
-    out["console"]["listen"] = f"127.0.0.1:{free_port()}"
+    for key in ("metrics", "live", "console"):
+        out[key]["listen"] = "127.0.0.1:0"
     return out
 
 
@@ -212,7 +213,7 @@ class DaemonProcess:
         self.instance = instance
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
-        self.metrics_url = ""
+        self._ready: dict[str, Any] | None = None
 
     def start(self, *, wait_ready: float = 60) -> DaemonProcess:
         args = [sys.executable, "-m", "lakeferry", "run", "-c", str(self.config)]
@@ -221,14 +222,26 @@ class DaemonProcess:
         if self.instance:
             args += ["--instance", self.instance]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._ready = None
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env}
         )
         log.close()
         if wait_ready:
-            self.wait_for_log("ready", timeout=wait_ready)
+            self._ready = self.wait_for_log("ready", timeout=wait_ready)
         return self
+
+    def address(self, key: str, *, timeout: float = 60) -> str:
+        """The address this run bound for ``key`` (``metrics``, ``live``, ``console``), as its
+        ready line names it: a port 0 in the config is a real port there."""
+        if self._ready is None:
+            self._ready = self.wait_for_log("ready", timeout=timeout)
+        return str(self._ready.get(key) or "")
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.address("metrics").rpartition(":")[2])
 
     @property
     def pid(self) -> int:

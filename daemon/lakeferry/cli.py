@@ -311,6 +311,12 @@ def cmd_top(args: argparse.Namespace) -> int:
         listen = config.core.live.listen
         if not listen:
             raise ConfigError("live.listen", "the live feed is disabled in this config")
+        if listen.endswith(":0"):
+            raise ConfigError(
+                "live.listen",
+                f"{listen} takes any free port, so top cannot know it: pass --url "
+                "ws://ADDRESS/ with the live address the daemon's 'ready' log line names",
+            )
         url = f"ws://{listen}/"
         state_dir = Path(config.core.daemon.state_dir)
     try:

@@ -501,8 +501,8 @@ def _validate_core(core: Config) -> None:
         if not re.fullmatch(r"\[?[0-9A-Za-z.:-]*\]?:\d{1,5}", listen):
             raise ConfigError(key, f"expected host:port, got {listen!r}")
         port = int(listen.rpartition(":")[2])
-        if not 1 <= port <= 65535:
-            raise ConfigError(key, f"port {port} of {listen!r} is not between 1 and 65535")
+        if not 0 <= port <= 65535:  # 0: any free port, named in the ready log line
+            raise ConfigError(key, f"port {port} of {listen!r} is not between 0 and 65535")
 
 
 def _validate_plugins(plugins: PluginsConfig) -> None:

@@ -1,13 +1,18 @@
-"""The daemon's listen addresses (``metrics.listen``, ``live.listen``): parsed and bound once.
+"""The daemon's listen addresses (``metrics.listen``, ``live.listen``, ``console.listen``): parsed
+and bound once.
 
 A listen address that cannot be bound is not a crash: the process exits 2 with one line that
 names the key and the address (``metrics.listen 127.0.0.1:9464 is already in use``), and the
 systemd units do not restart on exit 2, so a taken port never becomes a restart loop.
+
+Port 0 takes any free port; the ``ready`` log line names the addresses bound (:func:`address`),
+which is how the test harness runs daemons side by side without picking ports itself.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 
 import trio
 
@@ -43,3 +48,9 @@ async def open_listeners(key: str, listen: str) -> list[trio.SocketListener]:
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise refusal(key, listen, exc) from None
+
+
+def address(sock: socket.socket | trio.socket.SocketType) -> str:
+    """The ``host:port`` (``[v6]:port``) ``sock`` is bound to."""
+    host, port, *_ = sock.getsockname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from lakeferry import __version__
+from lakeferry.listen import address
 from lakeferry.logs import get_logger
 from lakeferry.recent import RecentErrors
 
@@ -195,7 +196,8 @@ class LiveFeed:
             if listeners:
                 server = WebSocketServer(self._serve, listeners)
                 await nursery.start(server.run)
-                log.info("live feed listening", extra={"listen": _addresses(listeners)})
+                bound = [address(listener.socket) for listener in listeners]
+                log.info("live feed listening", extra={"listen": bound})
             task_status.started()
 
     async def tick(self) -> None:
@@ -222,14 +224,6 @@ class LiveFeed:
                 await ws.send_message(self._latest)
         except ConnectionClosed:
             return
-
-
-def _addresses(listeners: list[trio.SocketListener]) -> list[str]:
-    out = []
-    for listener in listeners:
-        host, port, *_ = listener.socket.getsockname()
-        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return out
 
 
 def _due(at: float | None) -> str | None:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from lakeferry import __version__
-from lakeferry.listen import refusal
+from lakeferry.listen import address, refusal
 from lakeferry.listen import split as split_listen
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600, 7200)
@@ -416,6 +416,11 @@ class Metrics:
         except OSError as exc:
             raise refusal("metrics.listen", listen, exc) from None
         self._server = server
+
+    @property
+    def address(self) -> str:
+        """The ``host:port`` the endpoint is bound to (``""``: not serving)."""
+        return "" if self._server is None else address(self._server.socket)
 
     def close(self) -> None:
         if self._server is not None:

@@ -32,7 +32,7 @@ from lakeferry.buses import open_bus
 from lakeferry.config import LoadedConfig, diff, load_config
 from lakeferry.console.health import Readiness
 from lakeferry.errors import ConfigError, StageCrashed, StartRefused
-from lakeferry.listen import open_listeners
+from lakeferry.listen import address, open_listeners
 from lakeferry.livefeed import LiveFeed, Snapshotter
 from lakeferry.logs import get_logger
 from lakeferry.metrics import Metrics
@@ -192,7 +192,10 @@ class Supervisor:
                     extra={
                         "stages": [spec.name for spec in self.stages],
                         "bus": pipeline.bus.kind,
-                        "metrics": self.config.core.metrics.listen,
+                        # the addresses bound (a port 0 in the config is a port now)
+                        "metrics": self.metrics.address,
+                        "live": ",".join(address(listener.socket) for listener in live),
+                        "console": "" if console is None else address(console.sock),
                     },
                 )
                 self.notifier.ready()

@@ -24,9 +24,8 @@ class DaemonEnv:
     def __init__(self, root: Path, *, kafka: str | None = None, namespace: str = "") -> None:
         self.root = root
         self.state = root / "state"
-        self.metrics_port = harness.free_port()
         self.data: dict[str, Any] = harness.config_dict(
-            self.state, metrics_port=self.metrics_port, kafka=kafka, namespace=namespace
+            self.state, kafka=kafka, namespace=namespace
         )
         self.config = root / "lakeferry.toml"
         self.log = root / "daemon.log"
@@ -38,6 +37,14 @@ class DaemonEnv:
             harness.write_config(self.config, self.data)
         else:
             self.config.write_text(text)
+
+    @property
+    def metrics_port(self) -> int:
+        """The metrics port of the daemon started last on this env's config (each start takes a
+        free port, named in its ready line)."""
+        mine = [d for d in self.daemons if d.config == self.config]
+        assert mine, "no daemon started on this env's config"
+        return int(mine[-1].metrics_port)
 
     def start(self, **kwargs: Any) -> Any:
         daemon = harness.DaemonProcess(self.config, self.log, **kwargs)
@@ -75,17 +82,16 @@ class DaemonEnv:
         file, metrics port and log; returns the daemon and its metrics port."""
         import copy
 
-        port = harness.free_port()
         data = copy.deepcopy(self.data)
-        data["metrics"]["listen"] = f"127.0.0.1:{port}"
-        data["live"]["listen"] = f"127.0.0.1:{harness.free_port()}"
-        data["console"]["listen"] = f"127.0.0.1:{harness.free_port()}"
+        for key in ("metrics", "live", "console"):
+            data[key]["listen"] = "127.0.0.1:0"
         config = harness.write_config(self.root / f"{name}.toml", data)
         daemon = harness.DaemonProcess(
             config, self.root / f"{name}.log", stages=stages, instance=name, env=env
         )
         self.daemons.append(daemon)
-        return daemon.start(), port
+        daemon.start()
+        return daemon, daemon.metrics_port
 
     def cli(self, *args: str, **kwargs: Any) -> Any:
         return harness.cli(self.config, *args, **kwargs)

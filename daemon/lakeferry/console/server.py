@@ -17,7 +17,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 
-from lakeferry.listen import refusal, split
+from lakeferry.listen import address, refusal, split
 from lakeferry.logs import get_logger
 
 log = get_logger("console")
@@ -44,11 +44,6 @@ def bind(listen: str) -> socket.socket | None:
     return sock
 
 
-def address(sock: socket.socket) -> str:
-    host, port, *_ = sock.getsockname()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def serve(
     app: Starlette,
     sock: socket.socket,
@@ -73,4 +68,4 @@ async def serve(
     await worker_serve(wrapped, config, sockets=sockets, task_status=Started())
 
 
-__all__ = ["KEY", "address", "bind", "serve"]
+__all__ = ["KEY", "bind", "serve"]
