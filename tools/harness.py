@@ -44,10 +44,21 @@ def _ephemeral_low() -> int:
 
 
 def free_port() -> int:
-    """A port nothing listens on now, outside the ephemeral range when there is room."""
+    """A port nothing listens on now, outside the ephemeral range when there is room. Daemons
+    under test listen on port 0 instead (the ready line names the port): a port picked here is
+    for servers that cannot do that (Kafka, Azurite, the origins that must be down first)."""
     import random
 
     low, high = LISTEN_PORTS[0], min(LISTEN_PORTS[1], _ephemeral_low())
+    # Each pytest-xdist worker picks from its own slice: two workers never pick one port.
+    worker, workers = (
+        os.environ.get("PYTEST_XDIST_WORKER", ""),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
+    )
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit():
+        width = max(high - low, 0) // max(int(workers), 1)
+        low += int(worker[2:]) * width
+        high = low + width
     pick = random.SystemRandom()
     for _ in range(100 if high > low else 0):
         port = pick.randrange(low, high)
@@ -60,6 +71,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports (:func:`free_port`)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def config_dict(

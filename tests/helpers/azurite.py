@@ -24,7 +24,8 @@ else:
 @starts_processes
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     try:
-        running = azurite_tool.start(azurite_tool.free_port(), tmp_path_factory.mktemp("azurite"))
+        port = load_tool("harness").free_port()
+        running = azurite_tool.start(port, tmp_path_factory.mktemp("azurite"))
     except azurite_tool.AzuriteError as exc:
         pytest.fail(f"cannot run Azurite for the tests: {exc}", pytrace=False)
     try:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from helpers.markers import starts_processes
+from helpers.tools import load_tool
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "kafka.py"
 _NAME = "lakeferry_tools_kafka"
@@ -69,8 +70,9 @@ def start_broker(workdir: Path) -> Any:
     """Fetch Kafka if needed and start a broker on a free port; ``pytest.fail`` when impossible."""
     try:
         kafka_tool.ensure_dist(quiet=True)
+        port, controller = load_tool("harness").free_ports(2)
         return kafka_tool.start(
-            kafka_tool.free_port(), workdir=workdir, heap="512m", owner_pid=os.getpid()
+            port, workdir=workdir, controller_port=controller, heap="512m", owner_pid=os.getpid()
         )
     except kafka_tool.KafkaToolError as exc:
         pytest.fail(f"cannot run Apache Kafka for the tests: {exc}", pytrace=False)
