@@ -295,6 +295,18 @@ class Metrics:
             "(-1: unknown, the lane waits)",
             registry=r,
         )
+        self.backfill_window = prom.Gauge(
+            "lakeferry_backfill_window",
+            "Files the backfill lane lets the stages after download hold now",
+            registry=r,
+        )
+        self.backfill_latency = prom.Gauge(
+            "lakeferry_backfill_latency_seconds",
+            "Seconds a file takes in the stages after download, as the backfill lane measures "
+            "it: now, and the lowest of the last 30 s (their own time, without a queue)",
+            ["of"],
+            registry=r,
+        )
         # Until a download stage runs here: the series exist (as "other", at zero).
         self._origins = _OriginsCollector(_no_origins)
         r.register(self._origins)
@@ -327,12 +339,18 @@ class Metrics:
         active: Callable[[str], float],
         waiting: Callable[[str], float],
         backlog: Callable[[], float],
+        window: Callable[[], float],
+        latency: Callable[[str], float],
     ) -> None:
-        """Serve the download stage's per-lane gauges."""
+        """Serve the download stage's per-lane gauges (``latency("now" | "lowest")``). They are
+        read on the endpoint's thread: plain reads, no trio calls."""
         for lane in ("live", "backfill"):
             self.lane_active.labels(lane).set_function(functools.partial(active, lane))
             self.lane_waiting.labels(lane).set_function(functools.partial(waiting, lane))
         self.backfill_backlog.set_function(backlog)
+        self.backfill_window.set_function(window)
+        for of in ("now", "lowest"):
+            self.backfill_latency.labels(of).set_function(functools.partial(latency, of))
 
     def lane_done(self, lane: str, outcome: str) -> None:
         self.lane_tasks.labels(lane, outcome).inc()

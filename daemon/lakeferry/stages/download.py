@@ -144,7 +144,11 @@ class DownloadStage:
             pipeline.limiters["download"], Backlog(self._downstream),
             downloads=pipeline.active["download"], backfills=pipeline.active["backfill"],
         )  # fmt: skip
-        pipeline.metrics.track_lanes(lanes.active, lanes.waiting, lanes.backlog_seen)
+        backlog = lanes.backlog
+        pipeline.metrics.track_lanes(
+            lanes.active, lanes.waiting, lanes.backlog_seen, lambda: backlog.limit,
+            lambda of: backlog.latency if of == "now" else backlog.base,
+        )  # fmt: skip
 
     async def _downstream(self) -> Downstream | None:
         """Files downloaded and not yet recorded (the upload stage's lag on the cached topic

@@ -14,12 +14,13 @@ What the backfill lane may take, checked in this order before each of its downlo
    the end of the download);
 2. **its rate**: ``download.backfill_rate`` downloads started per second (0: no cap);
 3. **the backlog downstream**: files downloaded and not yet recorded (the lag of the upload
-   stage on the cached topic and of the results stage on the results topic) must drain within
-   ``download.backfill_delay`` at the rate files are being recorded (the results stage's
-   committed offsets, measured alongside; at least :data:`MIN_WINDOW` files, so an idle
-   pipeline lets a backfill start). The download stage is the cheap end; without this a
-   backfill downloads faster than the upload and results stages can take, and every live file
-   then queues behind its backlog there, where no lane can pass it;
+   stage on the cached topic and of the results stage on the results topic) must be inside a
+   window (:class:`Backlog`) steered so that the queue the lane makes there stays within
+   ``download.backfill_delay``, beyond the time those stages take on their own (at least
+   :data:`MIN_WINDOW` files, so an idle pipeline lets a backfill start). The download stage
+   is the cheap end; without this a backfill downloads faster than the upload and results
+   stages can take, and every live file then queues behind its backlog there, where no lane
+   can pass it;
 4. at its origin, a live task waiting there goes first (:mod:`lakeferry.stages.origins`);
 5. a download slot, only while no live task waits for one.
 
@@ -29,6 +30,7 @@ downloads already running (of either lane) to end.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
@@ -46,6 +48,20 @@ BACKLOG_EVERY = 0.25
 """Seconds between measurements of the downstream backlog while backfill tasks wait for it."""
 MIN_WINDOW = 10
 """Files the backlog may hold whatever the rate (an idle pipeline records nothing)."""
+SMOOTH = 8
+"""Measurements one latency sample spans (two seconds: longer than the results stage's batch,
+whose commits make the backlog a saw-tooth)."""
+BASE_KEEP = 30.0
+"""Seconds a latency sample counts towards :attr:`Backlog.base` (the lowest of them)."""
+GROW, SHRINK = 1.05, 0.7
+"""The window grows by :data:`GROW` at a measurement that finds no queue while it held the lane
+back, and shrinks by :data:`SHRINK` (at most once per :data:`SMOOTH` measurements) at one that
+finds a queue."""
+PROBE_EVERY = 10.0
+"""Seconds between probes: the window cut to what the stages hold without a queue for
+:data:`SMOOTH` measurements plus twice the delay, so the queue the lane allowed drains and the
+base is seen again. Without them a lane that keeps its queue full would take base + queue for
+the base within :data:`BASE_KEEP` seconds, and let the queue grow by another delay."""
 
 
 class Downstream(NamedTuple):
@@ -56,9 +72,15 @@ class Downstream(NamedTuple):
 
 
 class Backlog:
-    """The downstream backlog and the rate it drains at, measured at most every
-    :data:`BACKLOG_EVERY` seconds, plus the backfill downloads started since (they will add
-    to it)."""
+    """The downstream backlog and the window of files the backfill lane may keep there.
+
+    The window grows while the latency downstream (Little's law over the last :data:`SMOOTH`
+    measurements: mean backlog ÷ files recorded per second) stays within ``delay`` of the
+    lowest latency seen lately (:attr:`base`: the stages' own time, as BBR keeps the lowest
+    round trip), and shrinks when it rises above it (a queue). Probes (:data:`PROBE_EVERY`)
+    keep the base true; a probe that does not bring the latency down means the stages are
+    busy without the lane (live traffic), and the window shrinks. Measured at most every
+    :data:`BACKLOG_EVERY` seconds; the backfill downloads started since count as backlog."""
 
     def __init__(
         self,
@@ -70,42 +92,94 @@ class Backlog:
         self._clock = clock
         self._lock = trio.Lock()
         self._at = -float("inf")
-        self._recorded: tuple[float, int] | None = None
+        self._recent: collections.deque[tuple[float, int, float]] = collections.deque(
+            maxlen=SMOOTH + 1
+        )
+        """(when, files recorded so far, mean backlog since the one before) per measurement."""
+        self._latencies: collections.deque[tuple[float, float]] = collections.deque()
+        self._quiet = 0
+        """Samples before the window may shrink again."""
+        self._probe: tuple[float, float] | None = None
+        """When the next probe starts and ends."""
+        self._probe_low = float("inf")
+        """The lowest latency of the probe under way."""
+        self._held = False
+        """The window held a backfill task back since the last measurement."""
+        self.limit = float(MIN_WINDOW)
+        """The window, in files (at least :data:`MIN_WINDOW`)."""
         self.measured: int | None = None
         """The last backlog measured (None: the bus did not answer; the lane waits)."""
         self.rate = 0.0
-        """Files recorded per second downstream (a moving mean of the measurements)."""
+        """Files recorded per second downstream, over the last :data:`SMOOTH` measurements."""
+        self.latency = 0.0
+        """Seconds a file takes downstream now (0 until known)."""
+        self.base = 0.0
+        """The lowest :attr:`latency` of the last :data:`BASE_KEEP` seconds."""
         self.started_since = 0
 
-    def window(self, delay: float) -> int:
-        """Files that drain within ``delay`` seconds at the rate measured."""
-        return max(MIN_WINDOW, int(delay * self.rate))
+    def probing(self) -> bool:
+        return self._probe is not None and self._probe[0] <= self._clock()
+
+    def window(self) -> int:
+        """Files the backlog may hold now."""
+        if self.probing():  # what the stages hold without a queue, at most half the window
+            return max(MIN_WINDOW, int(min(self.limit / 2, self.rate * self.base)))
+        return max(MIN_WINDOW, int(self.limit))
 
     async def below(self, delay: float) -> None:
-        """Wait until the backlog (as far as known) would drain within ``delay`` seconds."""
+        """Wait until the backlog (as far as known) is inside the window."""
         while True:
             async with self._lock:
                 if self._clock() - self._at >= BACKLOG_EVERY:
-                    self._update(await self._measure())
+                    self._update(await self._measure(), delay)
                 known = self.measured
-                if known is not None and known + self.started_since < self.window(delay):
+                if known is not None and known + self.started_since < self.window():
                     self.started_since += 1
                     return
+                self._held = True
             await trio.sleep_until(self._at + BACKLOG_EVERY)
 
-    def _update(self, seen: Downstream | None) -> None:
+    def _update(self, seen: Downstream | None, delay: float) -> None:
         now = self._clock()
-        self._at = now
-        self.started_since = 0
-        self.measured = seen.backlog if seen is not None else None
+        # the backlog since the last measurement: from that one plus what started, to this one
+        was = None if self.measured is None else self.measured + self.started_since
+        self._at, self.started_since = now, 0
+        self.measured = None if seen is None else seen.backlog
+        held, self._held = self._held, False
         if seen is None:
             return
-        if self._recorded is not None:
-            then, recorded = self._recorded
-            if now > then and seen.recorded >= recorded:
-                rate = (seen.recorded - recorded) / (now - then)
-                self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
-        self._recorded = (now, seen.recorded)
+        mean = seen.backlog if was is None else (was + seen.backlog) / 2
+        self._recent.append((now, seen.recorded, mean))
+        (first, before, _), *later = self._recent
+        if len(later) < SMOOTH or seen.recorded <= before:
+            return
+        self.rate = (seen.recorded - before) / (now - first)
+        self.latency = sum(mean for *_, mean in later) / len(later) / self.rate
+        self._latencies.append((now, self.latency))
+        while self._latencies[0][0] < now - BASE_KEEP:
+            self._latencies.popleft()
+        self.base = min(latency for _, latency in self._latencies)
+        self._steer(now, delay, held)
+
+    def _steer(self, now: float, delay: float, held: bool) -> None:
+        self._quiet = max(0, self._quiet - 1)
+        if self.probing():
+            self._probe_low = min(self._probe_low, self.latency)
+        if self._probe is None or now >= self._probe[1]:
+            start = now + PROBE_EVERY
+            self._probe, ended = (start, start + SMOOTH * BACKLOG_EVERY + 2 * delay), self._probe
+            if ended is not None and self._probe_low > self.base + delay / 2:
+                # The queue did not drain with the lane held back: the stages are busy
+                # without it. Keep the base (it is not the stages' own time) and back off.
+                self._latencies.append((now, self.base))
+                self.limit = max(MIN_WINDOW, self.limit * SHRINK)
+            self._probe_low = float("inf")
+        if self.latency > self.base + delay:
+            if not self._quiet:
+                self.limit = max(MIN_WINDOW, self.limit * SHRINK)
+                self._quiet = SMOOTH
+        elif held and not self.probing():
+            self.limit *= GROW
 
 
 class Lanes:
