@@ -177,7 +177,28 @@ class DaemonEnv:
                 f"{d.log_path.name}{'' if d.alive() else ' (exited)'}: " + "; ".join(d.complaints())
                 for d in self.daemons
             ]
-            raise AssertionError("\n".join([str(failure), *said])) from None
+            raise AssertionError("\n".join([str(failure), *said, *self._lags()])) from None
+
+    def _lags(self) -> list[str]:
+        """Where work waits, per live daemon: its consumer lag by group and topic, not zero."""
+        out = []
+        for daemon in self.daemons:
+            if not daemon.alive():
+                continue
+            try:
+                metrics = harness.scrape(daemon.metrics_port)
+            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+                out.append(f"{daemon.log_path.name}: no metrics ({exc})")
+                continue
+            lag: dict[str, float] = {}
+            for key, value in metrics.items():
+                if key.startswith("lakeferry_consumer_lag{") and value:
+                    labels = dict(part.split("=", 1) for part in key[23:-1].split(","))
+                    where = f"{labels['group'].strip(chr(34))} on {labels['topic'].strip(chr(34))}"
+                    lag[where] = lag.get(where, 0) + value
+            shown = ", ".join(f"{where}: {n:.0f}" for where, n in sorted(lag.items()))
+            out.append(f"{daemon.log_path.name} lag: {shown or 'none'}")
+        return out
 
 
 @pytest.fixture
