@@ -55,6 +55,7 @@ def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
     config = harness.write_config(state / "lakeferry.toml", data)
     print(f"demo state in {state}\nconfig {config}")
     problems: list[str] = []
+    daemons: list[harness.DaemonProcess] = []
     kusto = kusto_emulator.start(database="oldpipeline")
     try:
         with origin_mod.serve() as origin:
@@ -79,6 +80,7 @@ def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
 
             print(f"1) the old pipeline lands {OLD} of them")
             daemon = harness.DaemonProcess(config, state / "daemon.log")
+            daemons.append(daemon)
             daemon.start()
             harness.cli(config, "submit", "--file", str(old_file), "--quiet", check=True)
             counts = wait_landed(config, old_file, OLD, args.timeout)
@@ -95,6 +97,7 @@ def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
             }]  # fmt: skip
             harness.write_config(config, data)
             daemon = harness.DaemonProcess(config, state / "daemon.log")
+            daemons.append(daemon)
             daemon.start()
             started = time.time()
             counts = wait_landed(config, all_file, HISTORY, args.timeout)
@@ -102,6 +105,8 @@ def run_migrate(args: argparse.Namespace, state: Path) -> tuple[int, str]:
             metrics = harness.scrape(daemon.metrics_port)
             code = daemon.terminate(timeout=60)
     finally:
+        for each in daemons:  # a demo that failed leaves no daemon running
+            each.stop()
         kusto.stop()
 
     skipped = harness.metric_sum(
