@@ -165,7 +165,7 @@ class DownloadConfig(_Section):
     slot); it takes a slot only while no live task waits for one."""
     backfill_rate: Rate = 0.0
     """Backfill downloads started per second at most; 0: no cap."""
-    backfill_delay: Duration = Duration(0.25)
+    backfill_delay: Duration = Duration(0.1)
     """The longest a live file should wait behind backfill files in the stages after download:
     the backfill lane starts nothing new while the files downloaded and not yet recorded (of
     either lane) would take longer than this to drain at the rate files are being recorded."""
