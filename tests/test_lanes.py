@@ -337,3 +337,23 @@ def landed_by_prefix(env: DaemonEnv) -> dict[str, int]:
             prefix = path.parent.name.split("-", 1)[0]
             counts[prefix] = counts.get(prefix, 0) + 1
     return counts
+
+
+async def test_readings_from_before_an_idle_gap_do_not_count(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The backlog is measured only while backfill tasks wait; after a quiet hour the first
+    readings are taken afresh, not as a rate over the hour (a latency of hours, which shrank
+    the window as if the stages had a queue)."""
+    stages = Stages(latency=0.3, capacity=100, batch=0.5)
+    lanes = Lanes(trio.CapacityLimiter(50), Backlog(stages.measure))
+    for _ in range(200):  # a steady lane: readings every BACKLOG_EVERY
+        await lanes.turn(rate=0, delay=0.25)
+        stages.start()
+    limit = lanes.backlog.limit
+    await trio.sleep(3600)  # nothing waits; the stages drain
+    for _ in range(5):
+        await lanes.turn(rate=0, delay=0.25)
+        stages.start()
+    assert lanes.backlog.latency < 60
+    assert lanes.backlog.limit >= limit

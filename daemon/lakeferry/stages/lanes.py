@@ -51,6 +51,9 @@ MIN_WINDOW = 10
 SMOOTH = 8
 """Measurements one latency sample spans (two seconds: longer than the results stage's batch,
 whose commits make the backlog a saw-tooth)."""
+STALE = 4 * BACKLOG_EVERY
+"""A gap between two measurements longer than this (no backfill task waited) starts the
+latency's readings afresh: a rate over the gap says nothing about the stages now."""
 BASE_KEEP = 30.0
 """Seconds a latency sample counts towards :attr:`Backlog.base` (the lowest of them)."""
 GROW, SHRINK = 1.05, 0.7
@@ -141,6 +144,9 @@ class Backlog:
 
     def _update(self, seen: Downstream | None, delay: float) -> None:
         now = self._clock()
+        if now - self._at > STALE:  # the lane had nothing waiting: its readings are history
+            self._recent.clear()
+            self.measured = None
         # the backlog since the last measurement: from that one plus what started, to this one
         was = None if self.measured is None else self.measured + self.started_since
         self._at, self.started_since = now, 0
