@@ -174,11 +174,8 @@ def drive(
     data["live"]["listen"] = ""
     data["console"]["listen"] = ""  # several workers share this config
     data["sources"] = []
-    configs: dict[str, Path] = {}
-    for name in WORKERS:
-        configs[name] = harness.write_config(state / f"{name}.toml", data)
-    tool_config = configs["ingest-1"]
-    harness.cli(tool_config, "topics", "ensure", check=True)
+    config = harness.write_config(state / "lakeferry.toml", data)  # metrics on port 0 each
+    harness.cli(config, "topics", "ensure", check=True)
 
     freeze_at = rng.randint(2, 6)
 
@@ -187,7 +184,7 @@ def drive(
         # right before the commit (each restart arms it again).
         env = {"LAKEFERRY_FAILPOINTS": f"delta.inventory.commit=stop@{freeze_at}"}
         daemon = harness.DaemonProcess(
-            configs[name], state / f"{name}.log", stages=WORKERS[name], instance=name,
+            config, state / f"{name}.log", stages=WORKERS[name], instance=name,
             env=env if name == FROZEN else None,
         )  # fmt: skip
         return daemon.start(wait_ready=90)
@@ -197,7 +194,7 @@ def drive(
         for name in WORKERS:
             workers[name] = start(name)
         return chaos_loop(
-            plan, state, rng, figures, broker, dfs, origin, workers, start, tool_config, data
+            plan, state, rng, figures, broker, dfs, origin, workers, start, config, data
         )
     finally:
         for worker in workers.values():
@@ -219,7 +216,7 @@ def chaos_loop(
     print(f"chaos: {plan.events} events submitted; workers {', '.join(WORKERS)}")
 
     control = dfs_emulator.RemoteControl(dfs.url)
-    figures.second_daemon = second_daemon(tool_config.parent / "download-1.toml")
+    figures.second_daemon = second_daemon(tool_config)
     print(f"chaos: a second process under instance download-1: {figures.second_daemon}")
     frozen_since: float | None = None
     next_kill = started + rng.uniform(*plan.kill_every)
