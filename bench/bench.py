@@ -1234,6 +1234,9 @@ class AzureEmulators:
             "AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{self.azurite.port}",
         }
         self.table = f"abfss://{AZURE_CONTAINER}@{azurite_tool.ACCOUNT}.dfs.core.windows.net/Tables"
+        self._producer: Any = None
+        """One Event Hubs producer for the run, as a real sender keeps one: a client per send
+        would put its connection, auth and link set-up inside every event's latency."""
 
     def _serve(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
         """Start a tool from tools/; its first line on stdout is where it listens."""
@@ -1270,7 +1273,7 @@ class AzureEmulators:
             "connection_string_env": "LAKEFERRY_BENCH_EVENTHUB",
             "checkpoint_connection_string_env": "LAKEFERRY_BENCH_BLOB",
             "checkpoint_container": "checkpoints", "create_checkpoint_container": True,
-            "load_balancing_interval": "1s", "max_wait_time": "200ms",
+            "load_balancing_interval": "1s",
         }]  # fmt: skip
         data["sink"] = {
             "kind": "onelake", "account_url": self.dfs_url, "filesystem": AZURE_FS,
@@ -1285,19 +1288,22 @@ class AzureEmulators:
     def send(self, events: list[dict[str, Any]]) -> None:
         from azure.eventhub import EventData, EventHubProducerClient
 
-        producer = EventHubProducerClient.from_connection_string(self.hub_connection_string)
-        with producer:
-            batch = producer.create_batch()
-            for event in events:
-                data = EventData(json.dumps(event))
-                try:
-                    batch.add(data)
-                except ValueError:  # full: send it, start the next
-                    producer.send_batch(batch)
-                    batch = producer.create_batch()
-                    batch.add(data)
-            if len(batch):
+        if self._producer is None:
+            self._producer = EventHubProducerClient.from_connection_string(
+                self.hub_connection_string
+            )
+        producer = self._producer
+        batch = producer.create_batch()
+        for event in events:
+            data = EventData(json.dumps(event))
+            try:
+                batch.add(data)
+            except ValueError:  # full: send it, start the next
                 producer.send_batch(batch)
+                batch = producer.create_batch()
+                batch.add(data)
+        if len(batch):
+            producer.send_batch(batch)
 
     def read_inventory(self, run: str) -> list[dict[str, Any]]:
         import deltalake
@@ -1308,10 +1314,25 @@ class AzureEmulators:
         table = deltalake.DeltaTable(
             f"{self.table}/{run}_inventory", storage_options={"azure_storage_use_emulator": "true"}
         )
-        columns = ["event_id", "committed_at", "event_created_at"]
-        return read_columns(table, columns).to_pylist()  # type: ignore[no-any-return]
+        columns = ["event_id", "event_created_at", "downloaded_at", "uploaded_at", "committed_at"]
+        rows: list[dict[str, Any]] = read_columns(table, columns).to_pylist()
+        # When ingest received each event, from the events table (recorded off the latency
+        # path: it may lag the inventory by a commit or two).
+        events = deltalake.DeltaTable(
+            f"{self.table}/{run}_events", storage_options={"azure_storage_use_emulator": "true"}
+        )
+        received = {
+            r["event_id"]: r["received_at"]
+            for r in read_columns(events, ["event_id", "received_at"]).to_pylist()
+        }
+        for row in rows:
+            row["received_at"] = received.get(row["event_id"])
+        return rows
 
     def stop(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -1421,6 +1442,7 @@ def run_azure(
         burst.latencies = [
             (r["committed_at"] - r["event_created_at"]).total_seconds() for r in ours
         ]
+        burst.extra.update(latency_segments(ours))
         rate = max(1.0, burst.files_per_s / 2)
         steady_n = max(1, int(rate * steady_seconds))
 
@@ -1445,11 +1467,34 @@ def run_azure(
         steady.latencies = [
             (r["committed_at"] - r["event_created_at"]).total_seconds() for r in ours
         ]
+        steady.extra.update(latency_segments(ours))
         return [burst, steady]
     finally:
         if daemon is not None and daemon.alive():
             daemon.terminate(120)
         emulators.stop()
+
+
+SEGMENTS = (
+    ("to ingest", "event_created_at", "received_at"),
+    ("to cached", "received_at", "downloaded_at"),
+    ("to landed", "downloaded_at", "uploaded_at"),
+    ("to recorded", "uploaded_at", "committed_at"),
+)
+"""Where an event's time end to end goes, from its rows' stamps: sent → received by ingest (the
+source), → downloaded into the cache (the pending topic, the download), → uploaded, → its
+inventory commit."""
+
+
+def latency_segments(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """p50 and p95 seconds of each of :data:`SEGMENTS` over ``rows`` (``"<segment> p50"``)."""
+    out: dict[str, float] = {}
+    for name, start, end in SEGMENTS:
+        spans = [(r[end] - r[start]).total_seconds() for r in rows if r.get(start) and r.get(end)]
+        if spans:
+            out[f"{name} p50"] = percentile(spans, 50)
+            out[f"{name} p95"] = percentile(spans, 95)
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -1923,6 +1968,12 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
                 f"- {r.scenario}: {r.sink_requests / r.files:.1f} requests to the DFS emulator "
                 f"per file ({AZURE_SINK.get('api', 'the default')} API)"
             )
+        if r.scenario.startswith("azure") and f"{SEGMENTS[0][0]} p50" in r.extra:
+            spans = ", ".join(
+                f"{name} {r.extra[f'{name} p50']:.2f} / {r.extra[f'{name} p95']:.2f} s"
+                for name, _, _ in SEGMENTS
+            )
+            lines.append(f"- {r.scenario}: where the time goes, p50 / p95: {spans}")
         if r.scenario == "azure" and r.idle_cpu and r.files:
             lines.append(
                 f"- azure: of lakeferry's CPU, {r.idle_cpu / r.files * 1000:.2f} ms per file is "

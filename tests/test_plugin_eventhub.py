@@ -183,6 +183,7 @@ def test_registers_the_eventhub_kind_and_checks_settings() -> None:
         checkpoint_container="cp1",
     )
     assert with_string.identity == "connection_string"
+    assert float(with_string.max_wait_time) == 0.0  # hand over what has arrived at once
 
     def refused(**values: Any) -> str:
         values = {
@@ -205,7 +206,7 @@ def test_registers_the_eventhub_kind_and_checks_settings() -> None:
     assert "eventhub_name" in refused(eventhub_name="")
     assert "starting_position" in refused(starting_position="beginning")
     assert ">= 1" in refused(max_batch_size=0)
-    assert "max_wait_time" in refused(max_wait_time=0)
+    assert "max_wait_time" in refused(max_wait_time=-1)
     assert "longer than" in refused(
         load_balancing_interval="10s", partition_ownership_expiration_interval="5s"
     )
@@ -374,6 +375,59 @@ async def test_a_failing_publish_propagates_and_checkpoints_nothing(
         await source.run(RecordingIntake(fail_call=1))
     assert info.group_contains(RuntimeError, match="the bus is down")
     assert await checkpoints(azurite, container) == {}
+
+
+async def _publish_delay(intake: RecordingIntake, emulator: Any, partition: str) -> float:
+    """Seconds from appending one event to ``partition`` until it was published."""
+    wanted = len(intake.events) + 1
+    sent = time.monotonic()
+    await send(emulator, partition, [b"now"])
+    await wait_until_async(lambda: len(intake.events) >= wanted, timeout=TIMEOUT, what="the event")
+    return time.monotonic() - sent
+
+
+async def _publish_delays(source: EventHubSource, emulator: Any, partitions: int) -> list[float]:
+    """Seconds from appending one event to a partition until the source published it, for one
+    event per partition in turn, once the source owns (and has heard from) every partition."""
+    intake = RecordingIntake()
+    delays = []
+    with trio.fail_after(TIMEOUT * 3):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.run, intake)
+            for partition in range(partitions):
+                await send(emulator, str(partition), [b"warm"])
+            await wait_until_async(
+                lambda: len(intake.events) >= partitions, timeout=TIMEOUT, what="warm-up events"
+            )
+            for partition in range(partitions):
+                delays.append(await _publish_delay(intake, emulator, str(partition)))
+            nursery.cancel_scope.cancel(reason="measured")
+    return sorted(delays)
+
+
+async def test_an_event_is_published_without_waiting_on_the_other_partitions(
+    hub: Callable[[int], Any], azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synchronous SDK listens on each partition it owns in turn, each for its socket
+    timeout (0.2 s by default), and with a ``max_wait_time`` it holds a batch until that wait
+    is over: an event on a quiet hub waited for every other partition's listen. Measured
+    against the SDK's defaults in the same run, not against a clock."""
+    partitions = 8
+    emulator = hub(partitions)
+    ours = await _publish_delays(
+        source_for(emulator, azurite, f"cp-{uuid.uuid4().hex[:12]}", monkeypatch),
+        emulator, partitions,
+    )  # fmt: skip
+    monkeypatch.setattr(lakeferry_eventhub.source, "SOCKET_TIMEOUT", 0.2)  # the SDK's own
+    emulator = hub(partitions)
+    sdk = await _publish_delays(
+        source_for(
+            emulator, azurite, f"cp-{uuid.uuid4().hex[:12]}", monkeypatch, max_wait_time=1.0
+        ),
+        emulator, partitions,
+    )  # fmt: skip
+    median = partitions // 2
+    assert ours[median] * 2 < sdk[median], (ours, sdk)
 
 
 async def test_two_instances_share_partitions_and_one_takes_over_from_the_other(

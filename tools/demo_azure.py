@@ -47,7 +47,6 @@ class AzureServices:
                 "checkpoint_container": "checkpoints",
                 "create_checkpoint_container": True,
                 "load_balancing_interval": "1s",
-                "max_wait_time": "200ms",
             }
         ]
         data["sink"] = {

@@ -49,8 +49,11 @@ class EventHubSourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields
 
     max_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 300
     """Most events of one partition handed to the intake per ``publish`` (and checkpointed)."""
-    max_wait_time: Duration = Duration(1.0)
-    """Longest wait before a partition's batch is published with fewer events."""
+    max_wait_time: Duration = Duration(0)
+    """How long a partition's batch may wait to fill up to ``max_batch_size`` before it is
+    published with fewer events; 0: publish what has arrived at once (a batch is then what
+    arrived while the previous one was being published: large under load, one event when
+    quiet)."""
     starting_position: Literal["earliest", "latest"] = "earliest"
     """Where a partition without a checkpoint starts."""
     load_balancing_interval: Duration = Duration(10.0)
@@ -73,8 +76,6 @@ class EventHubSourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields
             raise ValueError(f'credential = "{credential}" needs fully_qualified_namespace')
         if not (self.checkpoint_blob_url or self.checkpoint_connection_string_env):
             raise ValueError("set checkpoint_blob_url or checkpoint_connection_string_env")
-        if self.max_wait_time <= 0:
-            raise ValueError("max_wait_time must be positive")
         if self.load_balancing_interval <= 0:
             raise ValueError("load_balancing_interval must be positive")
         expiry = self.partition_ownership_expiration_interval

@@ -20,7 +20,6 @@ from lakeferry_eventhub import EventHubSource, EventHubSourceSettings
 FAST = {
     "load_balancing_interval": Duration(0.3),
     "partition_ownership_expiration_interval": Duration(2.0),
-    "max_wait_time": Duration(0.1),
 }
 
 
