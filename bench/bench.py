@@ -1769,10 +1769,10 @@ def backfill_lines(results: list[Result]) -> list[str]:
     lines = [
         "## backfill",
         "",
-        "The latency load (small files through the spool, at half the small-file maximum) alone, "
-        "then again once the backfill's events are all queued on the backfill lane's topic "
-        "(`lakeferry submit --lane backfill`): the live files' latency in each phase, and the "
-        "backfill files landed during the second.",
+        "The latency load (small files through the spool, at half of its bus's small-file "
+        "maximum) alone, then again once the backfill's events are all queued on the backfill "
+        "lane's topic (`lakeferry submit --lane backfill`): the live files' latency in each "
+        "phase, and the backfill files landed during the second.",
         "",
         "| tool | backfill queued | live files/s offered | live p95 alone | live p95 beside the "
         "backfill | ratio | backfill landed meanwhile (files/s) |",
@@ -1895,8 +1895,8 @@ def report_lines(results: list[Result], scale: Scale, quick: bool) -> list[str]:
         f"Versions: {versions()}.",
         "",
         f"Scale: {scale.small:,} × 64 KiB, {scale.medium} × 16 MiB, {scale.large} × "
-        f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half the "
-        f"small-file maximum; the old design polls every {scale.old_poll:g} s; "
+        f"{scale.large_size // MiB} MiB; latency load for {scale.latency_seconds:g} s at half "
+        f"of each bus's small-file maximum; the old design polls every {scale.old_poll:g} s; "
         f"{scale.retry_events} always-failing downloads climb the ladder "
         f"{' → '.join(scale.retry_ladder)}; the soak lasts {scale.soak_seconds / 60:g} min."
         + (" Quick-mode figures are indicative only." if quick else ""),
@@ -2084,14 +2084,14 @@ def main() -> int:
     parser.add_argument(
         "--soak-rate",
         type=float,
-        help="events/s of the soak (default: half the small-file maximum of this run, or 50 "
-        "when small is not run)",
+        help="events/s of the soak (default: half of each bus's small-file maximum in this run, "
+        "or 50 when small is not run)",
     )
     parser.add_argument(
         "--latency-rate",
         type=float,
-        help="events/s of the latency load (default: half the small-file maximum of this run, "
-        "or 50 when small is not run)",
+        help="events/s of the latency load (default: half of each bus's small-file maximum in "
+        "this run, or 50 when small is not run; the old design gets the fastest bus's)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="attach py-spy to lakeferry; print where time goes"
@@ -2196,6 +2196,19 @@ def main() -> int:
             default=100.0,
         )
         rate = max(1.0, small_max / 2)
+
+        def half_load(bus: str, given: float | None) -> float:
+            """``given``, else half of the small-file maximum of lakeferry on ``bus`` in this
+            run (half load is each bus's own), else of the fastest."""
+            if given:
+                return given
+            mine = [
+                r.files_per_s
+                for r in results
+                if r.scenario == "small" and r.tool == f"lakeferry ({bus})" and not r.error
+            ]
+            return max(1.0, mine[0] / 2) if mine else rate
+
         urls = [(nginx.url(name), size) for name, size in plan["small"]]
         if "mixed" in scenarios:
             for trouble in ("hang", "503"):
@@ -2216,8 +2229,8 @@ def main() -> int:
         if "latency" in scenarios:
             for bus in buses:
                 measure("latency", f"lakeferry ({bus})", partial(
-                    run_latency, bus, urls, latency_rate, scale.latency_seconds, work / f"lat-{bus}",
-                    bootstrap(bus),
+                    run_latency, bus, urls, half_load(bus, args.latency_rate),
+                    scale.latency_seconds, work / f"lat-{bus}", bootstrap(bus),
                 ))  # fmt: skip
             measure("latency", "old design", partial(
                 run_old_design, urls, latency_rate, scale.latency_seconds, scale.old_poll, work / "old"
@@ -2225,8 +2238,8 @@ def main() -> int:
         if "backfill" in scenarios:
             for bus in buses:
                 measure("backfill", f"lakeferry ({bus})", partial(
-                    run_backfill, bus, urls, latency_rate, scale.latency_seconds, scale.backfill,
-                    work / f"backfill-{bus}", bootstrap(bus),
+                    run_backfill, bus, urls, half_load(bus, args.latency_rate),
+                    scale.latency_seconds, scale.backfill, work / f"backfill-{bus}", bootstrap(bus),
                 ))  # fmt: skip
         if "azure" in scenarios:
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
@@ -2243,11 +2256,10 @@ def main() -> int:
                     results.append(r)
                     print(json.dumps({k: v for k, v in asdict(r).items() if k != "latencies"}))
         if "soak" in scenarios:
-            soak_rate = args.soak_rate or rate
             for bus in buses:
                 measure("soak", f"lakeferry ({bus})", partial(
-                    run_soak, bus, urls, soak_rate, scale.soak_seconds, work / f"soak-{bus}",
-                    bootstrap(bus),
+                    run_soak, bus, urls, half_load(bus, args.soak_rate), scale.soak_seconds,
+                    work / f"soak-{bus}", bootstrap(bus),
                 ))  # fmt: skip
         if "retry" in scenarios:
             for bus in buses:

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -447,6 +448,34 @@ async def test_a_small_file_on_local_disk_is_one_put_blob_from_one_worker_thread
     assert stats["ops"] == {"put_blob": 1}  # a new file: one request
     assert stats["md5_checked"] == 1  # Content-MD5 on the upload, checked by the server
     assert dfs_emulator.files("landing")["d/small.bin"]["sha256"] == sha(data)
+
+
+async def test_a_cancelled_delete_of_a_temporary_returns_without_waiting_for_its_request(
+    tmp_path: Path, dfs_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a temporary file is best effort: a cancelled wait (a drain) returns at once and
+    the request finishes in its thread; the file stays an orphan to delete later."""
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowFile:
+        def delete_file(self) -> None:
+            started.set()
+            release.wait(30)
+            finished.set()
+
+    async with open_sink(tmp_path, dfs_emulator) as sink:
+        monkeypatch.setattr(sink, "_file", lambda path: SlowFile())
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sink._delete_quietly, "d/.x.lakeferry-tmp-1")
+                await trio.to_thread.run_sync(started.wait, 30)
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert not finished.is_set()  # returned while its request still ran
+        assert sink._orphans == {"d/.x.lakeferry-tmp-1"}
+        release.set()
+        await trio.to_thread.run_sync(finished.wait, 30)
+    assert finished.is_set()
 
 
 async def test_every_blob_upload_request_carries_content_md5(
