@@ -2148,9 +2148,11 @@ def main() -> int:
     results: list[Result] = []
 
     def measure(scenario: str, tool: str, run: Callable[[], Result]) -> None:
+        started = time.monotonic()
         results.append(attempt(scenario, tool, run))
         skip = ("latencies", "memory")
         print(json.dumps({k: v for k, v in asdict(results[-1]).items() if k not in skip}))
+        print(f"[{scenario}, {tool}: {time.monotonic() - started:.0f} s]", file=sys.stderr)
 
     def bootstrap(bus: str) -> str | None:
         return broker.bootstrap if bus == "kafka" and broker else None
@@ -2243,6 +2245,7 @@ def main() -> int:
                 ))  # fmt: skip
         if "azure" in scenarios:
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
+            started = time.monotonic()
             try:
                 azure = run_azure(
                     urls, scale.azure, scale.latency_seconds, work / "azure", args.profile
@@ -2255,6 +2258,7 @@ def main() -> int:
                 for r in azure:
                     results.append(r)
                     print(json.dumps({k: v for k, v in asdict(r).items() if k != "latencies"}))
+            print(f"[azure: {time.monotonic() - started:.0f} s]", file=sys.stderr)
         if "soak" in scenarios:
             for bus in buses:
                 measure("soak", f"lakeferry ({bus})", partial(

@@ -10,7 +10,7 @@ from helpers.wait import wait_for_async, wait_until_async
 from lakeferry.bus.base import Record, TopicPartition
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.lifecycle import Lifecycle
-from lakeferry.stages.driver import StageDriver
+from lakeferry.stages.driver import StageDriver, Waits
 
 
 async def test_only_the_contiguous_completed_offset_is_committed(tmp_path: Path) -> None:
@@ -123,5 +123,61 @@ async def test_grace_expiry_cancels_and_commits_only_finished_work(tmp_path: Pat
             lifecycle.drain()
     assert (await bus.committed("g", topic)) == {0: 1}  # offset 1 will be redelivered
     assert finished == [0]
+    await consumer.aclose()
+    await bus.aclose()
+
+
+async def test_a_drain_ends_the_waits_of_work_not_begun_and_leaves_it_uncommitted(
+    tmp_path: Path,
+) -> None:
+    """Offset 0 is done and 1 at work when the drain begins, 2 and 3 still wait for their turn
+    (a slot of one, which 1 holds): the work gets its grace, the waits end at once
+    (NotStarted), and the commit covers 0 and 1 only, so 2 and 3 are redelivered at the next
+    start. Before, 2 and 3 waited for their turn through the drain, for up to the grace."""
+    bus = await EmbeddedBus.open(tmp_path / "bus.sqlite", default_partitions=1, poll_interval=0.01)
+    topic = "downloads.pending"
+    for i in range(4):
+        await bus.producer().send(topic, str(i).encode(), key=b"k")
+    lifecycle = Lifecycle(shutdown_grace=60)
+    waits = Waits(lifecycle)
+    turn = trio.CapacityLimiter(1)
+    working, release = [], trio.Event()
+    done: list[int] = []
+
+    async def handler(record: Record) -> None:
+        with waits.before_work() as begun:
+            if record.offset >= 2:
+                async with turn:  # offset 1 holds it until released
+                    begun()
+                    done.append(record.offset)
+                    return
+            begun()
+            working.append(record.offset)
+            if record.offset == 1:
+                async with turn:
+                    await release.wait()
+            done.append(record.offset)
+
+    consumer = bus.consumer("g", [topic])
+    driver = StageDriver(
+        name="t", consumer=consumer, limiter=trio.CapacityLimiter(4), handler=handler,
+        lifecycle=lifecycle, commit_interval=lambda: 10,
+    )  # fmt: skip
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waits.end_on_drain)
+            await nursery.start(driver.run)
+            await wait_until_async(
+                lambda: working == [0, 1] and turn.statistics().tasks_waiting == 2,
+                timeout=10,
+                what="0 and 1 at work, 2 and 3 waiting",
+            )
+            lifecycle.drain()
+            await wait_until_async(
+                lambda: turn.statistics().tasks_waiting == 0, timeout=10, what="the waits to end"
+            )
+            release.set()  # the work under way finishes within its grace
+    assert sorted(done) == [0, 1]
+    assert (await bus.committed("g", topic)) == {0: 2}  # 2 and 3 are redelivered
     await consumer.aclose()
     await bus.aclose()

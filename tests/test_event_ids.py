@@ -195,7 +195,7 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
     from lakeferry.bus.base import Record
     from lakeferry.config import Config
     from lakeferry.errors import PermanentError
-    from lakeferry.lifecycle import ActiveCount
+    from lakeferry.lifecycle import ActiveCount, Lifecycle
     from lakeferry.messages import DOWNLOAD, DownloadTask
     from lakeferry.metrics import Metrics
     from lakeferry.stages.download import DownloadStage
@@ -206,6 +206,7 @@ async def test_of_two_tasks_of_one_id_the_earlier_by_bus_order_binds_it(tmp_path
         components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=metrics,
         limiters={"download": trio.CapacityLimiter(1)},
         active={"download": ActiveCount(), "backfill": ActiveCount()},
+        lifecycle=Lifecycle(shutdown_grace=5),
     )  # fmt: skip
     stage = DownloadStage(pipeline)  # type: ignore[arg-type]
     tasks = [

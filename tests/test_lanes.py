@@ -320,6 +320,32 @@ def test_a_backfill_sources_failed_task_comes_back_to_its_lane(daemon_env: Daemo
         assert env.metric("lakeferry_lane_tasks_total", lane="live") == 0
 
 
+@pytest.mark.slow
+def test_a_stop_does_not_wait_for_backfill_tasks_that_have_not_begun(daemon_env: DaemonEnv) -> None:
+    """Ten backfill tasks taken, all waiting for their turn (the lane's rate: one start every
+    100 s): SIGTERM ends their waits at once instead of giving them the 10-minute grace, and a
+    restart lands all ten exactly once (the drain left them uncommitted)."""
+    env = daemon_env
+    env.data["daemon"]["shutdown_grace"] = "10m"
+    env.data["download"] = {"backfill_rate": 0.01}
+    env.write()
+    with serve() as origin:
+        events = origin_events(origin, "old", 10)
+        daemon = env.start()
+        path = submit(env, events, "--lane", "backfill")
+        wait_for(
+            lambda: env.metric("lakeferry_backfill_turn_waiting"),
+            lambda n: n == 10, timeout=60, what="ten backfill tasks waiting for their turn",
+        )  # fmt: skip
+        assert daemon.terminate(timeout=120) == 0  # not the grace: 10 minutes
+        env.data["download"] = {"backfill_rate": 0}
+        env.write()
+        env.start()
+        env.wait_settled(path, landed=10, timeout=120, what="the backfill after the restart")
+        code, audit = env.audit(path)
+        assert (code, audit["landed"], audit["duplicate_rows"], audit["lost"]) == (0, 10, 0, 0)
+
+
 def submit(env: DaemonEnv, events: list[dict[str, Any]], *args: str) -> Path:
     path = env.root / "backfill.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in events))

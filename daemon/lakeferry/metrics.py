@@ -295,6 +295,12 @@ class Metrics:
             "(-1: unknown, the lane waits)",
             registry=r,
         )
+        self.backfill_turn_waiting = prom.Gauge(
+            "lakeferry_backfill_turn_waiting",
+            "Backfill tasks the download stage holds, waiting for their turn (the lane's rate "
+            "cap, its window)",
+            registry=r,
+        )
         self.backfill_window = prom.Gauge(
             "lakeferry_backfill_window",
             "Files the backfill lane lets the stages after download hold now",
@@ -341,6 +347,7 @@ class Metrics:
         backlog: Callable[[], float],
         window: Callable[[], float],
         latency: Callable[[str], float],
+        turn_waiting: Callable[[], float],
     ) -> None:
         """Serve the download stage's per-lane gauges (``latency("now" | "lowest")``). They are
         read on the endpoint's thread: plain reads, no trio calls."""
@@ -349,6 +356,7 @@ class Metrics:
             self.lane_waiting.labels(lane).set_function(functools.partial(waiting, lane))
         self.backfill_backlog.set_function(backlog)
         self.backfill_window.set_function(window)
+        self.backfill_turn_waiting.set_function(turn_waiting)
         for of in ("now", "lowest"):
             self.backfill_latency.labels(of).set_function(functools.partial(latency, of))
 

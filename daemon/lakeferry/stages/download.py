@@ -38,6 +38,7 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 import trio
@@ -54,7 +55,7 @@ from lakeferry.pipeline import Pipeline
 from lakeferry.records import event_key, task_headers, task_record
 from lakeferry.retry import DUE_HEADER, due_ms, to_ms
 from lakeferry.stages.bounded import BoundedWriter, Pace, Progress
-from lakeferry.stages.driver import seconds_until_ms
+from lakeferry.stages.driver import Waits, seconds_until_ms
 from lakeferry.stages.lanes import BACKFILL, Backlog, Downstream, Lanes
 from lakeferry.stages.origins import (
     NotTried,
@@ -139,6 +140,7 @@ class DownloadStage:
         """Event id -> the first of its tasks in flight here, claimed in fetch order."""
         self._settings = pipeline.settings.download
         self.origins = Origins(origin_policy(self._settings))
+        self.waits = Waits(pipeline.lifecycle)
         pipeline.metrics.track_origins(self.origins)
         self.lanes = lanes = Lanes(
             pipeline.limiters["download"], Backlog(self._downstream),
@@ -148,6 +150,7 @@ class DownloadStage:
         pipeline.metrics.track_lanes(
             lanes.active, lanes.waiting, lanes.backlog_seen, lambda: backlog.limit,
             lambda of: backlog.latency if of == "now" else backlog.base,
+            lambda: lanes.turn_waiting,
         )  # fmt: skip
 
     async def _downstream(self) -> Downstream | None:
@@ -308,18 +311,21 @@ class DownloadStage:
         if p.settings.download is not self._settings:  # a reload
             self._settings = p.settings.download
             self.origins.set_policy(origin_policy(self._settings))
-        if task.lane == BACKFILL:
-            # A ticket (the lane's share), then the rate and the backlog downstream.
-            async with p.limiters["backfill"]:
-                await self.lanes.turn(
-                    rate=self._settings.backfill_rate, delay=self._settings.backfill_delay
-                )
-                return await self._fetch_at_origin(task, key, downloader, resume=resume)
-        return await self._fetch_at_origin(task, key, downloader, resume=resume)
+        # Until its download begins, a drain leaves the task for the next start (NotStarted).
+        with self.waits.before_work() as begun:
+            if task.lane == BACKFILL:
+                # A ticket (the lane's share), then the rate and the backlog downstream.
+                async with p.limiters["backfill"]:
+                    await self.lanes.turn(
+                        rate=self._settings.backfill_rate, delay=self._settings.backfill_delay
+                    )
+                    return await self._fetch_at_origin(task, key, downloader, begun, resume)
+            return await self._fetch_at_origin(task, key, downloader, begun, resume)
 
     async def _fetch_at_origin(
-        self, task: DownloadTask, key: str, downloader: Downloader, *, resume: bool
-    ) -> CacheEntry:
+        self, task: DownloadTask, key: str, downloader: Downloader, begun: Callable[[], None],
+        resume: bool,
+    ) -> CacheEntry:  # fmt: skip
         origin = origin_of(task.event.url)
         backfill = task.lane == BACKFILL
         slot = await self.origins.acquire(origin, backfill=backfill) if origin else None
@@ -328,6 +334,7 @@ class DownloadStage:
         retry_after: float | None = None
         try:
             async with self.lanes.slot(task.lane):  # counted in the stage's in-flight
+                begun()
                 entry = await self._fetch_until_room(attempt)
             outcome = Outcome.OK
             return entry
@@ -499,6 +506,7 @@ async def run_download(
         dispatch=stage.dispatch,
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(stage.waits.end_on_drain)
         await nursery.start(functools.partial(consume, SPEC.main))
         await nursery.start(functools.partial(consume, BACKFILL_CONSUMER))
         task_status.started()

@@ -18,14 +18,17 @@ partitions, so late completions of a revoked partition are never committed by th
 
 Error handling: on drain (SIGTERM) the fetch phase stops, in-flight handlers get
 ``shutdown_grace`` to finish, then whatever is contiguous is committed — also when the stage
-crashed, because work that finished really is done.
+crashed, because work that finished really is done. A handler still waiting to begin its work
+(for a slot, its origin, its lane's turn: :class:`NotStarted`) ends at once instead, its record
+left uncommitted for the next start, so a queue of waiting work does not hold the drain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 
@@ -45,6 +48,52 @@ Dispatch = Callable[[Record], None]
 partition), before its handler starts: handlers themselves start in no guaranteed order."""
 
 FINAL_COMMIT_TIMEOUT = 10.0
+
+
+class NotStarted(Exception):
+    """Raised by a handler whose record's work had not begun when the stage drained: the
+    record is left uncommitted (redelivered at the next start) rather than done."""
+
+
+class Waits:
+    """The handlers of a stage still waiting to begin their work; a drain ends their waits.
+
+    Without it a drain gave each waiting handler ``shutdown_grace`` too: a queue of backfill
+    tasks waiting for their lane's turn held every ``systemctl stop`` for the whole grace.
+    """
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._scopes: set[trio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def before_work(self) -> Iterator[Callable[[], None]]:
+        """Around the waits before a record's work: call what it yields once the work begins.
+        A drain before that cancels the waits, and :class:`NotStarted` leaves the block."""
+        if self._lifecycle.draining.is_set():
+            raise NotStarted
+        scope = trio.CancelScope()
+
+        def begun() -> None:
+            if scope.cancel_called:  # drained while its wait was ending
+                raise NotStarted
+            self._scopes.discard(scope)
+
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield begun
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancelled_caught:
+            raise NotStarted
+
+    async def end_on_drain(self) -> None:
+        """Run beside the stage: once it drains, every wait before work ends."""
+        await self._lifecycle.draining.wait()
+        for scope in self._scopes:
+            scope.cancel(reason="draining: work not begun is left for the next start")
+        self._scopes.clear()
 
 
 class StageDriver:
@@ -158,7 +207,10 @@ class StageDriver:
     async def _process(self, record: Record, ticket: Ticket, token: object) -> None:
         self.active.n += 1
         try:
-            await self.handler(record)
+            try:
+                await self.handler(record)
+            except NotStarted:
+                return  # left for the next start: not done
             # The ticket's generation makes a late completion of a revoked partition a no-op.
             self.tracker.done(*ticket)
         finally:

@@ -208,6 +208,8 @@ class Lanes:
         self.live_waiting = 0
         """Live tasks waiting for a download slot."""
         self.backfill_waiting = 0
+        self.turn_waiting = 0
+        """Backfill tasks waiting for their turn (:meth:`turn`: the rate cap, the window)."""
         self.downloads = downloads if downloads is not None else ActiveCount()
         """Downloads running, of either lane (the stage's in-flight count)."""
         self.backfills = backfills if backfills is not None else ActiveCount()
@@ -219,8 +221,12 @@ class Lanes:
         """A backfill task's turn to go for its origin: under the rate, and while the backlog
         downstream drains within ``delay`` seconds."""
         self.pacer.rate = rate
-        await self.pacer.take(1)
-        await self.backlog.below(delay)
+        self.turn_waiting += 1
+        try:
+            await self.pacer.take(1)
+            await self.backlog.below(delay)
+        finally:
+            self.turn_waiting -= 1
 
     @contextlib.asynccontextmanager
     async def slot(self, lane: str) -> AsyncIterator[None]:

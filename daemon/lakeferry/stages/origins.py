@@ -61,6 +61,7 @@ from lakeferry.config import DownloadConfig
 from lakeferry.errors import PipelineError, Reason, TransientError
 from lakeferry.logs import get_logger
 from lakeferry.metrics import NO_ORIGIN, OriginStats
+from lakeferry.stages.driver import NotStarted
 from lakeferry.stages.pacing import Pacer
 
 log = get_logger("download")
@@ -121,7 +122,7 @@ def outcome_of(error: BaseException | None, *, answered: bool = False) -> Outcom
         if error.reason == Reason.HTTP_SERVER_ERROR:
             return Outcome.SETBACK if asks_for_pause else Outcome.FAULT
         return Outcome.NEUTRAL
-    if isinstance(error, trio.Cancelled):
+    if isinstance(error, trio.Cancelled | NotStarted):
         return Outcome.CANCELLED
     return Outcome.NEUTRAL
 
