@@ -502,7 +502,7 @@ def download_stage(tmp_path: Path) -> tuple[Any, Any]:
 
     from lakeferry.config import Config
     from lakeferry.ledger import IdLedger
-    from lakeferry.lifecycle import ActiveCount
+    from lakeferry.lifecycle import ActiveCount, Lifecycle
     from lakeferry.metrics import Metrics
     from lakeferry.stages.download import DownloadStage
 
@@ -511,6 +511,7 @@ def download_stage(tmp_path: Path) -> tuple[Any, Any]:
         components=SimpleNamespace(ledger=ledger), settings=Config(), metrics=Metrics(),
         limiters={"download": trio.CapacityLimiter(1)},
         active={"download": ActiveCount(), "backfill": ActiveCount()},
+        lifecycle=Lifecycle(shutdown_grace=5),
     )  # fmt: skip
     return DownloadStage(pipeline), ledger  # type: ignore[arg-type]
 
