@@ -91,9 +91,13 @@ fmt: $(STAMP)
 # Its own venv: matplotlib brings numpy, which the daemon's venv keeps out (pyarrow would load it
 # and its NUMA calls are outside the systemd units' system-call filter).
 BENCH_VENV := .venv-bench
-bench: kafka-dist system-deps
+BENCH_STAMP := $(BENCH_VENV)/.installed
+$(BENCH_STAMP): pyproject.toml constraints.txt
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(QUIET_PIP) $(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: kafka-dist system-deps $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/bench.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
 
 screenshots: $(STAMP) system-deps

@@ -1,6 +1,6 @@
 """``make bench``: lakeferry beside the tools a user would pick instead, on one origin, one run.
 
-Scenarios (``--quick`` scales them down to finish in about two minutes):
+Scenarios (``--quick`` scales them down to finish in about three minutes once set up):
 
 - ``small``: many 64 KiB files; ``medium``: 16 MiB files; ``large``: 1 GiB files (sink on the
   same disk); ``latency``: a steady offered load at half the measured small-file maximum.
@@ -14,7 +14,7 @@ Scenarios (``--quick`` scales them down to finish in about two minutes):
   its ``small`` figure (per-origin limits, issue 16).
 - ``throttle``: files from an origin that serves 8 requests at once and answers 429 beyond:
   lakeferry's concurrency towards it (sampled at the origin) and the 429s it draws.
-- ``backfill``: the latency load alone, then 50,000 events (5,000 in a quick run) queued on
+- ``backfill``: the latency load alone, then 50,000 events (1,000 in a quick run) queued on
   the backfill lane (``submit --lane backfill``) and the latency load again: the live files'
   p95 in each phase, and how many backfill files landed meanwhile (lanes, issue 16).
 - ``soak``: the latency load for ``--soak-minutes`` (30 in a full run; not in a quick run's
@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -94,10 +94,12 @@ FULL = Scale(
     soak_seconds=1800,
 )  # fmt: skip
 QUICK = Scale(
-    small=1_500, medium=12, large=1, large_size=256 * MiB, latency_seconds=8, old_poll=4,
+    small=1_000, medium=12, large=1, large_size=256 * MiB, latency_seconds=5, old_poll=2.5,
     retry_events=100, retry_ladder=("250ms", "500ms", "1s", "2s"), azure=400,
-    soak_seconds=120, throttle=300, backfill=5_000,
+    soak_seconds=120, throttle=300, backfill=1_000,
 )  # fmt: skip
+"""Every scenario at a size that runs in about three minutes once set up (the backfill's queue
+still outlasts its second phase: at most ~100 files/s land in those 5 s)."""
 
 
 @dataclass
@@ -376,10 +378,14 @@ KAFKA_WORKERS = {
 cores): Python work spreads over both cores, and each process holds only its own stage."""
 
 
+SETTLE_SECONDS = 1.0
+"""A pause after the write-back between runs (none in a quick run: ``sync`` itself waits)."""
+
+
 def settle() -> None:
     """Write back what earlier runs left dirty, so its writeback does not slow the next run."""
     os.sync()
-    time.sleep(1)
+    time.sleep(SETTLE_SECONDS)
 
 
 def rows_committed(scrape: str) -> float:
@@ -411,13 +417,25 @@ def start_lakeferry(
     config = next(iter(configs.values()))
     if kafka:
         harness.cli(config, "topics", "ensure", check=True)
+    # All at once, as systemd starts them; then each one's ready line.
     daemons = {
         name: harness.DaemonProcess(
             configs[name], state / f"{name}.log", stages=stages, instance=name
-        ).start()
+        ).start(wait_ready=0)
         for name, stages in workers.items()
     }
+    for daemon in daemons.values():
+        daemon.address("metrics")
     return config, daemons, scrape_urls
+
+
+def stop_all(daemons: Iterable[harness.DaemonProcess], timeout: float = 120) -> None:
+    """SIGTERM every process at once, then wait for each to drain and exit."""
+    daemons = list(daemons)
+    for daemon in daemons:
+        daemon.signal(signal.SIGTERM)
+    for daemon in daemons:
+        daemon.wait(timeout)
 
 
 def stop_and_time(
@@ -426,8 +444,7 @@ def stop_and_time(
     """Stop the run's processes; then, from its inventory: seconds from the first event's
     creation (not from starting a command, whose interpreter start-up is no part of the
     pipeline) to the last commit, and each row's latency (created -> committed)."""
-    for daemon in daemons.values():
-        daemon.terminate(120)
+    stop_all(daemons.values())
     rows = read_inventory(state)
     first = min(r["event_created_at"] for r in rows).timestamp()
     last = max(r["committed_at"] for r in rows).timestamp()
@@ -894,16 +911,19 @@ def run_backfill(
     backfill: int,
     state: Path,
     kafka: str | None,
+    alone: list[float] | None = None,
 ) -> Result:
     """The latency load alone for ``seconds``; then ``backfill`` events submitted to the
     backfill lane and, once all are queued on its topic, the latency load again: the live
     files' p95 end to end in each phase, and the backfill files landed meanwhile. One daemon
     (or set of workers) for both phases; event ``i`` of either kind fetches ``urls[i %
-    len(urls)]``."""
+    len(urls)]``. ``alone``: the latencies of that same load alone from the ``latency``
+    scenario of this run, when it ran (then the first phase is not run again)."""
     data, spool = spool_load_config(state, kafka, "bf")
     config, daemons, scrape_urls = start_lakeferry(state, data, kafka)
     n = min(len(urls), int(rate * seconds))
-    feed_spool(spool, urls, rate, n, "alone")
+    if alone is None:
+        feed_spool(spool, urls, rate, n, "alone")
     ingest_url = scrape_urls["ingest" if "ingest" in scrape_urls else "all"]
     events = state / "backfill.jsonl"
     events.write_text("".join(
@@ -922,7 +942,7 @@ def run_backfill(
         )  # fmt: skip
 
     deadline = time.monotonic() + 1200
-    while ingested() < n + backfill:  # every backfill task on the lane's topic
+    while ingested() < (0 if alone else n) + backfill:  # every backfill task on the lane's topic
         if time.monotonic() > deadline:
             raise RuntimeError("the backfill events were not all ingested in 20 minutes")
         time.sleep(0.2)
@@ -944,8 +964,7 @@ def run_backfill(
         if time.monotonic() > deadline:
             raise RuntimeError("the live files of the second phase have no rows in 10 minutes")
         time.sleep(1)
-    for daemon in daemons.values():
-        daemon.terminate(120)
+    stop_all(daemons.values())
 
     def latencies(prefix: str) -> list[float]:
         return [
@@ -953,7 +972,8 @@ def run_backfill(
             for r in rows if r["event_id"].startswith(prefix)
         ]  # fmt: skip
 
-    alone, live = latencies("alone-"), latencies("with-")
+    alone = alone if alone is not None else latencies("alone-")
+    live = latencies("with-")
     meanwhile = sum(
         1 for r in rows
         if r["event_id"].startswith("bf-") and phase <= r["committed_at"].timestamp() <= ended
@@ -1095,18 +1115,16 @@ def run_retry(bus: str, scale: Scale, state: Path, kafka: str | None, nginx: Ngi
     )
     started = time.monotonic()
     harness.cli(config, "submit", "--file", str(listing), "--quiet", check=True)
-    while True:
-        letters = [
-            json.loads(x) for x in harness.cli(config, "dlq", "list", "--json").stdout.splitlines()
-        ]
-        if len(letters) >= events:
+    port = int(data["metrics"]["listen"].rsplit(":", 1)[1])
+    while True:  # the download process's count of letters (a `dlq list` costs a second)
+        letters = harness.metric_sum(harness.scrape(port), "lakeferry_dlq_total")
+        if letters >= events:
             break
         if time.monotonic() - started > 300:
-            raise RuntimeError(f"retry scenario: {len(letters)} of {events} dead-lettered")
-        time.sleep(1)
+            raise RuntimeError(f"retry scenario: {letters:.0f} of {events} dead-lettered")
+        time.sleep(0.2)
     metrics = urllib.request.urlopen(f"http://{data['metrics']['listen']}/metrics").read()
-    for process in (daemon, *helpers):
-        process.terminate(60)
+    stop_all((daemon, *helpers), 60)
     result = Result("retry", f"lakeferry ({bus})", events, time.monotonic() - started, 0)
     result.rung_lateness = lateness_by_rung(metrics.decode())
     return result
@@ -1349,6 +1367,7 @@ def run_azure(
     steady_seconds: float,
     work: Path,
     profile: bool = False,
+    idle_seconds: float = 5.0,
 ) -> list[Result]:
     """The Azure path: after a warm-up (8 files), a burst of ``n`` small files (files/s, CPU per
     file, each emulator's CPU apart), then a steady load at half the burst's rate for
@@ -1420,7 +1439,7 @@ def run_azure(
         # daemon costs with nothing to do (the source's receive and load-balancing threads,
         # the bench's metric scrapes), to tell a slower run's share of it from per-file work.
         idle0, idle_t0 = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(5)
+        time.sleep(idle_seconds)
         idle_rate = (cpu_seconds(daemon.pid) - idle0) / (time.monotonic() - idle_t0)
 
         burst_events: list[dict[str, Any]] = []
@@ -1770,9 +1789,10 @@ def backfill_lines(results: list[Result]) -> list[str]:
         "## backfill",
         "",
         "The latency load (small files through the spool, at half of its bus's small-file "
-        "maximum) alone, then again once the backfill's events are all queued on the backfill "
-        "lane's topic (`lakeferry submit --lane backfill`): the live files' latency in each "
-        "phase, and the backfill files landed during the second.",
+        "maximum) alone (the latency scenario's run, when it ran), then again once the "
+        "backfill's events are all queued on the backfill lane's topic (`lakeferry submit "
+        "--lane backfill`): the live files' latency in each phase, and the backfill files "
+        "landed during the second.",
         "",
         "| tool | backfill queued | live files/s offered | live p95 alone | live p95 beside the "
         "backfill | ratio | backfill landed meanwhile (files/s) |",
@@ -2066,7 +2086,7 @@ def chart(results: list[Result], path: Path) -> None:
 
 
 def main() -> int:
-    global HTTP_ENGINE
+    global HTTP_ENGINE, SETTLE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--buses", default="embedded,kafka")
@@ -2132,6 +2152,7 @@ def main() -> int:
         )  # fmt: skip
         return 0
     scale = QUICK if args.quick else FULL
+    SETTLE_SECONDS = 0.0 if args.quick else SETTLE_SECONDS
     if args.soak_minutes is not None:
         scale = Scale(**{**asdict(scale), "soak_seconds": args.soak_minutes * 60})
     if args.scenarios is None:
@@ -2239,17 +2260,23 @@ def main() -> int:
             ))  # fmt: skip
         if "backfill" in scenarios:
             for bus in buses:
+                by_itself = [  # the same load alone, measured by this run's latency scenario
+                    r.latencies for r in results
+                    if r.scenario == "latency" and r.tool == f"lakeferry ({bus})" and not r.error
+                ]  # fmt: skip
                 measure("backfill", f"lakeferry ({bus})", partial(
                     run_backfill, bus, urls, half_load(bus, args.latency_rate),
                     scale.latency_seconds, scale.backfill, work / f"backfill-{bus}", bootstrap(bus),
+                    by_itself[0] if by_itself else None,
                 ))  # fmt: skip
         if "azure" in scenarios:
             urls = [(nginx.url(name), size) for name, size in plan["small"]]
             started = time.monotonic()
             try:
                 azure = run_azure(
-                    urls, scale.azure, scale.latency_seconds, work / "azure", args.profile
-                )
+                    urls, scale.azure, scale.latency_seconds, work / "azure", args.profile,
+                    idle_seconds=2.0 if args.quick else 5.0,
+                )  # fmt: skip
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 results.append(
                     attempt("azure", "lakeferry (event hub → onelake)", partial(_raise, exc))
