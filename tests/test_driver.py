@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from helpers.wait import wait_for_async, wait_until_async
-from lakeferry.bus.base import Record, TopicPartition
+from lakeferry.bus.base import Consumer, Record, TopicPartition
 from lakeferry.bus.embedded import EmbeddedBus
 from lakeferry.lifecycle import Lifecycle
 from lakeferry.stages.driver import StageDriver, Waits
+
+
+def driver_for(
+    consumer: Consumer,
+    handler: Callable[[Record], Awaitable[None]],
+    lifecycle: Lifecycle,
+    limit: int,
+    commit_interval: float = 10,
+) -> StageDriver:
+    """A driver of ``consumer`` with ``limit`` handlers at once."""
+    return StageDriver(
+        name="t", consumer=consumer, limiter=trio.CapacityLimiter(limit), handler=handler,
+        lifecycle=lifecycle, commit_interval=lambda: commit_interval,
+    )  # fmt: skip
 
 
 async def test_only_the_contiguous_completed_offset_is_committed(tmp_path: Path) -> None:
@@ -28,10 +43,7 @@ async def test_only_the_contiguous_completed_offset_is_committed(tmp_path: Path)
 
     lifecycle = Lifecycle(shutdown_grace=5)
     consumer = bus.consumer("g", [topic])
-    driver = StageDriver(
-        name="t", consumer=consumer, limiter=trio.CapacityLimiter(10), handler=handler,
-        lifecycle=lifecycle, commit_interval=lambda: 0.02,
-    )  # fmt: skip
+    driver = driver_for(consumer, handler, lifecycle, 10, commit_interval=0.02)
     tp = TopicPartition(topic, 0)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -76,10 +88,7 @@ async def test_drain_lets_in_flight_work_finish_then_commits(tmp_path: Path) -> 
 
     lifecycle = Lifecycle(shutdown_grace=5)
     consumer = bus.consumer("g", [topic])
-    driver = StageDriver(
-        name="t", consumer=consumer, limiter=trio.CapacityLimiter(2), handler=handler,
-        lifecycle=lifecycle, commit_interval=lambda: 10,
-    )  # fmt: skip
+    driver = driver_for(consumer, handler, lifecycle, 2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
@@ -108,10 +117,7 @@ async def test_grace_expiry_cancels_and_commits_only_finished_work(tmp_path: Pat
 
     lifecycle = Lifecycle(shutdown_grace=0.5)
     consumer = bus.consumer("g", [topic])
-    driver = StageDriver(
-        name="t", consumer=consumer, limiter=trio.CapacityLimiter(5), handler=handler,
-        lifecycle=lifecycle, commit_interval=lambda: 10,
-    )  # fmt: skip
+    driver = driver_for(consumer, handler, lifecycle, 5)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
@@ -159,10 +165,7 @@ async def test_a_drain_ends_the_waits_of_work_not_begun_and_leaves_it_uncommitte
             done.append(record.offset)
 
     consumer = bus.consumer("g", [topic])
-    driver = StageDriver(
-        name="t", consumer=consumer, limiter=trio.CapacityLimiter(4), handler=handler,
-        lifecycle=lifecycle, commit_interval=lambda: 10,
-    )  # fmt: skip
+    driver = driver_for(consumer, handler, lifecycle, 4)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waits.end_on_drain)
