@@ -425,7 +425,7 @@ def start_lakeferry(
         for name, stages in workers.items()
     }
     for daemon in daemons.values():
-        daemon.address("metrics")
+        daemon.wait_ready()
     return config, daemons, scrape_urls
 
 

@@ -250,15 +250,19 @@ class DaemonProcess:
         )
         log.close()
         if wait_ready:
-            self._ready = self.wait_for_log("ready", timeout=wait_ready)
+            self.wait_ready(wait_ready)
         return self
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        """This run's ready line (waited for once; it names the addresses the run bound)."""
+        if self._ready is None:
+            self._ready = self.wait_for_log("ready", timeout=timeout)
+        return self._ready
 
     def address(self, key: str, *, timeout: float = 60) -> str:
         """The address this run bound for ``key`` (``metrics``, ``live``, ``console``), as its
         ready line names it: a port 0 in the config is a real port there."""
-        if self._ready is None:
-            self._ready = self.wait_for_log("ready", timeout=timeout)
-        return str(self._ready.get(key) or "")
+        return str(self.wait_ready(timeout).get(key) or "")
 
     @property
     def metrics_port(self) -> int:
